@@ -1,0 +1,99 @@
+"""The `regsweep` command line: thin wrappers that run the same Prefect flows a deployment runs.
+
+Heavy modules (prefect, pandas, pyarrow) are imported inside commands so `regsweep --help`
+answers at once. Expected failures become one line on stderr and an exit code (SPEC.md):
+0 success, 1 the run failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Keep a container registry lean without breaking deployments, rollbacks or work in progress.")
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="regsweep YAML configuration file.")]
+
+
+def _quiet_prefect(verbose: bool = False) -> None:
+    """Settings that keep Prefect's own noise (telemetry, shutdown tracebacks) away from users."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+    os.environ.setdefault("PREFECT_CLI_COLORS", "true" if sys.stderr.isatty() else "false")
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"regsweep: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(fn, *args, **kwargs):
+    """Run a command body, mapping regsweep's typed errors to a message and an exit code."""
+    from tasks.errors import RegsweepError
+
+    try:
+        return fn(*args, **kwargs)
+    except RegsweepError as e:
+        _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _config(path: str):
+    from tasks.config import load_config
+
+    return load_config(path)
+
+
+@app.command()
+def snapshot(
+    config: ConfigOpt,
+    sources: Annotated[Optional[str], typer.Option(help="Comma-separated subset of registry,kubernetes,helm,git.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")] = False,
+) -> None:
+    """Take a snapshot of every enabled source; prints the snapshot id last."""
+    _quiet_prefect(verbose)
+
+    def body():
+        from tasks.config import ALL_SOURCES
+        from tasks.errors import ConfigError
+
+        cfg = _config(config)
+        chosen = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
+        for s in chosen or []:
+            if s not in ALL_SOURCES:
+                raise ConfigError("--sources", f"unknown source {s!r} (choose from {', '.join(ALL_SOURCES)})")
+        from flows.snapshot import SnapshotIncomplete, snapshot_flow
+        from tasks.progress import terminal_progress
+
+        try:
+            with terminal_progress():
+                sid = snapshot_flow(config=cfg, sources=chosen)
+        except SnapshotIncomplete as e:
+            for err in e.failures.values():
+                typer.echo(f"regsweep: error: {err}", err=True)
+            typer.echo(f"regsweep: snapshot {e.snapshot_id} is incomplete; no plan made from it will delete anything", err=True)
+            typer.echo(e.snapshot_id)
+            raise typer.Exit(1)
+        from tasks.store import Store
+
+        typer.echo(f"snapshot written to {Store(cfg.store).path('snapshots', sid)}", err=True)
+        typer.echo(sid)
+
+    _run(body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

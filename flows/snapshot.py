@@ -1,0 +1,52 @@
+"""Snapshot flow: extract every enabled source in parallel into one published snapshot."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from tasks.config import RegsweepConfig
+from tasks.snapshot import run_source, select_sources, snapshot_meta, summary_markdown
+from tasks.store import SourceStatus, Store, new_id, utcnow
+
+
+class SnapshotIncomplete(RuntimeError):
+    """Raised after publishing a snapshot some enabled source could not read completely."""
+
+    def __init__(self, snapshot_id: str, failures: dict[str, str]):
+        self.snapshot_id = snapshot_id
+        self.failures = failures
+        super().__init__(f"snapshot {snapshot_id} is incomplete: " + "; ".join(failures.values()))
+
+
+@task(name="extract-source", task_run_name="extract-{name}")
+def extract_source(name: str, config: RegsweepConfig, staging: str, now_iso: str) -> SourceStatus:
+    from datetime import datetime
+    return run_source(name, config, staging, datetime.fromisoformat(now_iso))
+
+
+@flow(name="regsweep-snapshot", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+def snapshot_flow(
+    config: RegsweepConfig,
+    sources: Annotated[list[str] | None, Field(description="Sources to extract; default: every enabled one.")] = None,
+) -> str:
+    """Take a snapshot of the registry, clusters, Helm history and git; return its id."""
+    store, now = Store(config.store), utcnow()
+    snapshot_id = new_id(now)
+    staging = store.staging_dir(snapshot_id)
+    chosen = select_sources(config, sources)
+    futures = {name: extract_source.submit(name, config, staging, now.isoformat())
+               for name, on in chosen.items() if on}
+    statuses = {name: (futures[name].result() if on else SourceStatus("skipped"))
+                for name, on in chosen.items()}
+    meta = snapshot_meta(now, config, statuses)
+    store.publish_snapshot(snapshot_id, meta)
+    create_markdown_artifact(summary_markdown(snapshot_id, meta, store), key="regsweep-snapshot",
+                             description=f"Snapshot {snapshot_id}")
+    if not meta["complete"]:
+        raise SnapshotIncomplete(snapshot_id, {n: s.error or "failed" for n, s in statuses.items() if s.status == "failed"})
+    return snapshot_id

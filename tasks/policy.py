@@ -1,0 +1,156 @@
+"""werf's `cleanup:` section as a typed policy model, plus regsweep's `unlinkedImages`.
+
+The YAML is accepted verbatim (camelCase keys). werf lets the last policy that selects a
+reference decide its imagesPerReference; regsweep keeps the union of every policy instead, so
+the order of `keepPolicies` never changes a plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import timedelta
+from typing import Literal
+
+import durationpy
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def parse_duration(value: str | int | float | timedelta) -> timedelta:
+    """Parse a Go-style duration (`168h`, `90m`, `1h30m`) as werf writes them."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # werf durations are strings; a bare number is ambiguous (seconds? hours?), refuse it
+        raise ValueError(f"duration {value!r} needs a unit, e.g. '{value}h'")
+    try:
+        d = durationpy.from_str(str(value).strip())
+    except Exception:
+        raise ValueError(f"{value!r} is not a duration (expected e.g. '12h', '90m', '1h30m')") from None
+    if d < timedelta(0):
+        raise ValueError(f"duration {value!r} is negative")
+    return d
+
+
+def compile_reference_pattern(value: str) -> re.Pattern[str]:
+    """`/re/` is a regex, anything else a literal; both anchored like werf's."""
+    if len(value) >= 2 and value.startswith("/") and value.endswith("/"):
+        body = value[1:-1]
+    else:
+        body = re.escape(value)
+    try:
+        return re.compile(f"^(?:{body})$")
+    except re.error as e:
+        raise ValueError(f"bad regular expression {value!r}: {e}") from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+def _check_count(v: int | None) -> int | None:
+    if v is not None and v < -1:
+        raise ValueError(f"{v} is not a count (use -1 for all)")
+    return v
+
+
+class Limit(_Strict):
+    """Which references a policy selects, by reference date."""
+
+    last: int | None = Field(None, description="The N newest references (-1 = all).")
+    in_: timedelta | None = Field(None, alias="in", description="References dated within this duration of now, e.g. 168h.")
+    operator: Literal["And", "Or"] = Field("And", description="How `last` and `in` combine.")
+
+    _last = field_validator("last")(classmethod(lambda cls, v: _check_count(v)))
+
+    @field_validator("in_", mode="before")
+    @classmethod
+    def _in(cls, v):
+        return None if v is None else parse_duration(v)
+
+
+class ImagesPerReference(_Strict):
+    """How many images of each selected reference are kept."""
+
+    last: int | None = Field(None, description="The N newest images (omitted = 1, -1 = all).")
+    in_: timedelta | None = Field(None, alias="in", description="Images of commits within this duration of now.")
+    operator: Literal["And", "Or"] = Field("And", description="How `last` and `in` combine.")
+
+    _last = field_validator("last")(classmethod(lambda cls, v: _check_count(v)))
+
+    @field_validator("in_", mode="before")
+    @classmethod
+    def _in(cls, v):
+        return None if v is None else parse_duration(v)
+
+
+class References(_Strict):
+    branch: str | None = Field(None, description="Branch name: a literal or /regex/.")
+    tag: str | None = Field(None, description="Git tag name: a literal or /regex/.")
+    limit: Limit | None = Field(None, description="Which of the matching references to select.")
+
+    @field_validator("branch", "tag")
+    @classmethod
+    def _pattern(cls, v):
+        if v is not None:
+            compile_reference_pattern(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.branch is None) == (self.tag is None):
+            raise ValueError("exactly one of `branch` or `tag` is required")
+        return self
+
+    @property
+    def kind(self) -> Literal["branch", "tag"]:
+        return "branch" if self.branch is not None else "tag"
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return compile_reference_pattern(self.branch if self.branch is not None else self.tag)
+
+
+class KeepPolicy(_Strict):
+    references: References
+    imagesPerReference: ImagesPerReference | None = Field(
+        None, description="Images kept per selected reference (default: the newest one).")
+
+
+def default_keep_policies() -> list[KeepPolicy]:
+    """werf's defaults as its code has them (its docs differ)."""
+    return [
+        KeepPolicy.model_validate({"references": {"tag": "/.*/", "limit": {"last": 10}}}),
+        KeepPolicy.model_validate({
+            "references": {"branch": "/.*/", "limit": {"last": 10, "in": "168h", "operator": "And"}},
+            "imagesPerReference": {"last": 2, "in": "168h", "operator": "And"},
+        }),
+        KeepPolicy.model_validate({
+            "references": {"branch": "/^(main|master|staging|production)$/"},
+            "imagesPerReference": {"last": 10},
+        }),
+    ]
+
+
+class CleanupPolicy(_Strict):
+    """werf.yaml's `cleanup:` section, accepted verbatim, plus `unlinkedImages`."""
+
+    keepPolicies: list[KeepPolicy] | None = Field(
+        None, description="werf keep policies; omitted = werf's defaults.")
+    keepImagesBuiltWithinLastNHours: float = Field(
+        2, ge=0, description="Keep images built within this many hours of the snapshot.")
+    disableKubernetesBasedPolicy: bool = Field(False, description="Do not keep images in use in Kubernetes (and do not scan clusters).")
+    disableGitHistoryBasedPolicy: bool = Field(False, description="Do not apply git keep policies (no git source needed).")
+    disableBuiltWithinLastNHoursPolicy: bool = Field(False, description="Do not keep freshly built images.")
+    unlinkedImages: Literal["keep", "delete"] = Field(
+        "keep", description="Images linked to no commit: keep (default) or delete.")
+
+    @property
+    def effective_keep_policies(self) -> list[KeepPolicy]:
+        return default_keep_policies() if self.keepPolicies is None else list(self.keepPolicies)
+
+    def digest(self) -> str:
+        """A stable hash naming this policy in plans."""
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()

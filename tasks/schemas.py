@@ -1,0 +1,137 @@
+"""The Parquet tables of snapshots and plans, one explicit pyarrow schema each.
+
+These schemas are the contract between the extractors (which write them), the evaluation
+(which joins them) and anyone reading the store with pandas, DuckDB or Spark. Timestamps are
+UTC, microsecond precision. Digests are `sha256:<hex>` strings.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+
+# --- registry source -------------------------------------------------------------------------
+
+#: One row per (repository, tag). `gone` marks a tag listed but deleted before it could be read.
+TAGS = pa.schema([
+    pa.field("repository", pa.string(), nullable=False),
+    pa.field("tag", pa.string(), nullable=False),
+    pa.field("digest", pa.string()),            # null when gone
+    pa.field("gone", pa.bool_(), nullable=False),
+])
+
+#: One row per (repository, digest): every manifest reached from a tag, an index or a referrer.
+#: kind: image | index | artifact | referrers-index | unknown
+MANIFESTS = pa.schema([
+    pa.field("repository", pa.string(), nullable=False),
+    pa.field("digest", pa.string(), nullable=False),
+    pa.field("media_type", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("artifact_type", pa.string()),
+    pa.field("size", pa.int64(), nullable=False),      # manifest + config + layers; index: + children
+    pa.field("created", TS),                           # build time (annotation, else config), if trustworthy
+    pa.field("revision", pa.string()),                 # org.opencontainers.image.revision
+    pa.field("subject", pa.string()),                  # digest this artifact refers to (signature, SBOM, fallback index)
+])
+
+#: Index → platform manifest edges.
+CHILDREN = pa.schema([
+    pa.field("repository", pa.string(), nullable=False),
+    pa.field("index_digest", pa.string(), nullable=False),
+    pa.field("child_digest", pa.string(), nullable=False),
+    pa.field("platform", pa.string()),                 # os/arch[/variant]
+])
+
+#: Digest → commit links. source: annotation | label | tag-pattern. commit may be abbreviated.
+LINKS = pa.schema([
+    pa.field("repository", pa.string(), nullable=False),
+    pa.field("digest", pa.string(), nullable=False),
+    pa.field("commit", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+])
+
+# --- kubernetes source -----------------------------------------------------------------------
+
+#: One row per image reference in a workload. container_type: containers | initContainers |
+#: ephemeralContainers. image_id: resolved digest from pod status, if known. finished: a Job
+#: whose Complete or Failed condition is True (its images are not "in use").
+WORKLOADS = pa.schema([
+    pa.field("context", pa.string(), nullable=False),
+    pa.field("namespace", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("container", pa.string(), nullable=False),
+    pa.field("container_type", pa.string(), nullable=False),
+    pa.field("image", pa.string(), nullable=False),
+    pa.field("image_id", pa.string()),
+    pa.field("finished", pa.bool_(), nullable=False),
+])
+
+# --- helm source -----------------------------------------------------------------------------
+
+#: One row per (release revision, image referenced by its rendered manifest).
+HELM = pa.schema([
+    pa.field("context", pa.string(), nullable=False),
+    pa.field("namespace", pa.string(), nullable=False),
+    pa.field("release", pa.string(), nullable=False),
+    pa.field("revision", pa.int32(), nullable=False),
+    pa.field("status", pa.string()),
+    pa.field("chart", pa.string()),
+    pa.field("app_version", pa.string()),
+    pa.field("last_deployed", TS),
+    pa.field("driver", pa.string(), nullable=False),   # secret | configmap
+    pa.field("image", pa.string(), nullable=False),
+])
+
+# --- git source ------------------------------------------------------------------------------
+
+#: Branches and tags. kind: branch | tag. date: branch head committer date, annotated tag's
+#: tagger date, lightweight tag's commit date.
+GIT_REFS = pa.schema([
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("commit", pa.string(), nullable=False),
+    pa.field("date", TS, nullable=False),
+    pa.field("annotated", pa.bool_(), nullable=False),
+])
+
+#: The commit graph reachable from those refs.
+GIT_COMMITS = pa.schema([
+    pa.field("commit", pa.string(), nullable=False),
+    pa.field("committed", TS, nullable=False),
+    pa.field("parents", pa.list_(pa.string()), nullable=False),
+])
+
+#: Which tables each source writes.
+SOURCE_TABLES: dict[str, dict[str, pa.Schema]] = {
+    "registry": {"tags": TAGS, "manifests": MANIFESTS, "children": CHILDREN, "links": LINKS},
+    "kubernetes": {"workloads": WORKLOADS},
+    "helm": {"helm": HELM},
+    "git": {"git_refs": GIT_REFS, "git_commits": GIT_COMMITS},
+}
+
+# --- plan ------------------------------------------------------------------------------------
+
+#: One row per (repository, tag) of the snapshot (plus untagged relatives that go with a
+#: deleted subject). action: keep | delete. reasons: every rule that kept it, or why none did.
+PLAN = pa.schema([
+    pa.field("repository", pa.string(), nullable=False),
+    pa.field("tag", pa.string()),                      # null for an untagged relative
+    pa.field("digest", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("action", pa.string(), nullable=False),
+    pa.field("reasons", pa.list_(pa.string()), nullable=False),
+    pa.field("size", pa.int64(), nullable=False),
+    pa.field("created", TS),
+])
+
+#: Append-only sweep journal. event: planned | started | done | skipped | failed
+JOURNAL = pa.schema([
+    pa.field("time", TS, nullable=False),
+    pa.field("plan_id", pa.string(), nullable=False),
+    pa.field("repository", pa.string(), nullable=False),
+    pa.field("target", pa.string(), nullable=False),   # digest or tag being deleted
+    pa.field("event", pa.string(), nullable=False),
+    pa.field("detail", pa.string()),
+])

@@ -1,0 +1,71 @@
+"""Running one source into a snapshot's staging area, and summarising a published snapshot.
+
+Every source module exposes `extract(config, store, now) -> {table name: pyarrow.Table}` and
+raises a `SourceError` when it could not read everything. A failed source writes no table at
+all, so nobody can mistake "could not list" for "nothing there" (SPEC.md, fail closed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from datetime import datetime
+from typing import Any
+
+from tasks.config import ALL_SOURCES, RegsweepConfig
+from tasks.errors import SourceError
+from tasks.schemas import SOURCE_TABLES
+from tasks.store import SourceStatus, Store
+
+SOURCE_MODULES = {"registry": "tasks.registry", "kubernetes": "tasks.cluster",
+                  "helm": "tasks.helm", "git": "tasks.git"}
+
+
+def select_sources(config: RegsweepConfig, requested: list[str] | None) -> dict[str, bool]:
+    """Map every source to whether this run extracts it (requested and enabled by the config)."""
+    enabled = set(config.enabled_sources())
+    wanted = set(requested) if requested else set(ALL_SOURCES)
+    return {s: (s in enabled and s in wanted) for s in ALL_SOURCES}
+
+
+def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime) -> SourceStatus:
+    """Extract one source and write its tables into `staging`; never raises for a source failure."""
+    store = Store(config.store)
+    started = time.monotonic()
+    try:
+        module = importlib.import_module(SOURCE_MODULES[name])
+        tables = module.extract(config, store, now)
+        counts = store.write_source_tables(staging, tables, SOURCE_TABLES[name])
+    except SourceError as e:
+        return SourceStatus("failed", seconds=time.monotonic() - started, error=str(e))
+    rows = counts[next(iter(SOURCE_TABLES[name]))]
+    return SourceStatus("ok", rows=rows, seconds=time.monotonic() - started, tables=counts)
+
+
+def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[str, SourceStatus]) -> dict[str, Any]:
+    complete = all(s.status != "failed" for s in statuses.values())
+    return {
+        "created_at": created_at.isoformat(),
+        "complete": complete,
+        "registry": config.registry.url,
+        "sources": {name: st.to_json() for name, st in statuses.items()},
+    }
+
+
+def summary_markdown(snapshot_id: str, meta: dict[str, Any], store: Store) -> str:
+    """The snapshot's Prefect artifact: repositories, tags, bytes, per-source status."""
+    lines = [f"# Snapshot `{snapshot_id}`", "",
+             f"Registry {meta['registry']}, taken {meta['created_at']}, "
+             f"**{'complete' if meta['complete'] else 'INCOMPLETE: no plan from it will delete anything'}**.", ""]
+    tags = store.snapshot_table(snapshot_id, "tags")
+    manifests = store.snapshot_table(snapshot_id, "manifests")
+    if tags is not None and manifests is not None:
+        t = tags.to_pandas()
+        m = manifests.to_pandas()
+        tagged = m[m.digest.isin(t.digest.dropna())]
+        lines += [f"- repositories: {t.repository.nunique()}", f"- tags: {len(t)}",
+                  f"- manifests: {len(m)}", f"- bytes referenced by tagged manifests: {int(tagged['size'].sum()):,}", ""]
+    lines += ["| source | status | rows | seconds | error |", "|---|---|---|---|---|"]
+    for name, s in meta["sources"].items():
+        lines.append(f"| {name} | {s['status']} | {s['rows']} | {s['seconds']} | {s.get('error', '')} |")
+    return "\n".join(lines)

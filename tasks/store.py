@@ -1,0 +1,242 @@
+"""The snapshot and plan store: a local directory or any fsspec URL.
+
+Layout (every table readable by pandas, pyarrow, DuckDB and Spark):
+
+    <store>/snapshots/<id>/snapshot.json      written last: its presence publishes the snapshot
+    <store>/snapshots/<id>/<table>.parquet    one per table of each source that succeeded
+    <store>/plans/<id>/plan.json, plan.parquet
+    <store>/cache/<name>.parquet              content-addressed caches (manifests by digest)
+    <store>/journal/<plan id>/<n>.parquet     sweep journal, append-only (tasks/sweep.py)
+
+On a local disk a snapshot is written into a hidden staging directory and renamed into place;
+on object stores, where rename is a copy, `snapshot.json` written after every table is the
+commit marker. Either way readers only ever see published snapshots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.errors import StoreError
+
+ID_FORMAT = "%Y%m%dT%H%M%S"
+
+
+def new_id(now: datetime | None = None) -> str:
+    """An id that sorts by time: 20261129T085500.123Z-1a2b."""
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{now.strftime(ID_FORMAT)}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class SourceStatus:
+    """What snapshot.json records per source."""
+
+    status: str                       # ok | failed | skipped
+    rows: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    tables: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"status": self.status, "rows": self.rows, "seconds": round(self.seconds, 3)}
+        if self.error:
+            d["error"] = self.error
+        if self.tables:
+            d["tables"] = self.tables
+        return d
+
+
+def conform(table: pa.Table | list[dict] | Any, schema: pa.Schema) -> pa.Table:
+    """Cast rows, a pandas frame or a table to `schema` exactly (column order and types)."""
+    if isinstance(table, list):
+        return pa.Table.from_pylist(table, schema=schema)
+    if not isinstance(table, pa.Table):  # a pandas DataFrame
+        return pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    return table.select(schema.names).cast(schema)
+
+
+class Store:
+    """Snapshots, plans, caches and journals under one root."""
+
+    def __init__(self, url: str):
+        self.url = url
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as e:
+            raise StoreError(f"store {url}: {e}") from None
+        self.root = self.root.rstrip("/")
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    # -- paths ------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _makedirs(self, path: str) -> None:
+        try:
+            self.fs.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"store {self.url}: cannot create {path}: {e}") from None
+
+    # -- generic tables -----------------------------------------------------------------------
+    def write_table(self, path: str, table: pa.Table) -> None:
+        self._makedirs(path.rsplit("/", 1)[0])
+        try:
+            with self.fs.open(path, "wb") as f:
+                pq.write_table(table, f, compression="zstd")
+        except OSError as e:
+            raise StoreError(f"store {self.url}: cannot write {path}: {e}") from None
+
+    def read_table(self, path: str, schema: pa.Schema | None = None) -> pa.Table:
+        try:
+            with self.fs.open(path, "rb") as f:
+                t = pq.read_table(f, schema=schema)
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowInvalid) as e:
+            raise StoreError(f"store {self.url}: cannot read {path}: {e}") from None
+        return t
+
+    def write_json(self, path: str, data: Any) -> None:
+        self._makedirs(path.rsplit("/", 1)[0])
+        with self.fs.open(path, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+
+    def read_json(self, path: str) -> Any:
+        with self.fs.open(path, "r") as f:
+            return json.load(f)
+
+    # -- published collections (snapshots, plans) ----------------------------------------------
+    def _published(self, kind: str, marker: str) -> list[str]:
+        base = self.path(kind)
+        if not self.fs.exists(base):
+            return []
+        ids = []
+        for entry in self.fs.ls(base, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if not name.startswith(".") and self.fs.exists(f"{base}/{name}/{marker}"):
+                ids.append(name)
+        return sorted(ids)
+
+    def _resolve(self, kind: str, marker: str, ref: str | None) -> str:
+        ids = self._published(kind, marker)
+        if ref in (None, "", "latest"):
+            if not ids:
+                raise StoreError(f"store {self.url}: no {kind} yet")
+            return ids[-1]
+        if ref in ids:
+            return ref
+        raise StoreError(f"store {self.url}: no {kind[:-1]} {ref!r}")
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def list_snapshots(self) -> list[str]:
+        return self._published("snapshots", "snapshot.json")
+
+    def resolve_snapshot(self, ref: str | None = "latest") -> str:
+        return self._resolve("snapshots", "snapshot.json", ref)
+
+    def staging_dir(self, snapshot_id: str) -> str:
+        """Where sources write a snapshot's tables before it is published."""
+        path = self.path("snapshots", f".staging-{snapshot_id}") if self.local else self.path("snapshots", snapshot_id)
+        self._makedirs(path)
+        return path
+
+    def write_source_tables(self, staging: str, tables: dict[str, pa.Table], schemas: dict[str, pa.Schema]) -> dict[str, int]:
+        counts = {}
+        for name, schema in schemas.items():
+            t = conform(tables[name], schema)
+            self.write_table(f"{staging}/{name}.parquet", t)
+            counts[name] = t.num_rows
+        return counts
+
+    def publish_snapshot(self, snapshot_id: str, meta: dict[str, Any]) -> str:
+        """Write snapshot.json last and make the snapshot visible; returns its path."""
+        staging = self.staging_dir(snapshot_id)
+        final = self.path("snapshots", snapshot_id)
+        self.write_json(f"{staging}/snapshot.json", {"id": snapshot_id, **meta})
+        if staging != final:
+            os.rename(staging, final)  # atomic on one local filesystem
+        return final
+
+    def snapshot_meta(self, snapshot_id: str) -> dict[str, Any]:
+        return self.read_json(self.path("snapshots", snapshot_id, "snapshot.json"))
+
+    def snapshot_table(self, snapshot_id: str, table: str, schema: pa.Schema | None = None) -> pa.Table | None:
+        """A snapshot's table, or None when its source was skipped or failed."""
+        try:
+            return self.read_table(self.path("snapshots", snapshot_id, f"{table}.parquet"), schema)
+        except FileNotFoundError:
+            return None
+
+    # -- plans --------------------------------------------------------------------------------
+    def list_plans(self) -> list[str]:
+        return self._published("plans", "plan.json")
+
+    def resolve_plan(self, ref: str | None = "latest") -> str:
+        return self._resolve("plans", "plan.json", ref)
+
+    def publish_plan(self, plan_id: str, table: pa.Table, meta: dict[str, Any]) -> str:
+        final = self.path("plans", plan_id)
+        staging = self.path("plans", f".staging-{plan_id}") if self.local else final
+        self.write_table(f"{staging}/plan.parquet", table)
+        self.write_json(f"{staging}/plan.json", {"id": plan_id, **meta})
+        if staging != final:
+            os.rename(staging, final)
+        return final
+
+    def plan_meta(self, plan_id: str) -> dict[str, Any]:
+        return self.read_json(self.path("plans", plan_id, "plan.json"))
+
+    def plan_table(self, plan_id: str) -> pa.Table:
+        return self.read_table(self.path("plans", plan_id, "plan.parquet"))
+
+    # -- caches -------------------------------------------------------------------------------
+    def read_cache(self, name: str) -> pa.Table | None:
+        try:
+            return self.read_table(self.path("cache", f"{name}.parquet"))
+        except (FileNotFoundError, StoreError):
+            return None  # a cache that cannot be read is only a slower run
+
+    def write_cache(self, name: str, table: pa.Table) -> None:
+        tmp = self.path("cache", f".{name}.{uuid.uuid4().hex}.parquet")
+        self.write_table(tmp, table)
+        self.fs.mv(tmp, self.path("cache", f"{name}.parquet"))
+
+    # -- append-only logs (sweep journal) ---------------------------------------------------------
+    def append_rows(self, log: str, table: pa.Table) -> None:
+        """Append a batch as a new immutable file; readers concatenate them in name order."""
+        base = self.path(log)
+        name = f"{utcnow().strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+        self.write_table(f"{base}/{name}", table)
+
+    def read_rows(self, log: str, schema: pa.Schema) -> pa.Table:
+        base = self.path(log)
+        if not self.fs.exists(base):
+            return schema.empty_table()
+        files = sorted(p for p in self.fs.ls(base, detail=False) if p.endswith(".parquet")
+                       and not p.rsplit("/", 1)[-1].startswith("."))
+        if not files:
+            return schema.empty_table()
+        return pa.concat_tables([self.read_table(p).cast(schema) for p in files])
+
+
+def iter_ids_since(ids: Iterable[str], since: datetime | None) -> list[str]:
+    """Ids (which sort by time) at or after `since`."""
+    if since is None:
+        return list(ids)
+    key = since.astimezone(timezone.utc).strftime(ID_FORMAT)
+    return [i for i in ids if i[: len(key)] >= key]
