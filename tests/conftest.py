@@ -21,3 +21,28 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The harness server's API URL, so CLI subprocesses skip starting their own server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def run_cli(prefect_api_url):
+    """Run the installed `regsweep` command as a user would, against the test Prefect server."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "regsweep"
+
+    def run(*args: str, env: dict | None = None, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "PREFECT_API_URL": prefect_api_url, **(env or {})}
+        return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                              env=full_env, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
+
+    return run
