@@ -1,0 +1,159 @@
+"""Image references as written in manifests, normalised so they can be matched to a registry.
+
+Parsing follows Docker's distribution/reference grammar through `docker-image-py` (a port of
+`ParseNormalizedNamed`): `nginx` is `docker.io/library/nginx:latest`, a first component with a
+`.` or `:` or equal to `localhost` is a host, repositories must be lowercase. On top of that,
+hosts are lowercased and their default ports dropped, and Docker Hub's other spellings
+(`index.docker.io`, `registry-1.docker.io`) are `docker.io`, so that every spelling of one
+image compares equal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from docker_image.reference import InvalidReference, Reference
+
+if TYPE_CHECKING:
+    import pandas
+
+DOCKER_HUB = "docker.io"
+_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io"}
+_DIGEST = re.compile(r"^(?P<alg>[a-z0-9]+(?:[.+_-][a-z0-9]+)*):(?P<hex>[a-fA-F0-9]{32,})$")
+_DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A parsed image reference: `host/repository[:tag][@digest]`."""
+
+    host: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    def __str__(self) -> str:
+        s = f"{self.host}/{self.repository}"
+        if self.tag is not None:
+            s += f":{self.tag}"
+        if self.digest is not None:
+            s += f"@{self.digest}"
+        return s
+
+
+def _valid_digest(d: str) -> bool:
+    m = _DIGEST.match(d)
+    if not m:
+        return False
+    want = _DIGEST_HEX_LEN.get(m["alg"])
+    return want is None or len(m["hex"]) == want
+
+
+def normalize_host(host: str, scheme: str | None = None) -> str:
+    """Lowercase a registry host and drop its default port.
+
+    `scheme` is the one the registry is reached with; image references carry none, and for
+    them (scheme None) both :443 and :80 are dropped: matching more spellings only keeps more
+    images, which is the safe side. Docker Hub's spellings become `docker.io`.
+    """
+    h = host.strip().lower()
+    if "://" in h:  # an alias written as a URL
+        scheme, h = h.split("://", 1)
+    h = h.split("/", 1)[0]
+    scheme = scheme.lower() if scheme else None
+    if scheme in (None, "https") and h.endswith(":443"):
+        h = h[:-4]
+    elif scheme in (None, "http") and h.endswith(":80"):
+        h = h[:-3]
+    if h in _HUB_ALIASES:
+        h = DOCKER_HUB
+    return h
+
+
+def parse_reference(ref: str) -> ImageRef:
+    """Parse an image reference as Docker would; raises ValueError when it is not one.
+
+    The tag is `latest` when neither tag nor digest is given, None when only a digest is.
+    """
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"invalid image reference {ref!r}: empty")
+    try:
+        parsed = Reference.parse_normalized_named(ref)
+    except InvalidReference as e:
+        raise ValueError(f"invalid image reference {ref!r}: {e}") from None
+    except Exception as e:  # the library's regexes can raise on pathological input
+        raise ValueError(f"invalid image reference {ref!r}: {e}") from None
+    host = normalize_host(parsed.domain())
+    repository = parsed.path()
+    if host == DOCKER_HUB and "/" not in repository:
+        # registry-1.docker.io/nginx: the library only adds library/ for docker.io itself
+        repository = f"library/{repository}"
+    tag, digest = parsed["tag"], parsed["digest"]
+    if digest is not None and not _valid_digest(digest):
+        raise ValueError(f"invalid image reference {ref!r}: bad digest {digest!r}")
+    if tag is None and digest is None:
+        tag = "latest"
+    return ImageRef(host=host, repository=repository, tag=tag, digest=digest)
+
+
+def digest_of_image_id(image_id: str | None) -> str | None:
+    """The digest in a pod status `imageID` (`docker-pullable://h/r@sha256:..`, `h/r@sha256:..`, `sha256:..`)."""
+    if not image_id:
+        return None
+    s = image_id.strip()
+    if "://" in s:
+        s = s.split("://", 1)[1]
+    if "@" in s:
+        s = s.rsplit("@", 1)[1]
+    return s if _valid_digest(s) else None
+
+
+class RegistryMatcher:
+    """Decides whether an image reference points into one registry (its URL host or aliases)."""
+
+    def __init__(self, registry_url: str, aliases: list[str] | tuple[str, ...] = ()):
+        if "://" in registry_url:
+            scheme, rest = registry_url.split("://", 1)
+        else:
+            scheme, rest = None, registry_url
+        host = rest.split("/", 1)[0]
+        hosts = {normalize_host(host, scheme), normalize_host(host)}
+        for alias in aliases:
+            hosts.add(normalize_host(alias))
+        self.registry_url = registry_url
+        self.hosts = frozenset(hosts)
+        self._cache: dict[str, ImageRef | None] = {}
+
+    def match(self, ref: str) -> ImageRef | None:
+        """The parsed reference if it points into this registry, else None (also for invalid ones)."""
+        try:
+            return self._cache[ref]
+        except KeyError:
+            pass
+        try:
+            parsed = parse_reference(ref)
+        except ValueError:
+            result = None
+        else:
+            result = parsed if parsed.host in self.hosts else None
+        self._cache[ref] = result
+        return result
+
+
+def match_images(images: Iterable[str], matcher: RegistryMatcher) -> "pandas.DataFrame":
+    """One row (image, repository, tag, digest) per distinct reference pointing into `matcher`'s registry.
+
+    Each distinct string is parsed once, however often it occurs; tag/digest are None when absent.
+    """
+    import pandas as pd
+
+    rows = []
+    for image in dict.fromkeys(images):
+        if not isinstance(image, str):
+            continue  # None / NaN from a missing column value
+        m = matcher.match(image)
+        if m is not None:
+            rows.append((image, m.repository, m.tag, m.digest))
+    return pd.DataFrame(rows, columns=["image", "repository", "tag", "digest"], dtype=object)
