@@ -90,6 +90,41 @@ def snapshot(
     _run(body)
 
 
+@app.command()
+def history(
+    config: ConfigOpt,
+    since: Annotated[Optional[str], typer.Option(help="Only snapshots at or after this date (YYYY-MM-DD or ISO 8601).")] = None,
+    chart: Annotated[Optional[str], typer.Option(help="Also write a PNG chart of growth to this path.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")] = False,
+) -> None:
+    """Report registry growth from every snapshot in the store."""
+    _quiet_prefect(verbose)
+
+    def body():
+        from datetime import datetime, timezone
+
+        from tasks.errors import ConfigError
+
+        cfg = _config(config)
+        when = None
+        if since:
+            try:
+                when = datetime.fromisoformat(since)
+            except ValueError:
+                raise ConfigError("--since", f"{since!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+        from flows.history import history_flow
+        from tasks.history import render_text
+
+        df = history_flow(config=cfg, since=when, chart=chart)
+        typer.echo(render_text(df))
+        if chart:
+            typer.echo(f"chart written to {chart}", err=True)
+
+    _run(body)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

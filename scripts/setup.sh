@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent set-up from a fresh Debian machine: system packages, uv, and the project's .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: the registry the tests and demo run, skopeo (benchmark peer),
+# htpasswd (Basic-auth tests) and git (shallow-clone tests, benchmarks).
+need=()
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v git >/dev/null || need+=(git)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# uv manages the virtual environment from the committed lock file.
+if ! command -v uv >/dev/null; then
+  if [ -x "$HOME/.local/bin/uv" ]; then
+    export PATH="$HOME/.local/bin:$PATH"
+  else
+    echo "installing uv" >&2
+    python3 -m pip install --quiet --user uv 2>/dev/null \
+      || python3 -m pip install --quiet --user --break-system-packages uv 2>/dev/null \
+      || python3 -m pip install --quiet uv
+    export PATH="$HOME/.local/bin:$PATH"
+  fi
+fi
+uv sync --frozen --quiet
