@@ -13,7 +13,9 @@
     │   ├── HelmError                names the release that could not be decoded
     │   └── GitError                 names the repository path or URL
     ├── PlanRefused                  a sweep will not act on this plan (incomplete, too old)
-    └── SweepLocked                  another sweep of the same registry is running
+    ├── SweepLocked                  another sweep of the same registry is running
+    ├── SweepNotApproved             rejected, approval timed out, or beyond --max-deletions
+    └── SweepFailed                  deletions failed, or a re-check could not run
 
 Expected failures are turned into a one-line message and an exit code by the CLI;
 anything outside this tree is a bug and keeps its traceback.
@@ -117,3 +119,18 @@ class PlanRefused(RegsweepError):
 
 class SweepLocked(RegsweepError):
     """Another sweep of the same registry holds the lock."""
+
+
+class SweepNotApproved(RegsweepError):
+    """Nobody approved the deletions (rejected, timed out, or over the up-front limit); nothing was deleted."""
+
+
+class SweepFailed(RegsweepError):
+    """A sweep could not finish: some deletions failed, or a re-check could not run.
+
+    `report` (a tasks.sweep.SweepReport) is set when deletions were attempted.
+    """
+
+    def __init__(self, message: str, report=None):
+        self.report = report
+        super().__init__(message)
