@@ -1,21 +1,408 @@
 """Registry fixtures: real Docker Distribution servers on loopback (see tasks/localregistry.py).
 
     registry, registry_client   one plain-HTTP registry (delete enabled) for the whole session;
-                                tests share it, so each uses its own repository names (unique_repo)
+                                tests share it, so each uses its own repository (unique_repo)
+    unique_repo                 a repository name no other test uses
     fresh_registry              factory: fresh_registry(**LocalRegistry options) -> an empty, started registry
+    tls_registry                HTTPS with a throw-away trustme CA; `.ca_pem` is the CA file to trust
+    htpasswd_registry           Basic auth; `.credentials` == (REGISTRY_USER, REGISTRY_PASSWORD)
+    token_registry              Docker token auth against `token_issuer` (a loopback TokenIssuer);
+                                `.credentials` == (REGISTRY_USER, REGISTRY_PASSWORD)
+    token_issuer                that issuer, its counters reset and expires_in restored for each test
+    fault_proxy                 a FaultProxy in front of `registry`; fault_proxy_factory(upstream) for others
+
+READER_USER / READER_PASSWORD is a second account of htpasswd and token registries; on the token
+registry it is granted `pull` only, so pushes and deletes are refused as on a read-only robot account.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import itertools
+import json
 import os
+import re
+import socket
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from tasks.localregistry import LocalRegistry
+from tasks.localregistry import LocalRegistry, TokenAuth, write_htpasswd
+
+REGISTRY_USER = "regsweep-ci"
+REGISTRY_PASSWORD = "correct horse battery staple"
+READER_USER = "reader"
+READER_PASSWORD = "reader-only-pw"
+TOKEN_SERVICE = "regsweep-local-registry"
+TOKEN_ISSUER = "regsweep-test-token-issuer"
 
 _repo_counter = itertools.count()
+
+
+# --------------------------------------------------------------------------- small loopback servers
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client hanging up mid-request is expected in fault tests, not worth a traceback
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        pass
+
+    def read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response_only(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+
+class _LoopbackServer:
+    """A threading HTTP server on a free 127.0.0.1 port, started and stopped with its owner."""
+
+    handler: type[_Handler]
+
+    def start(self):
+        handler = type("BoundHandler", (self.handler,), {"owner": self})
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
+                                        name=f"{type(self).__name__}:{self.port}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --------------------------------------------------------------------------- token issuer
+
+
+@dataclass
+class IssuedToken:
+    account: str
+    scopes: list[str]
+    expires_in: int
+    token: str
+
+
+def _signing_cert(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
+    """A self-signed P-256 certificate the registry trusts as `rootcertbundle`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "regsweep test token signer")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True, crl_sign=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = directory / "token-signer.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+class TokenIssuer(_LoopbackServer):
+    """A Docker token server (`GET /token?service=&scope=&account=` with Basic credentials).
+
+    Answers `{token, access_token, expires_in, issued_at}` with an ES256 JWT whose `x5c` header
+    carries the signing certificate, which the registry trusts through `rootcertbundle`. Wrong or
+    missing credentials get 401. `issued` records every token; `expires_in` may be lowered by a
+    test (Distribution still accepts a token up to 60 s past its `exp`: that leeway is its own).
+    `permissions` limits an account's actions (default: everything it asks for).
+    """
+
+    def __init__(self, directory: Path, users: dict[str, str], *,
+                 permissions: dict[str, set[str]] | None = None, expires_in: int = 300,
+                 service: str = TOKEN_SERVICE, issuer: str = TOKEN_ISSUER):
+        self.users, self.permissions = dict(users), dict(permissions or {})
+        self.default_expires_in = self.expires_in = expires_in
+        self.service, self.issuer = service, issuer
+        self._key, self._cert, self.cert_path = _signing_cert(Path(directory))
+        self._x5c = [base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode()]
+        self.issued: list[IssuedToken] = []
+        self.refused = 0
+        self.fail_next: list[int] = []  # statuses to answer the next requests with, e.g. [503]
+        self._lock = threading.Lock()
+
+    @property
+    def realm(self) -> str:
+        return f"{self.url}/token"
+
+    @property
+    def count(self) -> int:
+        """Tokens issued since the last reset."""
+        return len(self.issued)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.issued.clear()
+            self.refused = 0
+            self.fail_next.clear()
+            self.expires_in = self.default_expires_in
+
+    def token_auth(self) -> TokenAuth:
+        """The registry's `auth.token` section for this issuer."""
+        return TokenAuth(realm=self.realm, service=self.service, issuer=self.issuer,
+                         rootcertbundle=str(self.cert_path))
+
+    def authenticate(self, header: str | None) -> str | None:
+        if not header or not header.lower().startswith("basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return None
+        return user if user in self.users and self.users[user] == password else None
+
+    def grant(self, account: str, scopes: list[str]) -> list[dict]:
+        allowed = self.permissions.get(account)
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            wanted = [a for a in actions.split(",") if a]
+            granted = [a for a in wanted if allowed is None or a in allowed]
+            if kind and name:
+                access.append({"type": kind, "name": name, "actions": granted})
+        return access
+
+    def issue(self, account: str, scopes: list[str]) -> dict:
+        now = int(time.time())
+        expires_in = int(self.expires_in)
+        claims = {"iss": self.issuer, "sub": account, "aud": self.service, "exp": now + expires_in,
+                  "nbf": now - 1, "iat": now, "jti": uuid.uuid4().hex,
+                  "access": self.grant(account, scopes)}
+        token = jwt.encode(claims, self._key, algorithm="ES256", headers={"x5c": self._x5c})
+        with self._lock:
+            self.issued.append(IssuedToken(account, scopes, expires_in, token))
+        issued_at = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"token": token, "access_token": token, "expires_in": expires_in, "issued_at": issued_at}
+
+    class handler(_Handler):
+        def do_GET(self):
+            issuer: TokenIssuer = self.owner
+            url = urlsplit(self.path)
+            if url.path != "/token":
+                return self.reply(404, b"not found")
+            with issuer._lock:
+                forced = issuer.fail_next.pop(0) if issuer.fail_next else None
+            if forced:
+                return self.reply(forced, b'{"details":"injected failure"}',
+                                  {"Content-Type": "application/json"})
+            query = parse_qs(url.query)
+            account = issuer.authenticate(self.headers.get("Authorization"))
+            if account is None:
+                with issuer._lock:
+                    issuer.refused += 1
+                return self.reply(401, b'{"details":"incorrect username or password"}',
+                                  {"Content-Type": "application/json",
+                                   "WWW-Authenticate": 'Basic realm="regsweep test token issuer"'})
+            if query.get("service", [issuer.service])[0] != issuer.service:
+                return self.reply(400, b'{"details":"unknown service"}', {"Content-Type": "application/json"})
+            scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
+            body = json.dumps(issuer.issue(account, scopes)).encode()
+            self.reply(200, body, {"Content-Type": "application/json"})
+
+
+# --------------------------------------------------------------------------- fault proxy
+
+
+@dataclass
+class FaultRule:
+    """Answer matching requests with `status` (or drop the connection) while `remaining` lasts."""
+
+    status: int | None
+    method: str | None
+    path: re.Pattern | None
+    remaining: int | None  # None = until cleared
+    retry_after: str | None = None
+    drop: bool = False
+    delay: float = 0.0
+    body: bytes = b""
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return ((self.remaining is None or self.remaining > 0)
+                and (self.method is None or self.method == method)
+                and (self.path is None or self.path.search(path) is not None))
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+               "trailers", "transfer-encoding", "upgrade", "content-length", "content-encoding"}
+
+
+class FaultProxy(_LoopbackServer):
+    """A loopback HTTP proxy in front of a registry that injects faults by rule and counts requests.
+
+        proxy.inject(503, times=2, method="GET", path=r"/tags/list")   # next 2 matching → 503
+        proxy.inject(429, retry_after="1")                             # next request → 429 + Retry-After
+        proxy.inject(drop=True, path=r"/manifests/")                   # close the connection, no answer
+        proxy.inject(delay=2.0, times=None)                            # slow every request down
+        proxy.count("DELETE", r"/manifests/")                          # requests seen (faulted or not)
+
+    `path` is a regex searched in the request path including its query string. Rules are tried in
+    the order they were added; a request that no rule faults is forwarded to the upstream.
+    """
+
+    def __init__(self, upstream: str, *, verify: Any = True):
+        self.upstream = upstream.rstrip("/")
+        self.rules: list[FaultRule] = []
+        self.requests: list[tuple[str, str]] = []
+        self.faulted: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+        self._client = httpx.Client(verify=verify, timeout=60.0)
+
+    def stop(self) -> None:
+        super().stop()
+        self._client.close()
+
+    def inject(self, status: int | None = None, *, times: int | None = 1, method: str | None = None,
+               path: str | None = None, retry_after: str | int | None = None, drop: bool = False,
+               delay: float = 0.0, body: bytes | str | None = None) -> FaultRule:
+        """Add a rule; `times=None` keeps it until `clear()`. A delay alone forwards after sleeping."""
+        if status is None and not drop and not delay:
+            raise ValueError("inject needs a status, drop=True or a delay")
+        if body is None and status is not None:
+            body = json.dumps({"errors": [{"code": "UNAVAILABLE" if status >= 500 else "TOOMANYREQUESTS",
+                                           "message": "injected by FaultProxy"}]})
+        rule = FaultRule(status, method.upper() if method else None, re.compile(path) if path else None,
+                         times, str(retry_after) if retry_after is not None else None, drop, delay,
+                         body.encode() if isinstance(body, str) else (body or b""))
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        """Remove every rule (counters are kept)."""
+        with self._lock:
+            self.rules.clear()
+
+    def count(self, method: str | None = None, path: str | None = None) -> int:
+        """Requests received whose method is `method` and whose path matches the regex `path`."""
+        pattern = re.compile(path) if path else None
+        with self._lock:
+            return sum(1 for m, p in self.requests
+                       if (method is None or m == method.upper()) and (pattern is None or pattern.search(p)))
+
+    def _take_rule(self, method: str, path: str) -> FaultRule | None:
+        with self._lock:
+            self.requests.append((method, path))
+            for rule in self.rules:
+                if rule.matches(method, path):
+                    if rule.remaining is not None:
+                        rule.remaining -= 1
+                    rule.hits += 1
+                    return rule
+        return None
+
+    class handler(_Handler):
+        def _any(self):
+            proxy: FaultProxy = self.owner
+            body = self.read_body()
+            rule = proxy._take_rule(self.command, self.path)
+            if rule is not None:
+                if rule.delay:
+                    time.sleep(rule.delay)
+                if rule.drop:
+                    with proxy._lock:
+                        proxy.faulted.append((self.command, self.path, "drop"))
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                if rule.status is not None:
+                    with proxy._lock:
+                        proxy.faulted.append((self.command, self.path, str(rule.status)))
+                    headers = {"Content-Type": "application/json"}
+                    if rule.retry_after is not None:
+                        headers["Retry-After"] = rule.retry_after
+                    return self.reply(rule.status, rule.body, headers)
+            headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
+            # Distribution builds upload Locations from Host and the scheme it was reached by: keep
+            # both pointing at the proxy so follow-up requests come back through it.
+            headers.append(("X-Forwarded-Proto", "http"))
+            try:
+                upstream = proxy._client.request(self.command, proxy.upstream + self.path,
+                                                 headers=headers, content=body or None)
+            except httpx.TransportError as exc:
+                return self.reply(502, f"fault proxy: upstream unreachable: {exc}".encode())
+            self.send_response_only(upstream.status_code)
+            for key, value in upstream.headers.multi_items():
+                if key.lower() not in _HOP_BY_HOP:
+                    self.send_header(key, value)
+            content = upstream.content
+            if self.command == "HEAD":
+                self.send_header("Content-Length", upstream.headers.get("content-length", "0"))
+            else:
+                self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            if content and self.command != "HEAD":
+                self.wfile.write(content)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+
+# --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +422,7 @@ def registry_client(registry) -> httpx.Client:
 @pytest.fixture
 def unique_repo(request):
     """A repository name no other test in the session uses: `t/<test name>-<n>`."""
-    stem = "".join(c if c.isalnum() else "-" for c in request.node.name.lower()).strip("-")[:60]
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60]
     return f"t/{stem}-{os.getpid()}-{next(_repo_counter)}"
 
 
@@ -52,3 +439,89 @@ def fresh_registry():
     yield make
     for reg in started:
         reg.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_ca(tmp_path_factory):
+    """A throw-away CA (trustme) and a 127.0.0.1/localhost server certificate it signed.
+
+    Returns (ca, ca_pem, cert_pem, key_pem) — the paths are files in a session temp dir.
+    """
+    import trustme
+
+    directory = tmp_path_factory.mktemp("registry-tls")
+    ca = trustme.CA(organization_name="regsweep test CA")
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_pem, cert_pem, key_pem = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    cert_pem.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    return ca, ca_pem, cert_pem, key_pem
+
+
+@pytest.fixture(scope="session")
+def tls_registry(registry_ca):
+    """An HTTPS registry whose certificate is signed by a throw-away CA; `.ca_pem` is that CA file."""
+    _, ca_pem, cert_pem, key_pem = registry_ca
+    with LocalRegistry(tls=(cert_pem, key_pem), ca_pem=ca_pem) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def htpasswd_registry(tmp_path_factory):
+    """A registry behind Basic auth (bcrypt htpasswd); `.credentials` is the known user/password."""
+    directory = tmp_path_factory.mktemp("registry-htpasswd")
+    path = write_htpasswd(directory / "htpasswd", {REGISTRY_USER: REGISTRY_PASSWORD,
+                                                   READER_USER: READER_PASSWORD})
+    with LocalRegistry(htpasswd=path, credentials=(REGISTRY_USER, REGISTRY_PASSWORD)) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def _token_stack(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("registry-token")
+    with TokenIssuer(directory, {REGISTRY_USER: REGISTRY_PASSWORD, READER_USER: READER_PASSWORD},
+                     permissions={READER_USER: {"pull"}}) as issuer:
+        with LocalRegistry(token=issuer.token_auth(),
+                           credentials=(REGISTRY_USER, REGISTRY_PASSWORD)) as reg:
+            yield reg, issuer
+
+
+@pytest.fixture(scope="session")
+def token_registry(_token_stack):
+    """A registry behind Docker token auth served by `token_issuer`; `.credentials` is the known user."""
+    return _token_stack[0]
+
+
+@pytest.fixture
+def token_issuer(_token_stack):
+    """The token registry's issuer, with counters reset and the default `expires_in` (300 s)."""
+    issuer = _token_stack[1]
+    issuer.reset()
+    yield issuer
+    issuer.reset()
+
+
+@pytest.fixture
+def fault_proxy_factory():
+    """Factory: `fault_proxy_factory(upstream_url_or_registry, verify=...)` -> a started FaultProxy."""
+    started: list[FaultProxy] = []
+
+    def make(upstream, *, verify: Any = None) -> FaultProxy:
+        if isinstance(upstream, LocalRegistry):
+            if verify is None:
+                verify = ssl.create_default_context(cafile=upstream.ca_pem) if upstream.ca_pem else True
+            upstream = upstream.url
+        proxy = FaultProxy(upstream, verify=True if verify is None else verify).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def fault_proxy(registry, fault_proxy_factory) -> FaultProxy:
+    """A FaultProxy in front of the session `registry`; point clients at `fault_proxy.url`."""
+    return fault_proxy_factory(registry)
