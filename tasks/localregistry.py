@@ -9,8 +9,6 @@ The push helpers take an `httpx.Client` whose `base_url` is the registry URL; pa
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
 import json
 import os
@@ -23,10 +21,10 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import httpx
 import yaml
@@ -890,10 +888,3 @@ def seed_demo(url: str, *, commits: Sequence[str] | None = None, now: datetime |
         if own_client:
             client.close()
     return summary
-
-
-@contextlib.contextmanager
-def running_registry(root: str | os.PathLike | None = None, **options: Any) -> Iterator[LocalRegistry]:
-    """`with running_registry(path) as reg:` — a started LocalRegistry, stopped afterwards."""
-    with LocalRegistry(root, **options) as reg:
-        yield reg

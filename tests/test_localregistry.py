@@ -225,3 +225,16 @@ def test_seed_demo_fills_a_registry(fresh_registry):
         assert web["latest"] == web[newest]
         assert summary["repositories"]["demo/api"]["v1.2.0"] == \
             summary["repositories"]["demo/api"][f"sha-{summary['commits'][-1][:12]}"]
+
+
+def test_token_issuer_can_mint_expired_tokens_and_fail_on_demand(token_registry, token_issuer):
+    params = {"service": token_issuer.service, "scope": "registry:catalog:*"}
+    token_issuer.fail_next.append(503)
+    assert httpx.get(token_issuer.realm, params=params, auth=token_registry.credentials).status_code == 503
+    token_issuer.expires_in = 2
+    token_issuer.jwt_lifetime = -61  # beyond Distribution's 60 s leeway
+    answer = httpx.get(token_issuer.realm, params=params, auth=token_registry.credentials).json()
+    assert answer["expires_in"] == 2
+    refused = httpx.get(f"{token_registry.url}/v2/_catalog", headers={"Authorization": f"Bearer {answer['token']}"})
+    assert refused.status_code == 401 and 'error="invalid_token"' in refused.headers["www-authenticate"]
+    assert token_issuer.count == 1

@@ -164,8 +164,10 @@ class TokenIssuer(_LoopbackServer):
 
     Answers `{token, access_token, expires_in, issued_at}` with an ES256 JWT whose `x5c` header
     carries the signing certificate, which the registry trusts through `rootcertbundle`. Wrong or
-    missing credentials get 401. `issued` records every token; `expires_in` may be lowered by a
-    test (Distribution still accepts a token up to 60 s past its `exp`: that leeway is its own).
+    missing credentials get 401; `fail_next` forces statuses on the next requests. `issued` records
+    every token. `expires_in` (the advertised lifetime) may be lowered by a test; Distribution still
+    accepts a token up to 60 s past its `exp` (its leeway), so to have the registry refuse a cached
+    token as expired set `jwt_lifetime` (the JWT's own `exp` offset, default `expires_in`) to -61.
     `permissions` limits an account's actions (default: everything it asks for).
     """
 
@@ -174,6 +176,7 @@ class TokenIssuer(_LoopbackServer):
                  service: str = TOKEN_SERVICE, issuer: str = TOKEN_ISSUER):
         self.users, self.permissions = dict(users), dict(permissions or {})
         self.default_expires_in = self.expires_in = expires_in
+        self.jwt_lifetime: int | None = None
         self.service, self.issuer = service, issuer
         self._key, self._cert, self.cert_path = _signing_cert(Path(directory))
         self._x5c = [base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode()]
@@ -197,6 +200,7 @@ class TokenIssuer(_LoopbackServer):
             self.refused = 0
             self.fail_next.clear()
             self.expires_in = self.default_expires_in
+            self.jwt_lifetime = None
 
     def token_auth(self) -> TokenAuth:
         """The registry's `auth.token` section for this issuer."""
@@ -227,7 +231,8 @@ class TokenIssuer(_LoopbackServer):
     def issue(self, account: str, scopes: list[str]) -> dict:
         now = int(time.time())
         expires_in = int(self.expires_in)
-        claims = {"iss": self.issuer, "sub": account, "aud": self.service, "exp": now + expires_in,
+        lifetime = expires_in if self.jwt_lifetime is None else int(self.jwt_lifetime)
+        claims = {"iss": self.issuer, "sub": account, "aud": self.service, "exp": now + lifetime,
                   "nbf": now - 1, "iat": now, "jti": uuid.uuid4().hex,
                   "access": self.grant(account, scopes)}
         token = jwt.encode(claims, self._key, algorithm="ES256", headers={"x5c": self._x5c})
