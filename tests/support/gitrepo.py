@@ -86,8 +86,9 @@ class RepoBuilder:
             self.repo.set_head(f"refs/heads/{branch}")
 
     def commit(self, branch: str, when: datetime, *, message: str = "",
-               parents: list[str] | None = None, files: dict | None = None, push: bool = True) -> str:
-        """Commit on `branch` at `when` (author = committer time); returns the sha.
+               parents: list[str] | None = None, files: dict | None = None, push: bool = True,
+               author_when: datetime | None = None) -> str:
+        """Commit on `branch` with committer time `when` (author time too, unless `author_when`).
 
         parents default to the branch's current head (none for a new branch); files are
         written on top of the first parent's tree. push=False leaves the remote-tracking ref
@@ -100,7 +101,8 @@ class RepoBuilder:
         tree = self._tree(base, files or {}) if (files or base is None) else base.id
         self._count += 1
         sig = _signature(when)
-        oid = self.repo.create_commit(None, sig, sig, message or f"commit {self._count} on {branch}\n",
+        author = _signature(author_when) if author_when is not None else sig
+        oid = self.repo.create_commit(None, author, sig, message or f"commit {self._count} on {branch}\n",
                                       tree, [pygit2.Oid(hex=p) for p in parents])
         sha = str(oid)
         self._set_branch(branch, sha, push)
