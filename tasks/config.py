@@ -181,6 +181,8 @@ def parse_config(data: Any) -> RegsweepConfig:
     if not cfg.cleanup.disableGitHistoryBasedPolicy and cfg.git is not None:
         if not (cfg.git.path or cfg.git.url):
             raise ConfigError("git", "needs `path` or `url`")
+        if cfg.git.path and cfg.git.url:
+            raise ConfigError("git", "set `path` or `url`, not both")
     return cfg
 
 
