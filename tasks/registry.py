@@ -188,6 +188,7 @@ class RegistryClient:
         # Learned at run time, once per client.
         self.referrers_supported: bool | None = None
         self.tag_delete_supported: bool | None = None
+        self._probe = asyncio.Lock()
         self.requests = 0
 
     async def __aenter__(self) -> "RegistryClient":
@@ -236,8 +237,16 @@ class RegistryClient:
         out: list[str] = []
         seen: set[str] = set()
         next_url: str | httpx.URL | None = url
+        first = True
         while next_url is not None:
-            r = await self._request("GET", next_url, repository=repository)
+            r = await self._request("GET", next_url, repository=repository, passthrough=(400,) if first else ())
+            if r.status_code == 400:
+                if "PAGINATION_NUMBER_INVALID" not in _oci_errors(r)[0] or "?" not in url:
+                    raise registry_error(self.name, response=r, repository=repository)
+                # A registry configured with a smaller page cap: take its default page size.
+                first, next_url = False, url.split("?", 1)[0]
+                continue
+            first = False
             try:
                 items = r.json().get(key) or []
             except (ValueError, AttributeError):
@@ -301,8 +310,16 @@ class RegistryClient:
 
     async def referrers(self, repo: str, digest: str) -> list[dict] | None:
         """Descriptors of manifests whose subject is `digest`; None when the registry has no referrers API."""
+        if self.referrers_supported is None:
+            # Many tags are read at once: let one request find out, the rest wait for its answer.
+            async with self._probe:
+                if self.referrers_supported is None:
+                    return await self._referrers(repo, digest)
         if self.referrers_supported is False:
             return None
+        return await self._referrers(repo, digest)
+
+    async def _referrers(self, repo: str, digest: str) -> list[dict] | None:
         url: str | httpx.URL | None = f"/v2/{repo}/referrers/{digest}"
         out: list[dict] = []
         while url is not None:
