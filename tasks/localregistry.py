@@ -9,6 +9,7 @@ The push helpers take an `httpx.Client` whose `base_url` is the registry URL; pa
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -126,6 +128,17 @@ def write_htpasswd(path: str | os.PathLike, users: Mapping[str, str]) -> Path:
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+_RUNNING: "weakref.WeakSet[LocalRegistry]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    # A registry runs in its own session (Ctrl-C must not kill it before teardown), so nothing
+    # else stops one whose owner forgot to: do it when the interpreter exits.
+    for reg in list(_RUNNING):
+        reg.stop()
 
 
 class LocalRegistry:
@@ -269,6 +282,7 @@ class LocalRegistry:
         self._proc = subprocess.Popen([exe, "serve", str(self.config_path)], stdout=self._log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                       start_new_session=True)
+        _RUNNING.add(self)
         try:
             self._wait_ready()
         except BaseException:
@@ -296,6 +310,7 @@ class LocalRegistry:
                 time.sleep(0.02)
 
     def _terminate(self) -> None:
+        _RUNNING.discard(self)
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
