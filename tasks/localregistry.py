@@ -422,8 +422,12 @@ class DockerTokenAuth(httpx.Auth):
     @staticmethod
     def _scope_key(request: httpx.Request) -> str:
         # One token per repository and verb class is what the registry will ask scopes for.
-        parts = request.url.path.split("/")
-        repo = "/".join(parts[2:-2]) if len(parts) > 4 else request.url.path
+        path = request.url.path
+        repo = path
+        for marker in ("/blobs/", "/manifests/", "/tags/"):
+            if marker in path:
+                repo = path[len("/v2/"):path.rindex(marker)]
+                break
         return f"{repo} {request.method in ('GET', 'HEAD')}"
 
 
