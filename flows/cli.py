@@ -70,6 +70,12 @@ def snapshot(
         for s in chosen or []:
             if s not in ALL_SOURCES:
                 raise ConfigError("--sources", f"unknown source {s!r} (choose from {', '.join(ALL_SOURCES)})")
+        if "registry" in (chosen or ALL_SOURCES):
+            from tasks.registry import preflight
+
+            # Wrong credentials are the user's to fix (exit 2, one line): learn it from one request
+            # before starting Prefect, rather than publishing a snapshot that says so.
+            preflight(cfg.registry)
         from flows.snapshot import SnapshotIncomplete, snapshot_flow
         from tasks.progress import terminal_progress
 

@@ -365,11 +365,20 @@ class RegistryClient:
 
 
 def preflight(config: RegistryConfig) -> None:
-    """Ping the registry with the configured credentials; raises the typed error a user must act on."""
+    """Raise RegistryAuthError (or ConfigError) now if the registry refuses our credentials.
+
+    Any other failure is left to the snapshot itself, which records it and is published as
+    incomplete (SPEC.md, fail closed) instead of vanishing before it started.
+    """
     async def go() -> None:
-        async with RegistryClient(config) as client:
+        async with RegistryClient(config, retry=RetryPolicy(attempts=2)) as client:
             await client.ping()
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except RegistryAuthError:
+        raise
+    except RegistryError:
+        pass
 
 
 # --- the extractor ----------------------------------------------------------------------------
