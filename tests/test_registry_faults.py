@@ -1,0 +1,163 @@
+"""Failures while reading a real registry, through the loopback FaultProxy: transient errors are
+retried and recovered from; anything that leaves the listing incomplete fails the source
+(fail closed); odd manifests are recorded as kind `unknown` and never stop a scan."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from tasks import oci
+from tasks.config import parse_config
+from tasks.errors import RegistryError, RegistryUnreachable, SourceError
+from tasks.localregistry import push_image, push_tags, sha256_digest
+from tasks.registry import BlobCache, RegistryClient, RetryPolicy, scan_registry
+from tasks.snapshot import run_source
+from tasks.store import Store
+from tests.support.registry import FaultProxy
+
+FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
+
+
+def config(url, tmp_path, repositories):
+    return parse_config({"store": str(tmp_path / "store"), "registry": {"url": url, "repositories": repositories}})
+
+
+def scan(cfg, retry=FAST):
+    return asyncio.run(scan_registry(cfg, BlobCache(), retry=retry))
+
+
+def test_503_and_429_then_recovery(fault_proxy, registry_client, unique_repo, tmp_path):
+    digests = push_tags(registry_client, unique_repo, [f"v{i}" for i in range(10)], labels=lambda t: {"t": t})
+    fault_proxy.inject(503, times=2, path=re.escape(f"/v2/{unique_repo}/tags/list"))
+    fault_proxy.inject(429, times=3, method="GET", path="/manifests/")
+    fault_proxy.inject(502, times=1, path="/blobs/")
+    result, _ = scan(config(fault_proxy.url, tmp_path, [unique_repo]))
+    assert {t["tag"]: t["digest"] for t in result.tags} == digests
+    assert sorted(f[2] for f in fault_proxy.faulted) == ["429"] * 3 + ["502"] + ["503"] * 2
+    assert fault_proxy.count("GET", "/tags/list") == 3
+
+
+def test_retry_after_is_honoured(fault_proxy, registry_client, unique_repo, tmp_path):
+    d = push_image(registry_client, unique_repo, "v1")
+    fault_proxy.inject(429, times=1, path="/manifests/v1", retry_after="1")
+
+    async def go():
+        async with RegistryClient(config(fault_proxy.url, tmp_path, []).registry, retry=FAST) as c:
+            started = time.monotonic()
+            got = await c.head_manifest(unique_repo, "v1")
+            return got, time.monotonic() - started
+
+    got, waited = asyncio.run(go())
+    assert got == d and waited >= 0.95   # the backoff alone would have waited at most 0.05 s
+
+
+def test_dropped_connections_are_retried(fault_proxy, registry_client, unique_repo, tmp_path):
+    d = push_image(registry_client, unique_repo, "v1")
+    fault_proxy.inject(drop=True, times=2, path="/manifests/v1")
+    result, _ = scan(config(fault_proxy.url, tmp_path, [unique_repo]))
+    assert [(t["tag"], t["digest"]) for t in result.tags] == [("v1", d)]
+    assert [f[2] for f in fault_proxy.faulted] == ["drop", "drop"]
+
+
+def test_persistent_503_fails_after_bounded_attempts(fault_proxy, registry_client, unique_repo, tmp_path):
+    push_image(registry_client, unique_repo, "v1")
+    fault_proxy.inject(503, times=None, path="/manifests/v1")
+    with pytest.raises(RegistryError) as e:
+        scan(config(fault_proxy.url, tmp_path, [unique_repo]))
+    assert e.value.status == 503 and f"{unique_repo}:v1" in str(e.value)
+    assert fault_proxy.count("GET", "/manifests/v1") == FAST.attempts
+
+
+def test_a_failed_tag_listing_fails_the_source_and_writes_no_table(fault_proxy, registry_client, unique_repo, tmp_path):
+    push_image(registry_client, unique_repo + "-ok", "v1")
+    push_image(registry_client, unique_repo + "-broken", "v1")
+    fault_proxy.inject(500, times=None, path=re.escape(f"/v2/{unique_repo}-broken/tags/list"))
+    cfg = config(fault_proxy.url, tmp_path, [unique_repo + "-ok", unique_repo + "-broken"])
+    with pytest.raises(SourceError) as e:
+        scan(cfg)
+    assert f"{unique_repo}-broken" in str(e.value) and "500" in str(e.value)
+
+    # Through the snapshot machinery: the source is failed and no partial table exists.
+    store = Store(cfg.store)
+    staging = store.staging_dir("t1")
+    status = run_source("registry", cfg, staging, datetime.now(timezone.utc))
+    assert status.status == "failed" and f"{unique_repo}-broken" in status.error
+    assert not store.fs.exists(f"{staging}/tags.parquet")
+
+
+def test_a_failed_catalog_page_fails_the_source(fault_proxy, registry_client, unique_repo, tmp_path):
+    push_image(registry_client, unique_repo, "v1")
+    fault_proxy.inject(500, times=None, path="/v2/_catalog")
+    with pytest.raises(RegistryError) as e:
+        scan(config(fault_proxy.url, tmp_path, ["t/*"]))
+    assert "HTTP 500" in str(e.value)
+
+
+def test_unreachable_registry(tmp_path):
+    with socket.socket() as s:          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RegistryUnreachable) as e:
+        scan(config(f"http://127.0.0.1:{port}", tmp_path, []))
+    assert f"registry 127.0.0.1:{port}" in str(e.value) and "cannot connect" in str(e.value)
+
+
+# --- manifests a registry may hold that are not images -------------------------------------------
+
+class ServingProxy(FaultProxy):
+    """A FaultProxy that also serves fixed manifests, as registries that accept any media type do
+    (zot, Harbor, GHCR): Distribution 2.8 itself refuses to store them."""
+
+    def __init__(self, upstream: str, served: dict[str, tuple[str, bytes]]):
+        super().__init__(upstream)
+        self.served = served   # path regex → (content type, body)
+
+    class handler(FaultProxy.handler):
+        def _any(self):
+            for rx, (ctype, body) in self.owner.served.items():
+                if re.search(rx, self.path):
+                    self.read_body()
+                    with self.owner._lock:
+                        self.owner.requests.append((self.command, self.path))
+                    return self.reply(200, body, {"Content-Type": ctype, "Docker-Content-Digest": sha256_digest(body)})
+            return FaultProxy.handler._any(self)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+
+def test_unknown_and_malformed_manifests_are_kept_as_unknown(registry, registry_client, unique_repo, tmp_path, caplog):
+    good = push_image(registry_client, unique_repo, "good")
+    # Tags that exist upstream (so the listing names them), answered by the proxy with odd content.
+    for tag in ("helm-ish", "broken", "schema1"):
+        push_image(registry_client, unique_repo, tag, layers=[tag.encode()])
+    unknown = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.example.thing.v1+json",
+                          "blobs": []}).encode()
+    broken = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": '
+    schema1 = json.dumps({"schemaVersion": 1, "name": unique_repo, "tag": "schema1", "fsLayers": []}).encode()
+    served = {
+        f"/manifests/helm-ish$": ("application/vnd.example.thing.v1+json", unknown),
+        f"/manifests/broken$": (oci.OCI_MANIFEST, broken),
+        f"/manifests/schema1$": ("application/vnd.docker.distribution.manifest.v1+prettyjws", schema1),
+    }
+    with ServingProxy(registry.url, served) as proxy:
+        with caplog.at_level("WARNING", logger="regsweep.registry"):
+            result, _ = scan(config(proxy.url, tmp_path, [unique_repo]))
+    tags = {t["tag"]: t for t in result.tags}
+    assert set(tags) == {"good", "helm-ish", "broken", "schema1"} and not any(t["gone"] for t in tags.values())
+    m = {r["digest"]: r for r in result.manifests}
+    assert m[good]["kind"] == "image"
+    assert m[sha256_digest(unknown)]["kind"] == "unknown"
+    assert m[sha256_digest(unknown)]["media_type"] == "application/vnd.example.thing.v1+json"
+    assert m[sha256_digest(unknown)]["size"] == len(unknown)
+    assert m[sha256_digest(broken)]["kind"] == "unknown" and m[sha256_digest(broken)]["media_type"] == oci.OCI_MANIFEST
+    assert m[sha256_digest(schema1)]["kind"] == "unknown"
+    warned = [w for w in result.warnings if "malformed" in w]
+    assert len(warned) == 1 and sha256_digest(broken) in warned[0] and unique_repo in warned[0]
+    assert any("malformed" in r.getMessage() for r in caplog.records)
