@@ -97,6 +97,63 @@ def snapshot(
 
 
 @app.command()
+def plan(
+    config: ConfigOpt,
+    snapshot: Annotated[str, typer.Option("--snapshot", help="Snapshot id to evaluate, or 'latest'.")] = "latest",
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Also write the plan's rows to this file as a JSON array.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")] = False,
+) -> None:
+    """Decide keep or delete for every tag of a snapshot; prints the plan id last."""
+    _quiet_prefect(verbose)
+
+    def body():
+        from tasks.errors import ConfigError, StoreError
+        from tasks.store import Store
+
+        cfg = _config(config)
+        store = Store(cfg.store)
+        try:  # an unknown id is bad usage: say so before starting Prefect
+            sid = store.resolve_snapshot(snapshot)
+        except StoreError as e:
+            raise ConfigError("--snapshot", str(e)) from None
+        from flows.plan import plan_flow
+        from tasks.plan import write_plan_json
+
+        pid = plan_flow(config=cfg, snapshot=sid)
+        meta = store.plan_meta(pid)
+        if json_path:
+            try:
+                n = write_plan_json(store, pid, json_path)
+            except OSError as e:
+                raise ConfigError("--json", f"cannot write {json_path}: {e.strerror}") from None
+            typer.echo(f"{n} rows written to {json_path}", err=True)
+        typer.echo(f"plan {pid} of snapshot {sid}: {meta['keep']} keep, {meta['delete']} delete "
+                   f"({meta['bytes_reclaimable']:,} bytes reclaimable)", err=True)
+        for problem in meta["problems"]:
+            typer.echo(f"regsweep: warning: {problem}; this plan deletes nothing", err=True)
+        typer.echo(pid)
+
+    _run(body)
+
+
+@app.command()
+def explain(
+    config: ConfigOpt,
+    image_ref: Annotated[str, typer.Argument(metavar="IMAGE_REF", help="host/repo:tag, repo:tag or repo@sha256:...")],
+    plan: Annotated[str, typer.Option("--plan", help="Plan id, or 'latest'.")] = "latest",
+) -> None:
+    """Why a tag is kept or deleted, with every reason; prints the decision last."""
+
+    def body():
+        from tasks.plan import explain as explain_ref
+
+        for line in explain_ref(_config(config), image_ref, plan):  # reads the stored plan: no Prefect
+            typer.echo(line)
+
+    _run(body)
+
+
+@app.command()
 def history(
     config: ConfigOpt,
     since: Annotated[Optional[str], typer.Option(help="Only snapshots at or after this date (YYYY-MM-DD or ISO 8601).")] = None,
@@ -127,6 +184,44 @@ def history(
         typer.echo(render_text(df))
         if chart:
             typer.echo(f"chart written to {chart}", err=True)
+
+    _run(body)
+
+
+@app.command()
+def sweep(
+    config: ConfigOpt,
+    plan: Annotated[str, typer.Option("--plan", help="Plan id to act on, or 'latest'.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Re-check and report what would be deleted; delete nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Approve up front (no pause), within --max-deletions.")] = False,
+    max_deletions: Annotated[Optional[int], typer.Option("--max-deletions", min=0, help="Most deletions --yes covers (default: sweep.maxDeletions).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")] = False,
+) -> None:
+    """Delete what a plan decided, after approval and fresh re-checks; prints a one-line result last.
+
+    Without --yes the run pauses until someone approves or rejects it in the Prefect UI.
+    """
+    _quiet_prefect(verbose)
+
+    def body():
+        from tasks.errors import SweepFailed, SweepNotApproved
+
+        cfg = _config(config)
+        from flows.sweep import sweep_flow
+        from tasks.progress import terminal_progress
+
+        try:
+            with terminal_progress():
+                result = sweep_flow(config=cfg, plan=plan, dry_run=dry_run, approve=yes, max_deletions=max_deletions)
+        except SweepFailed as e:
+            typer.echo(f"regsweep: error: {e}", err=True)
+            typer.echo(e.report.summary() if e.report is not None else "failed: deleted nothing")
+            raise typer.Exit(1)
+        except SweepNotApproved as e:
+            typer.echo(f"regsweep: error: {e}", err=True)
+            typer.echo("not approved: deleted nothing")
+            raise typer.Exit(1)
+        typer.echo(result["summary"])
 
     _run(body)
 

@@ -1,0 +1,94 @@
+"""Sweep flow: delete what a plan decided, after a human approval and fresh re-checks (SPEC.md "Safety")."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Annotated
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from tasks.config import RegsweepConfig
+from tasks.errors import SweepNotApproved
+from tasks.policy import parse_duration
+from tasks.store import Store
+from tasks.sweep import (Intent, SweepReport, check_up_front_approval, delete_targets, prepare,
+                         raise_if_failed, sweep_lock)
+
+
+class SweepApproval(RunInput):
+    """The form a paused sweep shows under the list of what it will delete."""
+
+    approve: bool = Field(False, title="Approve", description="Tick to delete everything listed above; leave unticked to reject.")
+    approver: str = Field(min_length=1, title="Your name", description="Recorded with the run.")
+    comment: str = Field("", title="Comment")
+
+
+@task(name="prepare-sweep", cache_policy=NO_CACHE)
+def prepare_sweep(config: RegsweepConfig, plan: str) -> Intent:
+    return prepare(config, Store(config.store), plan)
+
+
+@task(name="recheck-and-delete", cache_policy=NO_CACHE)
+def recheck_and_delete(config: RegsweepConfig, intent: Intent, dry_run: bool) -> SweepReport:
+    return delete_targets(config, Store(config.store), intent, dry_run=dry_run)
+
+
+def ask_approval(config: RegsweepConfig, intent: Intent, poll_interval: int) -> SweepApproval:
+    """Pause the run with the approval form; SweepNotApproved on rejection or timeout."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_UI_URL
+
+    logger = get_run_logger()
+    description = intent.markdown()
+    run = FlowRunContext.get().flow_run
+    ui = PREFECT_UI_URL.value()
+    where = f"{ui.rstrip('/')}/runs/flow-run/{run.id}" if ui else f"flow run {run.name} ({run.id})"
+    timeout = parse_duration(config.sweep.approvalTimeout)
+    note = (f"waiting up to {config.sweep.approvalTimeout} for approval of {intent.deletions} deletions "
+            f"in {intent.registry}: approve or reject in the Prefect UI at {where}")
+    logger.warning(note)
+    print(f"regsweep: {note}", file=sys.stderr, flush=True)  # the CLI user is waiting on this
+    try:
+        answer = pause_flow_run(
+            wait_for_input=SweepApproval.with_initial_data(description=description, approve=False, comment=""),
+            timeout=max(1, int(timeout.total_seconds())), poll_interval=poll_interval)
+    except FlowPauseTimeout:
+        raise SweepNotApproved(f"no approval for plan {intent.plan_id} within sweep.approvalTimeout "
+                               f"{config.sweep.approvalTimeout}: nothing was deleted") from None
+    said = f" ({answer.comment})" if answer.comment else ""
+    if not answer.approve:
+        raise SweepNotApproved(f"sweep of plan {intent.plan_id} rejected by {answer.approver}{said}: nothing was deleted")
+    logger.warning(f"sweep of plan {intent.plan_id} approved by {answer.approver}{said}")
+    return answer
+
+
+@flow(name="regsweep-sweep")
+def sweep_flow(
+    config: RegsweepConfig,
+    plan: Annotated[str, Field(description="Plan id, or `latest`.")] = "latest",
+    dry_run: Annotated[bool, Field(description="Re-check and report what would be deleted; delete nothing.")] = False,
+    approve: Annotated[bool, Field(description="Approval given up front (no pause), within max_deletions.")] = False,
+    max_deletions: Annotated[int | None, Field(ge=0, description="Up-front approval covers at most this many deletions; default sweep.maxDeletions.")] = None,
+    approval_poll_interval: Annotated[int, Field(ge=1, description="Seconds between checks for the approval.")] = 10,
+) -> dict:
+    """Delete what a plan decided: lock, approval, fresh re-checks, journalled deletions; returns the report."""
+    store = Store(config.store)
+    limit = config.sweep.maxDeletions if max_deletions is None else max_deletions
+    with contextlib.nullcontext() if dry_run else sweep_lock(store, config.registry.url, plan):
+        intent = prepare_sweep(config, plan)
+        if intent.targets and not dry_run:
+            if approve:
+                check_up_front_approval(intent, limit)
+            else:
+                ask_approval(config, intent, approval_poll_interval)
+        report = recheck_and_delete(config, intent, dry_run)
+    create_markdown_artifact(report.markdown(), key="regsweep-sweep", description=report.summary())
+    raise_if_failed(report)
+    return report.to_json()

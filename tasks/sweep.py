@@ -1,0 +1,1118 @@
+"""The gated deletion of a plan (SPEC.md "Safety"): the only code in regsweep that writes to a registry.
+
+A sweep turns a stored plan into deletion *targets*, asks for approval, re-checks the registry
+and the clusters, and deletes through a journal:
+
+- **Targets.** A manifest is deleted by digest only when every tag on it is `delete` in the
+  plan and nothing kept references it: no kept index lists it as a platform manifest, and an
+  artifact goes only with its subject. A deleted index takes its platform manifests along, a
+  deleted subject its signatures, SBOMs and referrers fallback index; each of those waits for
+  its parents to be gone first, and is skipped when one of them was not deleted. A `delete`
+  tag on a digest that stays is removed on its own where the registry can do that.
+- **Re-checks**, after approval and just before deleting: every planned tag must still
+  resolve to the planned digest (HEAD, right before each DELETE); no other tag in the
+  repository may now point at a target (a tag pushed or moved after the snapshot); a new index
+  must not list a target as a platform manifest; and, by default, a fresh cluster scan must
+  not show a target in use. A re-check that cannot run deletes nothing (fail closed).
+- **Journal**: `started` is durable (fsync) before each DELETE goes out, `done`/`skipped`/
+  `failed` is written after. Running the same plan again resumes: `done` targets are never
+  requested again, and a target left `started` is looked up first (gone means done).
+- **Lock**: one sweep per registry at a time, a lock file in the store.
+
+Everything here is plain Python; flows/sweep.py only wires it into Prefect (artifacts, pause).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.config import RegsweepConfig
+from tasks.errors import (PlanRefused, RegistryError, RegistryUnreachable, RegsweepError, StoreError,
+                          SweepFailed, SweepLocked, SweepNotApproved, UnsupportedOperation)
+from tasks.oci import fallback_subject
+from tasks.policy import parse_duration
+from tasks.schemas import JOURNAL
+from tasks.store import Store, utcnow
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Journal events.
+PLANNED, STARTED, DONE, SKIPPED, FAILED = "planned", "started", "done", "skipped", "failed"
+# Outcome statuses a report adds to the journal's: a dry run's, and work finished by an earlier run.
+WOULD_DELETE, DONE_BEFORE = "would-delete", "done-before"
+
+#: Whether a registry removes a lone tag (DELETE /manifests/<tag>), learnt once per registry
+#: per process: Distribution 2.8 refuses (400 DIGEST_INVALID), Distribution 3 and others accept.
+_TAG_DELETE_SUPPORT: dict[str, bool] = {}
+
+
+# ============================================================================ the plan
+
+
+@dataclass
+class LoadedPlan:
+    """A plan the sweep agreed to act on, with the snapshot tables it needs."""
+
+    plan_id: str
+    snapshot_id: str
+    registry: str
+    observed_at: datetime          # when the snapshot behind the plan was taken
+    plan: "pd.DataFrame"
+    tags: "pd.DataFrame"
+    manifests: "pd.DataFrame"
+    children: "pd.DataFrame"
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _same_registry(a: str | None, b: str) -> bool:
+    return bool(a) and a.strip().rstrip("/").lower() == b.strip().rstrip("/").lower()
+
+
+def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
+              now: datetime | None = None) -> LoadedPlan:
+    """Read a plan and its snapshot, refusing (PlanRefused) any plan a sweep must not act on."""
+    import pandas as pd
+
+    from tasks.schemas import CHILDREN, MANIFESTS, PLAN, TAGS
+
+    now = now or utcnow()
+    try:
+        plan_id = store.resolve_plan(plan_ref)
+    except StoreError as e:
+        raise PlanRefused(f"plan {plan_ref!r}: {e}") from None
+    meta = store.plan_meta(plan_id)
+    snapshot_id = meta.get("snapshot_id")
+    if not _same_registry(meta.get("registry"), config.registry.url):
+        raise PlanRefused(f"plan {plan_id} was made for registry {meta.get('registry')}, "
+                          f"not {config.registry.url}: nothing was deleted")
+    if meta.get("complete") is not True:
+        raise PlanRefused(f"plan {plan_id} comes from incomplete snapshot {snapshot_id}: "
+                          "a sweep never deletes from an incomplete snapshot; nothing was deleted")
+    try:
+        snap = store.snapshot_meta(snapshot_id) if snapshot_id else None
+    except FileNotFoundError:
+        snap = None
+    if snap is None:
+        raise PlanRefused(f"plan {plan_id}: its snapshot {snapshot_id} is not in store {store.url}")
+    if snap.get("complete") is not True:
+        raise PlanRefused(f"plan {plan_id} comes from incomplete snapshot {snapshot_id}: "
+                          "a sweep never deletes from an incomplete snapshot; nothing was deleted")
+    # The age that matters is the observation's: a fresh plan of a week-old snapshot is stale.
+    observed = _parse_time(snap.get("created_at"))
+    planned = _parse_time(meta.get("created_at"))
+    if observed is None or planned is None:
+        raise PlanRefused(f"plan {plan_id}: no creation time recorded for it or snapshot {snapshot_id}")
+    max_age = parse_duration(config.sweep.maxPlanAge)
+    age = now - min(observed, planned)
+    if age > max_age:
+        raise PlanRefused(f"plan {plan_id} is based on snapshot {snapshot_id} taken {_age(age)} ago, "
+                          f"older than sweep.maxPlanAge {config.sweep.maxPlanAge}: take a new snapshot "
+                          "and plan; nothing was deleted")
+
+    def table(name, schema):
+        t = store.snapshot_table(snapshot_id, name)
+        return (t if t is not None else schema.empty_table()).to_pandas()
+
+    tags = table("tags", TAGS)
+    if store.snapshot_table(snapshot_id, "tags") is None:
+        raise PlanRefused(f"plan {plan_id}: snapshot {snapshot_id} has no registry tables")
+    plan = store.plan_table(plan_id).to_pandas()
+    missing = [c for c in PLAN.names if c not in plan.columns]
+    if missing:
+        raise PlanRefused(f"plan {plan_id}: plan.parquet lacks columns {', '.join(missing)}")
+    return LoadedPlan(plan_id=plan_id, snapshot_id=snapshot_id, registry=config.registry.url,
+                      observed_at=observed, plan=plan, tags=tags,
+                      manifests=table("manifests", MANIFESTS), children=table("children", CHILDREN))
+
+
+def _age(d: timedelta) -> str:
+    hours = d.total_seconds() / 3600
+    return f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+# ============================================================================ targets
+
+
+@dataclass
+class Target:
+    """One deletion: a manifest by digest, or (where supported) a lone tag."""
+
+    repository: str
+    ref: str                    # what DELETE names: the digest, or the tag for a lone-tag deletion
+    digest: str                 # the planned digest
+    kind: str                   # image | index | artifact | referrers-index | unknown
+    tags: tuple[str, ...] = ()  # tags that must still resolve to `digest` right before deleting
+    size: int = 0               # bytes counted for the report (0 for platform manifests of a deleted index)
+    parents: tuple[str, ...] = ()  # digests (same repository) that must be deleted first
+
+    @property
+    def is_tag(self) -> bool:
+        return not self.ref.startswith("sha256:")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.repository, self.ref)
+
+
+@dataclass
+class Outcome:
+    """What happened to one target in this run."""
+
+    repository: str
+    ref: str
+    digest: str
+    kind: str
+    tags: tuple[str, ...]
+    size: int
+    status: str                 # done | skipped | failed | would-delete | done-before
+    detail: str = ""
+
+    @property
+    def is_tag(self) -> bool:
+        return not self.ref.startswith("sha256:")
+
+
+def deletion_targets(plan: "pd.DataFrame", tags: "pd.DataFrame", manifests: "pd.DataFrame",
+                     children: "pd.DataFrame") -> tuple[list[Target], list[Outcome]]:
+    """Targets in deletion order (parents first), and the planned deletions this sweep will not make.
+
+    Fails closed wherever the plan and its snapshot disagree: a snapshot tag on a digest that the
+    plan does not mark `delete` keeps the digest, as does any `keep` row for it.
+    """
+    planned_delete_tags: dict[tuple[str, str], set[str]] = {}
+    kept: set[tuple[str, str]] = set()
+    seeds: set[tuple[str, str]] = set()
+    kind: dict[tuple[str, str], str] = {}
+    size: dict[tuple[str, str], int] = {}
+    for r in plan.itertuples(index=False):
+        k = (r.repository, r.digest)
+        kind.setdefault(k, r.kind)
+        size.setdefault(k, int(r.size or 0))
+        if r.action == "delete":
+            seeds.add(k)
+            if isinstance(r.tag, str):
+                planned_delete_tags.setdefault(k, set()).add(r.tag)
+        else:
+            kept.add(k)
+
+    subject: dict[tuple[str, str], str] = {}
+    for r in manifests.itertuples(index=False):
+        k = (r.repository, r.digest)
+        kind.setdefault(k, r.kind)
+        size.setdefault(k, int(r.size or 0))
+        if isinstance(r.subject, str):
+            subject[k] = r.subject
+    known = set(kind)
+
+    # Tags on each digest in the snapshot; the referrers fallback tag belongs to its subject.
+    snapshot_tags: dict[tuple[str, str], set[str]] = {}
+    for r in tags.itertuples(index=False):
+        if r.gone or not isinstance(r.digest, str):
+            continue
+        k = (r.repository, r.digest)
+        snapshot_tags.setdefault(k, set()).add(r.tag)
+        fs = fallback_subject(r.tag)
+        if fs and k not in subject:
+            subject[k] = fs
+    why_kept: dict[tuple[str, str], str] = {}
+    for k, ts in snapshot_tags.items():
+        for t in sorted(ts - planned_delete_tags.get(k, set())):
+            fs = fallback_subject(t)
+            if fs and subject.get(k) == fs:
+                continue  # kept or deleted with its subject
+            why_kept.setdefault(k, f"tag {t} on this digest is not planned for deletion")
+    for k in kept:
+        why_kept.setdefault(k, "the plan keeps this digest")
+
+    indexes_of: dict[tuple[str, str], set[str]] = {}
+    children_of: dict[tuple[str, str], set[str]] = {}
+    for r in children.itertuples(index=False):
+        indexes_of.setdefault((r.repository, r.child_digest), set()).add(r.index_digest)
+        children_of.setdefault((r.repository, r.index_digest), set()).add(r.child_digest)
+    referrers_of: dict[tuple[str, str], set[str]] = {}
+    for (repo, d), s in subject.items():
+        referrers_of.setdefault((repo, s), set()).add(d)
+
+    # Candidates: what the plan deletes, plus every relative that goes with it.
+    cand = set(seeds)
+    stack = list(cand)
+    while stack:
+        repo, d = stack.pop()
+        for rel in children_of.get((repo, d), set()) | referrers_of.get((repo, d), set()):
+            k = (repo, rel)
+            if k not in cand:
+                cand.add(k)
+                stack.append(k)
+    why_not: dict[tuple[str, str], str] = {k: why_kept[k] for k in cand if k in why_kept}
+    cand -= set(why_not)
+
+    def parents(k: tuple[str, str]) -> set[str]:
+        repo, _ = k
+        ps = set(indexes_of.get(k, set()))
+        s = subject.get(k)
+        if s and (repo, s) in known:
+            ps.add(s)
+        return ps
+
+    # Remove, until nothing changes, whatever a surviving manifest still needs.
+    changed = True
+    while changed:
+        changed = False
+        for k in sorted(cand):
+            for p in sorted(parents(k)):
+                if (k[0], p) not in cand:
+                    rel = "refers to" if subject.get(k) == p else "is a platform manifest of"
+                    why_not[k] = f"{rel} {p}, which is kept"
+                    cand.discard(k)
+                    changed = True
+                    break
+
+    # Order: parents before children (depth in the relatives graph), then by name for stable output.
+    depth: dict[tuple[str, str], int] = {}
+
+    def level(k, seen=()):
+        if k in depth:
+            return depth[k]
+        ps = [(k[0], p) for p in parents(k) if (k[0], p) in cand and (k[0], p) not in seen]
+        depth[k] = 1 + max((level(p, seen + (k,)) for p in ps), default=-1)
+        return depth[k]
+
+    targets: list[Target] = []
+    for k in sorted(cand, key=lambda k: (level(k), k)):
+        repo, d = k
+        ps = tuple(sorted(p for p in parents(k) if (repo, p) in cand))
+        in_index = any((repo, p) in cand for p in indexes_of.get(k, set()))
+        targets.append(Target(repository=repo, ref=d, digest=d, kind=kind.get(k, "unknown"),
+                              tags=tuple(sorted(snapshot_tags.get(k, set()) | planned_delete_tags.get(k, set()))),
+                              size=0 if in_index else size.get(k, 0), parents=ps))
+
+    # Planned deletions that will not happen as digests: a lone `delete` tag may still go alone.
+    skipped: list[Outcome] = []
+    for k in sorted(seeds - cand):
+        repo, d = k
+        reason = why_not.get(k, "kept by the sweep")
+        # A referrers fallback tag is its subject's, never an image tag of its own to remove.
+        lone = sorted(t for t in planned_delete_tags.get(k, set()) if not fallback_subject(t))
+        for t in lone:
+            targets.append(Target(repository=repo, ref=t, digest=d, kind=kind.get(k, "unknown"), tags=(t,)))
+        if not lone:
+            skipped.append(Outcome(repo, d, d, kind.get(k, "unknown"), tuple(sorted(snapshot_tags.get(k, set()))),
+                                   size.get(k, 0), SKIPPED, reason))
+    return targets, skipped
+
+
+# ============================================================================ journal
+
+
+@dataclass
+class JournalState:
+    """What earlier runs of a plan did: targets done, and targets started but never finished."""
+
+    done: set[tuple[str, str]] = field(default_factory=set)
+    in_flight: set[tuple[str, str]] = field(default_factory=set)
+
+
+class Journal:
+    """The append-only journal of one plan: `<store>/journal/<plan id>/<time>-<n>.parquet`.
+
+    Each `write` is one new immutable file. On a local store the file is fsynced and renamed
+    into place and the directory fsynced, so a `started` record survives a crash or SIGKILL
+    before the DELETE it announces goes out; on object stores the PUT returning is that point.
+    """
+
+    def __init__(self, store: Store, plan_id: str):
+        self.store, self.plan_id = store, plan_id
+        self.log = f"journal/{plan_id}"
+        self._seq = 0
+        self._dir_ready = False
+
+    def read(self) -> pa.Table:
+        return self.store.read_rows(self.log, JOURNAL)
+
+    def state(self) -> JournalState:
+        t = self.read()
+        st = JournalState()
+        if t.num_rows == 0:
+            return st
+        last: dict[tuple[str, str], str] = {}
+        for repo, target, event in zip(*(t.column(c).to_pylist() for c in ("repository", "target", "event"))):
+            k = (repo, target)
+            if event == DONE:
+                st.done.add(k)
+            if event != PLANNED:
+                last[k] = event
+        st.in_flight = {k for k, e in last.items() if e == STARTED and k not in st.done}
+        return st
+
+    def rows(self, events: list[tuple[str, str, str, str | None]]) -> pa.Table:
+        now = utcnow()
+        cols = list(zip(*events)) if events else [[], [], [], []]
+        return pa.table({"time": [now] * len(events), "plan_id": [self.plan_id] * len(events),
+                         "repository": list(cols[0]), "target": list(cols[1]),
+                         "event": list(cols[2]), "detail": list(cols[3])}, schema=JOURNAL)
+
+    def write(self, events: list[tuple[str, str, str, str | None]]) -> None:
+        """Append (repository, target, event, detail) records; durable when this returns."""
+        if not events:
+            return
+        table = self.rows(events)
+        if not self.store.local:
+            self.store.append_rows(self.log, table)
+            return
+        base = self.store.path(self.log)
+        if not self._dir_ready:
+            os.makedirs(base, exist_ok=True)
+            _fsync_dir(os.path.dirname(base))
+            self._dir_ready = True
+        self._seq += 1
+        name = f"{utcnow().strftime('%Y%m%dT%H%M%S%f')}-{self._seq:06d}-{uuid.uuid4().hex[:6]}.parquet"
+        tmp = f"{base}/.{name}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, f"{base}/{name}")
+            _fsync_dir(base)
+        except OSError as e:
+            raise StoreError(f"store {self.store.url}: cannot write the sweep journal {base}: {e}") from None
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class GroupCommit:
+    """Batches journal records from concurrent deletions into few files (group commit).
+
+    `record(..., durable=True)` returns only once the records are on disk; records written
+    while a file is being flushed go together into the next one.
+    """
+
+    def __init__(self, journal: Journal):
+        self.journal = journal
+        self._pending: list[tuple] = []
+        self._waiters: list[asyncio.Future] = []
+        self._flusher: asyncio.Task | None = None
+        self._error: BaseException | None = None
+
+    async def record(self, events: list[tuple[str, str, str, str | None]], durable: bool = False) -> None:
+        if self._error is not None:
+            raise self._error
+        self._pending.extend(events)
+        fut = None
+        if durable:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        if fut is not None:
+            await fut
+
+    async def _flush(self) -> None:
+        while self._pending and self._error is None:
+            events, waiters = self._pending, self._waiters
+            self._pending, self._waiters = [], []
+            try:
+                await asyncio.to_thread(self.journal.write, events)
+            except Exception as e:  # noqa: BLE001 - handed to every waiter and to close()
+                self._error = e
+                for w in waiters + self._waiters:
+                    if not w.done():
+                        w.set_exception(e)
+                return
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def close(self) -> None:
+        """Wait until every record handed over so far is written; raise if one could not be."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+            if self._pending and self._error is None:
+                self._flusher = asyncio.create_task(self._flush())
+        if self._error is not None:
+            raise self._error
+
+
+# ============================================================================ lock
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _proc_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), so a recycled pid is not taken for the owner."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now_start = _proc_start(pid)
+    return start is None or now_start is None or now_start == start
+
+
+def lock_path(store: Store, registry_url: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", registry_url.split("://", 1)[-1]).strip("_")
+    return store.path("locks", f"sweep-{slug}.lock")
+
+
+@contextlib.contextmanager
+def sweep_lock(store: Store, registry_url: str, plan: str) -> Iterator[dict]:
+    """Hold the store's lock for sweeping `registry_url`; SweepLocked when another sweep has it.
+
+    Local stores create the lock file with O_EXCL; a lock whose owner process is gone (same
+    host, pid dead) is stale and taken over. Object stores have no exclusive create: there the
+    lock is best effort, so also give the deployment a concurrency limit of 1 (prefect.yaml).
+    """
+    path = lock_path(store, registry_url)
+    pid = os.getpid()
+    owner = {"pid": pid, "pid_start": _proc_start(pid), "host": _host(), "registry": registry_url,
+             "plan": plan, "since": utcnow().isoformat()}
+    body = json.dumps(owner).encode()
+    if store.local:
+        _acquire_local(path, body, registry_url)
+    else:
+        _acquire_remote(store, path, owner, registry_url)
+    try:
+        yield owner
+    finally:
+        with contextlib.suppress(OSError, FileNotFoundError):
+            current = _read_owner(store, path)
+            if current and current.get("pid") == pid and current.get("host") == owner["host"] \
+                    and current.get("since") == owner["since"]:
+                store.fs.rm(path) if not store.local else os.unlink(path)
+
+
+def _read_owner(store: Store, path: str) -> dict | None:
+    try:
+        if store.local:
+            with open(path, "rb") as f:
+                return json.loads(f.read() or b"{}")
+        with store.fs.open(path, "rb") as f:
+            return json.loads(f.read() or b"{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _locked_message(registry_url: str, owner: dict | None, path: str) -> str:
+    if not owner:
+        return f"another sweep of {registry_url} is running (lock {path})"
+    return (f"another sweep of {registry_url} is running: pid {owner.get('pid')} on {owner.get('host')}, "
+            f"plan {owner.get('plan')}, since {owner.get('since')} (lock {path})")
+
+
+def _stale(owner: dict | None) -> bool:
+    if not owner or owner.get("host") != _host() or not isinstance(owner.get("pid"), int):
+        return False  # another host's process cannot be checked: never break its lock
+    return not _alive(owner["pid"], owner.get("pid_start"))
+
+
+def _acquire_local(path: str, body: bytes, registry_url: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_owner_local(path)
+            if owner is None:
+                continue  # released meanwhile
+            if owner == {} and time.time() - _mtime(path) < 5:
+                time.sleep(0.1)  # being written right now
+                owner = _read_owner_local(path)
+            if not _stale(owner):
+                raise SweepLocked(_locked_message(registry_url, owner, path)) from None
+            _break_stale(path, owner)
+            continue
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
+    raise SweepLocked(_locked_message(registry_url, _read_owner_local(path), path))
+
+
+def _read_owner_local(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read() or b"{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _break_stale(path: str, seen: dict | None) -> None:
+    """Remove a dead owner's lock, serialised so two sweeps cannot both break and re-take it."""
+    breaker = path + ".break"
+    try:
+        fd = os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        if time.time() - _mtime(breaker) > 60:  # a breaker that died while breaking
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(breaker)
+        time.sleep(0.05)
+        return
+    os.close(fd)
+    try:
+        if _read_owner_local(path) == seen:  # still the same dead owner, not a new live one
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    finally:
+        os.unlink(breaker)
+
+
+def _acquire_remote(store: Store, path: str, owner: dict, registry_url: str) -> None:
+    current = _read_owner(store, path)
+    if current is not None and not _stale(current):
+        raise SweepLocked(_locked_message(registry_url, current, path))
+    store.write_json(path, owner)
+    if _read_owner(store, path) != json.loads(json.dumps(owner, default=str)):
+        raise SweepLocked(_locked_message(registry_url, _read_owner(store, path), path))
+
+
+# ============================================================================ approval
+
+
+@dataclass
+class Intent:
+    """What a sweep is about to do, shown for approval and then executed."""
+
+    plan_id: str
+    snapshot_id: str
+    registry: str
+    targets: list[Target]              # not yet done, in deletion order
+    skipped: list[Outcome]             # planned deletions the sweep itself keeps (see deletion_targets)
+    done_before: list[Target]          # done by an earlier run of this plan
+    in_flight: set[tuple[str, str]]    # started by an earlier run, never finished
+    known: dict[str, set[str]] = field(default_factory=dict)  # digests the snapshot saw, per affected repository
+
+    @property
+    def deletions(self) -> int:
+        return len(self.targets)
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.size for t in self.targets if not t.is_tag)
+
+    def markdown(self, *, limit: int = 200) -> str:
+        """What will be deleted: tags, digests and bytes per repository."""
+        manifests = [t for t in self.targets if not t.is_tag]
+        lone = [t for t in self.targets if t.is_tag]
+        lines = [f"# Sweep of plan `{self.plan_id}`", "",
+                 f"Registry {self.registry}, snapshot `{self.snapshot_id}`.", "",
+                 f"**{len(manifests)} manifests ({human_bytes(self.bytes)} referenced) and "
+                 f"{len(lone)} lone tags will be deleted**"
+                 + (f"; {len(self.done_before)} were deleted by an earlier run of this plan" if self.done_before else "")
+                 + (f"; {len(self.skipped)} planned deletions are kept by the sweep's own checks" if self.skipped else "")
+                 + ". Every tag is re-checked just before its DELETE.", ""]
+        per_repo: dict[str, list[int]] = {}
+        for t in self.targets:
+            r = per_repo.setdefault(t.repository, [0, 0, 0])
+            r[0] += 0 if t.is_tag else 1
+            r[1] += len(t.tags)
+            r[2] += 0 if t.is_tag else t.size
+        if per_repo:
+            lines += ["| repository | manifests | tags | bytes |", "|---|---:|---:|---:|"]
+            lines += [f"| {repo} | {m} | {n} | {human_bytes(b)} |" for repo, (m, n, b) in sorted(per_repo.items())]
+            lines.append("")
+            lines += ["| repository | tags | digest | kind | size |", "|---|---|---|---|---:|"]
+            for t in self.targets[:limit]:
+                what = ", ".join(t.tags) if not t.is_tag else f"{t.ref} (this tag only)"
+                lines.append(f"| {t.repository} | {what or '(untagged)'} | `{t.digest}` | {t.kind} | {human_bytes(t.size)} |")
+            if len(self.targets) > limit:
+                lines.append(f"| … | {len(self.targets) - limit} more | | | |")
+        if self.skipped:
+            lines += ["", "Kept although the plan deletes them:", ""]
+            lines += [f"- {o.repository}@{o.digest}: {o.detail}" for o in self.skipped[:limit]]
+        return "\n".join(lines)
+
+
+def check_up_front_approval(intent: Intent, max_deletions: int) -> None:
+    """Approval given before the sweep (`--yes`) covers at most `max_deletions` deletions."""
+    if intent.deletions > max_deletions:
+        raise SweepNotApproved(
+            f"plan {intent.plan_id} would delete {intent.deletions} manifests/tags in {intent.registry}, "
+            f"more than the {max_deletions} that approval up front (--yes) covers: nothing was deleted. "
+            "Approve it in the Prefect UI (run without --yes) or raise --max-deletions.")
+
+
+def human_bytes(n: int | float) -> str:
+    """Decimal units, as registries and `docker images` show sizes."""
+    n = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+# ============================================================================ preparation
+
+
+def prepare(config: RegsweepConfig, store: Store, plan_ref: str = "latest", now: datetime | None = None) -> Intent:
+    """Load and check the plan, compute its targets and drop those an earlier run finished."""
+    loaded = load_plan(config, store, plan_ref, now)
+    targets, skipped = deletion_targets(loaded.plan, loaded.tags, loaded.manifests, loaded.children)
+    state = Journal(store, loaded.plan_id).state()
+    remaining = [t for t in targets if t.key not in state.done]
+    before = [t for t in targets if t.key in state.done]
+    repos = {t.repository for t in remaining}
+    m = loaded.manifests
+    known = {repo: set(g) for repo, g in m[m.repository.isin(repos)].groupby("repository").digest}
+    keys = {t.key for t in remaining}
+    return Intent(plan_id=loaded.plan_id, snapshot_id=loaded.snapshot_id, registry=config.registry.url,
+                  targets=remaining, skipped=skipped, done_before=before,
+                  in_flight=state.in_flight & keys, known=known)
+
+
+# ============================================================================ re-checks
+
+
+@dataclass
+class Protection:
+    """Targets a fresh look at the registry or the clusters says must stay, with why."""
+
+    reasons: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def add(self, key: tuple[str, str], reason: str) -> None:
+        self.reasons.setdefault(key, reason)
+
+
+def cluster_protection(config: RegsweepConfig, targets: list[Target]) -> Protection:
+    """Scan the clusters again and protect every target now in use (by digest or by tag).
+
+    A scan that fails raises: the caller deletes nothing (fail closed).
+    """
+    from tasks.cluster import scan_in_use
+    from tasks.reference import RegistryMatcher, digest_of_image_id
+
+    prot = Protection()
+    workloads = scan_in_use(config)
+    matcher = RegistryMatcher(config.registry.url, config.registry.aliases)
+    by_tag: dict[tuple[str, str], str] = {}
+    by_digest: dict[tuple[str, str], str] = {}
+    any_digest: dict[str, str] = {}
+    for r in workloads.itertuples(index=False):
+        if getattr(r, "finished", False) is True:
+            continue
+        where = f"{r.kind} {r.namespace}/{r.name} in context {r.context}"
+        ref = matcher.match(r.image)
+        if ref is not None:
+            if ref.tag is not None:
+                by_tag.setdefault((ref.repository, ref.tag), where)
+            if ref.digest is not None:
+                by_digest.setdefault((ref.repository, ref.digest), where)
+        image_id = getattr(r, "image_id", None)
+        d = digest_of_image_id(image_id) if isinstance(image_id, str) else None
+        if d:
+            # The running image's digest counts whatever spelling the spec used (fail closed).
+            any_digest.setdefault(d, where)
+    for t in targets:
+        where = by_digest.get((t.repository, t.digest)) or any_digest.get(t.digest)
+        if where:
+            prot.add(t.key, f"in use by {where} (fresh cluster scan)")
+            continue
+        for tag in t.tags:
+            if (t.repository, tag) in by_tag:
+                prot.add(t.key, f"{t.repository}:{tag} in use by {by_tag[(t.repository, tag)]} (fresh cluster scan)")
+                break
+    return prot
+
+
+async def registry_protection(client: Any, targets: list[Target], known: dict[str, set[str]],
+                              concurrency: int) -> Protection:
+    """Look at each affected repository as it is now: tags pushed or moved onto a target, new indexes.
+
+    Every current tag that is not itself planned away with its digest is resolved; a target
+    such a tag now points at stays, and so does a platform manifest listed by a new index, or a
+    subject given a new artifact. Listing or resolving errors raise (fail closed).
+    """
+    from tasks.oci import parse_manifest
+
+    prot = Protection()
+    by_repo: dict[str, list[Target]] = {}
+    for t in targets:
+        by_repo.setdefault(t.repository, []).append(t)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def resolve(repo: str, ref: str) -> str | None:
+        async with sem:
+            return await client.head_manifest(repo, ref)
+
+    async def one_repo(repo: str, ts: list[Target]) -> None:
+        digests = {t.digest: t for t in ts if not t.is_tag}
+        planned = {(tag, t.digest) for t in ts for tag in t.tags}
+        current = await client.list_tags(repo)
+        others = [tag for tag in current if not any((tag, d) in planned for d in digests)
+                  and not any(t.is_tag and t.ref == tag for t in ts)]
+        resolved = await asyncio.gather(*(resolve(repo, tag) for tag in others))
+        fresh: set[str] = set()
+        for tag, d in zip(others, resolved):
+            if d is None:
+                continue
+            if d in digests:
+                prot.add((repo, d), f"tag {tag} now points at it (pushed or moved after the snapshot)")
+            fresh.add(d)
+        # A manifest the snapshot never saw may list a target as a platform manifest or refer to
+        # it; the ones it saw are immutable and already in its children and subject columns.
+        async def inspect(d: str) -> None:
+            async with sem:
+                _, media_type, body = await client.get_manifest(repo, d)
+            m = parse_manifest(body, media_type)
+            for c in m.children:
+                if c.digest in digests:
+                    prot.add((repo, c.digest), f"listed by index {d}, pushed after the snapshot")
+            if m.subject in digests:
+                prot.add((repo, m.subject), f"artifact {d}, pushed after the snapshot, refers to it")
+
+        await asyncio.gather(*(inspect(d) for d in fresh - set(digests) - known.get(repo, set())))
+
+    await asyncio.gather(*(one_repo(repo, ts) for repo, ts in by_repo.items()))
+    return prot
+
+
+# ============================================================================ deletion
+
+
+class _Stop(Exception):
+    pass
+
+
+async def execute(config: RegsweepConfig, store: Store, intent: Intent, *, dry_run: bool = False,
+                  protection: Protection | None = None, client: Any = None,
+                  progress: Callable[[int], None] | None = None) -> list[Outcome]:
+    """Delete `intent.targets` in order with bounded concurrency, journalling each attempt."""
+    from tasks.registry import RegistryClient
+
+    if client is None:
+        async with RegistryClient(config.registry) as c:
+            return await execute(config, store, intent, dry_run=dry_run, protection=protection,
+                                 client=c, progress=progress)
+
+    registry = config.registry.url
+    prot = protection or Protection()
+    journal = GroupCommit(Journal(store, intent.plan_id)) if not dry_run else None
+    sem = asyncio.Semaphore(config.sweep.concurrency)
+    finished: dict[str, asyncio.Future] = {}   # "repo@digest" -> outcome status
+    outcomes: list[Outcome] = []
+    stop: list[str] = []                       # first fatal error message
+    done_before = {(t.repository, t.digest) for t in intent.done_before if not t.is_tag}
+    tag_probe = asyncio.Lock()
+    loop = asyncio.get_running_loop()
+    for t in intent.targets:
+        if not t.is_tag:
+            finished[f"{t.repository}@{t.digest}"] = loop.create_future()
+
+    def outcome(t: Target, status: str, detail: str = "") -> Outcome:
+        o = Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, status, detail)
+        outcomes.append(o)
+        if not t.is_tag:
+            fut = finished[f"{t.repository}@{t.digest}"]
+            if not fut.done():
+                fut.set_result(status)
+        if progress:
+            progress(1)
+        return o
+
+    async def log(t: Target, event: str, detail: str | None, durable: bool = False) -> None:
+        if journal is not None:
+            await journal.record([(t.repository, t.ref, event, detail)], durable=durable)
+
+    async def skip(t: Target, reason: str) -> None:
+        outcome(t, SKIPPED, reason)
+        await log(t, SKIPPED, reason)
+
+    async def one(t: Target) -> None:
+        # Parents first: a platform manifest waits for its indexes, an artifact for its subject.
+        for p in t.parents:
+            if (t.repository, p) in done_before:
+                continue
+            status = await finished[f"{t.repository}@{p}"]
+            if status not in (DONE, WOULD_DELETE):
+                return await skip(t, f"{p}, which it belongs to, was not deleted")
+        if stop:
+            return await skip(t, f"not attempted: {stop[0]}")
+        if t.key in prot.reasons:
+            return await skip(t, prot.reasons[t.key])
+        if t.is_tag and _TAG_DELETE_SUPPORT.get(registry) is False:
+            return await skip(t, f"registry {registry} cannot delete a tag alone, and its digest is kept")
+        async with sem:
+            if stop:
+                return await skip(t, f"not attempted: {stop[0]}")
+            try:
+                if t.key in intent.in_flight:
+                    # An earlier run announced this DELETE and died: it may have gone out.
+                    gone = await client.head_manifest(t.repository, t.ref) is None
+                    if gone:
+                        outcome(t, DONE, "deleted by an earlier run (found gone on resume)")
+                        return await log(t, DONE, "found gone on resume")
+                for tag in t.tags:
+                    now = await client.head_manifest(t.repository, tag)
+                    if now != t.digest:
+                        if now is None and (t.is_tag or await client.head_manifest(t.repository, t.digest) is None):
+                            outcome(t, DONE, "already gone from the registry")
+                            return await log(t, DONE, "already gone")
+                        why = f"tag {tag} is gone" if now is None else f"tag {tag} now points at {now}"
+                        return await skip(t, f"{why}, not the planned {t.digest}")
+                if dry_run:
+                    outcome(t, WOULD_DELETE)
+                    return
+                if t.is_tag:
+                    return await delete_tag(t)
+                await log(t, STARTED, None, durable=True)
+                existed = await client.delete_manifest(t.repository, t.digest)
+            except UnsupportedOperation as e:
+                msg = f"registry {registry} refuses deletion ({e}); enable it (Distribution: storage.delete.enabled)"
+                stop.append(msg)
+                outcome(t, FAILED, msg)
+                return await log(t, FAILED, str(e))
+            except RegistryUnreachable as e:
+                stop.append(str(e))
+                outcome(t, FAILED, str(e))
+                return await log(t, FAILED, str(e))
+            except RegistryError as e:
+                outcome(t, FAILED, str(e))
+                return await log(t, FAILED, str(e))
+        outcome(t, DONE, "" if existed else "already gone (404)")
+        await log(t, DONE, None if existed else "404: already gone")
+
+    async def delete_tag(t: Target) -> None:
+        # The first lone-tag deletion probes whether the registry can do it; the rest wait.
+        async with tag_probe if registry not in _TAG_DELETE_SUPPORT else contextlib.nullcontext():
+            if _TAG_DELETE_SUPPORT.get(registry) is False:
+                return await skip(t, f"registry {registry} cannot delete a tag alone, and its digest is kept")
+            await log(t, STARTED, f"tag of {t.digest}", durable=True)
+            try:
+                existed = await client.delete_tag(t.repository, t.ref)
+            except UnsupportedOperation:
+                _TAG_DELETE_SUPPORT[registry] = False
+                return await skip(t, f"registry {registry} cannot delete a tag alone, and its digest is kept")
+            _TAG_DELETE_SUPPORT[registry] = True
+        outcome(t, DONE, "tag removed, digest kept" if existed else "already gone (404)")
+        await log(t, DONE, f"tag of {t.digest}")
+
+    try:
+        await asyncio.gather(*(one(t) for t in intent.targets))
+    finally:
+        if journal is not None:
+            await journal.close()
+    return outcomes
+
+
+# ============================================================================ report
+
+
+@dataclass
+class SweepReport:
+    """The result of one sweep run."""
+
+    plan_id: str
+    registry: str
+    dry_run: bool
+    outcomes: list[Outcome]
+    done_before: int = 0
+
+    def _count(self, status: str, tags: bool | None = None) -> int:
+        return sum(1 for o in self.outcomes if o.status == status and (tags is None or o.is_tag == tags))
+
+    @property
+    def deleted(self) -> int:
+        return self._count(WOULD_DELETE if self.dry_run else DONE, tags=False)
+
+    @property
+    def tags_deleted(self) -> int:
+        return self._count(WOULD_DELETE if self.dry_run else DONE, tags=True)
+
+    @property
+    def skipped(self) -> int:
+        return self._count(SKIPPED)
+
+    @property
+    def failed(self) -> int:
+        return self._count(FAILED)
+
+    @property
+    def bytes(self) -> int:
+        st = WOULD_DELETE if self.dry_run else DONE
+        return sum(o.size for o in self.outcomes if o.status == st and not o.is_tag)
+
+    def summary(self) -> str:
+        """The CLI's last line: `deleted 12 manifests (34.5 MB), skipped 2, failed 0`."""
+        what = f"{self.deleted} manifests" + (f" and {self.tags_deleted} tags" if self.tags_deleted else "")
+        what += f" ({human_bytes(self.bytes)})"
+        if self.dry_run:
+            return f"dry run: would delete {what}, skipped {self.skipped}"
+        line = f"deleted {what}, skipped {self.skipped}, failed {self.failed}"
+        if self.done_before:
+            line += f" ({self.done_before} deleted by an earlier run of plan {self.plan_id})"
+        return line
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan_id": self.plan_id, "registry": self.registry, "dry_run": self.dry_run,
+                "deleted": self.deleted, "tags_deleted": self.tags_deleted, "skipped": self.skipped,
+                "failed": self.failed, "bytes": self.bytes, "done_before": self.done_before,
+                "summary": self.summary(), "outcomes": [asdict(o) for o in self.outcomes]}
+
+    def markdown(self, limit: int = 500) -> str:
+        lines = [f"# Sweep of plan `{self.plan_id}`" + (" (dry run)" if self.dry_run else ""), "",
+                 f"Registry {self.registry}: **{self.summary()}**.", ""]
+        if not self.dry_run and self.deleted:
+            lines += ["Distribution frees the disk space only when its garbage collection runs "
+                      "(`registry garbage-collect`, with the registry read-only or stopped).", ""]
+        rows = sorted(self.outcomes, key=lambda o: ({FAILED: 0, SKIPPED: 1}.get(o.status, 2), o.repository, o.ref))
+        if rows:
+            lines += ["| status | repository | tags | digest | kind | size | detail |", "|---|---|---|---|---|---:|---|"]
+            for o in rows[:limit]:
+                tags = o.ref if o.is_tag else (", ".join(o.tags) or "(untagged)")
+                lines.append(f"| {o.status} | {o.repository} | {tags} | `{o.digest}` | {o.kind} | "
+                             f"{human_bytes(o.size)} | {o.detail} |")
+            if len(rows) > limit:
+                lines.append(f"| … | {len(rows) - limit} more | | | | | |")
+        return "\n".join(lines)
+
+
+# ============================================================================ the whole sweep
+
+
+def recheck_cluster(config: RegsweepConfig, intent: Intent) -> Protection:
+    """The fresh cluster scan, when enabled; raises SweepFailed when it cannot run."""
+    prot = Protection()
+    if config.sweep.recheckCluster and not config.cleanup.disableKubernetesBasedPolicy:
+        try:
+            prot.reasons.update(cluster_protection(config, intent.targets).reasons)
+        except RegsweepError as e:
+            raise SweepFailed(f"the fresh cluster scan before deleting failed, so nothing was deleted: {e}") from e
+    return prot
+
+
+async def _registry_recheck(config: RegsweepConfig, intent: Intent, client: Any) -> Protection:
+    try:
+        return await registry_protection(client, intent.targets, intent.known, config.registry.concurrency)
+    except RegistryError as e:
+        raise SweepFailed(f"the registry re-check before deleting failed, so nothing was deleted: {e}") from e
+
+
+async def _recheck_and_execute(config: RegsweepConfig, store: Store, intent: Intent, prot: Protection,
+                               dry_run: bool, progress: Callable[[int], None] | None) -> list[Outcome]:
+    from tasks.registry import RegistryClient
+
+    async with RegistryClient(config.registry) as client:
+        fresh = await _registry_recheck(config, intent, client)
+        for k, why in fresh.reasons.items():
+            prot.add(k, why)
+        return await execute(config, store, intent, dry_run=dry_run, protection=prot, client=client,
+                             progress=progress)
+
+
+def delete_targets(config: RegsweepConfig, store: Store, intent: Intent, *, dry_run: bool = False) -> SweepReport:
+    """Re-check and delete an approved intent (or, dry, report what would go).
+
+    Raises SweepFailed, deleting nothing, when a re-check cannot run; a target that fails is
+    recorded in the report (and the journal) instead.
+    """
+    from tasks.progress import reporter
+
+    outcomes: list[Outcome] = []
+    if intent.targets:
+        prot = recheck_cluster(config, intent)
+        if not dry_run:
+            Journal(store, intent.plan_id).write(
+                [(o.repository, o.ref, SKIPPED, o.detail) for o in intent.skipped]
+                + [(t.repository, t.ref, PLANNED, None) for t in intent.targets])
+        rep = reporter()
+        rep.start("sweep", f"{'checking' if dry_run else 'deleting'} {intent.deletions} targets in "
+                           f"{config.registry.url}", intent.deletions)
+        outcomes = asyncio.run(_recheck_and_execute(config, store, intent, prot, dry_run,
+                                                    lambda n: rep.advance("sweep", n)))
+        order = {t.key: i for i, t in enumerate(intent.targets)}
+        outcomes.sort(key=lambda o: order.get((o.repository, o.ref), -1))
+    report = SweepReport(plan_id=intent.plan_id, registry=config.registry.url, dry_run=dry_run,
+                         outcomes=list(intent.skipped) + outcomes, done_before=len(intent.done_before))
+    if intent.targets:
+        rep.finish("sweep", report.summary())
+    return report
+
+
+def raise_if_failed(report: SweepReport) -> None:
+    """SweepFailed (exit 1) when any deletion failed; the journal says which."""
+    failures = [o for o in report.outcomes if o.status == FAILED]
+    if failures:
+        first = failures[0]
+        raise SweepFailed(f"{len(failures)} deletions failed in {report.registry} (first: "
+                          f"{first.repository}@{first.digest}: {first.detail}); journal "
+                          f"journal/{report.plan_id} in the store records each attempt", report)
+
+
+def run_sweep(config: RegsweepConfig, plan: str = "latest", *, dry_run: bool = False, approve: bool = False,
+              max_deletions: int | None = None, gate: Callable[[Intent], None] | None = None,
+              now: datetime | None = None) -> SweepReport:
+    """A whole sweep without Prefect: the lock, the plan checks, approval, re-checks, deletion.
+
+    `gate(intent)` asks a human and raises SweepNotApproved unless they approve; without it only
+    `approve=True` within `max_deletions` (default `sweep.maxDeletions`) lets deletion happen.
+    Raises SweepFailed (carrying the report) when any deletion failed.
+    """
+    store = Store(config.store)
+    limit = config.sweep.maxDeletions if max_deletions is None else max_deletions
+    lock = contextlib.nullcontext() if dry_run else sweep_lock(store, config.registry.url, plan)
+    with lock:
+        intent = prepare(config, store, plan, now)
+        if intent.targets and not dry_run:
+            if approve:
+                check_up_front_approval(intent, limit)
+            elif gate is not None:
+                gate(intent)
+            else:
+                raise SweepNotApproved(f"plan {intent.plan_id}: deleting needs approval (--yes within "
+                                       f"--max-deletions, or the Prefect form); nothing was deleted")
+        report = delete_targets(config, store, intent, dry_run=dry_run)
+    raise_if_failed(report)
+    return report

@@ -1,0 +1,424 @@
+"""The gated sweep against a real Distribution 2.8 registry, real snapshots and real plans.
+
+Each test fills its own repository through the registry's HTTP API, takes a snapshot with the
+real registry extractor, evaluates it into a stored plan, sweeps, and then asks the registry
+itself (GET manifest → 404 or 200) what is left. Old images (built 2024) are planned `delete`,
+images built now are kept by the "fresh" rule; everything else keeps its real behaviour.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from tasks.config import load_config
+from tasks.errors import PlanRefused, SweepFailed, SweepLocked, SweepNotApproved
+from tasks.localregistry import (MANIFEST_ACCEPT, push_artifact, push_image, push_index, push_tags,
+                                 tag_manifest)
+from tasks.schemas import JOURNAL
+from tasks.store import SourceStatus, Store, new_id, utcnow
+from tasks.sweep import Journal, lock_path, run_sweep, sweep_lock
+
+OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_config(tmp_path: Path, url: str, repo: str, *, sweep: dict | None = None,
+                 kubeconfig: Path | None = None, name: str = "regsweep.yaml") -> Path:
+    data = {
+        "store": str(tmp_path / "store"),
+        "registry": {"url": url, "repositories": [repo], "concurrency": 4},
+        "cleanup": {"disableKubernetesBasedPolicy": kubeconfig is None, "disableGitHistoryBasedPolicy": True,
+                    "keepImagesBuiltWithinLastNHours": 2, "unlinkedImages": "delete"},
+        "helm": {"enabled": False},
+        "sweep": {"concurrency": 2, **(sweep or {})},
+    }
+    if kubeconfig is not None:
+        data["kubernetes"] = {"kubeconfig": str(kubeconfig)}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def take_snapshot(cfg) -> str:
+    """A snapshot taken by the real extractors, published as the snapshot flow does."""
+    from tasks.snapshot import run_source, select_sources, snapshot_meta
+
+    store = Store(cfg.store)
+    now = utcnow()
+    sid = new_id(now)
+    staging = store.staging_dir(sid)
+    statuses = {name: (run_source(name, cfg, staging, now) if on else SourceStatus("skipped"))
+                for name, on in select_sources(cfg, None).items()}
+    store.publish_snapshot(sid, snapshot_meta(now, cfg, statuses))
+    return sid
+
+
+def make_plan(cfg, sid: str) -> str:
+    """Evaluate a snapshot into a stored plan."""
+    from tasks.policy import parse_duration  # noqa: F401  (evaluation lands in tasks/evaluate.py)
+    from tasks.schemas import PLAN
+
+    store = Store(cfg.store)
+    meta = store.snapshot_meta(sid)
+    tags = store.snapshot_table(sid, "tags").to_pandas()
+    m = store.snapshot_table(sid, "manifests").to_pandas().set_index(["repository", "digest"])
+    children = store.snapshot_table(sid, "children").to_pandas()
+    created_at = datetime.fromisoformat(meta["created_at"])
+    fresh_after = created_at - timedelta(hours=cfg.cleanup.keepImagesBuiltWithinLastNHours)
+
+    def is_fresh(repo, digest) -> bool:
+        c = m.at[(repo, digest), "created"]
+        if c is None or c != c:
+            kids = children[(children.repository == repo) & (children.index_digest == digest)].child_digest
+            return any(is_fresh(repo, k) for k in kids)
+        return c.to_pydatetime() >= fresh_after
+
+    def keeps(repo, digest) -> bool:
+        subject = m.at[(repo, digest), "subject"]
+        return keeps(repo, subject) if isinstance(subject, str) and (repo, subject) in m.index else is_fresh(repo, digest)
+
+    rows = []
+    for t in tags.itertuples():
+        if t.gone:
+            continue
+        keep = keeps(t.repository, t.digest)
+        rows.append({"repository": t.repository, "tag": t.tag, "digest": t.digest,
+                     "kind": m.at[(t.repository, t.digest), "kind"], "action": "keep" if keep else "delete",
+                     "reasons": ["fresh"] if keep else ["no rule keeps it"],
+                     "size": int(m.at[(t.repository, t.digest), "size"]), "created": None})
+    pid = new_id()
+    store.publish_plan(pid, pa.Table.from_pylist(rows, schema=PLAN),
+                       {"snapshot_id": sid, "created_at": utcnow().isoformat(), "complete": meta["complete"],
+                        "registry": meta["registry"]})
+    return pid
+
+
+def plan_of(cfg) -> str:
+    return make_plan(cfg, take_snapshot(cfg))
+
+
+def status(client, repo: str, ref: str) -> int:
+    return client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}).status_code
+
+
+def journal_events(cfg, plan_id: str) -> list[dict]:
+    return Journal(Store(cfg.store), plan_id).read().to_pylist()
+
+
+_builds = iter(range(10**9))
+
+
+def old(client, repo, tag, **kw):
+    """An image built in 2024 (no rule keeps it); every call builds a distinct image."""
+    return push_image(client, repo, tag, config={"created": OLD, "config": {"Labels": {"build": str(next(_builds))}}}, **kw)
+
+
+def fresh(client, repo, tag, **kw):
+    """An image built just now (kept by keepImagesBuiltWithinLastNHours)."""
+    return push_image(client, repo, tag, config={"created": utcnow(), "config": {"Labels": {"build": str(next(_builds))}}}, **kw)
+
+
+# --------------------------------------------------------------------------- what goes, what stays
+
+
+def test_sweep_deletes_what_the_plan_deletes_and_nothing_else(registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    a = old(c, repo, "a")
+    tag_manifest(c, repo, a, "a-alias")
+    keep = fresh(c, repo, "keep")
+    gone_subject = old(c, repo, "signed-old")
+    sig_old = push_artifact(c, repo, subject=gone_subject, artifact_type="application/vnd.dev.cosign.simplesigning.v1+json")
+    sig_kept = push_artifact(c, repo, subject=keep, artifact_type="application/vnd.dev.cosign.simplesigning.v1+json")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+
+    report = run_sweep(cfg, plan, approve=True)
+
+    assert report.failed == 0
+    for d in (a, gone_subject, sig_old):
+        assert status(c, repo, d) == 404, d
+    assert status(c, repo, f"sha256-{gone_subject.split(':')[1]}") == 404  # its referrers fallback index
+    for d in (keep, sig_kept):
+        assert status(c, repo, d) == 200
+    assert status(c, repo, f"sha256-{keep.split(':')[1]}") == 200
+    assert report.deleted == 4  # a (with its alias), the old subject, its signature, its fallback index
+    assert report.summary().startswith("deleted 4 manifests (")
+    events = journal_events(cfg, plan)
+    started = [e["target"] for e in events if e["event"] == "started"]
+    done = [e["target"] for e in events if e["event"] == "done"]
+    assert sorted(started) == sorted(done) and len(done) == 4
+    # The subject went before its signature and fallback index.
+    order = [e["target"] for e in events if e["event"] == "started"]
+    assert order.index(gone_subject) < order.index(sig_old)
+
+
+def test_index_and_its_children_go_together_while_a_kept_index_keeps_shared_children(
+        registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    amd_old, shared, arm_new = old(c, repo, None), old(c, repo, None), fresh(c, repo, None)
+    plat = lambda arch: {"os": "linux", "architecture": arch}  # noqa: E731
+    old_index = push_index(c, repo, "v1", [(amd_old, plat("amd64")), (shared, plat("arm64"))])
+    new_index = push_index(c, repo, "v2", [(shared, plat("amd64")), (arm_new, plat("arm64"))])
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+
+    report = run_sweep(cfg, plan_of(cfg), approve=True)
+
+    assert report.failed == 0
+    assert status(c, repo, old_index) == 404 and status(c, repo, amd_old) == 404
+    assert status(c, repo, new_index) == 200 and status(c, repo, shared) == 200 and status(c, repo, arm_new) == 200
+    assert status(c, repo, "v2") == 200
+
+
+def test_a_tag_repushed_after_planning_survives(registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    first = old(c, repo, "latest")
+    other = old(c, repo, "other")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+    second = fresh(c, repo, "latest")  # CI pushed a new `latest` after the plan was made
+
+    report = run_sweep(cfg, plan, approve=True)
+
+    assert status(c, repo, "latest") == 200 and status(c, repo, second) == 200
+    assert status(c, repo, first) == 200  # the planned digest stays: its tag no longer says it may go
+    assert status(c, repo, other) == 404
+    skipped = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+    assert f"tag latest now points at {second}" in skipped[first]
+    assert report.summary() .endswith("skipped 1, failed 0")
+
+
+def test_a_digest_shared_with_a_kept_tag_survives(registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    build = old(c, repo, "build-17")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+    tag_manifest(c, repo, build, "release-1.0")  # promoted after the plan: the digest now has a kept tag
+
+    report = run_sweep(cfg, plan, approve=True)
+
+    assert status(c, repo, build) == 200 and status(c, repo, "release-1.0") == 200
+    assert report.deleted == 0
+    assert "tag release-1.0 now points at it" in report.outcomes[0].detail
+
+
+def test_a_plan_deleting_one_of_two_tags_on_a_digest_keeps_the_digest(registry, registry_client, unique_repo, tmp_path):
+    """Digest-level safety even when a plan marks tags of one digest differently."""
+    from tasks.schemas import PLAN
+
+    c, repo = registry_client, unique_repo
+    d = old(c, repo, "nightly")
+    tag_manifest(c, repo, d, "stable")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    store = Store(cfg.store)
+    plan = plan_of(cfg)
+    rows = store.plan_table(plan).to_pylist()
+    for r in rows:
+        if r["tag"] == "stable":
+            r["action"], r["reasons"] = "keep", ["hand edit"]
+    edited = new_id()
+    store.publish_plan(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plan_meta(plan), "id": edited})
+
+    report = run_sweep(cfg, edited, approve=True)
+
+    assert status(c, repo, d) == 200 and status(c, repo, "nightly") == 200 and status(c, repo, "stable") == 200
+    # Distribution 2.8 cannot delete a tag alone (400 DIGEST_INVALID): the lone tag is skipped, said so.
+    (o,) = report.outcomes
+    assert o.ref == "nightly" and o.status == "skipped" and "cannot delete a tag alone" in o.detail
+    assert report.failed == 0
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_incomplete_snapshot_plan_is_refused(registry, registry_client, unique_repo, tmp_path, kube_env):
+    c, repo = registry_client, unique_repo
+    d = old(c, repo, "a")
+    server = kube_env.server()
+    kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
+    server.fail("pods", 500)  # one list call fails: the snapshot is incomplete
+    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig))
+    sid = take_snapshot(cfg)
+    assert Store(cfg.store).snapshot_meta(sid)["complete"] is False
+    plan = make_plan(cfg, sid)
+
+    with pytest.raises(PlanRefused, match=f"plan {plan} comes from incomplete snapshot {sid}"):
+        run_sweep(cfg, plan, approve=True)
+    assert status(c, repo, d) == 200
+    assert journal_events(cfg, plan) == []
+
+
+def test_too_old_plan_and_plan_for_another_registry_are_refused(registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    d = old(c, repo, "a")
+    cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"maxPlanAge": "24h"}))
+    plan = plan_of(cfg)
+
+    with pytest.raises(PlanRefused, match=r"taken 25\.\dh ago, older than sweep.maxPlanAge 24h"):
+        run_sweep(cfg, plan, approve=True, now=utcnow() + timedelta(hours=25))
+    other = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"url": "http://127.0.0.1:9"})})
+    with pytest.raises(PlanRefused, match=f"made for registry {registry.url}, not http://127.0.0.1:9"):
+        run_sweep(other, plan, approve=True)
+    assert status(c, repo, d) == 200
+
+
+def test_over_max_deletions_deletes_nothing_and_without_approval_nothing_either(
+        registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    ds = [old(c, repo, t) for t in ("a", "b", "c")]
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+
+    with pytest.raises(SweepNotApproved, match="would delete 3 .* more than the 2 that approval up front"):
+        run_sweep(cfg, plan, approve=True, max_deletions=2)
+    with pytest.raises(SweepNotApproved, match="needs approval"):
+        run_sweep(cfg, plan)
+    assert all(status(c, repo, d) == 200 for d in ds)
+    assert not any(e["event"] == "started" for e in journal_events(cfg, plan))
+
+
+def test_dry_run_deletes_nothing_and_reports_what_would_go(registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    ds = [old(c, repo, t) for t in ("a", "b")]
+    fresh(c, repo, "new")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+
+    report = run_sweep(cfg, plan, dry_run=True)
+
+    assert report.summary().startswith("dry run: would delete 2 manifests (")
+    assert all(status(c, repo, d) == 200 for d in ds)
+    assert journal_events(cfg, plan) == []
+
+
+# --------------------------------------------------------------------------- registry trouble
+
+
+def test_registry_answering_503_then_429_recovers_with_retries(registry, registry_client, unique_repo, tmp_path,
+                                                                fault_proxy):
+    c, repo = registry_client, unique_repo
+    ds = [old(c, repo, t) for t in ("a", "b", "c")]
+    cfg = load_config(write_config(tmp_path, fault_proxy.url, repo))
+    plan = plan_of(cfg)
+    fault_proxy.inject(503, times=2, method="DELETE")
+    fault_proxy.inject(429, times=1, method="DELETE", retry_after="1")
+
+    report = run_sweep(cfg, plan, approve=True)
+
+    assert report.deleted == 3 and report.failed == 0
+    assert all(status(c, repo, d) == 404 for d in ds)
+    assert len([f for f in fault_proxy.faulted if f[0] == "DELETE"]) == 3
+    assert fault_proxy.count("DELETE") == 6
+
+
+def test_registry_with_delete_disabled_fails_clearly_and_journals_it(fresh_registry, tmp_path):
+    reg = fresh_registry(delete_enabled=False)
+    repo = "app"
+    with reg.client() as c:
+        ds = [old(c, repo, t) for t in ("a", "b", "c")]
+        cfg = load_config(write_config(tmp_path, reg.url, repo))
+        plan = plan_of(cfg)
+
+        with pytest.raises(SweepFailed) as exc:
+            run_sweep(cfg, plan, approve=True)
+
+        assert f"registry {reg.url} refuses deletion" in str(exc.value)
+        assert "storage.delete.enabled" in str(exc.value)
+        assert all(status(c, repo, d) == 200 for d in ds)
+    report = exc.value.report
+    assert report.failed >= 1 and report.deleted == 0
+    failed = [e for e in journal_events(cfg, plan) if e["event"] == "failed"]
+    assert failed and "HTTP 405 UNSUPPORTED" in failed[0]["detail"]
+    # It stopped at the first refusal instead of asking for every manifest.
+    assert sum(1 for e in journal_events(cfg, plan) if e["event"] == "started") <= cfg.sweep.concurrency
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def test_fresh_cluster_scan_keeps_an_image_deployed_after_planning(registry, registry_client, unique_repo, tmp_path,
+                                                                    kube_env):
+    from tests.support.kube import pod, workload
+
+    c, repo = registry_client, unique_repo
+    used, by_digest, unused = old(c, repo, "v1"), old(c, repo, "v2"), old(c, repo, "v3")
+    server = kube_env.server()
+    kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
+    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig))
+    plan = plan_of(cfg)
+    server.add(workload("Deployment", "shop", "web", [f"{registry.host}/{repo}:v1"]),
+               pod("shop", "job-x", ["busybox"], image_ids={"c0": f"docker-pullable://{registry.host}/{repo}@{by_digest}"}))
+
+    report = run_sweep(cfg, plan, approve=True)
+
+    assert status(c, repo, used) == 200 and status(c, repo, by_digest) == 200
+    assert status(c, repo, unused) == 404
+    why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+    assert "in use by Deployment shop/web in context prod" in why[used]
+    assert "in use by Pod shop/job-x" in why[by_digest]
+
+
+def test_cluster_unreachable_before_deleting_deletes_nothing(registry, registry_client, unique_repo, tmp_path,
+                                                             kube_env):
+    c, repo = registry_client, unique_repo
+    d = old(c, repo, "v1")
+    server = kube_env.server()
+    kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
+    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig))
+    plan = plan_of(cfg)
+    server.fail("deployments", 500)
+
+    with pytest.raises(SweepFailed, match="fresh cluster scan before deleting failed, so nothing was deleted"):
+        run_sweep(cfg, plan, approve=True)
+    assert status(c, repo, d) == 200
+    assert not any(e["event"] == "started" for e in journal_events(cfg, plan))
+
+
+# --------------------------------------------------------------------------- one at a time, journal
+
+
+def test_a_second_sweep_of_the_same_registry_is_refused(registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    d = old(c, repo, "a")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+    store = Store(cfg.store)
+
+    with sweep_lock(store, cfg.registry.url, "other-plan"):
+        with pytest.raises(SweepLocked, match=rf"another sweep of {registry.url} is running: pid {os.getpid()}"):
+            run_sweep(cfg, plan, approve=True)
+        assert status(c, repo, d) == 200
+    assert not os.path.exists(lock_path(store, cfg.registry.url))
+    assert run_sweep(cfg, plan, approve=True).deleted == 1
+
+
+def test_a_lock_left_by_a_dead_sweep_is_taken_over(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = lock_path(store, "http://127.0.0.1:5000")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump({"pid": dead.pid, "host": os.uname().nodename, "since": "2026-01-01T00:00:00+00:00"}, f)
+    with sweep_lock(store, "http://127.0.0.1:5000", "p") as owner:
+        assert json.load(open(path))["pid"] == owner["pid"] == os.getpid()
+    # Another host's lock cannot be checked from here, so it is respected.
+    with open(path, "w") as f:
+        json.dump({"pid": dead.pid, "host": "elsewhere", "since": "2026-01-01T00:00:00+00:00"}, f)
+    with pytest.raises(SweepLocked, match="pid .* on elsewhere"):
+        with sweep_lock(store, "http://127.0.0.1:5000", "p"):
+            pass
