@@ -73,7 +73,7 @@ class Limit(_Strict):
 class ImagesPerReference(_Strict):
     """How many images of each selected reference are kept."""
 
-    last: int | None = Field(None, description="The N newest images (omitted = 1, -1 = all).")
+    last: int | None = Field(None, description="The N newest images (-1 = all; omitted = 1, or every image within `in` when `in` is given).")
     in_: timedelta | None = Field(None, alias="in", description="Images of commits within this duration of now.")
     operator: Literal["And", "Or"] = Field("And", description="How `last` and `in` combine.")
 
@@ -148,7 +148,8 @@ class CleanupPolicy(_Strict):
 
     @property
     def effective_keep_policies(self) -> list[KeepPolicy]:
-        return default_keep_policies() if self.keepPolicies is None else list(self.keepPolicies)
+        """The policies in force: werf's defaults when `keepPolicies` is absent or empty (as in werf)."""
+        return list(self.keepPolicies) if self.keepPolicies else default_keep_policies()
 
     def digest(self) -> str:
         """A stable hash naming this policy in plans."""

@@ -1,0 +1,35 @@
+"""Plan flow: evaluate one snapshot against the keep policies and publish the plan."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import Field
+
+from tasks.config import RegsweepConfig
+from tasks.plan import PlanResult, make_plan
+
+
+@task(name="evaluate-plan", task_run_name="evaluate-{snapshot}")
+def evaluate_plan(config: RegsweepConfig, snapshot: str) -> PlanResult:
+    # One task for the whole evaluation: it is a vectorised pass over every table at once.
+    return make_plan(config, snapshot)
+
+
+@flow(name="regsweep-plan", log_prints=True)
+def plan_flow(
+    config: RegsweepConfig,
+    snapshot: Annotated[str, Field(description="Snapshot id to evaluate, or `latest`.")] = "latest",
+) -> str:
+    """Decide keep or delete for every tag of a snapshot; return the plan id."""
+    result = evaluate_plan(config, snapshot)
+    meta = result.meta
+    create_markdown_artifact(result.markdown, key="regsweep-plan", description=f"Plan {result.plan_id}")
+    create_table_artifact(result.deletions, key="regsweep-plan-deletions",
+                          description=f"Plan {result.plan_id}: the {len(result.deletions)} largest of "
+                                      f"{meta['delete']} planned deletions")
+    print(f"plan {result.plan_id}: {meta['delete']} of {meta['rows']} rows to delete"
+          + ("" if meta["complete"] else " (snapshot incomplete: nothing will be deleted)"))
+    return result.plan_id

@@ -1,0 +1,188 @@
+"""Making, storing and explaining plans: the plain functions behind the plan flow and `explain`.
+
+plan.json records what a sweep must check before acting: `snapshot_id`, `registry`, `policy`
+(the hash of the cleanup section), `created_at`, `complete` (false = nothing may be deleted,
+`problems` says why) and counts and bytes reclaimable per repository.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.config import RegsweepConfig
+from tasks.errors import ConfigError
+from tasks.schemas import PLAN, SOURCE_TABLES
+from tasks.store import Store, new_id, utcnow
+
+DELETIONS_SHOWN = 1000
+
+
+@dataclass
+class PlanResult:
+    plan_id: str
+    meta: dict[str, Any]
+    markdown: str
+    deletions: list[dict[str, Any]]
+
+
+def load_snapshot(store: Store, snapshot_id: str):
+    """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta."""
+    tables = {}
+    for schemas in SOURCE_TABLES.values():
+        for name, schema in schemas.items():
+            t = store.snapshot_table(snapshot_id, name, schema)
+            tables[name] = None if t is None else t.to_pandas()
+    return tables, store.snapshot_meta(snapshot_id)
+
+
+def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
+    """Evaluate a stored snapshot under the configured policy and publish the plan."""
+    import pyarrow as pa
+
+    from tasks.evaluate import evaluate, plan_summary, snapshot_problems
+
+    store = Store(config.store)
+    snapshot_id = store.resolve_snapshot(snapshot)
+    tables, smeta = load_snapshot(store, snapshot_id)
+    plan = evaluate(tables, smeta, config)
+    problems = snapshot_problems(smeta, tables, config)
+    now = utcnow()
+    plan_id = new_id(now)
+    meta = {
+        "snapshot_id": snapshot_id,
+        "snapshot_created_at": smeta.get("created_at"),
+        "registry": config.registry.url,
+        "policy": config.cleanup.digest(),
+        "cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
+        "created_at": now.isoformat(),
+        "complete": not problems,
+        "problems": problems,
+        **plan_summary(plan),
+    }
+    store.publish_plan(plan_id, pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False), meta)
+    return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), deletion_rows(plan))
+
+
+def deletion_rows(plan, cap: int = DELETIONS_SHOWN) -> list[dict[str, Any]]:
+    """The largest planned deletions as table-artifact rows."""
+    dele = plan[plan["action"] == "delete"]
+    dele = dele.sort_values(["size", "repository", "tag"], ascending=[False, True, True]).head(cap)
+    return [{"repository": r.repository, "tag": r.tag if isinstance(r.tag, str) else "(untagged)",
+             "digest": r.digest, "kind": r.kind, "size": int(r.size), "reasons": "; ".join(r.reasons)}
+            for r in dele.itertuples(index=False)]
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def summary_markdown(plan_id: str, meta: dict[str, Any], top: int = 20) -> str:
+    """The plan's Prefect artifact: totals, problems and the repositories with most to reclaim."""
+    lines = [f"# Plan `{plan_id}`", "",
+             f"Snapshot `{meta['snapshot_id']}` of {meta['registry']}, policy `{meta['policy'][:19]}…`.", ""]
+    if not meta["complete"]:
+        lines += ["**Snapshot incomplete: this plan deletes nothing.**", ""]
+        lines += [f"- {p}" for p in meta["problems"]] + [""]
+    lines += [f"- tags: {meta['tags']:,} (rows {meta['rows']:,})", f"- keep: {meta['keep']:,}",
+              f"- delete: {meta['delete']:,} rows, {meta['digests_deleted']:,} digests",
+              f"- reclaimable: {_bytes(meta['bytes_reclaimable'])} (before layer sharing and registry GC)", ""]
+    repos = sorted(meta["repositories"].items(), key=lambda kv: (-kv[1]["bytes_reclaimable"], kv[0]))[:top]
+    if repos:
+        lines += ["| repository | tags | keep | delete | reclaimable |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r} | {v['tags']} | {v['keep']} | {v['delete']} | {_bytes(v['bytes_reclaimable'])} |"
+                  for r, v in repos]
+    return "\n".join(lines)
+
+
+def write_plan_json(store: Store, plan_id: str, path: str) -> int:
+    """Write the plan's rows as a JSON array of objects; returns the row count."""
+    table = store.plan_table(plan_id)
+    n = 0
+    with open(path, "w") as f:
+        f.write("[")
+        for batch in table.to_batches(max_chunksize=50_000):
+            for row in batch.to_pylist():
+                if row["created"] is not None:
+                    row["created"] = row["created"].isoformat()
+                f.write(("," if n else "") + "\n" + json.dumps(row))
+                n += 1
+        f.write("\n]\n")
+    return n
+
+
+# ------------------------------------------------------------------ explain
+
+def _split_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """repo[:tag][@digest] with an optional host first component."""
+    digest = None
+    if "@" in ref:
+        ref, digest = ref.rsplit("@", 1)
+    tag = None
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        ref, tag = ref[:colon], ref[colon + 1:]
+    return ref, tag, digest
+
+
+def find_rows(plan, config: RegsweepConfig, image_ref: str):
+    """Plan rows an IMAGE_REF names (host/repo:tag, repo:tag, repo@sha256:...); ConfigError if none."""
+    from tasks.reference import RegistryMatcher
+
+    matched = RegistryMatcher(config.registry.url, config.registry.aliases).match(image_ref)
+    candidates = []
+    if matched is not None:
+        candidates.append((matched.repository, matched.tag, matched.digest))
+    repo, tag, digest = _split_ref(image_ref)
+    candidates.append((repo, tag, digest))
+    first, _, rest = repo.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        candidates.append((rest, tag, digest))
+    repos = set(plan["repository"].unique())
+    for repo, tag, digest in candidates:
+        if repo not in repos:
+            continue
+        rows = plan[plan["repository"] == repo]
+        if digest:
+            rows = rows[rows["digest"] == digest]
+        if tag:
+            rows = rows[rows["tag"] == tag]
+        elif not digest:
+            rows = rows[rows["tag"] == "latest"]
+        if len(rows):
+            return rows
+    raise ConfigError("IMAGE_REF", f"{image_ref} is not in the plan (no such repository, tag or digest)")
+
+
+def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") -> list[str]:
+    """Lines explaining the decision on IMAGE_REF; the last line is the decision."""
+    import pyarrow.parquet  # noqa: F401  (reading the plan table)
+
+    store = Store(config.store)
+    try:
+        plan_id = store.resolve_plan(plan_ref)
+    except Exception as e:  # StoreError: unknown id or no plan yet
+        raise ConfigError("--plan", str(e)) from None
+    meta = store.plan_meta(plan_id)
+    plan = store.plan_table(plan_id).to_pandas()
+    rows = find_rows(plan, config, image_ref)
+    out = [f"plan {plan_id} from snapshot {meta.get('snapshot_id')} ({'complete' if meta.get('complete') else 'INCOMPLETE: deletes nothing'})"]
+    for r in rows.itertuples(index=False):
+        name = f"{r.repository}:{r.tag}" if isinstance(r.tag, str) else f"{r.repository}@{r.digest} (untagged)"
+        out.append(f"{name} -> {r.digest} ({r.kind}, {_bytes(int(r.size))}): {r.action}")
+        out += [f"  - {reason}" for reason in r.reasons]
+    action = "/".join(sorted(set(rows["action"])))   # one digest, one action (digest-level decisions)
+    first = rows.iloc[0]
+    if len(rows) == 1 and isinstance(first["tag"], str):
+        out.append(f"{action} {first['repository']}:{first['tag']} ({first['digest']})")
+    else:
+        tags = [t for t in rows["tag"] if isinstance(t, str)]
+        which = f"tags: {', '.join(tags)}" if tags else "untagged"
+        out.append(f"{action} {first['repository']}@{first['digest']} ({which})")
+    return out
