@@ -22,7 +22,10 @@ ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="regsweep YAML co
 def _quiet_prefect(verbose: bool = False) -> None:
     """Settings that keep Prefect's own noise (telemetry, shutdown tracebacks) away from users."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    # Run logs still reach the Prefect API (the UI shows them); the terminal gets regsweep's own
+    # one-line messages, not Prefect's tracebacks of failures regsweep already explains.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")

@@ -29,7 +29,7 @@ def extract_source(name: str, config: RegsweepConfig, staging: str, now_iso: str
     return run_source(name, config, staging, datetime.fromisoformat(now_iso))
 
 
-@flow(name="regsweep-snapshot", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+@flow(name="regsweep-snapshot", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def snapshot_flow(
     config: RegsweepConfig,
     sources: Annotated[list[str] | None, Field(description="Sources to extract; default: every enabled one.")] = None,

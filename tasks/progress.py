@@ -32,14 +32,17 @@ class _Lines:
 
     def start(self, key, description, total):
         with self.lock:
-            print(f"{description}" + (f" ({total})" if total else ""), file=self.stream, flush=True)
+            # stream.write, not print: Prefect's log_prints would turn print() into log records
+            self.stream.write(f"{description}" + (f" ({total})" if total else "") + "\n")
+            self.stream.flush()
 
     def advance(self, key, n=1):
         pass
 
     def finish(self, key, summary):
         with self.lock:
-            print(summary, file=self.stream, flush=True)
+            self.stream.write(summary + "\n")
+            self.stream.flush()
 
 
 class _Rich:
