@@ -1,6 +1,6 @@
 """Git source benchmark: extract refs and the commit graph of a large history.
 
-    .venv/bin/python benchmarks/bench_git.py [--dir DIR] [--commits 200000] [--branches 2000] [--runs 3]
+    .venv/bin/python benchmarks/bench_git.py [--dir DIR] [--commits 200000] [--branches 2000] [--runs 3] [--url]
 
 Generates (once, cached in DIR; generation is not measured) a clone-like repository with
 `git fast-import`: a main line, BRANCHES remote-tracking branches forked from it (every tenth
@@ -97,7 +97,7 @@ def _stream(commits: int, branches: int):
 def generate(path: Path, commits: int, branches: int) -> Path:
     """Create the benchmark repository unless an identical one is cached at `path`."""
     stamp = path / "regsweep-bench.json"
-    want = {"commits": commits, "branches": branches, "version": 1}
+    want = {"commits": commits, "branches": branches, "version": 2}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return path
     subprocess.run(["rm", "-rf", str(path)], check=True)
@@ -111,6 +111,10 @@ def generate(path: Path, commits: int, branches: int) -> Path:
     proc.stdin.close()
     if proc.wait():
         raise SystemExit("git fast-import failed")
+    # Local branches mirror the remote ones (what a url-mode upstream serves as refs/heads/*).
+    heads = _git(path, "for-each-ref", "--format=update refs/heads/%(refname:lstrip=3) %(objectname)",
+                 "refs/remotes/origin/", capture_output=True).stdout
+    _git(path, "update-ref", "--stdin", input=heads)
     # A clone as `git clone` leaves it: one pack, no commit-graph file (the conservative case).
     _git(path, "repack", "-adq")
     print(f"generated {commits} commits / {branches} branches in {time.monotonic() - started:.1f}s at {path}")
@@ -129,7 +133,7 @@ t = time.perf_counter()
 import pandas  # pyarrow imports it on first use; the snapshot flow's process has it loaded already
 pandas_secs = time.perf_counter() - t
 cfg = RegsweepConfig.model_validate({"store": sys.argv[3], "registry": {"url": "http://127.0.0.1:1"},
-                                     "git": {"path": sys.argv[2]}})
+                                     "git": json.loads(sys.argv[4])})
 t = time.perf_counter()
 tables = git.extract(cfg, Store(cfg.store), datetime.now(timezone.utc))
 secs = time.perf_counter() - t
@@ -145,8 +149,8 @@ print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss /
 """
 
 
-def run_regsweep(repo: Path, store: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), str(repo), str(store)],
+def run_regsweep(git_section: dict, store: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), "", str(store), json.dumps(git_section)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -164,6 +168,8 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=200_000)
     ap.add_argument("--branches", type=int, default=2_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--url", action="store_true",
+                    help="also measure git.url mode (steady state: cache cloned once, untimed, then fetched)")
     args = ap.parse_args()
     base = args.dir or Path(tempfile.gettempdir()) / "regsweep-bench-git"
     repo = generate(base / f"repo-{args.commits}-{args.branches}", args.commits, args.branches)
@@ -171,7 +177,7 @@ def main() -> None:
 
     ours, peer = [], []
     for _ in range(args.runs):  # interleaved, so load from elsewhere on the machine hits both alike
-        ours.append(run_regsweep(repo, store))
+        ours.append(run_regsweep({"path": str(repo)}, store))
         peer.append(run_peer(repo))
     baseline = json.loads(subprocess.run([sys.executable, "-c", _BASELINE, str(ROOT)], check=True,
                                          capture_output=True, text=True).stdout)["rss_mb"]
@@ -187,6 +193,17 @@ def main() -> None:
     print(f"peer git log --all --format='%H %ct %P': median {t_peer:.2f}s "
           f"(runs: {', '.join(format(t, '.2f') for t in peer)})")
     print(f"ratio regsweep / peer: {t_ours / t_peer:.2f}x")
+    if args.url:
+        section = {"url": repo.resolve().as_uri(), "cache": str(base / "url-cache")}
+        cached = (base / "url-cache").exists()
+        started = time.perf_counter()
+        run_regsweep(section, store)  # the first run clones (libgit2, file://): not the steady state
+        print(f"git.url first run ({'fetch into the cache kept from an earlier benchmark' if cached else 'clone into the cache'}): "
+              f"{time.perf_counter() - started:.1f}s")
+        url_runs = [run_regsweep(section, store) for _ in range(args.runs)]
+        print(f"git.url steady state (fetch with prune + commit-graph + extract): median "
+              f"{statistics.median(r['seconds'] for r in url_runs):.2f}s, {url_runs[0]['refs']} refs, "
+              f"{url_runs[0]['commits']} commits, peak RSS {statistics.median(r['rss_mb'] for r in url_runs):.0f} MB")
 
 
 if __name__ == "__main__":

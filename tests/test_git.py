@@ -170,6 +170,15 @@ def test_git_cli_and_libgit2_walker_read_the_same_graph(git_repo):
     assert cli.equals(walker)
 
 
+def test_without_a_git_cli_the_source_still_works(git_repo, tmp_path, monkeypatch):
+    c = _graph(git_repo)
+    with_cli = extract(tmp_path, path=str(git_repo.path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # an image that ships no git binary
+
+    assert extract(tmp_path, path=str(git_repo.path)) == with_cli
+    assert len(with_cli[1]) == len(c)
+
+
 def test_commit_date_is_the_committer_date_not_the_author_date(git_repo, tmp_path):
     # A rebased or cherry-picked commit keeps its old author date; rules judge the committer date.
     sha = git_repo.commit("main", T0, author_when=T0 - timedelta(days=40))
@@ -209,6 +218,30 @@ def test_repository_without_branches_is_refused(tmp_path):
     pygit2.init_repository(str(tmp_path / "empty"))
     with pytest.raises(GitError, match="no branches: neither refs/remotes/origin/\\* nor refs/heads/\\* exist"):
         extract(tmp_path, path=str(tmp_path / "empty"))
+
+
+def test_dangling_branch_ref_fails_instead_of_dropping_the_branch(git_repo, tmp_path):
+    git_repo.commit("main", T0)
+    git_repo.repo.references.create("refs/remotes/origin/release", "refs/remotes/origin/gone")
+
+    with pytest.raises(GitError, match="refs/remotes/origin/release cannot be resolved"):
+        extract(tmp_path, path=str(git_repo.path))
+
+
+@pytest.mark.parametrize("use_cli", [True, False], ids=["git-cli", "libgit2"])
+def test_missing_commit_in_history_fails_instead_of_cutting_the_graph(git_repo, tmp_path, use_cli):
+    root = git_repo.commit("main", T0)
+    git_repo.commit("main", T0 + timedelta(hours=1))
+    git_repo.commit("main", T0 + timedelta(hours=2))
+    # A damaged clone: the root commit's object is gone (loose objects live at objects/xx/yyyy...).
+    (git_repo.path / ".git" / "objects" / root[:2] / root[2:]).unlink()
+    repo = git.open_repository(str(git_repo.path))
+    tips = git.read_refs(repo, "origin", "test").column("commit").to_pylist()
+
+    with pytest.raises(GitError, match="^git test: (git rev-list failed|cannot walk the history)") as err:
+        git.read_commits(repo, tips, "test", use_cli=use_cli)
+    assert root in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_enabled_git_policies_without_a_git_section_fail_with_what_to_set(tmp_path):
@@ -257,7 +290,8 @@ def test_url_is_cloned_into_the_cache_then_fetched_with_prune(git_repo, tmp_path
 def test_url_cache_defaults_to_the_store(git_repo, tmp_path):
     sha = git_repo.commit("main", T0)
 
-    refs, _ = extract(tmp_path, url=git_repo.path.as_uri())
+    # git.remote names a remote of a clone at git.path; the cache is regsweep's own clone.
+    refs, _ = extract(tmp_path, url=git_repo.path.as_uri(), remote="upstream")
 
     assert refs == {("branch", "main"): (sha, T0, False)}
     assert len(list((tmp_path / "store" / "git-cache").glob("repo-*.git"))) == 1
