@@ -73,6 +73,9 @@ def snapshot(
         for s in chosen or []:
             if s not in ALL_SOURCES:
                 raise ConfigError("--sources", f"unknown source {s!r} (choose from {', '.join(ALL_SOURCES)})")
+        from tasks.snapshot import check_sources, select_sources
+
+        check_sources(cfg, select_sources(cfg, chosen))
         if "registry" in (chosen or ALL_SOURCES):
             from tasks.registry import preflight
 

@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from tasks.config import RegsweepConfig
-from tasks.snapshot import run_source, select_sources, snapshot_meta, summary_markdown
+from tasks.snapshot import check_sources, run_source, select_sources, snapshot_meta, summary_markdown
 from tasks.store import SourceStatus, Store, new_id, utcnow
 
 
@@ -35,10 +35,11 @@ def snapshot_flow(
     sources: Annotated[list[str] | None, Field(description="Sources to extract; default: every enabled one.")] = None,
 ) -> str:
     """Take a snapshot of the registry, clusters, Helm history and git; return its id."""
+    chosen = select_sources(config, sources)
+    check_sources(config, chosen)
     store, now = Store(config.store), utcnow()
     snapshot_id = new_id(now)
     staging = store.staging_dir(snapshot_id)
-    chosen = select_sources(config, sources)
     futures = {name: extract_source.submit(name, config, staging, now.isoformat())
                for name, on in chosen.items() if on}
     statuses = {name: (futures[name].result() if on else SourceStatus("skipped"))

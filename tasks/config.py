@@ -198,7 +198,30 @@ def load_config(path: str | Path) -> RegsweepConfig:
     except yaml.YAMLError as e:
         raise ConfigError("--config", f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     cfg = parse_config(data if data is not None else {})
-    # A relative store is relative to the config file, so scheduled runs find the same store.
-    if "://" not in cfg.store and not Path(cfg.store).expanduser().is_absolute():
-        cfg = cfg.model_copy(update={"store": str((p.parent / cfg.store).resolve())})
-    return cfg
+    return _anchor_paths(cfg, p.parent)
+
+
+def _anchor_paths(cfg: RegsweepConfig, base: Path) -> RegsweepConfig:
+    """Relative paths in a config file are relative to that file, so scheduled runs, the CLI
+    and a worker started elsewhere all find the same store, clone and credentials."""
+
+    def anchor(value: str | None) -> str | None:
+        if value is None or "://" in value:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
+
+    data = cfg.model_dump(by_alias=True, exclude_unset=True)
+    data["store"] = anchor(cfg.store)
+    reg = data["registry"]
+    for key in ("caFile",):
+        if reg.get(key):
+            reg[key] = anchor(reg[key])
+    if reg.get("auth") and reg["auth"].get("password_file"):
+        reg["auth"]["password_file"] = anchor(reg["auth"]["password_file"])
+    for key in ("path", "cache"):
+        if data.get("git") and data["git"].get(key):
+            data["git"][key] = anchor(data["git"][key])
+    if data.get("kubernetes", {}).get("kubeconfig"):
+        data["kubernetes"]["kubeconfig"] = anchor(data["kubernetes"]["kubeconfig"])
+    return RegsweepConfig.model_validate(data)

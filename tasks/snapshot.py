@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from tasks.config import ALL_SOURCES, RegsweepConfig
-from tasks.errors import SourceError
+from tasks.errors import ConfigError, SourceError
 from tasks.schemas import SOURCE_TABLES
 from tasks.store import SourceStatus, Store
 
@@ -26,6 +26,13 @@ def select_sources(config: RegsweepConfig, requested: list[str] | None) -> dict[
     enabled = set(config.enabled_sources())
     wanted = set(requested) if requested else set(ALL_SOURCES)
     return {s: (s in enabled and s in wanted) for s in ALL_SOURCES}
+
+
+def check_sources(config: RegsweepConfig, chosen: dict[str, bool]) -> None:
+    """Refuse, before any work, a run whose configuration cannot feed a chosen source."""
+    if chosen.get("git") and config.git is None:
+        raise ConfigError("git", "required by the git history policies: set git.path or git.url, "
+                                 "or cleanup.disableGitHistoryBasedPolicy: true")
 
 
 def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime) -> SourceStatus:

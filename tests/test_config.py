@@ -114,3 +114,27 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path, run_cli):
         assert "Traceback" not in r.stderr and r.stdout == ""
     r = run_cli("snapshot", "--config", cfg.with_name("nope.yaml"))
     assert r.returncode == 2 and "--config: cannot read" in r.stderr
+
+
+def test_git_policies_without_a_git_source_are_refused_before_any_work(tmp_path, run_cli):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("registry: {url: http://127.0.0.1:1}\nhelm: {enabled: false}\n"
+                   "cleanup: {disableKubernetesBasedPolicy: true}\n")
+    r = run_cli("snapshot", "--config", cfg)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("regsweep: error: git: required by the git history policies")
+    assert not (tmp_path / "var").exists()  # nothing was started, nothing written
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "conf").mkdir()
+    cfg_file = tmp_path / "conf" / "regsweep.yaml"
+    cfg_file.write_text("store: store\nregistry: {url: http://x, caFile: ca.pem, auth: {username: u, password_file: pw}}\n"
+                        "git: {path: ../checkout}\nkubernetes: {kubeconfig: kube/config}\n")
+    cfg = load_config(cfg_file)
+    base = (tmp_path / "conf").resolve()
+    assert cfg.store == str(base / "store")
+    assert cfg.registry.caFile == str(base / "ca.pem")
+    assert cfg.registry.auth.password_file == str(base / "pw")
+    assert cfg.git.path == str(tmp_path.resolve() / "checkout")
+    assert cfg.kubernetes.kubeconfig == str(base / "kube" / "config")
