@@ -25,7 +25,7 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
@@ -44,7 +44,28 @@ try:
 except ImportError:  # pragma: no cover
     from json import loads as _json_loads
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+try:
+    from yaml.cyaml import CParser as _Parser
+except ImportError:  # pragma: no cover  (PyYAML built without libyaml)
+    class _Parser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer):
+        def __init__(self, stream):
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+            yaml.composer.Composer.__init__(self)
+
+
+class _Composer(_Parser, yaml.resolver.BaseResolver):
+    """Composes nodes, resolving only merge keys: which type a scalar has does not matter here."""
+
+    def __init__(self, stream):
+        _Parser.__init__(self, stream)
+        yaml.resolver.BaseResolver.__init__(self)
+
+
+_Composer.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+_YAML_LOADER = _Composer
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 GZIP_MAGIC = b"\x1f\x8b\x08"
 SECRET_TYPE = "helm.sh/release.v1"
 OWNER_SELECTOR = "owner=helm"
@@ -114,29 +135,47 @@ class ManifestImages:
             images = self._cache.get(key)
             if images is None:
                 found: list[str] = []
-                for obj in yaml.load_all(doc, Loader=_YAML_LOADER):
-                    _walk(obj, found)
+                # Walking the composed node graph (built in C by libyaml) is about twice as
+                # fast as constructing Python objects, and tolerates unknown tags.
+                for root in yaml.compose_all(doc, Loader=_YAML_LOADER):
+                    _walk(root, found)
                 images = self._cache[key] = tuple(found)
             out.extend(images)
         return out
 
 
-def _walk(node: Any, out: list[str]) -> None:
-    stack = [node]
+def _pairs(node: yaml.MappingNode) -> Iterator[tuple[yaml.Node, yaml.Node]]:
+    """A mapping's key/value pairs, with YAML merge keys (`<<: *anchor`) resolved."""
+    for k, v in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.tag == _MERGE_TAG:
+            for m in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
+                if isinstance(m, yaml.MappingNode):
+                    yield from _pairs(m)
+        else:
+            yield k, v
+
+
+def _walk(root: yaml.Node, out: list[str]) -> None:
+    stack, seen = [root], set()
     while stack:
         n = stack.pop()
-        if isinstance(n, dict):
-            for k, v in n.items():
-                if k in CONTAINER_KEYS and isinstance(v, list):
-                    for c in v:
-                        if isinstance(c, dict):
-                            image = c.get("image")
-                            if isinstance(image, str) and image:
-                                out.append(image)
-                if isinstance(v, (dict, list)):
-                    stack.append(v)
-        elif isinstance(n, list):
-            stack.extend(x for x in n if isinstance(x, (dict, list)))
+        if id(n) in seen:  # aliases share nodes
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            for k, v in _pairs(n):
+                if isinstance(v, yaml.ScalarNode):
+                    continue
+                if isinstance(k, yaml.ScalarNode) and k.value in CONTAINER_KEYS and isinstance(v, yaml.SequenceNode):
+                    for c in v.value:
+                        if isinstance(c, yaml.MappingNode):
+                            for ck, cv in _pairs(c):
+                                if isinstance(ck, yaml.ScalarNode) and ck.value == "image" \
+                                        and isinstance(cv, yaml.ScalarNode) and cv.value:
+                                    out.append(cv.value)
+                stack.append(v)
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(x for x in n.value if not isinstance(x, yaml.ScalarNode))
 
 
 def _timestamp(value: Any) -> datetime | None:

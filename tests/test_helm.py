@@ -100,14 +100,21 @@ def test_images_anywhere_in_the_manifest_including_custom_resources_and_hooks(on
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod_spec(["r.io/pod:1"])}
     flow_style = '{"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {"spec": ' \
                  '{"containers": [{"name": "j", "image": "r.io/json-job:1"}]}}}}\n'
-    m = manifest(rollout, pipeline, not_a_container, pod, flow_style,
+    anchors = ("apiVersion: example.com/v1\nkind: Fleet\nmetadata: {name: f}\n"
+               "x-common: &common {image: r.io/merged:1, imagePullPolicy: Always}\n"
+               "x-spec: &spec\n  containers:\n  - name: a\n    image: r.io/anchored:1\n"
+               "spec:\n  groups:\n  - template: {spec: *spec}\n  - template:\n      spec:\n"
+               "        containers:\n        - <<: *common\n          name: b\n"
+               "        initContainers: [{name: c, image: !custom-tag 'r.io/tagged:1'}]\n")
+    m = manifest(rollout, pipeline, not_a_container, pod, flow_style, anchors,
                  workload("StatefulSet", "x", "s", ["r.io/sts:1"]), workload("CronJob", "x", "c", ["r.io/cron:1"]))
     hook = {"name": "db-migrate", "kind": "Job", "path": "templates/hook.yaml", "events": ["pre-upgrade"],
             "manifest": yaml.safe_dump(workload("Job", "x", "migrate", ["r.io/hook:1"]))}
     server.add(helm_secret(helm_release("big", "x", 1, m, hooks=[hook])))
     images = {r["image"] for r in rows_of(make_config(tmp_path, kubeconfig))}
     assert images == {"r.io/rollout:1", "r.io/rollout-init:1", "r.io/stage-debug:1", "r.io/pod:1",
-                      "r.io/json-job:1", "r.io/sts:1", "r.io/cron:1", "r.io/hook:1"}
+                      "r.io/json-job:1", "r.io/sts:1", "r.io/cron:1", "r.io/hook:1",
+                      "r.io/merged:1", "r.io/anchored:1", "r.io/tagged:1"}
 
 
 def test_keep_revisions_keeps_the_newest_n_per_release(one, tmp_path):

@@ -44,6 +44,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "jobs": ("/apis/batch/v1", "Job"),
     "cronjobs": ("/apis/batch/v1", "CronJob"),
 }
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 PLURAL_OF_KIND = {kind: plural for plural, (_, kind) in RESOURCES.items()}
 
 
@@ -449,7 +450,7 @@ def manifest(*docs: dict | str) -> str:
     """A rendered multi-document manifest the way Helm stores it (`---\\n# Source: ...`)."""
     out = []
     for i, d in enumerate(docs):
-        body = d if isinstance(d, str) else yaml.safe_dump(d, sort_keys=False)
+        body = d if isinstance(d, str) else yaml.dump(d, Dumper=_DUMPER, sort_keys=False)
         out.append(f"---\n# Source: chart/templates/t{i}.yaml\n{body}")
     return "\n".join(out)
 
