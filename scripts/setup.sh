@@ -29,4 +29,5 @@ if ! command -v uv >/dev/null; then
     export PATH="$HOME/.local/bin:$PATH"
   fi
 fi
-uv sync --frozen --quiet
+# Bytecode compiled at install time: imports stay fast even where PYTHONDONTWRITEBYTECODE is set.
+uv sync --frozen --quiet --compile-bytecode
