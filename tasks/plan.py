@@ -61,7 +61,9 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
         "problems": problems,
         **plan_summary(plan),
     }
-    store.publish_plan(plan_id, pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False), meta)
+    # no pandas metadata: readers get plain Arrow types whatever pandas they run
+    table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
+    store.publish_plan(plan_id, table, meta)
     return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), deletion_rows(plan))
 
 
@@ -179,7 +181,7 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
         out += [f"  - {reason}" for reason in r.reasons]
     action = "/".join(sorted(set(rows["action"])))   # one digest, one action (digest-level decisions)
     first = rows.iloc[0]
-    if len(rows) == 1 and isinstance(first["tag"], str):
+    if len(rows) == 1 and isinstance(first["tag"], str) and "@" not in image_ref:
         out.append(f"{action} {first['repository']}:{first['tag']} ({first['digest']})")
     else:
         tags = [t for t in rows["tag"] if isinstance(t, str)]
