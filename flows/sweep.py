@@ -43,16 +43,18 @@ def recheck_and_delete(config: RegsweepConfig, intent: Intent, dry_run: bool) ->
 def ask_approval(config: RegsweepConfig, intent: Intent, poll_interval: int) -> SweepApproval:
     """Pause the run with the approval form; SweepNotApproved on rejection or timeout."""
     from prefect.context import FlowRunContext
-    from prefect.settings import PREFECT_UI_URL
+    from prefect.utilities.urls import url_for
 
     logger = get_run_logger()
     description = intent.markdown()
     run = FlowRunContext.get().flow_run
-    ui = PREFECT_UI_URL.value()
-    where = f"{ui.rstrip('/')}/runs/flow-run/{run.id}" if ui else f"flow run {run.name} ({run.id})"
+    url = url_for("flow-run", obj_id=run.id)
+    where = (f"in the Prefect UI at {url}" if url else
+             f"for flow run {run.name} ({run.id}); this Prefect has no UI: run `prefect server start`, "
+             "set PREFECT_API_URL and sweep again, or approve up front with --yes")
     timeout = parse_duration(config.sweep.approvalTimeout)
     note = (f"waiting up to {config.sweep.approvalTimeout} for approval of {intent.deletions} deletions "
-            f"in {intent.registry}: approve or reject in the Prefect UI at {where}")
+            f"in {intent.registry}: approve or reject {where}")
     logger.warning(note)
     print(f"regsweep: {note}", file=sys.stderr, flush=True)  # the CLI user is waiting on this
     try:
@@ -84,6 +86,8 @@ def sweep_flow(
     with contextlib.nullcontext() if dry_run else sweep_lock(store, config.registry.url, plan):
         intent = prepare_sweep(config, plan)
         if intent.targets and not dry_run:
+            create_markdown_artifact(intent.markdown(), key="regsweep-sweep-intent",
+                                     description=f"What the sweep of plan {intent.plan_id} will delete")
             if approve:
                 check_up_front_approval(intent, limit)
             else:

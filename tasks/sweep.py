@@ -40,8 +40,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.config import RegsweepConfig
-from tasks.errors import (PlanRefused, RegistryError, RegistryUnreachable, RegsweepError, StoreError,
-                          SweepFailed, SweepLocked, SweepNotApproved, UnsupportedOperation)
+from tasks.errors import (PlanRefused, RegistryAuthError, RegistryError, RegistryUnreachable, RegsweepError,
+                          StoreError, SweepFailed, SweepLocked, SweepNotApproved, UnsupportedOperation)
 from tasks.oci import fallback_subject
 from tasks.policy import parse_duration
 from tasks.schemas import JOURNAL
@@ -94,9 +94,7 @@ def _same_registry(a: str | None, b: str) -> bool:
 def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
               now: datetime | None = None) -> LoadedPlan:
     """Read a plan and its snapshot, refusing (PlanRefused) any plan a sweep must not act on."""
-    import pandas as pd
-
-    from tasks.schemas import CHILDREN, MANIFESTS, PLAN, TAGS
+    from tasks.schemas import CHILDREN, MANIFESTS, TAGS
 
     now = now or utcnow()
     try:
@@ -134,15 +132,18 @@ def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
 
     def table(name, schema):
         t = store.snapshot_table(snapshot_id, name)
-        return (t if t is not None else schema.empty_table()).to_pandas()
+        return (t if t is not None else schema.empty_table()).to_pandas(ignore_metadata=True)
 
     tags = table("tags", TAGS)
     if store.snapshot_table(snapshot_id, "tags") is None:
         raise PlanRefused(f"plan {plan_id}: snapshot {snapshot_id} has no registry tables")
-    plan = store.plan_table(plan_id).to_pandas()
-    missing = [c for c in PLAN.names if c not in plan.columns]
+    plan_table = store.plan_table(plan_id)
+    wanted = ["repository", "tag", "digest", "kind", "action", "size"]
+    missing = [c for c in wanted if c not in plan_table.column_names]
     if missing:
         raise PlanRefused(f"plan {plan_id}: plan.parquet lacks columns {', '.join(missing)}")
+    # Only the columns a sweep acts on; whoever wrote the file may have stored pandas extension dtypes.
+    plan = plan_table.select(wanted).to_pandas(ignore_metadata=True)
     return LoadedPlan(plan_id=plan_id, snapshot_id=snapshot_id, registry=config.registry.url,
                       observed_at=observed, plan=plan, tags=tags,
                       manifests=table("manifests", MANIFESTS), children=table("children", CHILDREN))
@@ -167,6 +168,7 @@ class Target:
     tags: tuple[str, ...] = ()  # tags that must still resolve to `digest` right before deleting
     size: int = 0               # bytes counted for the report (0 for platform manifests of a deleted index)
     parents: tuple[str, ...] = ()  # digests (same repository) that must be deleted first
+    note: str = ""              # for a lone tag: why its digest stays
 
     @property
     def is_tag(self) -> bool:
@@ -317,7 +319,8 @@ def deletion_targets(plan: "pd.DataFrame", tags: "pd.DataFrame", manifests: "pd.
         # A referrers fallback tag is its subject's, never an image tag of its own to remove.
         lone = sorted(t for t in planned_delete_tags.get(k, set()) if not fallback_subject(t))
         for t in lone:
-            targets.append(Target(repository=repo, ref=t, digest=d, kind=kind.get(k, "unknown"), tags=(t,)))
+            targets.append(Target(repository=repo, ref=t, digest=d, kind=kind.get(k, "unknown"), tags=(t,),
+                                  note=reason))
         if not lone:
             skipped.append(Outcome(repo, d, d, kind.get(k, "unknown"), tuple(sorted(snapshot_tags.get(k, set()))),
                                    size.get(k, 0), SKIPPED, reason))
@@ -407,59 +410,6 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class GroupCommit:
-    """Batches journal records from concurrent deletions into few files (group commit).
-
-    `record(..., durable=True)` returns only once the records are on disk; records written
-    while a file is being flushed go together into the next one.
-    """
-
-    def __init__(self, journal: Journal):
-        self.journal = journal
-        self._pending: list[tuple] = []
-        self._waiters: list[asyncio.Future] = []
-        self._flusher: asyncio.Task | None = None
-        self._error: BaseException | None = None
-
-    async def record(self, events: list[tuple[str, str, str, str | None]], durable: bool = False) -> None:
-        if self._error is not None:
-            raise self._error
-        self._pending.extend(events)
-        fut = None
-        if durable:
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        if fut is not None:
-            await fut
-
-    async def _flush(self) -> None:
-        while self._pending and self._error is None:
-            events, waiters = self._pending, self._waiters
-            self._pending, self._waiters = [], []
-            try:
-                await asyncio.to_thread(self.journal.write, events)
-            except Exception as e:  # noqa: BLE001 - handed to every waiter and to close()
-                self._error = e
-                for w in waiters + self._waiters:
-                    if not w.done():
-                        w.set_exception(e)
-                return
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
-
-    async def close(self) -> None:
-        """Wait until every record handed over so far is written; raise if one could not be."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-            if self._pending and self._error is None:
-                self._flusher = asyncio.create_task(self._flush())
-        if self._error is not None:
-            raise self._error
 
 
 # ============================================================================ lock
@@ -771,9 +721,10 @@ async def registry_protection(client: Any, targets: list[Target], known: dict[st
                               concurrency: int) -> Protection:
     """Look at each affected repository as it is now: tags pushed or moved onto a target, new indexes.
 
-    Every current tag that is not itself planned away with its digest is resolved; a target
-    such a tag now points at stays, and so does a platform manifest listed by a new index, or a
-    subject given a new artifact. Listing or resolving errors raise (fail closed).
+    Every current tag is resolved; a target that a tag not planned away with it now points at
+    stays (a tag pushed, promoted or rolled back onto it), and so does a platform manifest
+    listed by a new index, or a subject given a new artifact. Listing or resolving errors raise
+    (fail closed).
     """
     from tasks.oci import parse_manifest
 
@@ -791,14 +742,12 @@ async def registry_protection(client: Any, targets: list[Target], known: dict[st
         digests = {t.digest: t for t in ts if not t.is_tag}
         planned = {(tag, t.digest) for t in ts for tag in t.tags}
         current = await client.list_tags(repo)
-        others = [tag for tag in current if not any((tag, d) in planned for d in digests)
-                  and not any(t.is_tag and t.ref == tag for t in ts)]
-        resolved = await asyncio.gather(*(resolve(repo, tag) for tag in others))
+        resolved = await asyncio.gather(*(resolve(repo, tag) for tag in current))
         fresh: set[str] = set()
-        for tag, d in zip(others, resolved):
+        for tag, d in zip(current, resolved):
             if d is None:
                 continue
-            if d in digests:
+            if d in digests and (tag, d) not in planned:
                 prot.add((repo, d), f"tag {tag} now points at it (pushed or moved after the snapshot)")
             fresh.add(d)
         # A manifest the snapshot never saw may list a target as a platform manifest or refer to
@@ -822,14 +771,16 @@ async def registry_protection(client: Any, targets: list[Target], known: dict[st
 # ============================================================================ deletion
 
 
-class _Stop(Exception):
-    pass
-
-
 async def execute(config: RegsweepConfig, store: Store, intent: Intent, *, dry_run: bool = False,
                   protection: Protection | None = None, client: Any = None,
                   progress: Callable[[int], None] | None = None) -> list[Outcome]:
-    """Delete `intent.targets` in order with bounded concurrency, journalling each attempt."""
+    """Delete `intent.targets` in order with bounded concurrency, journalling each attempt.
+
+    `started` records are written ahead, a window of targets per journal file (fsynced) before
+    any of them is requested; `done`/`skipped`/`failed` records ride along with the next such
+    file or are written within a second. A sweep killed in between leaves targets `started`
+    without an end: the next run looks each of those up before anything else.
+    """
     from tasks.registry import RegistryClient
 
     if client is None:
@@ -839,36 +790,81 @@ async def execute(config: RegsweepConfig, store: Store, intent: Intent, *, dry_r
 
     registry = config.registry.url
     prot = protection or Protection()
-    journal = GroupCommit(Journal(store, intent.plan_id)) if not dry_run else None
-    sem = asyncio.Semaphore(config.sweep.concurrency)
-    finished: dict[str, asyncio.Future] = {}   # "repo@digest" -> outcome status
+    journal = None if dry_run else Journal(store, intent.plan_id)
+    workers = config.sweep.concurrency
+    window = max(64, 8 * workers)
+    finished: dict[str, asyncio.Future] = {}   # "repo@digest" -> its outcome status
     outcomes: list[Outcome] = []
-    stop: list[str] = []                       # first fatal error message
+    finish_records: list[tuple[str, str, str, str | None]] = []
+    stop: list[str] = []                       # the first error that makes every other request pointless
     done_before = {(t.repository, t.digest) for t in intent.done_before if not t.is_tag}
     tag_probe = asyncio.Lock()
+    ready: asyncio.Queue = asyncio.Queue()
+    room = asyncio.Event()
     loop = asyncio.get_running_loop()
     for t in intent.targets:
         if not t.is_tag:
             finished[f"{t.repository}@{t.digest}"] = loop.create_future()
 
-    def outcome(t: Target, status: str, detail: str = "") -> Outcome:
-        o = Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, status, detail)
-        outcomes.append(o)
+    def outcome(t: Target, status: str, detail: str = "") -> None:
+        outcomes.append(Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, status, detail))
         if not t.is_tag:
             fut = finished[f"{t.repository}@{t.digest}"]
             if not fut.done():
                 fut.set_result(status)
+        if status != WOULD_DELETE:
+            finish_records.append((t.repository, t.ref, status, detail or None))
         if progress:
             progress(1)
-        return o
 
-    async def log(t: Target, event: str, detail: str | None, durable: bool = False) -> None:
-        if journal is not None:
-            await journal.record([(t.repository, t.ref, event, detail)], durable=durable)
+    def no_tag_delete(t: Target) -> str:
+        return (f"registry {registry} cannot delete a tag alone, and digest {t.digest} stays"
+                + (f" ({t.note})" if t.note else ""))
 
-    async def skip(t: Target, reason: str) -> None:
-        outcome(t, SKIPPED, reason)
-        await log(t, SKIPPED, reason)
+    writing = asyncio.Lock()  # one journal file at a time, so files sort in the order written
+
+    async def write(rows: list) -> None:
+        if journal is not None and rows:
+            async with writing:
+                await asyncio.to_thread(journal.write, rows)
+
+    async def flush_now() -> None:
+        rows, finish_records[:] = finish_records[:], []
+        await write(rows)
+
+    async def flush_every_second(until: asyncio.Event) -> None:
+        while not until.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), 1.0)
+            await flush_now()
+
+    async def announce() -> None:
+        """Journal `started` for the next window of targets, then hand them to the workers."""
+        i = 0
+        while i < len(intent.targets):
+            while ready.qsize() > window // 2:
+                room.clear()
+                await room.wait()
+            chunk = []
+            for t in intent.targets[i:i + window - ready.qsize()]:
+                i += 1
+                if t.key in prot.reasons:  # known before any request: no attempt to record
+                    outcome(t, SKIPPED, prot.reasons[t.key])
+                else:
+                    chunk.append(t)
+            rows = [(t.repository, t.ref, STARTED, None if not t.is_tag else f"tag of {t.digest}") for t in chunk]
+            await flush_now()
+            await write(rows)
+            for t in chunk:
+                ready.put_nowait(t)
+        for _ in range(workers):
+            ready.put_nowait(None)
+
+    async def worker() -> None:
+        while (t := await ready.get()) is not None:
+            if ready.qsize() <= window // 2:
+                room.set()
+            await one(t)
 
     async def one(t: Target) -> None:
         # Parents first: a platform manifest waits for its indexes, an artifact for its subject.
@@ -877,73 +873,74 @@ async def execute(config: RegsweepConfig, store: Store, intent: Intent, *, dry_r
                 continue
             status = await finished[f"{t.repository}@{p}"]
             if status not in (DONE, WOULD_DELETE):
-                return await skip(t, f"{p}, which it belongs to, was not deleted")
+                return outcome(t, SKIPPED, f"{p}, which it belongs to, was not deleted")
         if stop:
-            return await skip(t, f"not attempted: {stop[0]}")
-        if t.key in prot.reasons:
-            return await skip(t, prot.reasons[t.key])
+            return outcome(t, SKIPPED, f"not attempted: {stop[0]}")
         if t.is_tag and _TAG_DELETE_SUPPORT.get(registry) is False:
-            return await skip(t, f"registry {registry} cannot delete a tag alone, and its digest is kept")
-        async with sem:
-            if stop:
-                return await skip(t, f"not attempted: {stop[0]}")
-            try:
-                if t.key in intent.in_flight:
-                    # An earlier run announced this DELETE and died: it may have gone out.
-                    gone = await client.head_manifest(t.repository, t.ref) is None
-                    if gone:
-                        outcome(t, DONE, "deleted by an earlier run (found gone on resume)")
-                        return await log(t, DONE, "found gone on resume")
-                for tag in t.tags:
-                    now = await client.head_manifest(t.repository, tag)
-                    if now != t.digest:
-                        if now is None and (t.is_tag or await client.head_manifest(t.repository, t.digest) is None):
-                            outcome(t, DONE, "already gone from the registry")
-                            return await log(t, DONE, "already gone")
-                        why = f"tag {tag} is gone" if now is None else f"tag {tag} now points at {now}"
-                        return await skip(t, f"{why}, not the planned {t.digest}")
-                if dry_run:
-                    outcome(t, WOULD_DELETE)
-                    return
-                if t.is_tag:
-                    return await delete_tag(t)
-                await log(t, STARTED, None, durable=True)
-                existed = await client.delete_manifest(t.repository, t.digest)
-            except UnsupportedOperation as e:
-                msg = f"registry {registry} refuses deletion ({e}); enable it (Distribution: storage.delete.enabled)"
-                stop.append(msg)
-                outcome(t, FAILED, msg)
-                return await log(t, FAILED, str(e))
-            except RegistryUnreachable as e:
-                stop.append(str(e))
-                outcome(t, FAILED, str(e))
-                return await log(t, FAILED, str(e))
-            except RegistryError as e:
-                outcome(t, FAILED, str(e))
-                return await log(t, FAILED, str(e))
+            return outcome(t, SKIPPED, no_tag_delete(t))
+        try:
+            if t.key in intent.in_flight:
+                # An earlier run announced this DELETE and died: it may have gone out.
+                if await client.head_manifest(t.repository, t.ref) is None:
+                    return outcome(t, DONE, "deleted by an earlier run (found gone on resume)")
+            for tag in t.tags:
+                now = await client.head_manifest(t.repository, tag)
+                if now != t.digest:
+                    if now is None and (t.is_tag or await client.head_manifest(t.repository, t.digest) is None):
+                        return outcome(t, DONE, "already gone from the registry")
+                    why = f"tag {tag} is gone" if now is None else f"tag {tag} now points at {now}"
+                    return outcome(t, SKIPPED, f"{why}, not the planned {t.digest}")
+            if dry_run:
+                return outcome(t, WOULD_DELETE)
+            if t.is_tag:
+                return await delete_tag(t)
+            existed = await client.delete_manifest(t.repository, t.digest)
+        except UnsupportedOperation as e:
+            stop.append(f"registry {registry} refuses deletion ({e}); enable it (Distribution: storage.delete.enabled)")
+            return outcome(t, FAILED, stop[-1])
+        except (RegistryAuthError, RegistryUnreachable) as e:
+            # Every other request would meet the same answer: stop instead of failing them one by one.
+            stop.append(str(e))
+            return outcome(t, FAILED, str(e))
+        except RegistryError as e:
+            return outcome(t, FAILED, str(e))
         outcome(t, DONE, "" if existed else "already gone (404)")
-        await log(t, DONE, None if existed else "404: already gone")
 
     async def delete_tag(t: Target) -> None:
-        # The first lone-tag deletion probes whether the registry can do it; the rest wait.
+        # The first lone-tag deletion probes whether the registry can do it; the rest wait for the answer.
         async with tag_probe if registry not in _TAG_DELETE_SUPPORT else contextlib.nullcontext():
             if _TAG_DELETE_SUPPORT.get(registry) is False:
-                return await skip(t, f"registry {registry} cannot delete a tag alone, and its digest is kept")
-            await log(t, STARTED, f"tag of {t.digest}", durable=True)
+                return outcome(t, SKIPPED, no_tag_delete(t))
             try:
                 existed = await client.delete_tag(t.repository, t.ref)
             except UnsupportedOperation:
                 _TAG_DELETE_SUPPORT[registry] = False
-                return await skip(t, f"registry {registry} cannot delete a tag alone, and its digest is kept")
+                return outcome(t, SKIPPED, no_tag_delete(t))
             _TAG_DELETE_SUPPORT[registry] = True
-        outcome(t, DONE, "tag removed, digest kept" if existed else "already gone (404)")
-        await log(t, DONE, f"tag of {t.digest}")
+        outcome(t, DONE, "tag removed, its digest stays" if existed else "already gone (404)")
+
+    all_done = asyncio.Event()
+
+    async def deleting() -> None:
+        try:
+            async with asyncio.TaskGroup() as inner:
+                inner.create_task(announce())
+                for _ in range(workers):
+                    inner.create_task(worker())
+        finally:
+            all_done.set()
 
     try:
-        await asyncio.gather(*(one(t) for t in intent.targets))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(deleting())
+            tg.create_task(flush_every_second(all_done))
+    except BaseExceptionGroup as eg:
+        first = eg.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     finally:
-        if journal is not None:
-            await journal.close()
+        await flush_now()
     return outcomes
 
 

@@ -8,14 +8,10 @@ images built now are kept by the "fresh" rule; everything else keeps its real be
 
 from __future__ import annotations
 
-import contextvars
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,9 +21,7 @@ import yaml
 
 from tasks.config import load_config
 from tasks.errors import PlanRefused, SweepFailed, SweepLocked, SweepNotApproved
-from tasks.localregistry import (MANIFEST_ACCEPT, push_artifact, push_image, push_index, push_tags,
-                                 tag_manifest)
-from tasks.schemas import JOURNAL
+from tasks.localregistry import (MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest)
 from tasks.store import SourceStatus, Store, new_id, utcnow
 from tasks.sweep import Journal, lock_path, run_sweep, sweep_lock
 
@@ -69,43 +63,10 @@ def take_snapshot(cfg) -> str:
 
 
 def make_plan(cfg, sid: str) -> str:
-    """Evaluate a snapshot into a stored plan."""
-    from tasks.policy import parse_duration  # noqa: F401  (evaluation lands in tasks/evaluate.py)
-    from tasks.schemas import PLAN
+    """Evaluate a snapshot into a stored plan, as the plan flow does."""
+    from tasks.plan import make_plan as evaluate_and_publish
 
-    store = Store(cfg.store)
-    meta = store.snapshot_meta(sid)
-    tags = store.snapshot_table(sid, "tags").to_pandas()
-    m = store.snapshot_table(sid, "manifests").to_pandas().set_index(["repository", "digest"])
-    children = store.snapshot_table(sid, "children").to_pandas()
-    created_at = datetime.fromisoformat(meta["created_at"])
-    fresh_after = created_at - timedelta(hours=cfg.cleanup.keepImagesBuiltWithinLastNHours)
-
-    def is_fresh(repo, digest) -> bool:
-        c = m.at[(repo, digest), "created"]
-        if c is None or c != c:
-            kids = children[(children.repository == repo) & (children.index_digest == digest)].child_digest
-            return any(is_fresh(repo, k) for k in kids)
-        return c.to_pydatetime() >= fresh_after
-
-    def keeps(repo, digest) -> bool:
-        subject = m.at[(repo, digest), "subject"]
-        return keeps(repo, subject) if isinstance(subject, str) and (repo, subject) in m.index else is_fresh(repo, digest)
-
-    rows = []
-    for t in tags.itertuples():
-        if t.gone:
-            continue
-        keep = keeps(t.repository, t.digest)
-        rows.append({"repository": t.repository, "tag": t.tag, "digest": t.digest,
-                     "kind": m.at[(t.repository, t.digest), "kind"], "action": "keep" if keep else "delete",
-                     "reasons": ["fresh"] if keep else ["no rule keeps it"],
-                     "size": int(m.at[(t.repository, t.digest), "size"]), "created": None})
-    pid = new_id()
-    store.publish_plan(pid, pa.Table.from_pylist(rows, schema=PLAN),
-                       {"snapshot_id": sid, "created_at": utcnow().isoformat(), "complete": meta["complete"],
-                        "registry": meta["registry"]})
-    return pid
+    return evaluate_and_publish(cfg, sid).plan_id
 
 
 def plan_of(cfg) -> str:
@@ -239,6 +200,7 @@ def test_a_plan_deleting_one_of_two_tags_on_a_digest_keeps_the_digest(registry, 
     # Distribution 2.8 cannot delete a tag alone (400 DIGEST_INVALID): the lone tag is skipped, said so.
     (o,) = report.outcomes
     assert o.ref == "nightly" and o.status == "skipped" and "cannot delete a tag alone" in o.detail
+    assert "(tag stable on this digest is not planned for deletion)" in o.detail
     assert report.failed == 0
 
 
@@ -329,7 +291,7 @@ def test_registry_with_delete_disabled_fails_clearly_and_journals_it(fresh_regis
     reg = fresh_registry(delete_enabled=False)
     repo = "app"
     with reg.client() as c:
-        ds = [old(c, repo, t) for t in ("a", "b", "c")]
+        ds = [old(c, repo, t) for t in ("a", "b", "c", "d", "e")]
         cfg = load_config(write_config(tmp_path, reg.url, repo))
         plan = plan_of(cfg)
 
@@ -344,7 +306,10 @@ def test_registry_with_delete_disabled_fails_clearly_and_journals_it(fresh_regis
     failed = [e for e in journal_events(cfg, plan) if e["event"] == "failed"]
     assert failed and "HTTP 405 UNSUPPORTED" in failed[0]["detail"]
     # It stopped at the first refusal instead of asking for every manifest.
-    assert sum(1 for e in journal_events(cfg, plan) if e["event"] == "started") <= cfg.sweep.concurrency
+    ends = {o.digest: o for o in report.outcomes}
+    assert len(ends) == 5 and report.failed <= cfg.sweep.concurrency
+    assert all(o.status == "failed" or o.detail.startswith(f"not attempted: registry {reg.url} refuses deletion")
+               for o in ends.values())
 
 
 # --------------------------------------------------------------------------- clusters

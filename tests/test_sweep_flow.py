@@ -1,0 +1,215 @@
+"""The sweep flow run for real: Prefect's approval gate, one sweep at a time, the CLI, and a kill -9.
+
+Flows run against the session's Prefect server (`prefect_harness`); approvals and rejections
+go through Prefect's API exactly as the UI sends them (`resume_flow_run` with run input).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.config import load_config
+from tasks.errors import SweepLocked, SweepNotApproved
+from tasks.store import Store
+from tests.test_sweep import fresh, journal_events, old, plan_of, status, write_config
+
+
+def start_in_thread(fn, **kwargs):
+    """Run a flow in a thread (carrying the harness's Prefect settings); returns (thread, box)."""
+    ctx, box = contextvars.copy_context(), {}
+
+    def target():
+        try:
+            box["result"] = ctx.run(fn, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, box
+
+
+def wait_for_approval_form(plan_id: str, timeout: float = 60):
+    """The paused sweep run of `plan_id` once its input form (schema) is stored."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.input.actions import read_flow_run_input
+
+    deadline = time.monotonic() + timeout
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            for run in client.read_flow_runs(flow_run_filter=paused):
+                keyset = run.state.state_details.run_input_keyset if run.state else None
+                if run.parameters.get("plan") == plan_id and keyset:
+                    if read_flow_run_input(keyset["schema"], flow_run_id=run.id) is not None:
+                        return run, read_flow_run_input(keyset["description"], flow_run_id=run.id)
+            time.sleep(0.2)
+    raise AssertionError(f"no paused sweep of plan {plan_id} within {timeout}s")
+
+
+def final_state(run_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
+def test_approval_through_prefect_api_deletes_and_a_second_sweep_meanwhile_is_refused(
+        prefect_harness, registry, registry_client, unique_repo, tmp_path, capfd):
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.sweep import sweep_flow
+
+    c, repo = registry_client, unique_repo
+    doomed = [old(c, repo, t) for t in ("build-1", "build-2")]
+    kept = fresh(c, repo, "build-3")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+
+    th, box = start_in_thread(sweep_flow, config=cfg, plan=plan, approval_poll_interval=1)
+    run, description = wait_for_approval_form(plan)
+    # The form shows what will go: tags, digests and bytes per repository.
+    assert "build-1" in description and doomed[0] in description and "2 manifests (" in description
+    assert f"| {repo} | 2 | 2 |" in description
+    assert str(run.id) in capfd.readouterr().err  # the CLI user is told where to approve
+
+    # Meanwhile, a second sweep of the same registry refuses at once and deletes nothing.
+    with pytest.raises(SweepLocked, match=f"another sweep of {registry.url} is running"):
+        sweep_flow(config=cfg, plan=plan, approve=True)
+    assert all(status(c, repo, d) == 200 for d in doomed)
+
+    resume_flow_run(run.id, run_input={"approve": True, "approver": "alice", "comment": "old builds"})
+    th.join(60)
+    assert "error" not in box, box.get("error")
+    assert box["result"]["summary"].startswith("deleted 2 manifests (")
+    assert all(status(c, repo, d) == 404 for d in doomed) and status(c, repo, kept) == 200
+    assert final_state(run.id).is_completed()
+
+
+def test_rejection_through_prefect_api_deletes_nothing(prefect_harness, registry, registry_client, unique_repo,
+                                                       tmp_path):
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.sweep import sweep_flow
+
+    c, repo = registry_client, unique_repo
+    doomed = [old(c, repo, t) for t in ("a", "b")]
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+
+    th, box = start_in_thread(sweep_flow, config=cfg, plan=plan, approval_poll_interval=1)
+    run, _ = wait_for_approval_form(plan)
+    resume_flow_run(run.id, run_input={"approve": False, "approver": "bob", "comment": "not before the release"})
+    th.join(60)
+
+    assert isinstance(box.get("error"), SweepNotApproved)
+    assert str(box["error"]) == f"sweep of plan {plan} rejected by bob (not before the release): nothing was deleted"
+    state = final_state(run.id)
+    assert state.is_failed() and "rejected by bob" in state.message
+    assert all(status(c, repo, d) == 200 for d in doomed)
+    assert not any(e["event"] == "started" for e in journal_events(cfg, plan))
+    # The lock went with the run: the next sweep may proceed.
+    assert sweep_flow(config=cfg, plan=plan, approve=True)["deleted"] == 2
+
+
+def test_approval_timeout_deletes_nothing(prefect_harness, registry, registry_client, unique_repo, tmp_path):
+    from flows.sweep import sweep_flow
+
+    c, repo = registry_client, unique_repo
+    d = old(c, repo, "a")
+    cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"approvalTimeout": "2s"}))
+    plan = plan_of(cfg)
+
+    with pytest.raises(SweepNotApproved, match=r"no approval for plan .* within sweep.approvalTimeout 2s: nothing was deleted"):
+        sweep_flow(config=cfg, plan=plan, approval_poll_interval=1)
+    assert status(c, repo, d) == 200
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_dry_run_flow_reports_what_would_go(prefect_harness, registry, registry_client, unique_repo, tmp_path):
+    from flows.sweep import sweep_flow
+
+    c, repo = registry_client, unique_repo
+    doomed = [old(c, repo, t) for t in ("a", "b", "c")]
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+
+    result = sweep_flow(config=cfg, plan=plan, dry_run=True)  # no approval needed: nothing is deleted
+
+    assert result["summary"].startswith("dry run: would delete 3 manifests (") and result["dry_run"]
+    assert all(status(c, repo, d) == 200 for d in doomed)
+    assert journal_events(cfg, plan) == []
+
+
+def test_cli_over_max_deletions_exits_1_and_deletes_nothing(run_cli, registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    doomed = [old(c, repo, t) for t in ("a", "b", "c")]
+    path = write_config(tmp_path, registry.url, repo)
+    plan = plan_of(load_config(path))
+
+    over = run_cli("sweep", "--config", path, "--plan", plan, "--yes", "--max-deletions", "2")
+
+    assert over.returncode == 1
+    assert over.stdout.strip().splitlines()[-1] == "not approved: deleted nothing"
+    assert over.stderr.strip() == (f"regsweep: error: plan {plan} would delete 3 manifests/tags in {registry.url}, "
+                                   "more than the 2 that approval up front (--yes) covers: nothing was deleted. "
+                                   "Approve it in the Prefect UI (run without --yes) or raise --max-deletions.")
+    assert all(status(c, repo, d) == 200 for d in doomed)
+
+
+def test_sweep_killed_midway_resumes_from_the_journal(prefect_api_url, run_cli, registry, registry_client,
+                                                      unique_repo, tmp_path, fault_proxy):
+    import sys
+
+    c, repo = registry_client, unique_repo
+    doomed = [old(c, repo, f"b{i:02d}") for i in range(10)]
+    kept = fresh(c, repo, "current")
+    path = write_config(tmp_path, fault_proxy.url, repo, sweep={"concurrency": 2})
+    cfg = load_config(path)
+    plan = plan_of(cfg)
+    fault_proxy.inject(delay=0.5, times=None, method="DELETE")  # slow deletes: time to kill mid-way
+
+    exe = Path(sys.executable).parent / "regsweep"
+    proc = subprocess.Popen([str(exe), "sweep", "--config", str(path), "--plan", plan, "--yes"],
+                            env={**os.environ, "PREFECT_API_URL": prefect_api_url},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while sum(e["event"] == "done" for e in journal_events(cfg, plan)) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the sweep never got going"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    fault_proxy.clear()
+    events = journal_events(cfg, plan)
+    done_before = {e["target"] for e in events if e["event"] == "done"}
+    assert 3 <= len(done_before) < len(doomed)
+    assert any(e["event"] == "started" and e["target"] not in done_before for e in events)  # killed mid-request
+
+    again = run_cli("sweep", "--config", path, "--plan", plan, "--yes")
+
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr
+    last = again.stdout.strip().splitlines()[-1]
+    assert f"({len(done_before)} deleted by an earlier run of plan {plan})" in last
+    assert last.endswith(f"skipped 0, failed 0 ({len(done_before)} deleted by an earlier run of plan {plan})")
+    assert all(status(c, repo, d) == 404 for d in doomed) and status(c, repo, kept) == 200
+    # Exactly one DELETE per planned manifest over both runs: nothing deleted twice, nothing skipped.
+    for d in doomed:
+        assert fault_proxy.count("DELETE", f"/manifests/{d}$") == 1, d
+    assert fault_proxy.count("DELETE") == len(doomed)
+    events = journal_events(cfg, plan)
+    assert {e["target"] for e in events if e["event"] == "done"} == set(doomed)
+    assert list(Path(Store(cfg.store).path("locks")).glob("*.lock")) == []  # the dead run's lock was taken over
