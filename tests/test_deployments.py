@@ -38,6 +38,15 @@ def test_deploy_registers_the_deployments_on_a_prefect_server(prefect_api_url, t
     r = subprocess.run(prefect + ["--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML), "--all"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run(prefect + ["deployment", "ls"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    for name in ("regsweep-snapshot/snapshot-hourly", "regsweep-plan/plan-daily", "regsweep-history/history"):
-        assert name in r.stdout.replace("\n", "").replace(" ", "") or name in r.stdout, r.stdout
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        snap = client.read_deployment_by_name("regsweep-snapshot/snapshot-hourly")
+        sweep = client.read_deployment_by_name("regsweep-sweep/sweep-approved")
+        client.read_deployment_by_name("regsweep-plan/plan-daily")
+        client.read_deployment_by_name("regsweep-history/history")
+    assert [s.schedule.cron for s in snap.schedules] == ["5 * * * *"]
+    assert snap.parameters["config"]["registry"]["auth"] == {"username": "ci", "password_env": "REGISTRY_PASSWORD"}
+    assert sweep.parameters["plan"] == "latest"
+    assert sweep.global_concurrency_limit.limit == 1
+    assert sweep.concurrency_options.collision_strategy == "CANCEL_NEW"
