@@ -197,6 +197,9 @@ def test_sweep_killed_midway_resumes_from_the_journal(prefect_api_url, run_cli, 
     done_before = {e["target"] for e in events if e["event"] == "done"}
     assert 3 <= len(done_before) < len(doomed)
     assert any(e["event"] == "started" and e["target"] not in done_before for e in events)  # killed mid-request
+    # Every DELETE that reached the registry had been journalled `started` first.
+    requested = {path.rsplit("/", 1)[1] for method, path in fault_proxy.requests if method == "DELETE"}
+    assert requested and requested <= {e["target"] for e in events if e["event"] == "started"}
 
     again = run_cli("sweep", "--config", path, "--plan", plan, "--yes")
 
