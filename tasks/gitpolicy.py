@@ -27,6 +27,8 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.policy import KeepPolicy
 
@@ -171,47 +173,69 @@ def _apply_limit(cand: list[int], dates: np.ndarray, limit, now_us: int) -> set[
 
 # ------------------------------------------------------------------ the commit graph
 
+def _flatten(parents: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(length per row, all values) of a list column, Arrow-backed or Python."""
+    if isinstance(parents.dtype, pd.ArrowDtype):
+        arr = pa.array(parents)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        lengths = pc.list_value_length(arr).fill_null(0).to_numpy().astype(np.int64)
+        return lengths, np.asarray(pc.list_flatten(arr).to_pylist(), dtype=object)
+    vals = parents.to_numpy(dtype=object)
+    lengths = np.fromiter((len(p) if p is not None else 0 for p in vals), dtype=np.int64, count=len(vals))
+    flat = [x for p in vals if p is not None for x in p]
+    return lengths, np.asarray(flat, dtype=object)
+
+
 class CommitGraph:
     """Commits as integer ids (sorted by sha), committer dates and a CSR array of parents."""
 
     def __init__(self, commits: pd.DataFrame):
         commits = commits.drop_duplicates("commit")
-        sha = commits["commit"].astype(str).str.lower().to_numpy()
+        sha = commits["commit"].astype(str).str.lower().to_numpy(dtype=object)
         order = np.argsort(sha, kind="stable")
         self.sha = sha[order]
         self.n = len(self.sha)
-        self.index = pd.Index(self.sha)
+        self.index = pd.Index(self.sha, dtype=object)
         self.date = to_us(commits["committed"])[order] if self.n else np.array([], dtype="int64")
-        parents = commits["parents"].to_numpy()[order]
-        lengths = np.fromiter((len(p) if p is not None else 0 for p in parents), dtype=np.int64, count=self.n)
-        flat = (np.concatenate([np.asarray(p, dtype=object) for p in parents if p is not None and len(p)])
-                if lengths.sum() else np.array([], dtype=object))
-        pid = self.index.get_indexer(pd.Index(flat).str.lower()) if len(flat) else np.array([], dtype=np.int64)
-        owner = np.repeat(np.arange(self.n), lengths)
+        lengths, flat = _flatten(commits["parents"])
+        rank = np.empty(self.n, np.int64)
+        rank[order] = np.arange(self.n)
+        owner = rank[np.repeat(np.arange(self.n), lengths)]
+        pid = (self.index.get_indexer(pd.Index(flat, dtype=object).str.lower()) if len(flat)
+               else np.zeros(0, np.int64))
         keep = pid >= 0   # parents outside the snapshot (shallow history) are simply absent
         owner, pid = owner[keep], pid[keep]
         self.indptr = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(np.bincount(owner, minlength=self.n), out=self.indptr[1:])
         self.parents = pid[np.argsort(owner, kind="stable")]
-        self._sha_u = None
+        self._sha_s = self._sha_arrow = None
+        self.short = [x[:7] for x in self.sha.tolist()]
 
-    def resolve(self, commits: pd.Series) -> np.ndarray:
-        """Commit ids for full or abbreviated shas: -1 absent, -2 ambiguous prefix."""
-        s = commits.astype(str).str.lower()
-        uniq, inverse = np.unique(s.to_numpy(dtype=object), return_inverse=True)
-        out = np.full(len(uniq), -1, dtype=np.int64)
+    def resolve(self, commits) -> np.ndarray:
+        """Commit ids for full or abbreviated shas (any string column): -1 absent, -2 ambiguous prefix."""
+        arr = commits if isinstance(commits, (pa.Array, pa.ChunkedArray)) else pa.array(commits, pa.large_string())
+        enc = pc.dictionary_encode(pc.utf8_lower(arr))
+        if isinstance(enc, pa.ChunkedArray):
+            enc = enc.combine_chunks()
+        uniq = enc.dictionary
+        inverse = enc.indices.fill_null(-1).to_numpy().astype(np.int64)
+        out = np.full(len(uniq) + 1, -1, dtype=np.int64)   # last slot: null
         if self.n and len(uniq):
-            exact = self.index.get_indexer(pd.Index(uniq))
-            out[exact >= 0] = exact[exact >= 0]
-            todo = np.flatnonzero((exact < 0) & np.array([len(u) >= 4 for u in uniq], dtype=bool))
+            if self._sha_arrow is None:
+                self._sha_arrow = pa.array(self.sha, pa.large_string())
+            exact = pc.index_in(uniq, value_set=self._sha_arrow).fill_null(-1).to_numpy().astype(np.int64)
+            out[:-1] = exact
+            lengths = pc.utf8_length(uniq).to_numpy()
+            todo = np.flatnonzero((exact < 0) & (lengths >= 4))
             if len(todo):
-                if self._sha_u is None:
-                    self._sha_u = self.sha.astype("U")
-                pre = uniq[todo].astype("U")
-                lo = np.searchsorted(self._sha_u, pre, side="left")
-                hi = np.searchsorted(self._sha_u, np.char.add(pre, "g"), side="left")  # 'g' sorts after hex
+                if self._sha_s is None:
+                    self._sha_s = self.sha.astype("S")
+                pre = np.asarray(uniq.take(pa.array(todo)).to_pylist(), dtype="S")
+                lo = np.searchsorted(self._sha_s, pre, side="left")
+                hi = np.searchsorted(self._sha_s, np.char.add(pre, b"g"), side="left")  # 'g' sorts after hex
                 out[todo] = np.where(hi - lo == 1, lo, np.where(hi - lo > 1, -2, -1))
-        return out[inverse.ravel()]
+        return out[inverse]
 
     def topo_order(self) -> list[int]:
         """Every commit after all of its children (Kahn's algorithm on the parent edges)."""
@@ -252,8 +276,8 @@ class GitOutcome:
     kept: np.ndarray                                   # node ids kept by git rules
     keep_node: list[int] = field(default_factory=list)
     keep_text: list[str] = field(default_factory=list)
-    note_node: list[int] = field(default_factory=list)  # why linked nodes are not kept
-    note_text: list[str] = field(default_factory=list)
+    # why linked nodes are not kept: (node ids, codes into texts, texts) batches
+    notes: list[tuple[np.ndarray, np.ndarray, list[str]]] = field(default_factory=list)
 
 
 class _Phases:
@@ -299,18 +323,20 @@ class _Phases:
         return self.cuts[self.p] if self.p < len(self.cuts) else None
 
 
-def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, links: pd.DataFrame,
+def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, node: np.ndarray, commit, node_repo: np.ndarray,
                  policies: list[KeepPolicy], now_us: int) -> GitOutcome:
     """Which linked nodes the git keep policies keep, and why the others are not kept.
 
-    links: one row per (node, repo, commit) with integer `node` and `repo` ids and the linked
-    `commit` as recorded (full or abbreviated sha).
+    node: the node id of each link row; commit: its linked commit as recorded (a full or
+    abbreviated sha; an Arrow or Python string column); node_repo: repository id of every node.
     """
-    if links.empty:
-        return GitOutcome(np.array([], dtype=np.int64))
+    node = np.asarray(node, np.int64)
+    out = GitOutcome(np.array([], dtype=np.int64))
+    if not len(node):
+        return out
     graph = CommitGraph(commits)
     sel = select_references(refs, policies, now_us)
-    ref_cid = graph.resolve(pd.Series(sel.commits, dtype=object)) if sel.names else np.array([], dtype=np.int64)
+    ref_cid = graph.resolve(pa.array(sel.commits, pa.large_string())) if sel.names else np.zeros(0, np.int64)
     order = graph.topo_order()
     topo_pos = np.empty(graph.n, dtype=np.int64)
     topo_pos[np.asarray(order, dtype=np.int64)] = np.arange(graph.n)
@@ -320,19 +346,19 @@ def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, links: pd.DataFrame,
         if c >= 0 and sel.kinds[x] != "branch":
             reach[c] |= 1 << x   # a tag reaches its own commit only
 
-    cid = graph.resolve(links["commit"])
-    node = links["node"].to_numpy(np.int64)
-    repo = links["repo"].to_numpy(np.int64)
-    ok = cid >= 0
+    cid = graph.resolve(commit)
     # A node whose every linked commit is missing (or ambiguous) is linked but unreachable.
-    out = GitOutcome(np.array([], dtype=np.int64))
-    _notes_for_unresolved(out, node, links["commit"].astype(str).to_numpy(), cid)
-
-    node, repo, cid = node[ok], repo[ok], cid[ok]
-    if not len(node):
+    _notes_for_unresolved(out, node, commit, cid)
+    ok = cid >= 0
+    if not ok.any():
         return out
-    nodes_per = pd.Series(node).value_counts()
-    multi = set(nodes_per.index[nodes_per.to_numpy() > 1].tolist())
+    # one row per (node, commit): an annotation and a tag pattern naming one commit are one link
+    pair = np.sort(node[ok] * graph.n + cid[ok])
+    pair = pair[np.r_[True, pair[1:] != pair[:-1]]]
+    node, cid = pair // graph.n, pair % graph.n
+    repo = np.asarray(node_repo, np.int64)[node]
+    multi_count = np.bincount(node)
+    multi = set(np.flatnonzero(multi_count > 1).tolist())
     date = graph.date[cid]
     srt = np.lexsort((node, repo, topo_pos[cid], -date))
     node, repo, cid, date = node[srt], repo[srt], cid[srt], date[srt]
@@ -340,9 +366,9 @@ def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, links: pd.DataFrame,
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     ends = np.r_[starts[1:], len(key)]
 
-    kept_nodes, seen_multi = _walk(sel, reach, starts, ends, node, repo, cid, date, multi, out)
+    kept_nodes = _walk(sel, reach, starts, ends, node, repo, cid, date, multi, out)
     out.kept = np.unique(np.asarray(kept_nodes, dtype=np.int64))
-    _notes_for_unkept(out, sel, reach, graph, node, cid, date, set(out.kept.tolist()))
+    _notes_for_unkept(out, sel, reach, graph, node, cid, date)
     return out
 
 
@@ -353,22 +379,37 @@ def _walk(sel, reach, starts, ends, node, repo, cid, date, multi, out):
     needing = [ph.base] * n_repo
     counts: list[dict[int, int] | None] = [None] * n_repo
     selmask = sel.mask
+    # only groups on commits some selected reference reaches can keep anything
+    gc = cid[starts]
+    uc = np.unique(gc)
+    reached = np.zeros(int(uc.max()) + 1 if len(uc) else 0, bool)
+    reached[uc] = np.fromiter((bool(reach[c] & selmask) for c in uc.tolist()), bool, count=len(uc))
+    live = np.flatnonzero(reached[gc])
+    is_multi = np.zeros(int(node.max()) + 1, bool)
+    is_multi[list(multi)] = True
+    group_multi = (np.add.reduceat(is_multi[node].astype(np.int64), starts) > 0) if len(starts) else np.zeros(0, bool)
     seen: dict[int, int] = {}
     kept: list[int] = []
     node_l, cid_l, repo_l, date_l = node.tolist(), cid.tolist(), repo.tolist(), date.tolist()
-    for g in range(len(starts)):
-        a, b = int(starts[g]), int(ends[g])
-        S = reach[cid_l[a]] & selmask
-        if not S:
-            continue
+    starts_l, ends_l, gm_l = starts.tolist(), ends.tolist(), group_multi.tolist()
+    nc = ph.next_cut
+    WU = ph.W | ph.unlimited
+    for g in live.tolist():
+        a = starts_l[g]
+        r = repo_l[a]
+        if not (needing[r] or WU):
+            continue   # this repository has all it can keep (limits only shrink as dates fall)
         d = date_l[a]
-        nc = ph.next_cut
-        while nc is not None and d <= nc:
-            ph.advance()
+        if nc is not None and d <= nc:
+            while nc is not None and d <= nc:
+                ph.advance()
+                nc = ph.next_cut
             needing = _rebuild(ph, counts, n_repo)
-            nc = ph.next_cut
-        group = node_l[a:b]
-        if any(n in multi for n in group):
+            WU = ph.W | ph.unlimited
+        S = reach[cid_l[a]] & selmask
+        group = node_l[a:ends_l[g]]
+        new_for = None
+        if gm_l[g]:
             # A digest already ranked at a newer commit of this reference takes no new slot.
             fresh = 0
             new_for = {}
@@ -380,14 +421,10 @@ def _walk(sel, reach, starts, ends, node, repo, cid, date, multi, out):
                     fresh |= new_for[n]
                 else:
                     fresh = S
-            S_new = fresh
-        else:
-            new_for = None
-            S_new = S
-        r = repo_l[a]
+            S = fresh
         nd = needing[r]
-        hits = S_new & nd
-        keepers = hits | (S_new & (ph.W | ph.unlimited))
+        hits = S & nd
+        keepers = hits | (S & WU)
         if not keepers:
             continue
         positions = {}
@@ -414,7 +451,7 @@ def _walk(sel, reach, starts, ends, node, repo, cid, date, multi, out):
             kept.append(n)
             out.keep_node.extend([n] * len(texts))
             out.keep_text.extend(texts)
-    return kept, seen
+    return kept
 
 
 def _rebuild(ph: _Phases, counts, n_repo) -> list[int]:
@@ -451,69 +488,92 @@ def _keep_texts(sel: Selection, ph: _Phases, keepers: int, positions: dict[int, 
 
 
 def _short(shas) -> str:
-    shas = list(dict.fromkeys(shas))
-    s = ", ".join(x[:7] for x in shas[:3])
+    shas = list(dict.fromkeys(str(x)[:7] for x in shas))
+    s = ", ".join(shas[:3])
     return s + (f" and {len(shas) - 3} more" if len(shas) > 3 else "")
 
 
-def _notes_for_unresolved(out: GitOutcome, node, commit, cid) -> None:
-    df = pd.DataFrame({"node": node, "commit": commit, "ok": cid >= 0, "amb": cid == -2})
-    g = df.groupby("node", sort=True)
-    lost = g["ok"].transform("any")
-    bad = df[~lost.to_numpy()]
-    for n, sub in bad.groupby("node", sort=True):
+def _notes_for_unresolved(out: GitOutcome, node: np.ndarray, commit, cid: np.ndarray) -> None:
+    resolved = np.zeros(int(node.max()) + 1, bool)
+    resolved[node[cid >= 0]] = True
+    bad = np.flatnonzero(~resolved[node])
+    if not len(bad):
+        return
+    commits = (commit.take(pa.array(bad)).to_pylist() if isinstance(commit, (pa.Array, pa.ChunkedArray))
+               else [commit[i] for i in bad])
+    df = pd.DataFrame({"node": node[bad], "commit": commits, "amb": cid[bad] == -2})
+    nodes, texts = [], []
+    for n, sub in df.groupby("node", sort=True):
         amb = sub.loc[sub["amb"], "commit"].tolist()
         absent = sub.loc[~sub["amb"], "commit"].tolist()
-        parts = []
         if absent:
             word = "commits" if len(set(absent)) > 1 else "commit"
-            parts.append(f"git: {word} {_short(absent)} not in the repository (amended, force-pushed away or never pushed)")
+            nodes.append(n)
+            texts.append(f"git: {word} {_short(absent)} not in the repository (amended, force-pushed away or never pushed)")
         if amb:
-            parts.append(f"git: abbreviated commit {_short(amb)} is ambiguous in the repository")
-        for t in parts:
-            out.note_node.append(int(n))
-            out.note_text.append(t)
+            nodes.append(n)
+            texts.append(f"git: abbreviated commit {_short(amb)} is ambiguous in the repository")
+    out.notes.append((np.asarray(nodes, np.int64), np.arange(len(texts)), texts))
 
 
-def _notes_for_unkept(out, sel: Selection, reach, graph: CommitGraph, node, cid, date, kept: set[int]) -> None:
-    """Why git rules keep none of the linked, reachable nodes that are not kept."""
-    ph_cache: dict[int, tuple[dict, int, int]] = {}
-    phases = _Phases(sel)
-    cuts = phases.cuts
+def _notes_for_unkept(out: GitOutcome, sel: Selection, reach, graph: CommitGraph, node, cid, date) -> None:
+    """Why git rules keep none of the linked, reachable nodes that are not kept.
 
-    def limits_at(d: int):
-        p = sum(1 for c in cuts if d <= c)
-        if p not in ph_cache:
-            ph = _Phases(sel)
+    Rows are newest first; a node's note names its newest commit and the references reaching
+    any of its commits. Notes are made once per distinct commit (or commit set).
+    """
+    keep = np.zeros(int(node.max()) + 1, bool)
+    keep[out.kept] = True
+    gone = ~keep[node]
+    node, cid, date = node[gone], cid[gone], date[gone]
+    if not len(node):
+        return
+    per = np.bincount(node)
+    single = per[node] == 1
+    limits = _Limits(sel)
+    # nodes on one commit: one text per commit
+    inv, uc = pd.factorize(cid[single])
+    short, dates = graph.short, graph.date[uc].tolist()
+    texts = [_unkept_text(sel, reach[c], short[c], 1, d, limits) for c, d in zip(uc.tolist(), dates)]
+    out.notes.append((node[single], inv, texts))
+    # nodes on several commits (content-based tags rebuilt on many commits)
+    m_nodes, m_texts = [], []
+    rows = pd.DataFrame({"node": node[~single], "cid": cid[~single], "date": date[~single]})
+    for n, sub in rows.groupby("node", sort=True):
+        cs = sub["cid"].tolist()
+        S = 0
+        for c in cs:
+            S |= reach[c]
+        shas = _short([graph.short[c] for c in cs])
+        m_nodes.append(n)
+        m_texts.append(_unkept_text(sel, S, shas, len(set(cs)), int(sub["date"].iloc[0]), limits))
+    if m_nodes:
+        out.notes.append((np.asarray(m_nodes, np.int64), np.arange(len(m_texts)), m_texts))
+
+
+class _Limits:
+    """The count limit per reference at a given commit date (cached per phase)."""
+
+    def __init__(self, sel: Selection):
+        self.sel = sel
+        self.cuts = _Phases(sel).cuts
+        self.cache: dict[int, dict[int, int]] = {}
+
+    def at(self, d: int) -> dict[int, int]:
+        p = 0
+        for c in self.cuts:   # few: one per distinct imagesPerReference.in
+            if d <= c:
+                p += 1
+        if p not in self.cache:
+            ph = _Phases(self.sel)
             while ph.p < p:
                 ph.advance()
-            ph_cache[p] = (ph.T, ph.W, ph.unlimited)
-        return ph_cache[p]
-
-    first = {}
-    commits_of: dict[int, list[int]] = {}
-    for n, c in zip(node.tolist(), cid.tolist()):
-        if n in kept:
-            continue
-        commits_of.setdefault(n, []).append(c)
-        first.setdefault(n, c)   # rows are newest first: the node's newest commit
-    text_cache: dict[tuple, str] = {}
-    for n, cs in commits_of.items():
-        key = tuple(sorted(set(cs)))
-        t = text_cache.get(key)
-        if t is None:
-            t = _unkept_text(sel, reach, graph, key, graph.date[first[n]], limits_at)
-            text_cache[key] = t
-        out.note_node.append(n)
-        out.note_text.append(t)
+            self.cache[p] = ph.T
+        return self.cache[p]
 
 
-def _unkept_text(sel: Selection, reach, graph, cs, d, limits_at) -> str:
-    S = 0
-    for c in cs:
-        S |= reach[c]
-    shas = _short(graph.sha[list(cs)])
-    word = "commits" if len(cs) > 1 else "commit"
+def _unkept_text(sel: Selection, S: int, shas: str, n: int, d: int, limits: _Limits) -> str:
+    word = "commits" if n > 1 else "commit"
     if not S:
         return f"git: no reference reaches {word} {shas}"
     chosen = S & sel.mask
@@ -522,13 +582,11 @@ def _unkept_text(sel: Selection, reach, graph, cs, d, limits_at) -> str:
         more = S.bit_count() - 1
         extra = f" and {more} more" if more else ""
         return f"git: {word} {shas} reached only by unselected references ({sel.label(x)}{extra}: {sel.why_not.get(x, '')})"
-    T, W, unlimited = limits_at(int(d))
     x = (chosen & -chosen).bit_length() - 1
-    t = T.get(x, 0)
+    t = limits.at(d).get(x, 0)
     if t:
         return f"git: {sel.label(x)} selected, image beyond imagesPerReference.last {t}"
-    rules = sel.rules.get(x, [])
-    ins = [r.in_text for r in rules if r.in_text]
+    ins = [r.in_text for r in sel.rules.get(x, []) if r.in_text]
     if ins:
         return f"git: {sel.label(x)} selected, {word} {shas} older than imagesPerReference.in {max(ins, key=len)}"
     return f"git: {sel.label(x)} selected, imagesPerReference.last 0"

@@ -29,11 +29,16 @@ class PlanResult:
 
 def load_snapshot(store: Store, snapshot_id: str):
     """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta."""
+    import pandas as pd
+    import pyarrow as pa
+
     tables = {}
     for schemas in SOURCE_TABLES.values():
         for name, schema in schemas.items():
             t = store.snapshot_table(snapshot_id, name, schema)
-            tables[name] = None if t is None else t.to_pandas()
+            # list columns stay Arrow-backed: no Python object per element
+            tables[name] = None if t is None else t.to_pandas(
+                types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
     return tables, store.snapshot_meta(snapshot_id)
 
 

@@ -1,0 +1,292 @@
+"""Plan benchmark: evaluation time and peak RSS on synthetic snapshots of 10k, 100k and 1M tags.
+
+    .venv/bin/python benchmarks/bench_plan.py [--dir DIR] [--sizes 10000,100000,1000000] [--runs 3]
+                                              [--policy defaults|stress]
+
+Generates (once, cached in DIR; generation is not measured) one snapshot per size into a store,
+as Parquet, with the shapes of a busy registry. At the top size (1M tags): 2,000 repositories,
+200,000 commits (a main line, 2,000 branches forked from it, every tenth merged back), 1,000 git
+tags, 10,000 in-use workload references (by tag, by digest, with pod imageIDs), Helm revisions,
+10% multi-platform indexes, 5% signed images (artifact + `sha256-<hex>` fallback tag), 90% of
+images linked to a commit by annotation and by an abbreviated `sha-<commit>` tag. Smaller sizes
+scale every count with the tags.
+
+Each measurement runs in a fresh subprocess (so peak RSS is the plan's own): it reads the
+snapshot's tables (the peer figure: what any consumer of the snapshot pays) and then runs
+`tasks.evaluate.evaluate` on them. Prints medians of RUNS, the ratio evaluate / read, and time per
+tag relative to the smallest size (1.0 = linear).
+
+`--policy stress` adds `branch: /.*/` with `imagesPerReference: {last: 2}` to werf's defaults, so
+all 2,000 branches are selected and walked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+REGISTRY = "https://registry.example.com"
+VERSION = 2
+
+
+def _hexes(rng, n: int, width: int) -> "np.ndarray":
+    import numpy as np
+
+    raw = rng.integers(0, 256, size=n * width // 2, dtype=np.uint8).tobytes().hex()
+    return np.array([raw[i * width:(i + 1) * width] for i in range(n)], dtype=object)
+
+
+def generate(store_url: str, tags: int, seed: int = 1) -> str:
+    """Write one synthetic snapshot of about `tags` tags; returns its id."""
+    import numpy as np
+    import pandas as pd
+
+    from tasks.schemas import SOURCE_TABLES
+    from tasks.store import Store, SourceStatus
+
+    rng = np.random.default_rng(seed)
+    scale = tags / 1_000_000
+    n_repo = max(4, int(2000 * scale))
+    n_commit = max(200, int(200_000 * scale))
+    n_branch = max(4, int(2000 * scale))
+    n_gtag = max(2, int(1000 * scale))
+    n_inuse = max(10, int(10_000 * scale))
+    now_s = int(NOW.timestamp())
+
+    # --- git: main line, branches forked from it (every tenth merged back), tags on main
+    per_branch = max(1, (n_commit // 2) // n_branch)
+    n_main = n_commit - per_branch * n_branch
+    shas = _hexes(rng, n_commit, 40)
+    span = 365 * 86400
+    main_dates = now_s - span + (np.arange(n_main) * (span // n_main))
+    dates = np.empty(n_commit, dtype=np.int64)
+    dates[:n_main] = main_dates
+    parents: list[list[str]] = [[] for _ in range(n_commit)]
+    for i in range(1, n_main):
+        parents[i] = [shas[i - 1]]
+    forks = np.sort(rng.integers(0, n_main - 10, size=n_branch))
+    # the newest branches are recent: a few within the last week, as on any busy repository
+    forks[-5:] = n_main - 10
+    heads = []
+    pos = n_main
+    for b, f in enumerate(forks):
+        prev = f
+        for j in range(per_branch):
+            parents[pos] = [shas[prev]]
+            dates[pos] = main_dates[f] + 10 * (j + 1)
+            prev = pos
+            pos += 1
+        heads.append(prev)
+        if b % 10 == 0 and f + 6 < n_main:
+            parents[f + 6] = parents[f + 6] + [shas[prev]]   # merge commit on main
+    branch_names = [f"feature/b{b:05d}" for b in range(n_branch)]
+    refs = pd.DataFrame({
+        "name": ["main", *branch_names],
+        "kind": "branch",
+        "commit": [shas[n_main - 1], *[shas[h] for h in heads]],
+        "date": pd.to_datetime([main_dates[-1], *[dates[h] for h in heads]], unit="s", utc=True),
+        "annotated": False,
+    })
+    tag_at = np.linspace(0, n_main - 1, n_gtag).astype(int)
+    gtags = pd.DataFrame({"name": [f"v{i}.0.0" for i in range(n_gtag)], "kind": "tag",
+                          "commit": shas[tag_at], "date": pd.to_datetime(main_dates[tag_at] + 60, unit="s", utc=True),
+                          "annotated": np.arange(n_gtag) % 2 == 0})
+    git_refs = pd.concat([refs, gtags], ignore_index=True)
+    git_commits = pd.DataFrame({"commit": shas, "committed": pd.to_datetime(dates, unit="s", utc=True),
+                                "parents": parents})
+
+    # --- registry: images (10% indexes of two platforms), signatures, shared tags
+    n_img = int(tags * 0.9)
+    repo_names = np.array([f"team{i % 50}/app{i:04d}" for i in range(n_repo)], dtype=object)
+    img_repo = repo_names[rng.integers(0, n_repo, size=n_img)]
+    img_digest = "sha256:" + _hexes(rng, n_img, 64)
+    img_commit = rng.integers(0, n_commit, size=n_img)
+    created = pd.to_datetime(np.minimum(dates[img_commit] + rng.integers(60, 1800, size=n_img), now_s), unit="s", utc=True)
+    linked = rng.random(n_img) < 0.9
+    is_index = rng.random(n_img) < 0.10
+    signed = rng.random(n_img) < 0.05
+    commit_sha = shas[img_commit]
+    tag_names = np.where(linked, "sha-" + pd.Series(commit_sha).str[:7].to_numpy(dtype=object),
+                         "build-" + pd.Series(np.arange(n_img)).astype(str).to_numpy(dtype=object))
+    # tag-pattern tags can repeat (two images of one repo on one commit): keep one tag per name
+    tags_df = pd.DataFrame({"repository": img_repo, "tag": tag_names, "digest": img_digest, "gone": False})
+    tags_df = tags_df.drop_duplicates(["repository", "tag"])
+    latest = tags_df.groupby("repository").tail(1).assign(tag="latest")
+    extra = tags_df.sample(frac=0.08, random_state=seed).assign(tag=lambda d: "release-" + d.index.astype(str))
+    img_types = np.where(is_index, "index", "image")
+    mt = np.where(is_index, "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json")
+    size = rng.integers(5_000_000, 400_000_000, size=n_img)
+    manifests = [pd.DataFrame({"repository": img_repo, "digest": img_digest, "media_type": mt, "kind": img_types,
+                               "artifact_type": None, "size": size, "created": created,
+                               "revision": np.where(linked, commit_sha, None), "subject": None})]
+    ix = np.flatnonzero(is_index)
+    children_rows = []
+    for k, platform in enumerate(("linux/amd64", "linux/arm64")):
+        cd = "sha256:" + _hexes(rng, len(ix), 64)
+        manifests.append(pd.DataFrame({"repository": img_repo[ix], "digest": cd,
+                                       "media_type": "application/vnd.oci.image.manifest.v1+json",
+                                       "kind": "image", "artifact_type": None, "size": size[ix] // 2,
+                                       "created": created[ix], "revision": None, "subject": None}))
+        children_rows.append(pd.DataFrame({"repository": img_repo[ix], "index_digest": img_digest[ix],
+                                           "child_digest": cd, "platform": platform}))
+    sx = np.flatnonzero(signed)
+    sig = "sha256:" + _hexes(rng, len(sx), 64)
+    ridx = "sha256:" + _hexes(rng, len(sx), 64)
+    manifests.append(pd.DataFrame({"repository": img_repo[sx], "digest": sig,
+                                   "media_type": "application/vnd.oci.image.manifest.v1+json", "kind": "artifact",
+                                   "artifact_type": "application/vnd.dev.cosign.artifact.sig.v1+json", "size": 900,
+                                   "created": created[sx], "revision": None, "subject": img_digest[sx]}))
+    manifests.append(pd.DataFrame({"repository": img_repo[sx], "digest": ridx,
+                                   "media_type": "application/vnd.oci.image.index.v1+json", "kind": "referrers-index",
+                                   "artifact_type": None, "size": 500, "created": pd.NaT, "revision": None,
+                                   "subject": img_digest[sx]}))
+    children_rows.append(pd.DataFrame({"repository": img_repo[sx], "index_digest": ridx, "child_digest": sig,
+                                       "platform": None}))
+    fallback = pd.DataFrame({"repository": img_repo[sx],
+                             "tag": "sha256-" + pd.Series(img_digest[sx]).str[7:].to_numpy(dtype=object),
+                             "digest": ridx, "gone": False})
+    all_tags = pd.concat([tags_df, latest, extra, fallback], ignore_index=True)
+    lx = np.flatnonzero(linked)
+    links = pd.concat([
+        pd.DataFrame({"repository": img_repo[lx], "digest": img_digest[lx], "commit": commit_sha[lx], "source": "annotation"}),
+        pd.DataFrame({"repository": img_repo[lx], "digest": img_digest[lx],
+                      "commit": pd.Series(commit_sha[lx]).str[:7].to_numpy(dtype=object), "source": "tag-pattern"}),
+    ], ignore_index=True)
+
+    # --- kubernetes and helm: references by tag, by digest, with imageIDs; finished jobs
+    host = "registry.example.com"
+    pick = tags_df.sample(n=min(n_inuse, len(tags_df)), random_state=seed + 1)
+    by_digest = rng.random(len(pick)) < 0.3
+    image = np.where(by_digest, host + "/" + pick["repository"] + "@" + pick["digest"],
+                     host + "/" + pick["repository"] + ":" + pick["tag"])
+    workloads = pd.DataFrame({
+        "context": np.where(rng.random(len(pick)) < 0.7, "prod", "staging"), "namespace": "default",
+        "kind": rng.choice(["Pod", "Deployment", "ReplicaSet", "StatefulSet", "Job"], size=len(pick)),
+        "name": "w" + pd.Series(np.arange(len(pick))).astype(str).to_numpy(dtype=object),
+        "container": "app", "container_type": "containers", "image": image,
+        "image_id": np.where(rng.random(len(pick)) < 0.5, "docker-pullable://" + host + "/" + pick["repository"] + "@" + pick["digest"], None),
+        "finished": rng.random(len(pick)) < 0.05,
+    })
+    hp = tags_df.sample(n=max(5, n_inuse // 2), random_state=seed + 2)
+    helm = pd.DataFrame({"context": "prod", "namespace": "default",
+                         "release": "r" + (pd.Series(np.arange(len(hp))) // 10).astype(str).to_numpy(dtype=object),
+                         "revision": (np.arange(len(hp)) % 10 + 1).astype("int32"),
+                         "status": "superseded", "chart": "app-1.0.0", "app_version": "1.0",
+                         "last_deployed": pd.Timestamp(NOW), "driver": "secret",
+                         "image": (host + "/" + hp["repository"] + ":" + hp["tag"]).to_numpy(dtype=object)})
+
+    tables = {"tags": all_tags, "manifests": pd.concat(manifests, ignore_index=True),
+              "children": pd.concat(children_rows, ignore_index=True), "links": links,
+              "workloads": workloads, "helm": helm, "git_refs": git_refs, "git_commits": git_commits}
+    store = Store(store_url)
+    from tasks.store import new_id
+    sid = new_id(NOW)
+    staging = store.staging_dir(sid)
+    statuses = {}
+    for source, schemas in SOURCE_TABLES.items():
+        counts = store.write_source_tables(staging, {k: tables[k] for k in schemas}, schemas)
+        statuses[source] = SourceStatus("ok", rows=counts[next(iter(schemas))], tables=counts).to_json()
+    store.publish_snapshot(sid, {"created_at": NOW.isoformat(), "complete": True, "registry": REGISTRY,
+                                 "sources": statuses})
+    return sid
+
+
+def bench_config(store_url: str, policy: str):
+    from tasks.config import parse_config
+
+    cleanup = {"keepImagesBuiltWithinLastNHours": 2}
+    if policy == "stress":
+        from tasks.policy import default_keep_policies
+        cleanup["keepPolicies"] = [p.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                   for p in default_keep_policies()]
+        for p in cleanup["keepPolicies"]:
+            for k in ("limit", "imagesPerReference"):
+                block = p.get("references", {}).get(k) if k == "limit" else p.get(k)
+                if block and "in" in block:
+                    block["in"] = f"{int(block['in'] // 3600)}h" if isinstance(block["in"], (int, float)) else block["in"]
+        cleanup["keepPolicies"].append({"references": {"branch": "/.*/"}, "imagesPerReference": {"last": 2}})
+    return parse_config({"store": store_url, "registry": {"url": REGISTRY, "aliases": ["registry.example.com:443"]},
+                         "git": {"path": "/unused"}, "cleanup": cleanup})
+
+
+def measure(store_url: str, snapshot: str, policy: str) -> dict:
+    """One measurement (runs in a fresh process): read the tables, then evaluate."""
+    from tasks.evaluate import evaluate
+    from tasks.plan import load_snapshot
+    from tasks.store import Store
+
+    cfg = bench_config(store_url, policy)
+    t0 = time.perf_counter()
+    tables, meta = load_snapshot(Store(store_url), snapshot)
+    t1 = time.perf_counter()
+    plan = evaluate(tables, meta, cfg)
+    t2 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    n_tags = int(plan["tag"].notna().sum())
+    return {"read": t1 - t0, "evaluate": t2 - t1, "rss": rss, "tags": n_tags,
+            "delete": int((plan["action"] == "delete").sum())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "regsweep-bench-plan"))
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--policy", choices=["defaults", "stress"], default="defaults")
+    ap.add_argument("--measure", nargs=2, metavar=("STORE", "SNAPSHOT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(*args.measure, args.policy)))
+        return
+
+    results = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        store_dir = Path(args.dir) / f"tags-{size}"
+        stamp = store_dir / "bench.json"
+        want = {"tags": size, "version": VERSION}
+        if stamp.exists() and json.loads(stamp.read_text()).get("want") == want:
+            sid = json.loads(stamp.read_text())["snapshot"]
+        else:
+            subprocess.run(["rm", "-rf", str(store_dir)], check=True)
+            t = time.perf_counter()
+            sid = generate(str(store_dir), size)
+            stamp.write_text(json.dumps({"want": want, "snapshot": sid}))
+            print(f"generated {size:,}-tag snapshot in {time.perf_counter() - t:.1f}s at {store_dir}", flush=True)
+        runs = []
+        for _ in range(args.runs):
+            out = subprocess.run([sys.executable, __file__, "--policy", args.policy, "--measure", str(store_dir), sid],
+                                 check=True, capture_output=True, text=True)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        med = {k: statistics.median(r[k] for r in runs) for k in ("read", "evaluate", "rss")}
+        med.update(tags=runs[0]["tags"], delete=runs[0]["delete"])
+        results.append(med)
+        print(f"{med['tags']:>9,} tags: evaluate {med['evaluate']:6.2f}s  read {med['read']:5.2f}s  "
+              f"(evaluate/read {med['evaluate'] / med['read']:.1f}x)  peak RSS {med['rss'] / 2**20:7.0f} MiB  "
+              f"deletes {med['delete']:,}  [median of {args.runs}, policy {args.policy}]", flush=True)
+    base = results[0]
+    per_tag0 = base["evaluate"] / base["tags"]
+    print("\ntime per tag relative to the smallest size (1.0 = linear; < 1 = better than linear):")
+    for r in results:
+        print(f"  {r['tags']:>9,} tags: {r['evaluate'] / r['tags'] * 1e6:7.2f} µs/tag  ratio {r['evaluate'] / r['tags'] / per_tag0:.2f}")
+    top = results[-1]
+    if top["tags"] >= 900_000:
+        ok = top["evaluate"] <= 20 and top["rss"] <= 4 * 2**30
+        print(f"\n1M target (plan ≤ 20 s, peak RSS ≤ 4 GiB): {'met' if ok else 'MISSED'} "
+              f"({top['evaluate']:.1f}s, {top['rss'] / 2**30:.2f} GiB)")
+
+
+if __name__ == "__main__":
+    main()
