@@ -204,20 +204,20 @@ def generate(store_url: str, tags: int, seed: int = 1) -> str:
     return sid
 
 
+WERF_DEFAULTS = [
+    {"references": {"tag": "/.*/", "limit": {"last": 10}}},
+    {"references": {"branch": "/.*/", "limit": {"last": 10, "in": "168h", "operator": "And"}},
+     "imagesPerReference": {"last": 2, "in": "168h", "operator": "And"}},
+    {"references": {"branch": "/^(main|master|staging|production)$/"}, "imagesPerReference": {"last": 10}},
+]
+
+
 def bench_config(store_url: str, policy: str):
     from tasks.config import parse_config
 
     cleanup = {"keepImagesBuiltWithinLastNHours": 2}
     if policy == "stress":
-        from tasks.policy import default_keep_policies
-        cleanup["keepPolicies"] = [p.model_dump(mode="json", by_alias=True, exclude_none=True)
-                                   for p in default_keep_policies()]
-        for p in cleanup["keepPolicies"]:
-            for k in ("limit", "imagesPerReference"):
-                block = p.get("references", {}).get(k) if k == "limit" else p.get(k)
-                if block and "in" in block:
-                    block["in"] = f"{int(block['in'] // 3600)}h" if isinstance(block["in"], (int, float)) else block["in"]
-        cleanup["keepPolicies"].append({"references": {"branch": "/.*/"}, "imagesPerReference": {"last": 2}})
+        cleanup["keepPolicies"] = WERF_DEFAULTS + [{"references": {"branch": "/.*/"}, "imagesPerReference": {"last": 2}}]
     return parse_config({"store": store_url, "registry": {"url": REGISTRY, "aliases": ["registry.example.com:443"]},
                          "git": {"path": "/unused"}, "cleanup": cleanup})
 

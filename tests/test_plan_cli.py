@@ -103,6 +103,20 @@ def test_snapshot_plan_json_and_explain(scene, registry, run_cli, tmp_path):
         "  - unlinked: no revision annotation, label or tag pattern links it to a commit",
         f"keep {repo}:manual ({d['manual']})"]
 
+    # the flow run left its summary and the table of deletions as versioned Prefect artifacts
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["regsweep-plan", "regsweep-plan-deletions"])))
+            if pid in (a.description or "")}
+    assert set(arts) == {"regsweep-plan", "regsweep-plan-deletions"}
+    assert f"# Plan `{pid}`" in arts["regsweep-plan"].data
+    table = arts["regsweep-plan-deletions"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert {r["tag"] for r in table} == {old_tag, "feature-x", fallback, "(untagged)"}
+
     bad = run_cli("explain", "--config", cfg, f"{repo}:no-such-tag")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
