@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from tasks.config import RegsweepConfig
-from tasks.snapshot import check_sources, run_source, select_sources, snapshot_meta, summary_markdown
+from tasks.snapshot import check_sources, preload_sources, run_source, select_sources, snapshot_meta, summary_markdown
 from tasks.store import SourceStatus, Store, new_id, utcnow
 
 
@@ -37,6 +37,7 @@ def snapshot_flow(
     """Take a snapshot of the registry, clusters, Helm history and git; return its id."""
     chosen = select_sources(config, sources)
     check_sources(config, chosen)
+    preload_sources(chosen)
     store, now = Store(config.store), utcnow()
     snapshot_id = new_id(now)
     staging = store.staging_dir(snapshot_id)

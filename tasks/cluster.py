@@ -18,6 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
+import urllib3
+from kubernetes import client as k8s
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException, list_kube_config_contexts, load_incluster_config, load_kube_config
+from urllib3.util.retry import Retry
+
 from tasks.errors import ClusterError
 from tasks.progress import reporter
 from tasks.reference import digest_of_image_id
@@ -25,7 +32,6 @@ from tasks.reference import digest_of_image_id
 if TYPE_CHECKING:
     import pandas
     import pyarrow as pa
-    from kubernetes.client import ApiClient
 
     from tasks.config import KubernetesConfig, RegsweepConfig
     from tasks.store import Store
@@ -105,10 +111,6 @@ def kubeconfig_path(k: "KubernetesConfig") -> str | None:
 
 def connect(k: "KubernetesConfig") -> list[Cluster]:
     """One client per configured context (default: the current one), or in-cluster config."""
-    from kubernetes.client import ApiClient, Configuration
-    from kubernetes.config import ConfigException, list_kube_config_contexts, load_incluster_config, load_kube_config
-    from urllib3.util.retry import Retry
-
     def client(cfg: Configuration, context: str) -> Cluster:
         # A connection reset or one slow answer is retried once; HTTP statuses are never
         # retried here: each one is either handled (410) or fails the source.
@@ -170,10 +172,6 @@ def _status_message(body: str | bytes | None) -> str:
 
 def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any) -> dict:
     """One list request; raises ClusterError, or _Expired for a 410 on a continue token."""
-    import urllib3
-    from kubernetes import client as k8s
-    from kubernetes.client.exceptions import ApiException
-
     api = getattr(k8s, kind.api)(cluster.api)
     where = {"context": cluster.context, "namespace": namespace, "kind": kind.kind}
     scope = f"in namespace {namespace}" if namespace else "cluster-wide"

@@ -35,6 +35,14 @@ def check_sources(config: RegsweepConfig, chosen: dict[str, bool]) -> None:
                                  "or cleanup.disableGitHistoryBasedPolicy: true")
 
 
+def preload_sources(chosen: dict[str, bool]) -> None:
+    """Import the chosen source modules on the calling thread: two task threads importing the
+    kubernetes client at once can deadlock on Python's module locks."""
+    for name, on in chosen.items():
+        if on:
+            importlib.import_module(SOURCE_MODULES[name])
+
+
 def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime) -> SourceStatus:
     """Extract one source and write its tables into `staging`; never raises for a source failure."""
     store = Store(config.store)
