@@ -196,8 +196,10 @@ class RegistryClient:
         self._http = httpx.AsyncClient(
             base_url=self.config.url, auth=self.auth, verify=_ssl_context(self.config),
             timeout=self.config.timeout, follow_redirects=True,
-            # Headroom above the semaphore for token requests made while requests are in flight.
-            limits=httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4),
+            # As many connections as requests in flight: a token request needs no spare one (the
+            # refused request's connection is released first), and every idle connection costs
+            # httpcore a readability check on each request.
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
             headers={"User-Agent": "regsweep"})
         return self
 
@@ -579,7 +581,9 @@ class Scanner:
             kind, row_subject, size = oci.REFERRERS_INDEX, fallback_for, len(body)
             created, revision = None, None
             await asyncio.gather(*(self.record(repo, d.digest, subject=fallback_for) for d in m.children))
-        elif m.kind in (oci.IMAGE, oci.ARTIFACT) and m.has_image_config:
+        elif m.kind in (oci.IMAGE, oci.ARTIFACT) and m.has_image_config and not (created and revision):
+            # The config only matters for the build time and revision; annotations that carry both
+            # (buildx --annotation, werf) save its GET.
             config = await self._config(repo, m.config.digest, digest)
             created, revision, rev_source = oci.build_facts(m, config)
         elif m.kind in (oci.INDEX, oci.ARTIFACT) and m.children:

@@ -44,6 +44,18 @@ def test_503_and_429_then_recovery(fault_proxy, registry_client, unique_repo, tm
     assert fault_proxy.count("GET", "/tags/list") == 3
 
 
+def test_annotations_with_build_time_and_revision_save_the_config_read(fault_proxy, registry_client, unique_repo, tmp_path):
+    full = push_image(registry_client, unique_repo, "annotated", layers=[b"a"],
+                      annotations={oci.ANN_CREATED: "2026-01-02T03:04:05Z", oci.ANN_REVISION: "abcdef0"})
+    half = push_image(registry_client, unique_repo, "half", layers=[b"b"], annotations={oci.ANN_REVISION: "abcdef1"},
+                      config={"created": "2026-02-02T00:00:00Z"})
+    result, _ = scan(config(fault_proxy.url, tmp_path, [unique_repo]))
+    m = {r["digest"]: r for r in result.manifests}
+    assert m[full]["created"] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc) and m[full]["revision"] == "abcdef0"
+    assert m[half]["created"] == datetime(2026, 2, 2, tzinfo=timezone.utc)
+    assert fault_proxy.count("GET", "/blobs/") == 1     # only the image whose build time is in its config
+
+
 def test_retry_after_is_honoured(fault_proxy, registry_client, unique_repo, tmp_path):
     d = push_image(registry_client, unique_repo, "v1")
     fault_proxy.inject(429, times=1, path="/manifests/v1", retry_after="1")
