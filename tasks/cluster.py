@@ -332,12 +332,9 @@ def scan(config: "RegsweepConfig") -> list[tuple]:
 
 
 def _table(rows: list[tuple]) -> "pa.Table":
-    import pyarrow as pa
+    from tasks.schemas import WORKLOADS, from_rows
 
-    from tasks.schemas import WORKLOADS
-
-    cols = list(zip(*rows)) if rows else [[] for _ in WORKLOADS.names]
-    return pa.Table.from_arrays([pa.array(list(c), type=f.type) for c, f in zip(cols, WORKLOADS)], schema=WORKLOADS)
+    return from_rows(rows, WORKLOADS)
 
 
 def extract(config: "RegsweepConfig", store: "Store", now: datetime) -> dict[str, "pa.Table"]:

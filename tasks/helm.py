@@ -293,12 +293,9 @@ def scan(config: "RegsweepConfig") -> list[tuple]:
 
 
 def _table(rows: list[tuple]) -> "pa.Table":
-    import pyarrow as pa
+    from tasks.schemas import HELM, from_rows
 
-    from tasks.schemas import HELM
-
-    cols = list(zip(*rows)) if rows else [[] for _ in HELM.names]
-    return pa.Table.from_arrays([pa.array(list(c), type=f.type) for c, f in zip(cols, HELM)], schema=HELM)
+    return from_rows(rows, HELM)
 
 
 def extract(config: "RegsweepConfig", store: "Store", now: datetime) -> dict[str, "pa.Table"]:

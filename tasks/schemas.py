@@ -11,6 +11,12 @@ import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 
+
+def from_rows(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    """Build a table from row tuples in schema order, column by column (no per-row dicts)."""
+    cols = list(zip(*rows)) if rows else [() for _ in schema.names]
+    return pa.Table.from_arrays([pa.array(list(c), type=f.type) for c, f in zip(cols, schema)], schema=schema)
+
 # --- registry source -------------------------------------------------------------------------
 
 #: One row per (repository, tag). `gone` marks a tag listed but deleted before it could be read.
