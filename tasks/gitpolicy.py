@@ -10,6 +10,8 @@ Other deliberate differences from werf, all on the side of keeping more:
 - `keepPolicies: []` means werf's defaults, as in werf (see CleanupPolicy.effective_keep_policies);
 - `imagesPerReference: {in: D}` without `last` keeps every image within D (werf's code; only a
   missing `imagesPerReference`, or one without `in`, means `last: 1`).
+- an abbreviated commit (tag patterns) that names several commits keeps its image: any of
+  them may be the one a kept reference reaches.
 
 How it scales. Commits become integer ids with numpy parent arrays. Instead of one walk per
 reference (and per repository), the graph is walked once in topological order carrying, per
@@ -349,8 +351,11 @@ def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, node: np.ndarray, co
     cid = graph.resolve(commit)
     # A node whose every linked commit is missing (or ambiguous) is linked but unreachable.
     _notes_for_unresolved(out, node, commit, cid)
+    # An abbreviation naming several commits may name one a kept reference reaches: fail closed.
+    ambiguous = _keep_ambiguous(out, node, commit, cid)
     ok = cid >= 0
     if not ok.any():
+        out.kept = ambiguous
         return out
     # one row per (node, commit): an annotation and a tag pattern naming one commit are one link
     pair = np.sort(node[ok] * graph.n + cid[ok])
@@ -367,7 +372,7 @@ def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, node: np.ndarray, co
     ends = np.r_[starts[1:], len(key)]
 
     kept_nodes = _walk(sel, reach, starts, ends, node, repo, cid, date, multi, out)
-    out.kept = np.unique(np.asarray(kept_nodes, dtype=np.int64))
+    out.kept = np.union1d(np.asarray(kept_nodes, dtype=np.int64), ambiguous)
     _notes_for_unkept(out, sel, reach, graph, node, cid, date)
     return out
 
@@ -514,6 +519,20 @@ def _notes_for_unresolved(out: GitOutcome, node: np.ndarray, commit, cid: np.nda
             nodes.append(n)
             texts.append(f"git: abbreviated commit {_short(amb)} is ambiguous in the repository")
     out.notes.append((np.asarray(nodes, np.int64), np.arange(len(texts)), texts))
+
+
+def _keep_ambiguous(out: GitOutcome, node: np.ndarray, commit, cid: np.ndarray) -> np.ndarray:
+    """Nodes with a link whose abbreviated commit is ambiguous: kept, with the abbreviations."""
+    bad = np.flatnonzero(cid == -2)
+    if not len(bad):
+        return np.zeros(0, np.int64)
+    commits = (commit.take(pa.array(bad)).to_pylist() if isinstance(commit, (pa.Array, pa.ChunkedArray))
+               else [commit[i] for i in bad])
+    df = pd.DataFrame({"node": node[bad], "commit": commits})
+    for n, sub in df.groupby("node", sort=True):
+        out.keep_node.append(int(n))
+        out.keep_text.append(f"git: abbreviated commit {_short(sub['commit'])} is ambiguous in the repository: kept")
+    return np.unique(node[bad])
 
 
 def _notes_for_unkept(out: GitOutcome, sel: Selection, reach, graph: CommitGraph, node, cid, date) -> None:
