@@ -40,6 +40,7 @@ CAP = 5                      # reasons of one rule listed per digest; the rest a
 PRIMARY_KINDS = {"image", "index", "artifact"}
 NAT = np.iinfo(np.int64).min
 # cosign's tag scheme for signatures/attestations/SBOMs of a subject digest
+_COMMIT_ID = r"^[0-9a-fA-F]{4,64}$"
 _SUBJECT_TAG = re.compile(r"^sha256-([0-9a-f]{64})(?:\.(?:sig|att|sbom))?$")
 _CTYPE = {"containers": "container", "initContainers": "init container",
           "ephemeralContainers": "ephemeral container"}
@@ -445,6 +446,9 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     link_node = nodes.find(nodes.l_repo, nodes.l_dig)
     ok = link_node >= 0
     ok[ok] = primary[link_node[ok]]
+    # A revision that cannot name a commit (`main`, `unknown`, `${GIT_COMMIT}`) links to none:
+    # the image is unlinked, not "linked to a commit that is gone" (which git rules never keep).
+    ok &= _commit_ids(nodes.links_commit)
     if not cleanup.disableGitHistoryBasedPolicy and tables.get("git_commits") is not None and ok.any():
         out = evaluate_git(tables["git_refs"], tables["git_commits"], link_node[ok],
                            _strings(nodes.links_commit).filter(pa.array(ok)), nodes.repo_code,
@@ -470,6 +474,14 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     _relatives(nodes, kept, R, followers)
     untagged = ~nodes.tagged & ~kept & (kind != K_MISSING)
     return _rows(nodes, kept, untagged, R)
+
+
+def _commit_ids(commits) -> np.ndarray:
+    """Which link values are a full or abbreviated (4+ hex digits, as git requires) commit id."""
+    a = _strings(commits)
+    if not len(a):
+        return np.zeros(0, bool)
+    return pc.match_substring_regex(a, _COMMIT_ID).fill_null(False).to_numpy(zero_copy_only=False)
 
 
 def _followers(nodes: _Nodes, tag_subject_codes: np.ndarray) -> np.ndarray:

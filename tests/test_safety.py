@@ -60,3 +60,18 @@ def test_an_ambiguous_abbreviated_commit_keeps_its_image(git_repo):
     assert decisions(p) == {("app", f"sha-{prefix}"): "keep", ("app", "gone"): "delete"}
     assert reasons(p, "app", f"sha-{prefix}") == [
         f"git: abbreviated commit {prefix} is ambiguous in the repository: kept"]
+
+
+@pytest.mark.parametrize("revision", ["main", "unknown", " ", "${GIT_COMMIT}", "v1.2.3", "ab1"])
+def test_a_revision_that_is_not_a_commit_id_leaves_the_image_unlinked(git_repo, revision):
+    """`org.opencontainers.image.revision: main` names no commit: the image is unlinked, not
+    "linked to a commit that is gone", so the default `unlinkedImages: keep` keeps it."""
+    git_repo.commit("main", h(3))
+    s = Snap()
+    s.image("app", "odd", created=OLD, revision=revision)
+
+    p = git_plan(git_repo, s, [{"references": {"branch": "main"}}])
+
+    assert decisions(p) == {("app", "odd"): "keep"}
+    assert reasons(p, "app", "odd") == [
+        "unlinked: no revision annotation, label or tag pattern links it to a commit"]
