@@ -4,7 +4,8 @@ Decisions are made per manifest digest of a repository (a "node"); every tag on 
 the digest's decision, because deleting a manifest deletes all of its tags (SPEC.md, Safety).
 A node is kept when any rule keeps it, and its reasons list every rule that did:
 
-  1. in use      workload images (not finished Jobs) by digest (imageID, @sha256) and by tag
+  1. in use      workload images (not finished Jobs) by digest (imageID, @sha256) and by tag;
+                 a reference into another host keeps the same-named repository's image (fail closed)
   2. helm        every stored revision the Helm source recorded
   3. git         werf keep policies over git history (tasks/gitpolicy.py)
   4. fresh       built within keepImagesBuiltWithinLastNHours of the snapshot time
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 
 from tasks.config import RegsweepConfig
 from tasks.gitpolicy import US, evaluate_git, fmt_duration, to_us
-from tasks.reference import RegistryMatcher, digest_of_image_id, match_images
+from tasks.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
 from tasks.schemas import PLAN, SOURCE_TABLES
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
@@ -366,10 +367,17 @@ class _Reasons:
 
 def _references(df: pd.DataFrame, image_col: str, matcher: RegistryMatcher, with_ids: bool) -> pd.DataFrame:
     """(repository, tag, digest, text) per thing an image reference can keep: by tag, by digest."""
-    m = match_images(df[image_col].dropna(), matcher)
+    images = df[image_col].dropna()
+    # References into other hosts keep a same-named repository's image too (fail closed), saying so.
+    m = pd.concat([match_images(images, matcher).assign(host=None), other_host_images(images, matcher)],
+                  ignore_index=True).astype(object)
     j = pd.DataFrame({"image": df[image_col].to_numpy(dtype=object), "text": df["_text"].to_numpy(dtype=object),
                       **({"image_id": df["image_id"].to_numpy(dtype=object)} if with_ids else {})})
     j = j.merge(m, on="image", how="left" if with_ids else "inner")
+    foreign = j["host"].notna().to_numpy()
+    if foreign.any():
+        j.loc[foreign, "text"] = (j.loc[foreign, "text"].astype(str) + ", by name: host " + j.loc[foreign, "host"].astype(str)
+                                  + f" is not {matcher.registry_url} (add it to registry.aliases if it is)")
     out = [j.loc[j["repository"].notna(), ["repository", "tag", "digest", "text"]]]
     if with_ids and j["image_id"].notna().any():
         ids = _image_id_refs(j["image_id"], matcher)
@@ -506,7 +514,7 @@ def _image_id_refs(image_ids: pd.Series, matcher: RegistryMatcher) -> pd.DataFra
             continue
         s = str(iid).split("://", 1)[-1]
         # parse the name alone: few distinct names (one per repository), so the matcher's cache hits
-        ref = matcher.match(s.rsplit("@", 1)[0]) if "@" in s else None
+        ref = matcher.parse(s.rsplit("@", 1)[0]) if "@" in s else None
         rows.append((iid, ref.repository if ref else None, d))
     return pd.DataFrame(rows, columns=["image_id", "id_repository", "id_digest"], dtype=object)
 

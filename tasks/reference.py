@@ -125,6 +125,20 @@ class RegistryMatcher:
         self.registry_url = registry_url
         self.hosts = frozenset(hosts)
         self._cache: dict[str, ImageRef | None] = {}
+        self._parsed: dict[str, ImageRef | None] = {}
+
+    def parse(self, ref: str) -> ImageRef | None:
+        """The parsed reference whatever its host; None when it is not a valid reference."""
+        try:
+            return self._parsed[ref]
+        except KeyError:
+            pass
+        try:
+            result = parse_reference(ref)
+        except ValueError:
+            result = None
+        self._parsed[ref] = result
+        return result
 
     def match(self, ref: str) -> ImageRef | None:
         """The parsed reference if it points into this registry, else None (also for invalid ones)."""
@@ -132,12 +146,8 @@ class RegistryMatcher:
             return self._cache[ref]
         except KeyError:
             pass
-        try:
-            parsed = parse_reference(ref)
-        except ValueError:
-            result = None
-        else:
-            result = parsed if parsed.host in self.hosts else None
+        parsed = self.parse(ref)
+        result = parsed if parsed is not None and parsed.host in self.hosts else None
         self._cache[ref] = result
         return result
 
@@ -157,3 +167,22 @@ def match_images(images: Iterable[str], matcher: RegistryMatcher) -> "pandas.Dat
         if m is not None:
             rows.append((image, m.repository, m.tag, m.digest))
     return pd.DataFrame(rows, columns=["image", "repository", "tag", "digest"], dtype=object)
+
+
+def other_host_images(images: Iterable[str], matcher: RegistryMatcher) -> "pandas.DataFrame":
+    """One row (image, repository, tag, digest, host) per distinct valid reference into another host.
+
+    Such a reference may still mean this registry, spelled in a way the configuration does not
+    list (an IP for the host name, a forgotten alias, a node mirroring Docker Hub to it):
+    evaluation keeps a same-named repository's image for it rather than guess (fail closed).
+    """
+    import pandas as pd
+
+    rows = []
+    for image in dict.fromkeys(images):
+        if not isinstance(image, str):
+            continue
+        p = matcher.parse(image)
+        if p is not None and p.host not in matcher.hosts:
+            rows.append((image, p.repository, p.tag, p.digest, p.host))
+    return pd.DataFrame(rows, columns=["image", "repository", "tag", "digest", "host"], dtype=object)

@@ -75,3 +75,40 @@ def test_a_revision_that_is_not_a_commit_id_leaves_the_image_unlinked(git_repo, 
     assert decisions(p) == {("app", "odd"): "keep"}
     assert reasons(p, "app", "odd") == [
         "unlinked: no revision annotation, label or tag pattern links it to a commit"]
+
+
+# --------------------------------------------------------------------------- image reference spellings
+
+
+def test_in_use_reference_spelled_with_another_host_keeps_the_same_named_image():
+    """An IP for a host name, a forgotten alias, Docker Hub's implicit host: the repository and
+    tag are ours, so the image is kept, and the reason says which host to add to the aliases."""
+    s = Snap()
+    by_ip = s.image("team/api", "v1", created=OLD)
+    s.image("team/api", "v2", created=OLD)
+    pinned = s.image("team/api", "v3", created=OLD)
+    hub = s.image("library/nginx", "1.25", created=OLD)
+    running = s.image("team/web", "v9", created=OLD)
+    unused = s.image("team/web", "v8", created=OLD)
+    s.workload("10.0.0.5/team/api:v1", name="by-ip")
+    s.helm("registry.internal/team/api:v2", revision=3, status="superseded")
+    s.workload(f"10.0.0.5/team/api@{pinned}", name="pinned")
+    s.workload("nginx:1.25", name="proxy")
+    # a pod whose spec spells the host oddly: the digest it runs is ours under the same name
+    s.workload("10.0.0.5/team/web:moved", kind="Pod", name="p", image_id=f"docker-pullable://10.0.0.5/team/web@{running}")
+
+    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+
+    d = decisions(plan)
+    assert d[("team/api", "v1")] == d[("team/api", "v2")] == d[("team/api", "v3")] == "keep"
+    assert d[("library/nginx", "1.25")] == d[("team/web", "v9")] == "keep"
+    assert d[("team/web", "v8")] == "delete"
+    assert reasons(plan, "team/api", "v1") == [
+        "in use: prod/default/Deployment/by-ip container app, by name: host 10.0.0.5 is not "
+        f"{REGISTRY} (add it to registry.aliases if it is)"]
+    assert reasons(plan, "team/api", "v2") == [
+        "helm: prod/default/web revision 3 (superseded), by name: host registry.internal is not "
+        f"{REGISTRY} (add it to registry.aliases if it is)"]
+    assert reasons(plan, "library/nginx", "1.25")[0].startswith("in use: prod/default/Deployment/proxy container app, "
+                                                               "by name: host docker.io is not")
+    del by_ip, hub, unused
