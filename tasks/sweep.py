@@ -694,7 +694,9 @@ def cluster_protection(config: RegsweepConfig, targets: list[Target]) -> Protect
         if getattr(r, "finished", False) is True:
             continue
         where = f"{r.kind} {r.namespace}/{r.name} in context {r.context}"
-        ref = matcher.match(r.image)
+        # Any host: a spelling the configuration does not list may still mean this registry
+        # (the plan's evaluation keeps same-named images for it too).
+        ref = matcher.parse(r.image)
         if ref is not None:
             if ref.tag is not None:
                 by_tag.setdefault((ref.repository, ref.tag), where)

@@ -112,3 +112,24 @@ def test_in_use_reference_spelled_with_another_host_keeps_the_same_named_image()
     assert reasons(plan, "library/nginx", "1.25")[0].startswith("in use: prod/default/Deployment/proxy container app, "
                                                                "by name: host docker.io is not")
     del by_ip, hub, unused
+
+
+def test_fresh_cluster_scan_protects_an_image_deployed_under_another_host_spelling(
+        registry, registry_client, unique_repo, tmp_path, kube_env):
+    c, repo = registry_client, unique_repo
+    port = registry.host.rsplit(":", 1)[1]
+    used, pinned, unused = old(c, repo, "v1"), old(c, repo, "v2"), old(c, repo, "v3")
+    server = kube_env.server()
+    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kube_env.kubeconfig({"prod": (server, None)})))
+    plan = stored_plan_of(cfg)   # nothing deployed yet: all three are planned away
+    # deployed after planning, by a spelling the configuration does not list as an alias
+    server.add(workload("Deployment", "shop", "web", [f"localhost:{port}/{repo}:v1"]),
+               workload("Deployment", "shop", "pinned", [f"localhost:{port}/{repo}@{pinned}"]))
+
+    report = run_sweep(cfg, plan, approve=True)
+
+    assert status(c, repo, used) == 200 and status(c, repo, pinned) == 200
+    assert status(c, repo, unused) == 404
+    why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+    assert "in use by Deployment shop/web in context prod" in why[used]
+    assert "in use by Deployment shop/pinned in context prod" in why[pinned]
