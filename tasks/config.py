@@ -104,7 +104,7 @@ class KubernetesConfig(_Strict):
 
 class HelmConfig(_Strict):
     enabled: bool = Field(True, description="Scan Helm release history (Secret and ConfigMap drivers).")
-    keepRevisions: int = Field(0, ge=0, description="0 = every stored revision is a rollback target; N = the newest N per release.")
+    keepRevisions: int = Field(0, ge=0, description="0 = every stored revision is a rollback target; N = the newest N per release, plus its last deployed one.")
 
 
 class SweepConfig(_Strict):

@@ -86,6 +86,7 @@ class Stored:
     driver: str          # secret | configmap
     object_name: str
     payload: str | None
+    status: str | None = None   # Helm's `status` label (deployed, superseded, failed, ...)
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -242,11 +243,16 @@ def _stored(context: str, driver: str, obj: dict) -> Stored | None:
     rev_label = labels.get("version")
     revision = int(rev_label) if rev_label and rev_label.isdigit() else (int(m["rev"]) if m else None)
     payload = (obj.get("data") or {}).get("release")
-    return Stored(context, md.get("namespace") or "", release, revision, driver, oname, payload)
+    return Stored(context, md.get("namespace") or "", release, revision, driver, oname, payload, labels.get("status"))
 
 
 def newest(stored: list[Stored], keep: int) -> list[Stored]:
-    """The newest `keep` revisions of each release (0: all); unnumbered ones are always kept."""
+    """The newest `keep` revisions of each release (0: all), plus its last deployed one.
+
+    Like Helm's own `--history-max`, which never prunes the last deployed release: after failed
+    upgrades it is the rollback target. Unnumbered revisions, and revisions without a status
+    label (any of them could be the deployed one), are always kept.
+    """
     if keep <= 0:
         return stored
     groups: dict[tuple, list[Stored]] = defaultdict(list)
@@ -257,7 +263,10 @@ def newest(stored: list[Stored], keep: int) -> list[Stored]:
         else:
             groups[(s.context, s.namespace, s.release, s.driver)].append(s)
     for revs in groups.values():
-        out.extend(sorted(revs, key=lambda s: s.revision, reverse=True)[:keep])
+        revs = sorted(revs, key=lambda s: s.revision, reverse=True)
+        out.extend(revs[:keep])
+        deployed = next((s for s in revs if s.status == "deployed"), None)
+        out.extend(s for s in revs[keep:] if s is deployed or not s.status)
     return out
 
 

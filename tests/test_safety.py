@@ -133,3 +133,26 @@ def test_fresh_cluster_scan_protects_an_image_deployed_under_another_host_spelli
     why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
     assert "in use by Deployment shop/web in context prod" in why[used]
     assert "in use by Deployment shop/pinned in context prod" in why[pinned]
+
+
+# --------------------------------------------------------------------------- helm
+
+
+def test_keep_revisions_never_drops_the_deployed_revision(kube_env, tmp_path):
+    """Like Helm's own --history-max, which always keeps the last deployed release: after two
+    failed upgrades the deployed revision is the one a rollback needs."""
+    server = kube_env.server()
+    kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
+    app = lambda tag: manifest(workload("Deployment", "shop", "app", [f"registry.example.com/shop/app:{tag}"]))  # noqa: E731
+    server.add(helm_secret(helm_release("web", "shop", 1, app("1"), status="superseded")),
+               helm_secret(helm_release("web", "shop", 2, app("2"), status="deployed")),
+               helm_secret(helm_release("web", "shop", 3, app("3"), status="failed")),
+               helm_secret(helm_release("web", "shop", 4, app("4"), status="failed")))
+    cfg = parse_config({"store": str(tmp_path / "store"), "registry": {"url": "https://registry.example.com"},
+                        "kubernetes": {"kubeconfig": str(kubeconfig)}, "helm": {"keepRevisions": 1}})
+
+    rows = helm.extract(cfg, Store(cfg.store), utcnow())["helm"].to_pylist()
+
+    assert {(r["revision"], r["status"], r["image"]) for r in rows} == {
+        (4, "failed", "registry.example.com/shop/app:4"),
+        (2, "deployed", "registry.example.com/shop/app:2")}
