@@ -64,9 +64,16 @@ def snapshot_problems(meta: dict[str, Any], tables: dict[str, Any], config: Regs
         elif st.get("status") == "skipped":
             problems.append(f"snapshot incomplete: {name} was skipped but this policy needs it")
         elif st.get("status") == "ok":
+            recorded = st.get("tables") or {}
             for t in SOURCE_TABLES[name]:
                 if tables.get(t) is None:
                     problems.append(f"snapshot incomplete: {name} table {t} missing")
+                elif t in recorded and len(tables[t]) != recorded[t]:
+                    # a table replaced or cut short after the snapshot was taken: rows may be missing
+                    problems.append(f"snapshot incomplete: {name} table {t} has {len(tables[t])} rows, "
+                                    f"the snapshot recorded {recorded[t]}")
+        elif st.get("status") != "failed":   # failed is reported above
+            problems.append(f"snapshot incomplete: {name} has status {st.get('status')!r}, not ok")
     if not meta.get("complete", False) and not problems:
         problems.append("snapshot incomplete: marked incomplete by the snapshot flow")
     return problems

@@ -156,3 +156,33 @@ def test_keep_revisions_never_drops_the_deployed_revision(kube_env, tmp_path):
     assert {(r["revision"], r["status"], r["image"]) for r in rows} == {
         (4, "failed", "registry.example.com/shop/app:4"),
         (2, "deployed", "registry.example.com/shop/app:2")}
+
+
+# --------------------------------------------------------------------------- snapshot completeness
+
+
+def test_an_enabled_source_with_a_status_other_than_ok_deletes_nothing():
+    s = Snap()
+    s.image("team/api", "old", created=OLD)
+    meta = s.meta()
+    meta["sources"]["kubernetes"]["status"] = "partial"   # written by some other tool or version
+
+    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+
+    assert list(plan.action) == ["keep"]
+    assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes has status 'partial', not ok"]
+
+
+def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
+    s = Snap()
+    s.image("team/api", "old", created=OLD)
+    s.image("team/api", "older", created=OLD)
+    s.workload(f"registry.example.com/team/api:old")
+    meta = s.meta()
+    meta["sources"]["kubernetes"]["tables"] = {"workloads": 2}   # one row went missing on the way
+
+    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+
+    assert set(plan.action) == {"keep"}
+    assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes table workloads has 1 rows, "
+                                     "the snapshot recorded 2"]
