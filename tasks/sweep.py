@@ -55,6 +55,9 @@ PLANNED, STARTED, DONE, SKIPPED, FAILED = "planned", "started", "done", "skipped
 # Outcome statuses a report adds to the journal's: a dry run's, and work finished by an earlier run.
 WOULD_DELETE, DONE_BEFORE = "would-delete", "done-before"
 
+#: How far ahead of this machine's clock a snapshot or plan may be dated (clocks drift a little).
+CLOCK_SKEW = timedelta(minutes=5)
+
 #: Whether a registry removes a lone tag (DELETE /manifests/<tag>), learnt once per registry
 #: per process: Distribution 2.8 refuses (400 DIGEST_INVALID), Distribution 3 and others accept.
 _TAG_DELETE_SUPPORT: dict[str, bool] = {}
@@ -123,6 +126,11 @@ def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
     planned = _parse_time(meta.get("created_at"))
     if observed is None or planned is None:
         raise PlanRefused(f"plan {plan_id}: no creation time recorded for it or snapshot {snapshot_id}")
+    ahead = max(observed, planned) - now
+    if ahead > CLOCK_SKEW:
+        # A clock running ahead: "now" was wrong for the fresh rule, and the plan would never age.
+        raise PlanRefused(f"plan {plan_id} (or its snapshot {snapshot_id}) was taken in the future, {_age(ahead)} "
+                          "from now: a clock is wrong here or where it was made; nothing was deleted")
     max_age = parse_duration(config.sweep.maxPlanAge)
     age = now - min(observed, planned)
     if age > max_age:

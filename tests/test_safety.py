@@ -186,3 +186,18 @@ def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
     assert set(plan.action) == {"keep"}
     assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes table workloads has 1 rows, "
                                      "the snapshot recorded 2"]
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_a_plan_from_a_snapshot_dated_in_the_future_is_refused(registry, registry_client, unique_repo, tmp_path):
+    """A clock running ahead makes "now" wrong for the fresh rule and makes the plan never expire."""
+    c, repo = registry_client, unique_repo
+    d = old(c, repo, "a")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = stored_plan_of(cfg)
+
+    with pytest.raises(PlanRefused, match=r"taken in the future, 1.0h from now: a clock is wrong"):
+        run_sweep(cfg, plan, approve=True, now=utcnow() - timedelta(hours=1))
+    assert status(c, repo, d) == 200
