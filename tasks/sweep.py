@@ -448,7 +448,8 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def lock_path(store: Store, registry_url: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", registry_url.split("://", 1)[-1]).strip("_")
+    # Lower case: host names are case-insensitive, and load_plan accepts a plan across cases too.
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", registry_url.split("://", 1)[-1]).strip("_").lower()
     return store.path("locks", f"sweep-{slug}.lock")
 
 

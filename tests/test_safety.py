@@ -201,3 +201,12 @@ def test_a_plan_from_a_snapshot_dated_in_the_future_is_refused(registry, registr
     with pytest.raises(PlanRefused, match=r"taken in the future, 1.0h from now: a clock is wrong"):
         run_sweep(cfg, plan, approve=True, now=utcnow() - timedelta(hours=1))
     assert status(c, repo, d) == 200
+
+
+def test_one_lock_for_every_spelling_of_the_registry_url(tmp_path):
+    """The sweep accepts a plan whatever the case of the registry host: the lock must agree."""
+    store = Store(str(tmp_path / "store"))
+    with sweep_lock(store, "https://registry.example.com:5000", "p1"):
+        with pytest.raises(SweepLocked, match="another sweep of https://Registry.Example.COM:5000 is running"):
+            with sweep_lock(store, "https://Registry.Example.COM:5000", "p2"):
+                pass
