@@ -210,15 +210,25 @@ def sweep(
     _quiet_prefect(verbose)
 
     def body():
-        from tasks.errors import SweepFailed, SweepNotApproved
+        from tasks.errors import ConfigError, PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
+        from tasks.store import Store
 
         cfg = _config(config)
+        try:  # an unknown plan id is bad usage, as in `plan --snapshot`: say so before starting Prefect
+            plan_id = Store(cfg.store).resolve_plan(plan)
+        except StoreError as e:
+            raise ConfigError("--plan", str(e)) from None
         from flows.sweep import sweep_flow
         from tasks.progress import terminal_progress
 
         try:
             with terminal_progress():
-                result = sweep_flow(config=cfg, plan=plan, dry_run=dry_run, approve=yes, max_deletions=max_deletions)
+                result = sweep_flow(config=cfg, plan=plan_id, dry_run=dry_run, approve=yes, max_deletions=max_deletions)
+        except (PlanRefused, SweepLocked) as e:
+            # Scripts read the last stdout line: a refusal is a result too, not just a stderr note.
+            typer.echo(f"regsweep: error: {e}", err=True)
+            typer.echo("refused: deleted nothing")
+            raise typer.Exit(1)
         except SweepFailed as e:
             typer.echo(f"regsweep: error: {e}", err=True)
             typer.echo(e.report.summary() if e.report is not None else "failed: deleted nothing")
