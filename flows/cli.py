@@ -75,7 +75,12 @@ def snapshot(
                 raise ConfigError("--sources", f"unknown source {s!r} (choose from {', '.join(ALL_SOURCES)})")
         from tasks.snapshot import check_sources, select_sources
 
-        check_sources(cfg, select_sources(cfg, chosen))
+        selected = select_sources(cfg, chosen)
+        check_sources(cfg, selected)
+        if selected["kubernetes"] or selected["helm"]:
+            from tasks.cluster import preflight as cluster_preflight
+
+            cluster_preflight(cfg.kubernetes)  # a typo in a context name is exit 2, not an incomplete snapshot
         if "registry" in (chosen or ALL_SOURCES):
             from tasks.registry import preflight
 

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException, list_kube_config_contexts, load_incluster_config, load_kube_config
 from urllib3.util.retry import Retry
 
-from tasks.errors import ClusterError
+from tasks.errors import ClusterError, ConfigError
 from tasks.progress import reporter
 from tasks.reference import digest_of_image_id
 
@@ -154,6 +154,29 @@ def connect(k: "KubernetesConfig") -> list[Cluster]:
             raise ClusterError(f"cannot load kubeconfig {path}: {e}", context=ctx) from None
         clusters.append(client(cfg, ctx))
     return clusters
+
+
+def preflight(k: "KubernetesConfig") -> None:
+    """ConfigError now for a kubeconfig or context that cannot work (a typo, a missing file).
+
+    Such a mistake is the user's to fix (exit 2, naming the key), like wrong registry credentials;
+    anything that might pass on a later try (a cluster down, a credential plugin failing) is left
+    to the snapshot, which records it and is published as incomplete.
+    """
+    path = kubeconfig_path(k)
+    if path is None:
+        return  # in-cluster, or nothing at all: the source says which
+    if k.kubeconfig and not os.path.exists(path):
+        raise ConfigError("kubernetes.kubeconfig", f"{k.kubeconfig} does not exist")
+    try:
+        contexts, _ = list_kube_config_contexts(path)
+    except (ConfigException, OSError, ValueError) as e:
+        raise ConfigError("kubernetes.kubeconfig", f"cannot read {path}: {e}") from None
+    names = [c["name"] for c in contexts or ()]
+    for ctx in k.contexts:
+        if ctx not in names:
+            raise ConfigError("kubernetes.contexts",
+                              f"no context {ctx!r} in kubeconfig {path} (has: {', '.join(names) or 'none'})")
 
 
 # --- listing ---------------------------------------------------------------------------------------
