@@ -11,9 +11,10 @@ and the clusters, and deletes through a journal:
   tag on a digest that stays is removed on its own where the registry can do that.
 - **Re-checks**, after approval and just before deleting: every planned tag must still
   resolve to the planned digest (HEAD, right before each DELETE); no other tag in the
-  repository may now point at a target (a tag pushed or moved after the snapshot); a new index
-  must not list a target as a platform manifest; and, by default, a fresh cluster scan must
-  not show a target in use. A re-check that cannot run deletes nothing (fail closed).
+  repository may now point at a target (a tag pushed or moved after the snapshot); a new index,
+  or one that workloads or Helm name by digest only (untagged, so no snapshot read it), must not
+  list a target as a platform manifest; and, by default, a fresh cluster scan must not show a
+  target in use. A re-check that cannot run deletes nothing (fail closed).
 - **Journal**: `started` is durable (fsync) before each DELETE goes out, `done`/`skipped`/
   `failed` is written after. Running the same plan again resumes: `done` targets are never
   requested again, and a target left `started` is looked up first (gone means done).
@@ -40,8 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.config import RegsweepConfig
-from tasks.errors import (PlanRefused, RegistryAuthError, RegistryError, RegistryUnreachable, RegsweepError,
-                          StoreError, SweepFailed, SweepLocked, SweepNotApproved, UnsupportedOperation)
+from tasks.errors import (ManifestUnknown, PlanRefused, RegistryAuthError, RegistryError, RegistryUnreachable,
+                          RegsweepError, StoreError, SweepFailed, SweepLocked, SweepNotApproved, UnsupportedOperation)
 from tasks.oci import fallback_subject
 from tasks.policy import parse_duration
 from tasks.schemas import JOURNAL
@@ -592,6 +593,8 @@ class Intent:
     done_before: list[Target]          # done by an earlier run of this plan
     in_flight: set[tuple[str, str]]    # started by an earlier run, never finished
     known: dict[str, set[str]] = field(default_factory=dict)  # digests the snapshot saw, per affected repository
+    # digests that the snapshot's workloads and Helm revisions name, per affected repository
+    referenced: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def deletions(self) -> int:
@@ -667,9 +670,42 @@ def prepare(config: RegsweepConfig, store: Store, plan_ref: str = "latest", now:
     m = loaded.manifests
     known = {repo: set(g) for repo, g in m[m.repository.isin(repos)].groupby("repository").digest}
     keys = {t.key for t in remaining}
+    referenced: dict[str, set[str]] = {}
+    for name in ("workloads", "helm"):
+        t = store.snapshot_table(loaded.snapshot_id, name)
+        if t is not None and t.num_rows:
+            ids = t.column("image_id").to_pylist() if "image_id" in t.column_names else None
+            _add(referenced, referenced_digests(t.column("image").to_pylist(), ids, config, repos))
     return Intent(plan_id=loaded.plan_id, snapshot_id=loaded.snapshot_id, registry=config.registry.url,
                   targets=remaining, skipped=skipped, done_before=before,
-                  in_flight=state.in_flight & keys, known=known)
+                  in_flight=state.in_flight & keys, known=known, referenced=referenced)
+
+
+def referenced_digests(images: list, image_ids: list | None, config: RegsweepConfig,
+                       repos: set[str]) -> dict[str, set[str]]:
+    """Digests (by `@sha256:` or pod imageID) that image references name in `repos`, any host spelling.
+
+    An index named only by digest may be untagged, so no snapshot read it: the registry re-check
+    looks at it before deleting a platform manifest it may share with a deleted index.
+    """
+    from tasks.reference import RegistryMatcher, digest_of_image_id
+
+    matcher = RegistryMatcher(config.registry.url, config.registry.aliases)
+    out: dict[str, set[str]] = {}
+    for image, image_id in zip(images, image_ids or [None] * len(images)):
+        ref = matcher.parse(image) if isinstance(image, str) else None
+        if ref is None or ref.repository not in repos:
+            continue
+        for d in (ref.digest, digest_of_image_id(image_id) if isinstance(image_id, str) else None):
+            if d:
+                out.setdefault(ref.repository, set()).add(d)
+    return out
+
+
+def _add(into: dict[str, set[str]], more: dict[str, set[str]]) -> dict[str, set[str]]:
+    for k, v in more.items():
+        into.setdefault(k, set()).update(v)
+    return into
 
 
 # ============================================================================ re-checks
@@ -680,6 +716,7 @@ class Protection:
     """Targets a fresh look at the registry or the clusters says must stay, with why."""
 
     reasons: dict[tuple[str, str], str] = field(default_factory=dict)
+    referenced: dict[str, set[str]] = field(default_factory=dict)   # digests in use now, per repository
 
     def add(self, key: tuple[str, str], reason: str) -> None:
         self.reasons.setdefault(key, reason)
@@ -725,11 +762,13 @@ def cluster_protection(config: RegsweepConfig, targets: list[Target]) -> Protect
             if (t.repository, tag) in by_tag:
                 prot.add(t.key, f"{t.repository}:{tag} in use by {by_tag[(t.repository, tag)]} (fresh cluster scan)")
                 break
+    prot.referenced = referenced_digests(workloads["image"].tolist(), workloads["image_id"].tolist(), config,
+                                         {t.repository for t in targets})
     return prot
 
 
 async def registry_protection(client: Any, targets: list[Target], known: dict[str, set[str]],
-                              concurrency: int) -> Protection:
+                              concurrency: int, referenced: dict[str, set[str]] | None = None) -> Protection:
     """Look at each affected repository as it is now: tags pushed or moved onto a target, new indexes.
 
     Every current tag is resolved; a target that a tag not planned away with it now points at
@@ -763,17 +802,26 @@ async def registry_protection(client: Any, targets: list[Target], known: dict[st
             fresh.add(d)
         # A manifest the snapshot never saw may list a target as a platform manifest or refer to
         # it; the ones it saw are immutable and already in its children and subject columns.
+        # So may a manifest that workloads or Helm name by digest only (an untagged index).
+        named = (referenced or {}).get(repo, set())
+
         async def inspect(d: str) -> None:
-            async with sem:
-                _, media_type, body = await client.get_manifest(repo, d)
+            try:
+                async with sem:
+                    _, media_type, body = await client.get_manifest(repo, d)
+            except ManifestUnknown:
+                if d in fresh:
+                    raise
+                return  # named by a workload, but not (or no longer) in this repository
             m = parse_manifest(body, media_type)
+            how = "pushed after the snapshot" if d in fresh else "which the snapshot did not read"
             for c in m.children:
                 if c.digest in digests:
-                    prot.add((repo, c.digest), f"listed by index {d}, pushed after the snapshot")
+                    prot.add((repo, c.digest), f"listed by index {d}, {how}")
             if m.subject in digests:
-                prot.add((repo, m.subject), f"artifact {d}, pushed after the snapshot, refers to it")
+                prot.add((repo, m.subject), f"artifact {d}, {how}, refers to it")
 
-        await asyncio.gather(*(inspect(d) for d in fresh - set(digests) - known.get(repo, set())))
+        await asyncio.gather(*(inspect(d) for d in (fresh | named) - set(digests) - known.get(repo, set())))
 
     await asyncio.gather(*(one_repo(repo, ts) for repo, ts in by_repo.items()))
     return prot
@@ -1035,15 +1083,17 @@ def recheck_cluster(config: RegsweepConfig, intent: Intent) -> Protection:
     prot = Protection()
     if config.sweep.recheckCluster and not config.cleanup.disableKubernetesBasedPolicy:
         try:
-            prot.reasons.update(cluster_protection(config, intent.targets).reasons)
+            prot = cluster_protection(config, intent.targets)
         except RegsweepError as e:
             raise SweepFailed(f"the fresh cluster scan before deleting failed, so nothing was deleted: {e}") from e
     return prot
 
 
-async def _registry_recheck(config: RegsweepConfig, intent: Intent, client: Any) -> Protection:
+async def _registry_recheck(config: RegsweepConfig, intent: Intent, client: Any,
+                            referenced: dict[str, set[str]] | None = None) -> Protection:
     try:
-        return await registry_protection(client, intent.targets, intent.known, config.registry.concurrency)
+        return await registry_protection(client, intent.targets, intent.known, config.registry.concurrency,
+                                         referenced)
     except RegistryError as e:
         raise SweepFailed(f"the registry re-check before deleting failed, so nothing was deleted: {e}") from e
 
@@ -1053,7 +1103,8 @@ async def _recheck_and_execute(config: RegsweepConfig, store: Store, intent: Int
     from tasks.registry import RegistryClient
 
     async with RegistryClient(config.registry) as client:
-        fresh = await _registry_recheck(config, intent, client)
+        fresh = await _registry_recheck(config, intent, client,
+                                        _add(_add({}, intent.referenced), prot.referenced))
         for k, why in fresh.reasons.items():
             prot.add(k, why)
         return await execute(config, store, intent, dry_run=dry_run, protection=prot, client=client,

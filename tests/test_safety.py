@@ -20,6 +20,7 @@ from tasks.evaluate import evaluate
 from tasks.store import Store, utcnow
 from tasks.sweep import run_sweep, sweep_lock
 from tests.support.gitrepo import RepoBuilder
+from tasks.localregistry import push_index
 from tests.support.kube import helm_release, helm_secret, manifest, workload
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, config, decisions, plan_of, reasons
 from tests.test_sweep import old, plan_of as stored_plan_of, status, write_config
@@ -210,3 +211,31 @@ def test_one_lock_for_every_spelling_of_the_registry_url(tmp_path):
         with pytest.raises(SweepLocked, match="another sweep of https://Registry.Example.COM:5000 is running"):
             with sweep_lock(store, "https://Registry.Example.COM:5000", "p2"):
                 pass
+
+
+
+def test_an_untagged_index_in_use_by_digest_keeps_a_platform_it_shares_with_a_deleted_index(
+        registry, registry_client, unique_repo, tmp_path, kube_env):
+    """Reproducible builds give two releases the same arm64 manifest; the running release is
+    pinned by digest and its index is no longer tagged, so the snapshot never read it. Deleting
+    the old release's index must not take the shared platform manifest with it."""
+    c, repo = registry_client, unique_repo
+    shared, old_arm, new_arm = old(c, repo, None), old(c, repo, None), old(c, repo, None)
+    plat = lambda arch: {"os": "linux", "architecture": arch}  # noqa: E731
+    old_index = push_index(c, repo, "v1", [(shared, plat("amd64")), (old_arm, plat("arm64"))])
+    running = push_index(c, repo, None, [(shared, plat("amd64")), (new_arm, plat("arm64"))])
+    server = kube_env.server()
+    server.add(workload("Deployment", "shop", "web", [f"{registry.host}/{repo}@{running}"]))
+    for recheck in (False, True):   # from the snapshot's own workloads, and from the fresh scan
+        cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"recheckCluster": recheck},
+                                       kubeconfig=kube_env.kubeconfig({"prod": (server, None)}),
+                                       name=f"regsweep-{recheck}.yaml"))
+        report = run_sweep(cfg, stored_plan_of(cfg), dry_run=True)
+        why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+        assert why == {shared: f"listed by index {running}, which the snapshot did not read"}, recheck
+
+    report = run_sweep(cfg, stored_plan_of(cfg), approve=True)
+
+    assert status(c, repo, old_index) == 404 and status(c, repo, old_arm) == 404
+    assert status(c, repo, running) == 200 and status(c, repo, shared) == 200 and status(c, repo, new_arm) == 200
+    assert report.deleted == 2 and report.failed == 0
