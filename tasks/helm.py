@@ -9,7 +9,9 @@ Like Helm's `decodeRelease`, a payload without the gzip magic header is read unc
 
 Images are taken from the release `manifest` and its hooks' manifests (rollbacks run hooks):
 every mapping anywhere, in any kind including custom resources, whose `containers`,
-`initContainers` or `ephemeralContainers` key holds a list of mappings with an `image`.
+`initContainers` or `ephemeralContainers` key holds a list of mappings with an `image`, and
+every other `image` key with a text value (operators' fields, e.g. a Prometheus's
+`spec.image`), except in a ConfigMap's or Secret's top-level data.
 A revision that cannot be decoded is a `HelmError`: its images are unknown, so the snapshot
 must be incomplete rather than silently missing a rollback target.
 """
@@ -70,6 +72,7 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 SECRET_TYPE = "helm.sh/release.v1"
 OWNER_SELECTOR = "owner=helm"
 CONTAINER_KEYS = frozenset(("containers", "initContainers", "ephemeralContainers"))
+_DATA_KEYS = frozenset(("data", "stringData", "binaryData"))
 _DOC_SPLIT = re.compile(r"^---(?=[ \t]|\r?$)", re.M)
 _SECRET_NAME = re.compile(r"^sh\.helm\.release\.v1\.(?P<name>.+)\.v(?P<rev>\d+)$")
 _CM_NAME = re.compile(r"^(?P<name>.+)\.v(?P<rev>\d+)$")
@@ -166,6 +169,12 @@ def _walk(root: yaml.Node, out: list[str]) -> None:
         if isinstance(n, yaml.MappingNode):
             for k, v in _pairs(n):
                 if isinstance(v, yaml.ScalarNode):
+                    # Operators' own fields (a Prometheus's `spec.image`): rollback targets too.
+                    # A ConfigMap's or Secret's top-level data is text, not a reference.
+                    if n is not root and isinstance(k, yaml.ScalarNode) and k.value == "image" and v.value:
+                        out.append(v.value)
+                    continue
+                if n is root and isinstance(k, yaml.ScalarNode) and k.value in _DATA_KEYS:
                     continue
                 if isinstance(k, yaml.ScalarNode) and k.value in CONTAINER_KEYS and isinstance(v, yaml.SequenceNode):
                     for c in v.value:

@@ -239,3 +239,25 @@ def test_an_untagged_index_in_use_by_digest_keeps_a_platform_it_shares_with_a_de
     assert status(c, repo, old_index) == 404 and status(c, repo, old_arm) == 404
     assert status(c, repo, running) == 200 and status(c, repo, shared) == 200 and status(c, repo, new_arm) == 200
     assert report.deleted == 2 and report.failed == 0
+
+
+def test_images_of_custom_resources_outside_container_lists_are_rollback_targets(kube_env, tmp_path):
+    """Operators take their images from fields of their own: `spec.image` of a Prometheus, a
+    Kafka's `spec.kafka.image`. Rolling back to a revision needs them as much as a Deployment's."""
+    server = kube_env.server()
+    kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
+    prometheus = {"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus", "metadata": {"name": "p"},
+                  "spec": {"image": "registry.example.com/mon/prometheus:v2.53", "replicas": 2}}
+    kafka = {"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "Kafka", "metadata": {"name": "k"},
+             "spec": {"kafka": {"image": "registry.example.com/data/kafka:3.7", "replicas": 3},
+                      "zookeeper": {"image": {"repository": "not/a/string"}}}}
+    settings = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"},
+                "data": {"image": "registry.example.com/just/text:1"}}
+    server.add(helm_secret(helm_release("mon", "ops", 1, manifest(prometheus, kafka, settings))))
+    cfg = parse_config({"store": str(tmp_path / "store"), "registry": {"url": "https://registry.example.com"},
+                        "kubernetes": {"kubeconfig": str(kubeconfig)}})
+
+    rows = helm.extract(cfg, Store(cfg.store), utcnow())["helm"].to_pylist()
+
+    assert {r["image"] for r in rows} == {"registry.example.com/mon/prometheus:v2.53",
+                                          "registry.example.com/data/kafka:3.7"}
