@@ -206,6 +206,16 @@ class Outcome:
         return not self.ref.startswith("sha256:")
 
 
+#: cosign's tags for a subject's signature, attestations and SBOM (the plan's evaluation reads them alike).
+_COSIGN_TAG = re.compile(r"^sha256-([0-9a-f]{64})\.(?:sig|att|sbom)$")
+
+
+def tag_subject(tag: str) -> str | None:
+    """The subject digest a tag belongs to: the OCI referrers fallback tag, or a cosign tag."""
+    m = _COSIGN_TAG.match(tag)
+    return f"sha256:{m.group(1)}" if m else fallback_subject(tag)
+
+
 def deletion_targets(plan: "pd.DataFrame", tags: "pd.DataFrame", manifests: "pd.DataFrame",
                      children: "pd.DataFrame") -> tuple[list[Target], list[Outcome]]:
     """Targets in deletion order (parents first), and the planned deletions this sweep will not make.
@@ -245,13 +255,13 @@ def deletion_targets(plan: "pd.DataFrame", tags: "pd.DataFrame", manifests: "pd.
             continue
         k = (r.repository, r.digest)
         snapshot_tags.setdefault(k, set()).add(r.tag)
-        fs = fallback_subject(r.tag)
+        fs = tag_subject(r.tag)
         if fs and k not in subject:
             subject[k] = fs
     why_kept: dict[tuple[str, str], str] = {}
     for k, ts in snapshot_tags.items():
         for t in sorted(ts - planned_delete_tags.get(k, set())):
-            fs = fallback_subject(t)
+            fs = tag_subject(t)
             if fs and subject.get(k) == fs:
                 continue  # kept or deleted with its subject
             why_kept.setdefault(k, f"tag {t} on this digest is not planned for deletion")
@@ -325,8 +335,8 @@ def deletion_targets(plan: "pd.DataFrame", tags: "pd.DataFrame", manifests: "pd.
     for k in sorted(seeds - cand):
         repo, d = k
         reason = why_not.get(k, "kept by the sweep")
-        # A referrers fallback tag is its subject's, never an image tag of its own to remove.
-        lone = sorted(t for t in planned_delete_tags.get(k, set()) if not fallback_subject(t))
+        # A referrers fallback (or cosign) tag is its subject's, never an image tag of its own to remove.
+        lone = sorted(t for t in planned_delete_tags.get(k, set()) if not tag_subject(t))
         for t in lone:
             targets.append(Target(repository=repo, ref=t, digest=d, kind=kind.get(k, "unknown"), tags=(t,),
                                   note=reason))

@@ -15,12 +15,12 @@ import pytest
 from tasks import git as git_source
 from tasks import helm
 from tasks.config import load_config, parse_config
-from tasks.errors import PlanRefused, SweepLocked
+from tasks.errors import PlanRefused, SweepLocked, SweepNotApproved
 from tasks.evaluate import evaluate
 from tasks.store import Store, utcnow
 from tasks.sweep import run_sweep, sweep_lock
 from tests.support.gitrepo import RepoBuilder
-from tasks.localregistry import push_index
+from tasks.localregistry import push_artifact, push_index, tag_manifest
 from tests.support.kube import helm_release, helm_secret, manifest, workload
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, config, decisions, plan_of, reasons
 from tests.test_sweep import old, plan_of as stored_plan_of, status, write_config
@@ -261,3 +261,23 @@ def test_images_of_custom_resources_outside_container_lists_are_rollback_targets
 
     assert {r["image"] for r in rows} == {"registry.example.com/mon/prometheus:v2.53",
                                           "registry.example.com/data/kafka:3.7"}
+
+
+def test_a_cosign_signature_tag_stays_with_a_subject_the_sweep_keeps(registry, registry_client, unique_repo, tmp_path):
+    """cosign's `sha256-<hex>.sig` tag belongs to its subject as the OCI fallback tag does: an image
+    promoted after planning keeps its signature (else admission policies refuse to run it)."""
+    c, repo = registry_client, unique_repo
+    image = old(c, repo, "build-7")
+    sig_tag = f"sha256-{str(image).split(':')[1]}.sig"
+    signature = old(c, repo, sig_tag)
+    other = old(c, repo, "build-6")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = stored_plan_of(cfg)   # the image, its signature and build-6 are planned away
+    tag_manifest(c, repo, image, "release-1.0")   # promoted after planning
+
+    report = run_sweep(cfg, plan, approve=True)
+
+    assert status(c, repo, image) == 200 and status(c, repo, signature) == 200 and status(c, repo, sig_tag) == 200
+    assert status(c, repo, other) == 404
+    why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+    assert why[signature] == f"{image}, which it belongs to, was not deleted"
