@@ -54,6 +54,10 @@ def snapshot_problems(meta: dict[str, Any], tables: dict[str, Any], config: Regs
     problems = []
     sources = meta.get("sources") or {}
     enabled = set(config.enabled_sources())
+    taken_of = meta.get("registry")
+    if str(taken_of or "").strip().rstrip("/").lower() != config.registry.url.strip().rstrip("/").lower():
+        # e.g. two configurations sharing a store, and `latest` naming the other one's snapshot
+        problems.append(f"snapshot incomplete: it is of registry {taken_of}, not {config.registry.url}")
     for name, st in sources.items():
         if st.get("status") == "failed":
             problems.append(f"snapshot incomplete: {name} failed: {st.get('error') or 'unknown error'}")

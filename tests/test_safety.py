@@ -189,6 +189,20 @@ def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
                                      "the snapshot recorded 2"]
 
 
+def test_a_snapshot_of_another_registry_deletes_nothing():
+    """Two configurations sharing a store: `plan --snapshot latest` may pick the other registry's
+    snapshot, whose tags say nothing about what this registry's images are used for."""
+    s = Snap()
+    s.image("team/api", "old", created=OLD)
+    meta = s.meta()
+    meta["registry"] = "https://mirror.example.com"
+
+    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+
+    assert list(plan.action) == ["keep"]
+    assert list(plan.reasons[0]) == [f"snapshot incomplete: it is of registry https://mirror.example.com, not {REGISTRY}"]
+
+
 # --------------------------------------------------------------------------- sweep
 
 
