@@ -277,6 +277,25 @@ def test_images_of_custom_resources_outside_container_lists_are_rollback_targets
                                           "registry.example.com/data/kafka:3.7"}
 
 
+def test_up_front_approval_counts_platforms_and_referrers_that_go_with_a_manifest(
+        registry, registry_client, unique_repo, tmp_path):
+    """--max-deletions bounds every DELETE the sweep would send, not only the tags a plan lists."""
+    c, repo = registry_client, unique_repo
+    amd, arm = old(c, repo, None), old(c, repo, None)
+    plat = lambda arch: {"os": "linux", "architecture": arch}  # noqa: E731
+    index = push_index(c, repo, "v1", [(amd, plat("amd64")), (arm, plat("arm64"))])
+    signature = push_artifact(c, repo, subject=index, artifact_type="application/vnd.dev.cosign.simplesigning.v1+json")
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = stored_plan_of(cfg)   # one tag planned away; with it go 2 platforms, a signature, its fallback index
+
+    with pytest.raises(SweepNotApproved, match="would delete 5 manifests/tags .* more than the 4"):
+        run_sweep(cfg, plan, approve=True, max_deletions=4)
+    assert all(status(c, repo, d) == 200 for d in (index, amd, arm, signature))
+
+    assert run_sweep(cfg, plan, approve=True, max_deletions=5).deleted == 5
+    assert all(status(c, repo, d) == 404 for d in (index, amd, arm, signature))
+
+
 def test_a_cosign_signature_tag_stays_with_a_subject_the_sweep_keeps(registry, registry_client, unique_repo, tmp_path):
     """cosign's `sha256-<hex>.sig` tag belongs to its subject as the OCI fallback tag does: an image
     promoted after planning keeps its signature (else admission policies refuse to run it)."""
