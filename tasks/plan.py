@@ -183,8 +183,15 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
     # plans are sorted by repository: reading only its row groups keeps explain fast on big plans
     with store.fs.open(store.path("plans", plan_id, "plan.parquet"), "rb") as f:
         table = pq.read_table(f, filters=[("repository", "in", sorted({c[0] for c in candidates}))])
-    rows = find_rows(table.to_pandas(), candidates, image_ref)
+    plan = table.to_pandas()
     out = [f"plan {plan_id} from snapshot {meta.get('snapshot_id')} ({'complete' if meta.get('complete') else 'INCOMPLETE: deletes nothing'})"]
+    try:
+        rows = find_rows(plan, candidates, image_ref)
+    except ConfigError:
+        kept = _kept_relative(store, meta.get("snapshot_id"), plan, candidates)
+        if kept is None:
+            raise
+        return out + kept
     for r in rows.itertuples(index=False):
         name = f"{r.repository}:{r.tag}" if isinstance(r.tag, str) else f"{r.repository}@{r.digest} (untagged)"
         out.append(f"{name} -> {r.digest} ({r.kind}, {_bytes(int(r.size))}): {r.action}")
@@ -198,3 +205,36 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
         which = f"tags: {', '.join(tags)}" if tags else "untagged"
         out.append(f"{action} {first['repository']}@{first['digest']} ({which})")
     return out
+
+
+def _kept_relative(store: Store, snapshot_id: str | None, plan, candidates) -> list[str] | None:
+    """Explain lines for an untagged platform manifest or referrer the plan keeps.
+
+    Kept relatives get no plan row of their own (deleted ones do), yet a user may well ask about
+    one — a pod's platform digest, a signature: answer with the manifest they belong to.
+    """
+    import pyarrow.compute as pc
+
+    def matching(table: str, column: str, repo: str, digest: str) -> list[dict]:
+        t = store.snapshot_table(snapshot_id, table)
+        if t is None:
+            return []
+        return t.filter(pc.and_(pc.equal(t["repository"], repo), pc.equal(t[column], digest))).to_pylist()
+
+    if not snapshot_id:
+        return None
+    for repo, _, digest in candidates:
+        if not digest:
+            continue
+        owners = [(r["index_digest"], "platform" + (f" ({r['platform']})" if r["platform"] else "") + " of kept index")
+                  for r in matching("children", "child_digest", repo, digest)]
+        owners += [(r["subject"], "referrer of kept") for r in matching("manifests", "digest", repo, digest) if r["subject"]]
+        lines = []
+        for owner, relation in owners:
+            rows = plan[(plan["repository"] == repo) & (plan["digest"] == owner) & (plan["action"] == "keep")]
+            if len(rows):
+                tags = [t for t in rows["tag"] if isinstance(t, str)]
+                lines.append(f"  - {relation} {owner}" + (f" (tags: {', '.join(tags)})" if tags else ""))
+        if lines:
+            return [f"{repo}@{digest} (untagged): keep", *lines, f"keep {repo}@{digest} (untagged)"]
+    return None
