@@ -247,9 +247,24 @@ def sweep(
     _run(body)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: a usage mistake is one line naming the argument, exit 2 (SPEC.md)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:  # plain `regsweep`: the help, still exit 2 as before
+        app(["--help"], prog_name="regsweep", standalone_mode=False)
+        sys.exit(2)
+    try:
+        # standalone_mode=False hands usage errors to us instead of Typer's multi-line error box
+        code = app(args, prog_name="regsweep", standalone_mode=False)
+    except typer.TyperException as e:  # Typer's parse errors: missing/unknown options, bad values
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"regsweep: error: {e.format_message()}{where}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("regsweep: error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
