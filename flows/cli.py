@@ -47,6 +47,12 @@ def _run(fn, *args, **kwargs):
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except RuntimeError as e:
+        # Prefect's own words when PREFECT_API_URL names a server that is down: expected, not a bug
+        if "Failed to reach API at" not in str(e):
+            raise
+        _fail(f"cannot reach the Prefect API: {e}; start that server, or unset PREFECT_API_URL "
+              "to run on a temporary local one", 1)
 
 
 def _config(path: str):
