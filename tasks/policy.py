@@ -139,7 +139,7 @@ class CleanupPolicy(_Strict):
     keepPolicies: list[KeepPolicy] | None = Field(
         None, description="werf keep policies; omitted = werf's defaults.")
     keepImagesBuiltWithinLastNHours: float = Field(
-        2, ge=0, description="Keep images built within this many hours of the snapshot.")
+        2, ge=0, allow_inf_nan=False, description="Keep images built within this many hours of the snapshot.")
     disableKubernetesBasedPolicy: bool = Field(False, description="Do not keep images in use in Kubernetes (and do not scan clusters).")
     disableGitHistoryBasedPolicy: bool = Field(False, description="Do not apply git keep policies (no git source needed).")
     disableBuiltWithinLastNHoursPolicy: bool = Field(False, description="Do not keep freshly built images.")

@@ -16,7 +16,6 @@ cached by digest in the store: a rescan of an unchanged registry costs one HEAD 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import re
 import ssl
@@ -383,6 +382,34 @@ def preflight(config: RegistryConfig) -> None:
         pass
 
 
+def repository_globs(globs: Iterable[str]) -> re.Pattern[str]:
+    """`*` and `?` stay within one path segment, `**` crosses them (as Harbor's and GitLab's
+    globs do): `team/*` selects team/api but not team/api/cache, so a glob never sweeps more
+    repositories than it reads as selecting."""
+    def one(glob: str) -> str:
+        out, i = [], 0
+        while i < len(glob):
+            if glob.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif glob[i] == "*":
+                out.append("[^/]*")
+                i += 1
+            elif glob[i] == "?":
+                out.append("[^/]")
+                i += 1
+            elif glob[i] == "[" and "]" in glob[i + 1:]:
+                j = glob.index("]", i + 1)
+                body = glob[i + 1:j]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = j + 1
+            else:
+                out.append(re.escape(glob[i]))
+                i += 1
+        return "".join(out)
+    return re.compile("|".join(f"(?:{one(g)})" for g in globs))
+
+
 # --- the extractor ----------------------------------------------------------------------------
 
 @dataclass
@@ -474,7 +501,8 @@ class Scanner:
             return sorted(dict.fromkeys(globs))
         names = await self.client.catalog()
         if globs:
-            names = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+            rx = repository_globs(globs)
+            names = [n for n in names if rx.fullmatch(n)]
         return sorted(set(names))
 
     async def _list(self, repo: str) -> tuple[str, list[str]]:

@@ -138,3 +138,9 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     assert cfg.registry.auth.password_file == str(base / "pw")
     assert cfg.git.path == str(tmp_path.resolve() / "checkout")
     assert cfg.kubernetes.kubeconfig == str(base / "kube" / "config")
+
+
+def test_an_infinite_fresh_window_is_a_configuration_error():
+    with pytest.raises(ConfigError) as e:
+        parse_config(with_(cleanup={"keepImagesBuiltWithinLastNHours": float("inf")}))
+    assert e.value.key == "cleanup.keepImagesBuiltWithinLastNHours"

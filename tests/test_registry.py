@@ -347,3 +347,12 @@ def test_delete_disabled_registry_is_unsupported(fresh_registry):
 
     err, _ = call(reg, go)
     assert err.status == 405 and "x/y@" in str(err)
+
+
+def test_repository_globs_stay_within_a_path_segment():
+    from tasks.registry import repository_globs
+
+    rx = repository_globs(["team/*", "ops/**", "app?", "lib/[!x]*"])
+    picked = [n for n in ("team/api", "team/api/cache", "ops/a/b/c", "ops", "app1", "app12", "lib/y1", "lib/x1")
+              if rx.fullmatch(n)]
+    assert picked == ["team/api", "ops/a/b/c", "app1", "lib/y1"]
