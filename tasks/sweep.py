@@ -110,6 +110,10 @@ def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
     if not _same_registry(meta.get("registry"), config.registry.url):
         raise PlanRefused(f"plan {plan_id} was made for registry {meta.get('registry')}, "
                           f"not {config.registry.url}: nothing was deleted")
+    if meta.get("policy") != config.cleanup.digest():
+        # A keep policy added since planning must not be bypassed by sweeping the old plan.
+        raise PlanRefused(f"plan {plan_id} was made under a different cleanup policy than the current "
+                          "configuration's: run `regsweep plan` again; nothing was deleted")
     if meta.get("complete") is not True:
         raise PlanRefused(f"plan {plan_id} comes from incomplete snapshot {snapshot_id}: "
                           "a sweep never deletes from an incomplete snapshot; nothing was deleted")

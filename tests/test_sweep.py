@@ -235,6 +235,10 @@ def test_too_old_plan_and_plan_for_another_registry_are_refused(registry, regist
     other = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"url": "http://127.0.0.1:9"})})
     with pytest.raises(PlanRefused, match=f"made for registry {registry.url}, not http://127.0.0.1:9"):
         run_sweep(other, plan, approve=True)
+    # A keep rule added after planning must not be bypassed by sweeping the old plan.
+    stricter = cfg.model_copy(update={"cleanup": cfg.cleanup.model_copy(update={"unlinkedImages": "keep"})})
+    with pytest.raises(PlanRefused, match="different cleanup policy .* run `regsweep plan` again"):
+        run_sweep(stricter, plan, approve=True)
     assert status(c, repo, d) == 200
 
 
