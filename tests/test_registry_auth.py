@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import stat
-import time
 from pathlib import Path
 
 import pytest

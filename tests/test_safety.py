@@ -18,7 +18,8 @@ from tasks.config import load_config, parse_config
 from tasks.errors import PlanRefused, SweepLocked, SweepNotApproved
 from tasks.evaluate import evaluate
 from tasks.store import Store, utcnow
-from tasks.sweep import run_sweep, sweep_lock
+from tasks.lock import sweep_lock
+from tasks.sweep import run_sweep
 from tests.support.gitrepo import RepoBuilder
 from tasks.localregistry import push_artifact, push_index, tag_manifest
 from tests.support.kube import helm_release, helm_secret, manifest, workload

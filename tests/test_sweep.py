@@ -23,7 +23,8 @@ from tasks.config import load_config
 from tasks.errors import PlanRefused, SweepFailed, SweepLocked, SweepNotApproved
 from tasks.localregistry import (MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest)
 from tasks.store import SourceStatus, Store, new_id, utcnow
-from tasks.sweep import Journal, lock_path, run_sweep, sweep_lock
+from tasks.lock import lock_path, sweep_lock
+from tasks.sweep import Journal, run_sweep
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
