@@ -26,13 +26,14 @@ import re
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
 from tasks.cluster import CONFIGMAPS, SECRETS, Cluster, connect, list_objects, run_units, scopes
 from tasks.errors import HelmError
+from tasks.oci import parse_rfc3339
 from tasks.progress import reporter
 
 if TYPE_CHECKING:
@@ -189,15 +190,8 @@ def _walk(root: yaml.Node, out: list[str]) -> None:
 
 
 def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return None if ts.year <= 1 else ts  # Go's zero time means "never"
+    ts = parse_rfc3339(value)
+    return None if ts is None or ts.year <= 1 else ts  # Go's zero time means "never"
 
 
 def release_rows(s: Stored, images_of: ManifestImages) -> list[tuple]:

@@ -68,14 +68,13 @@ def fallback_subject(tag: str) -> str | None:
     return f"sha256:{m.group(1)}" if m else None
 
 
-def parse_created(value: Any) -> datetime | None:
-    """An RFC 3339 build time as aware UTC, or None when absent, unparsable or before 2013."""
+def parse_rfc3339(value: Any) -> datetime | None:
+    """An RFC 3339 time (Go writes nanoseconds) as aware UTC, or None when absent or unparsable."""
     if not isinstance(value, str) or not value:
         return None
     s = value.strip().replace("z", "Z")
     if s.endswith("Z"):
         s = s[:-1] + "+00:00"
-    # Go writes nanoseconds; Python's fromisoformat takes at most microseconds.
     s = re.sub(r"(\.\d{6})\d+", r"\1", s)
     try:
         dt = datetime.fromisoformat(s)
@@ -83,8 +82,13 @@ def parse_created(value: Any) -> datetime | None:
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    dt = dt.astimezone(timezone.utc)
-    return dt if dt >= TRUSTED_SINCE else None
+    return dt.astimezone(timezone.utc)
+
+
+def parse_created(value: Any) -> datetime | None:
+    """A build time, or None when absent, unparsable or before 2013 (reproducible builds write 1970)."""
+    dt = parse_rfc3339(value)
+    return dt if dt is not None and dt >= TRUSTED_SINCE else None
 
 
 def platform_string(p: Any) -> str | None:
