@@ -19,7 +19,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +28,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import httpx
+
+from tasks.auth import ChallengeAuth, Credentials
 import yaml
 
 __all__ = [
     "LocalRegistry", "LocalRegistryError", "TokenAuth", "PushError", "PushedManifest",
-    "DockerTokenAuth", "ImageSpec", "write_htpasswd",
+    "ImageSpec", "write_htpasswd",
     "push_blob", "push_image", "push_index", "push_artifact", "push_raw_manifest",
     "tag_manifest", "push_referrers_fallback", "referrers_fallback_tag", "push_images",
     "push_tags", "push_repositories", "sha256_digest", "get_manifest", "seed_demo",
@@ -364,8 +365,8 @@ class LocalRegistry:
                **kwargs: Any) -> httpx.Client:
         """An httpx client for this registry: trusts `ca_pem`, authenticates with `credentials`."""
         if auth is None and self.credentials is not None:
-            auth = DockerTokenAuth(*self.credentials, verify=self._verify()) if self.token \
-                else httpx.BasicAuth(*self.credentials)
+            # regsweep's own challenge auth: Basic, or the Docker token dance with a token per scope
+            auth = ChallengeAuth(self.host, Credentials(*self.credentials))
         kwargs.setdefault("verify", self._verify())
         return httpx.Client(base_url=self.url, auth=auth, timeout=timeout, **kwargs)
 
@@ -380,74 +381,6 @@ class LocalRegistry:
 
     def __repr__(self) -> str:
         return f"LocalRegistry({self.url if self.port else 'not started'})"
-
-
-class DockerTokenAuth(httpx.Auth):
-    """Docker token protocol for the push helpers: answer a Bearer challenge with a token per scope.
-
-    regsweep's own client lives in tasks/auth.py; this one only has to be good enough to fill a
-    token-protected testbed, caching one token per challenge scope.
-    """
-
-    def __init__(self, username: str | None, password: str | None, *, verify: Any = True):
-        self.username, self.password, self.verify = username, password, verify
-        self._tokens: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def sync_auth_flow(self, request: httpx.Request):
-        scope_key = self._scope_key(request)
-        token = self._tokens.get(scope_key)
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        challenge = response.headers.get("www-authenticate", "")
-        if response.status_code != 401 or not challenge.lower().startswith("bearer "):
-            return
-        params = _parse_challenge(challenge[7:])
-        query = {"service": params.get("service", "")}
-        if params.get("scope"):
-            query["scope"] = params["scope"]
-        auth = (self.username, self.password) if self.username is not None else None
-        with httpx.Client(verify=self.verify, timeout=30) as c:
-            r = c.get(params["realm"], params=query, auth=auth)
-        if r.status_code != 200:
-            return
-        body = r.json()
-        token = body.get("token") or body.get("access_token")
-        with self._lock:
-            self._tokens[scope_key] = token
-        request.headers["Authorization"] = f"Bearer {token}"
-        yield request
-
-    @staticmethod
-    def _scope_key(request: httpx.Request) -> str:
-        # One token per repository and verb class is what the registry will ask scopes for.
-        path = request.url.path
-        repo = path
-        for marker in ("/blobs/", "/manifests/", "/tags/"):
-            if marker in path:
-                repo = path[len("/v2/"):path.rindex(marker)]
-                break
-        return f"{repo} {request.method in ('GET', 'HEAD')}"
-
-
-def _parse_challenge(text: str) -> dict[str, str]:
-    out, i = {}, 0
-    while i < len(text):
-        eq = text.find("=", i)
-        if eq < 0:
-            break
-        key = text[i:eq].strip(" ,")
-        if text[eq + 1:eq + 2] == '"':
-            end = text.find('"', eq + 2)
-            out[key] = text[eq + 2:end]
-            i = end + 1
-        else:
-            end = text.find(",", eq)
-            end = len(text) if end < 0 else end
-            out[key] = text[eq + 1:end]
-            i = end + 1
-    return out
 
 
 # --------------------------------------------------------------------------- push helpers

@@ -8,8 +8,9 @@ import httpx
 import jwt
 import pytest
 
+from tasks.auth import ChallengeAuth, Credentials
 from tasks.localregistry import (DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST,
-                                 DockerTokenAuth, LocalRegistry, LocalRegistryError, PushError,
+                                 LocalRegistry, LocalRegistryError, PushError,
                                  get_manifest, push_artifact, push_image, push_index, push_raw_manifest,
                                  push_repositories, push_tags, referrers_fallback_tag, seed_demo,
                                  sha256_digest, tag_manifest)
@@ -96,7 +97,7 @@ def test_token_registry_push_and_pull_only_account(token_registry, token_issuer)
         assert client.get("/v2/auth/token/tags/list").json()["tags"] == ["v1"]
     assert token_issuer.count >= 2  # pull,push for the upload, then pull for the listing
 
-    with token_registry.client(auth=DockerTokenAuth(READER_USER, READER_PASSWORD)) as reader:
+    with token_registry.client(auth=ChallengeAuth(token_registry.host, Credentials(READER_USER, READER_PASSWORD))) as reader:
         assert reader.get(f"/v2/auth/token/manifests/{digest}",
                           headers={"Accept": MANIFEST_ACCEPT}).status_code == 200
         assert reader.delete(f"/v2/auth/token/manifests/{digest}").status_code == 401
