@@ -16,3 +16,4 @@ bench: setup
 	.venv/bin/python benchmarks/bench_git.py
 	.venv/bin/python benchmarks/bench_plan.py
 	.venv/bin/python benchmarks/bench_sweep.py
+	.venv/bin/python benchmarks/bench_cli.py
