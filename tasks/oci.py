@@ -261,14 +261,6 @@ def build_facts(manifest: Manifest, config: ImageConfig | None) -> tuple[datetim
     return created, revision, (source if revision else None)
 
 
-def referrers_from_index(body: bytes) -> list[Descriptor]:
-    """The descriptors of a referrers response or fallback-tag index (malformed → ValueError)."""
-    doc = json.loads(body)
-    if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
-    return _descriptors(doc.get("manifests"), "manifests")
-
-
 def parse_link_next(link: str | None) -> str | None:
     """The target of rel="next" in an RFC 8288 Link header (as Distribution writes it)."""
     if not link:
