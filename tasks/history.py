@@ -23,8 +23,9 @@ def snapshot_summary(store: Store, snapshot_id: str) -> dict:
     row = {"snapshot": snapshot_id, "created_at": pd.Timestamp(meta["created_at"]),
            "complete": bool(meta.get("complete", False)),
            "repositories": None, "tags": None, "manifests": None, "bytes": None}
-    tags = store.snapshot_table(snapshot_id, "tags")
-    manifests = store.snapshot_table(snapshot_id, "manifests")
+    # Only the columns counted: history reads every snapshot, each up to 10^6 rows.
+    tags = store.snapshot_table(snapshot_id, "tags", columns=["repository", "gone"])
+    manifests = store.snapshot_table(snapshot_id, "manifests", columns=["repository", "digest", "size", "subject"])
     if tags is None or manifests is None:
         return row
     tags = tags.filter(pc.invert(tags["gone"]))
@@ -34,7 +35,7 @@ def snapshot_summary(store: Store, snapshot_id: str) -> dict:
     # Each manifest's size already counts its config and layers (indexes: their platforms), so
     # only top-level manifests are summed; shared layers make this an upper bound of disk use.
     top = manifests.filter(pc.is_null(manifests["subject"]))
-    children = store.snapshot_table(snapshot_id, "children")
+    children = store.snapshot_table(snapshot_id, "children", columns=["child_digest"])
     if children is not None and children.num_rows:
         top = top.filter(pc.invert(pc.is_in(top["digest"], value_set=pc.unique(children["child_digest"]))))
     sizes = top.group_by(["repository", "digest"]).aggregate([("size", "max")])

@@ -101,10 +101,10 @@ class Store:
         except OSError as e:
             raise StoreError(f"store {self.url}: cannot write {path}: {e}") from None
 
-    def read_table(self, path: str, schema: pa.Schema | None = None) -> pa.Table:
+    def read_table(self, path: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
         try:
             with self.fs.open(path, "rb") as f:
-                t = pq.read_table(f, schema=schema)
+                t = pq.read_table(f, schema=schema, columns=columns)
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowInvalid) as e:
@@ -175,10 +175,11 @@ class Store:
     def snapshot_meta(self, snapshot_id: str) -> dict[str, Any]:
         return self.read_json(self.path("snapshots", snapshot_id, "snapshot.json"))
 
-    def snapshot_table(self, snapshot_id: str, table: str, schema: pa.Schema | None = None) -> pa.Table | None:
-        """A snapshot's table, or None when its source was skipped or failed."""
+    def snapshot_table(self, snapshot_id: str, table: str, schema: pa.Schema | None = None,
+                       columns: list[str] | None = None) -> pa.Table | None:
+        """A snapshot's table (or some of its columns), or None when its source was skipped or failed."""
         try:
-            return self.read_table(self.path("snapshots", snapshot_id, f"{table}.parquet"), schema)
+            return self.read_table(self.path("snapshots", snapshot_id, f"{table}.parquet"), schema, columns)
         except FileNotFoundError:
             return None
 
