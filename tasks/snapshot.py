@@ -72,14 +72,12 @@ def summary_markdown(snapshot_id: str, meta: dict[str, Any], store: Store) -> st
     lines = [f"# Snapshot `{snapshot_id}`", "",
              f"Registry {meta['registry']}, taken {meta['created_at']}, "
              f"**{'complete' if meta['complete'] else 'INCOMPLETE: no plan from it will delete anything'}**.", ""]
-    tags = store.snapshot_table(snapshot_id, "tags")
-    manifests = store.snapshot_table(snapshot_id, "manifests")
-    if tags is not None and manifests is not None:
-        t = tags.to_pandas()
-        m = manifests.to_pandas()
-        tagged = m[m.digest.isin(t.digest.dropna())]
-        lines += [f"- repositories: {t.repository.nunique()}", f"- tags: {len(t)}",
-                  f"- manifests: {len(m)}", f"- bytes referenced by tagged manifests: {int(tagged['size'].sum()):,}", ""]
+    from tasks.history import snapshot_summary  # the same counts the growth report shows
+
+    counts = snapshot_summary(store, snapshot_id)
+    if counts["tags"] is not None:
+        lines += [f"- repositories: {counts['repositories']}", f"- tags: {counts['tags']}",
+                  f"- manifests: {counts['manifests']}", f"- bytes referenced: {counts['bytes']:,}", ""]
     lines += ["| source | status | rows | seconds | error |", "|---|---|---|---|---|"]
     for name, s in meta["sources"].items():
         lines.append(f"| {name} | {s['status']} | {s['rows']} | {s['seconds']} | {s.get('error', '')} |")
