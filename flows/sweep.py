@@ -17,7 +17,7 @@ from pydantic import Field
 from tasks.config import RegsweepConfig
 from tasks.errors import SweepNotApproved
 from tasks.lock import sweep_lock
-from tasks.policy import parse_duration
+from tasks.units import parse_duration
 from tasks.store import Store
 from tasks.sweep import (Intent, SweepReport, check_up_front_approval, delete_targets, prepare,
                          raise_if_failed)

@@ -33,9 +33,9 @@ import httpx
 
 from tasks.config import RegistryAuth as AuthConfig
 from tasks.errors import ConfigError, RegistryAuthError, RegistryError
+from tasks.reference import DOCKER_HUB_HOSTS
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-_DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _host_matches(key: str, host: str) -> bool:
     kh, h = _key_host(key), host.lower()
     if kh == h:
         return True
-    return kh in _DOCKER_HUB_HOSTS and h in _DOCKER_HUB_HOSTS
+    return kh in DOCKER_HUB_HOSTS and h in DOCKER_HUB_HOSTS
 
 
 def run_credential_helper(name: str, server: str, registry: str) -> Credentials | None:
@@ -120,7 +120,7 @@ def docker_config_credentials(host: str, path: Path | None = None) -> Credential
         raise ConfigError(str(path), f"cannot read the docker config: {e}") from None
     if not isinstance(doc, dict):
         return None
-    server = DOCKER_HUB_KEY if host.lower() in _DOCKER_HUB_HOSTS else host
+    server = DOCKER_HUB_KEY if host.lower() in DOCKER_HUB_HOSTS else host
     for key, helper in (doc.get("credHelpers") or {}).items():
         if _host_matches(key, host) and helper:
             return run_credential_helper(str(helper), server, host)

@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.errors import ConfigError
-from tasks.policy import CleanupPolicy, parse_duration
+from tasks.policy import CleanupPolicy
+from tasks.units import parse_duration
 
 ALL_SOURCES = ("registry", "kubernetes", "helm", "git")
 

@@ -22,8 +22,7 @@ none kept it. If the snapshot is incomplete every row is kept (fail closed).
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -32,17 +31,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.config import RegsweepConfig
-from tasks.gitpolicy import US, evaluate_git, fmt_duration, to_us
+from tasks.gitpolicy import US, evaluate_git, to_us
 from tasks.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
+from tasks.oci import tag_subject
 from tasks.schemas import PLAN, SOURCE_TABLES
+from tasks.units import format_duration, parse_time
+from tasks.reference import same_registry
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
 CAP = 5                      # reasons of one rule listed per digest; the rest are counted
 PRIMARY_KINDS = {"image", "index", "artifact"}
 NAT = np.iinfo(np.int64).min
-# cosign's tag scheme for signatures/attestations/SBOMs of a subject digest
 _COMMIT_ID = r"^[0-9a-fA-F]{4,64}$"
-_SUBJECT_TAG = re.compile(r"^sha256-([0-9a-f]{64})(?:\.(?:sig|att|sbom))?$")
 _CTYPE = {"containers": "container", "initContainers": "init container",
           "ephemeralContainers": "ephemeral container"}
 
@@ -55,7 +55,7 @@ def snapshot_problems(meta: dict[str, Any], tables: dict[str, Any], config: Regs
     sources = meta.get("sources") or {}
     enabled = set(config.enabled_sources())
     taken_of = meta.get("registry")
-    if str(taken_of or "").strip().rstrip("/").lower() != config.registry.url.strip().rstrip("/").lower():
+    if not same_registry(taken_of, config.registry.url):
         # e.g. two configurations sharing a store, and `latest` naming the other one's snapshot
         problems.append(f"snapshot incomplete: it is of registry {taken_of}, not {config.registry.url}")
     for name, st in sources.items():
@@ -84,8 +84,11 @@ def snapshot_problems(meta: dict[str, Any], tables: dict[str, Any], config: Regs
 
 
 def snapshot_now(meta: dict[str, Any]) -> datetime:
-    now = datetime.fromisoformat(str(meta["created_at"]).replace("Z", "+00:00"))
-    return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    """The snapshot's own time: "now" for every rule."""
+    now = parse_time(meta.get("created_at"))
+    if now is None:
+        raise ValueError(f"snapshot created_at {meta.get('created_at')!r} is not a time")
+    return now
 
 
 # ------------------------------------------------------------------ strings as integer codes
@@ -411,9 +414,7 @@ def _subject_tags(tags: pd.DataFrame) -> pa.Array:
     sub = t.take(pa.array(idx)).to_pylist()
     vals = [None] * len(t)
     for i, s in zip(idx.tolist(), sub):
-        m = _SUBJECT_TAG.match(s)
-        if m:
-            vals[i] = "sha256:" + m.group(1)
+        vals[i] = tag_subject(s)
     return pa.array(vals, pa.large_string())
 
 
@@ -535,7 +536,7 @@ def _age_texts(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:
     minutes = np.maximum(age_us, 0) // (60 * US)
     key = np.where(minutes < 48 * 60, minutes, -(minutes // (24 * 60)) - 1)
     codes, uniq = pd.factorize(key)
-    fmt = [fmt_duration(int(k) * 60 * US) if k >= 0 else f"{-(int(k) + 1)}d" for k in uniq]
+    fmt = [format_duration(int(k) * 60 * US) if k >= 0 else f"{-(int(k) + 1)}d" for k in uniq]
     return codes, fmt
 
 
@@ -543,7 +544,7 @@ def _fresh(nodes: _Nodes, kept, R: _Reasons, primary, now_us: int, hours: float)
     window = int(hours * 3600 * US)
     have = primary & (nodes.created != NAT)
     fresh = have & (nodes.created > now_us - window)
-    limit = fmt_duration(window)
+    limit = format_duration(window)
     for ids, suffix, keep in ((np.flatnonzero(fresh), f" ago (< {limit})", True),
                               (np.flatnonzero(have & ~fresh), f" ago (not within {limit})", False)):
         if len(ids):

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.policy import KeepPolicy
+from tasks.units import format_duration
 
 INF = 1 << 60          # "no count limit"
 US = 1_000_000
@@ -40,16 +41,6 @@ MAX_REF_REASONS = 3    # references named per kept digest; the rest are counted
 
 
 # ------------------------------------------------------------------ durations and small helpers
-
-def fmt_duration(d: timedelta | int) -> str:
-    """168h, 90m, 12h30m, 2h: how werf users write durations."""
-    us = d if isinstance(d, int) else int(d.total_seconds() * US)
-    minutes = max(0, us // (60 * US))
-    h, m = divmod(minutes, 60)
-    if h and m:
-        return f"{h}h{m}m"
-    return f"{h}h" if h else f"{m}m"
-
 
 def to_us(series: pd.Series) -> np.ndarray:
     """UTC timestamps (any unit, tz-aware or naive UTC) as int64 microseconds; NaT → INT64 min."""
@@ -62,7 +53,7 @@ def _limit_text(limit) -> str:
     if limit.last is not None:
         parts.append(f"last {limit.last}")
     if limit.in_ is not None:
-        parts.append(f"in {fmt_duration(limit.in_)}")
+        parts.append(f"in {format_duration(limit.in_)}")
     if limit.last is not None and limit.in_ is not None:
         parts.append(limit.operator)
     return ", ".join(parts)
@@ -94,7 +85,7 @@ class ImageRule:
         if ipr is None:
             return cls(1, None, "And")
         cut = None if ipr.in_ is None else now_us - int(ipr.in_.total_seconds() * US)
-        in_text = fmt_duration(ipr.in_) if ipr.in_ is not None else ""
+        in_text = format_duration(ipr.in_) if ipr.in_ is not None else ""
         if ipr.last is None:
             # `in` alone: every image within it (werf); nothing given at all: the newest one.
             return cls(INF, cut, "And", in_text) if cut is not None else cls(1, None, "And")

@@ -33,7 +33,7 @@ import yaml
 
 from tasks.cluster import CONFIGMAPS, SECRETS, Cluster, connect, list_objects, run_units, scopes
 from tasks.errors import HelmError
-from tasks.oci import parse_rfc3339
+from tasks.units import parse_time
 from tasks.progress import reporter
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def _walk(root: yaml.Node, out: list[str]) -> None:
 
 
 def _timestamp(value: Any) -> datetime | None:
-    ts = parse_rfc3339(value)
+    ts = parse_time(value)
     return None if ts is None or ts.year <= 1 else ts  # Go's zero time means "never"
 
 

@@ -18,7 +18,9 @@ import time
 from typing import Iterator
 
 from tasks.errors import SweepLocked
-from tasks.store import Store, utcnow
+from tasks.reference import registry_key
+from tasks.store import Store
+from tasks.units import utcnow
 
 
 def _host() -> str:
@@ -47,7 +49,7 @@ def _alive(pid: int, start: str | None) -> bool:
 
 def lock_path(store: Store, registry_url: str) -> str:
     # Lower case: host names are case-insensitive, and load_plan accepts a plan across cases too.
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", registry_url.split("://", 1)[-1]).strip("_").lower()
+    slug = re.sub(r"[^a-z0-9._-]+", "_", registry_key(registry_url).split("://", 1)[-1]).strip("_")
     return store.path("locks", f"sweep-{slug}.lock")
 
 

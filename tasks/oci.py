@@ -11,8 +11,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
+
+from tasks.units import parse_build_time
 
 # --- media types ----------------------------------------------------------------------------
 
@@ -37,14 +39,13 @@ ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, "*/*;
 ANN_REVISION = "org.opencontainers.image.revision"
 ANN_CREATED = "org.opencontainers.image.created"
 
-#: A build time before this is not a build time (reproducible builds stamp 1970 or similar).
-TRUSTED_SINCE = datetime(2013, 1, 1, tzinfo=timezone.utc)
-
 # Manifest kinds written to the MANIFESTS table.
 IMAGE, INDEX, ARTIFACT, REFERRERS_INDEX, UNKNOWN = "image", "index", "artifact", "referrers-index", "unknown"
 
 _DIGEST_RX = re.compile(r"^sha256:[0-9a-f]{64}$")
 _FALLBACK_TAG_RX = re.compile(r"^sha256-([0-9a-f]{64})$")
+#: cosign's tags for a subject's signature, attestations and SBOM.
+_COSIGN_TAG_RX = re.compile(r"^sha256-([0-9a-f]{64})\.(?:sig|att|sbom)$")
 
 
 def sha256_digest(data: bytes) -> str:
@@ -68,27 +69,16 @@ def fallback_subject(tag: str) -> str | None:
     return f"sha256:{m.group(1)}" if m else None
 
 
-def parse_rfc3339(value: Any) -> datetime | None:
-    """An RFC 3339 time (Go writes nanoseconds) as aware UTC, or None when absent or unparsable."""
-    if not isinstance(value, str) or not value:
-        return None
-    s = value.strip().replace("z", "Z")
-    if s.endswith("Z"):
-        s = s[:-1] + "+00:00"
-    s = re.sub(r"(\.\d{6})\d+", r"\1", s)
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+def tag_subject(tag: str) -> str | None:
+    """The subject digest a tag belongs to: the referrers fallback tag, or a cosign `.sig`/`.att`/`.sbom` tag.
 
-
-def parse_created(value: Any) -> datetime | None:
-    """A build time, or None when absent, unparsable or before 2013 (reproducible builds write 1970)."""
-    dt = parse_rfc3339(value)
-    return dt if dt is not None and dt >= TRUSTED_SINCE else None
+    Such a tag is never an image of its own: the plan keeps or deletes it with its subject, and
+    the sweep never removes it alone.
+    """
+    if not tag.startswith("sha256-"):
+        return None
+    m = _COSIGN_TAG_RX.match(tag)
+    return f"sha256:{m.group(1)}" if m else fallback_subject(tag)
 
 
 def platform_string(p: Any) -> str | None:
@@ -243,7 +233,7 @@ def parse_config(body: bytes) -> ImageConfig:
     cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
     raw = cfg.get("Labels") or cfg.get("labels") or {}
     labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-    return ImageConfig(created=parse_created(doc.get("created")), labels=labels)
+    return ImageConfig(created=parse_build_time(doc.get("created")), labels=labels)
 
 
 def build_facts(manifest: Manifest, config: ImageConfig | None) -> tuple[datetime | None, str | None, str | None]:
@@ -252,9 +242,9 @@ def build_facts(manifest: Manifest, config: ImageConfig | None) -> tuple[datetim
     Annotation first (set by the builder on the manifest), then the config's `created` and
     labels. Untrustworthy times (before 2013) are skipped, so a later source may still answer.
     """
-    created = parse_created(manifest.annotations.get(ANN_CREATED))
+    created = parse_build_time(manifest.annotations.get(ANN_CREATED))
     if created is None and config is not None:
-        created = config.created or parse_created(config.labels.get(ANN_CREATED))
+        created = config.created or parse_build_time(config.labels.get(ANN_CREATED))
     revision, source = manifest.annotations.get(ANN_REVISION) or None, "annotation"
     if revision is None and config is not None:
         revision, source = config.labels.get(ANN_REVISION) or None, "label"

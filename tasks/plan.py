@@ -14,7 +14,8 @@ from typing import Any
 from tasks.config import RegsweepConfig
 from tasks.errors import ConfigError
 from tasks.schemas import PLAN, SOURCE_TABLES
-from tasks.store import Store, new_id, utcnow
+from tasks.store import Store, new_id
+from tasks.units import human_bytes, utcnow
 
 DELETIONS_SHOWN = 1000
 
@@ -81,14 +82,6 @@ def deletion_rows(plan, cap: int = DELETIONS_SHOWN) -> list[dict[str, Any]]:
             for r in dele.itertuples(index=False)]
 
 
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def summary_markdown(plan_id: str, meta: dict[str, Any], top: int = 20) -> str:
     """The plan's Prefect artifact: totals, problems and the repositories with most to reclaim."""
     lines = [f"# Plan `{plan_id}`", "",
@@ -98,11 +91,11 @@ def summary_markdown(plan_id: str, meta: dict[str, Any], top: int = 20) -> str:
         lines += [f"- {p}" for p in meta["problems"]] + [""]
     lines += [f"- tags: {meta['tags']:,} (rows {meta['rows']:,})", f"- keep: {meta['keep']:,}",
               f"- delete: {meta['delete']:,} rows, {meta['digests_deleted']:,} digests",
-              f"- reclaimable: {_bytes(meta['bytes_reclaimable'])} (before layer sharing and registry GC)", ""]
+              f"- reclaimable: {human_bytes(meta['bytes_reclaimable'])} (before layer sharing and registry GC)", ""]
     repos = sorted(meta["repositories"].items(), key=lambda kv: (-kv[1]["bytes_reclaimable"], kv[0]))[:top]
     if repos:
         lines += ["| repository | tags | keep | delete | reclaimable |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {r} | {v['tags']} | {v['keep']} | {v['delete']} | {_bytes(v['bytes_reclaimable'])} |"
+        lines += [f"| {r} | {v['tags']} | {v['keep']} | {v['delete']} | {human_bytes(v['bytes_reclaimable'])} |"
                   for r, v in repos]
     return "\n".join(lines)
 
@@ -194,7 +187,7 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
         return out + kept
     for r in rows.itertuples(index=False):
         name = f"{r.repository}:{r.tag}" if isinstance(r.tag, str) else f"{r.repository}@{r.digest} (untagged)"
-        out.append(f"{name} -> {r.digest} ({r.kind}, {_bytes(int(r.size))}): {r.action}")
+        out.append(f"{name} -> {r.digest} ({r.kind}, {human_bytes(int(r.size))}): {r.action}")
         out += [f"  - {reason}" for reason in r.reasons]
     action = "/".join(sorted(set(rows["action"])))   # one digest, one action (digest-level decisions)
     first = rows.iloc[0]

@@ -13,24 +13,9 @@ import re
 from datetime import timedelta
 from typing import Literal
 
-import durationpy
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-def parse_duration(value: str | int | float | timedelta) -> timedelta:
-    """Parse a Go-style duration (`168h`, `90m`, `1h30m`) as werf writes them."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # werf durations are strings; a bare number is ambiguous (seconds? hours?), refuse it
-        raise ValueError(f"duration {value!r} needs a unit, e.g. '{value}h'")
-    try:
-        d = durationpy.from_str(str(value).strip())
-    except Exception:
-        raise ValueError(f"{value!r} is not a duration (expected e.g. '12h', '90m', '1h30m')") from None
-    if d < timedelta(0):
-        raise ValueError(f"duration {value!r} is negative")
-    return d
+from tasks.units import parse_duration
 
 
 def compile_reference_pattern(value: str) -> re.Pattern[str]:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     import pandas
 
 DOCKER_HUB = "docker.io"
-_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io"}
+#: Every spelling of Docker Hub's host, in image references and in docker config keys alike.
+DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 _DIGEST = re.compile(r"^(?P<alg>[a-z0-9]+(?:[.+_-][a-z0-9]+)*):(?P<hex>[a-fA-F0-9]{32,})$")
 _DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
 
@@ -67,9 +68,19 @@ def normalize_host(host: str, scheme: str | None = None) -> str:
         h = h[:-4]
     elif scheme in (None, "http") and h.endswith(":80"):
         h = h[:-3]
-    if h in _HUB_ALIASES:
+    if h in DOCKER_HUB_HOSTS:
         h = DOCKER_HUB
     return h
+
+
+def registry_key(url: str | None) -> str:
+    """A registry URL as snapshots, plans and locks compare it: trimmed, no trailing slash, lower case."""
+    return str(url or "").strip().rstrip("/").lower()
+
+
+def same_registry(a: str | None, b: str | None) -> bool:
+    """Whether two registry URLs (as configured and as recorded in a snapshot or plan) name one registry."""
+    return bool(registry_key(a)) and registry_key(a) == registry_key(b)
 
 
 def parse_reference(ref: str) -> ImageRef:

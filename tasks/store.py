@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.errors import StoreError
+from tasks.units import utcnow
 
 ID_FORMAT = "%Y%m%dT%H%M%S"
 
@@ -38,8 +39,6 @@ def new_id(now: datetime | None = None) -> str:
     return f"{now.strftime(ID_FORMAT)}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass

@@ -28,10 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
@@ -41,10 +40,11 @@ from tasks.config import RegsweepConfig
 from tasks.errors import (ManifestUnknown, PlanRefused, RegistryAuthError, RegistryError, RegistryUnreachable,
                           RegsweepError, StoreError, SweepFailed, SweepNotApproved, UnsupportedOperation)
 from tasks.lock import sweep_lock
-from tasks.oci import fallback_subject
-from tasks.policy import parse_duration
+from tasks.oci import tag_subject
+from tasks.reference import same_registry
 from tasks.schemas import JOURNAL
-from tasks.store import Store, utcnow
+from tasks.store import Store
+from tasks.units import human_age, human_bytes, parse_duration, parse_time, utcnow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,20 +79,6 @@ class LoadedPlan:
     children: "pd.DataFrame"
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-def _same_registry(a: str | None, b: str) -> bool:
-    return bool(a) and a.strip().rstrip("/").lower() == b.strip().rstrip("/").lower()
-
-
 def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
               now: datetime | None = None) -> LoadedPlan:
     """Read a plan and its snapshot, refusing (PlanRefused) any plan a sweep must not act on."""
@@ -105,7 +91,7 @@ def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
         raise PlanRefused(f"plan {plan_ref!r}: {e}") from None
     meta = store.plan_meta(plan_id)
     snapshot_id = meta.get("snapshot_id")
-    if not _same_registry(meta.get("registry"), config.registry.url):
+    if not same_registry(meta.get("registry"), config.registry.url):
         raise PlanRefused(f"plan {plan_id} was made for registry {meta.get('registry')}, "
                           f"not {config.registry.url}: nothing was deleted")
     if meta.get("policy") != config.cleanup.digest():
@@ -125,19 +111,19 @@ def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
         raise PlanRefused(f"plan {plan_id} comes from incomplete snapshot {snapshot_id}: "
                           "a sweep never deletes from an incomplete snapshot; nothing was deleted")
     # The age that matters is the observation's: a fresh plan of a week-old snapshot is stale.
-    observed = _parse_time(snap.get("created_at"))
-    planned = _parse_time(meta.get("created_at"))
+    observed = parse_time(snap.get("created_at"))
+    planned = parse_time(meta.get("created_at"))
     if observed is None or planned is None:
         raise PlanRefused(f"plan {plan_id}: no creation time recorded for it or snapshot {snapshot_id}")
     ahead = max(observed, planned) - now
     if ahead > CLOCK_SKEW:
         # A clock running ahead: "now" was wrong for the fresh rule, and the plan would never age.
-        raise PlanRefused(f"plan {plan_id} (or its snapshot {snapshot_id}) was taken in the future, {_age(ahead)} "
+        raise PlanRefused(f"plan {plan_id} (or its snapshot {snapshot_id}) was taken in the future, {human_age(ahead)} "
                           "from now: a clock is wrong here or where it was made; nothing was deleted")
     max_age = parse_duration(config.sweep.maxPlanAge)
     age = now - min(observed, planned)
     if age > max_age:
-        raise PlanRefused(f"plan {plan_id} is based on snapshot {snapshot_id} taken {_age(age)} ago, "
+        raise PlanRefused(f"plan {plan_id} is based on snapshot {snapshot_id} taken {human_age(age)} ago, "
                           f"older than sweep.maxPlanAge {config.sweep.maxPlanAge}: take a new snapshot "
                           "and plan; nothing was deleted")
 
@@ -158,11 +144,6 @@ def load_plan(config: RegsweepConfig, store: Store, plan_ref: str = "latest",
     return LoadedPlan(plan_id=plan_id, snapshot_id=snapshot_id, registry=config.registry.url,
                       observed_at=observed, plan=plan, tags=tags,
                       manifests=table("manifests", MANIFESTS), children=table("children", CHILDREN))
-
-
-def _age(d: timedelta) -> str:
-    hours = d.total_seconds() / 3600
-    return f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.1f} days"
 
 
 # ============================================================================ targets
@@ -206,16 +187,6 @@ class Outcome:
     @property
     def is_tag(self) -> bool:
         return not self.ref.startswith("sha256:")
-
-
-#: cosign's tags for a subject's signature, attestations and SBOM (the plan's evaluation reads them alike).
-_COSIGN_TAG = re.compile(r"^sha256-([0-9a-f]{64})\.(?:sig|att|sbom)$")
-
-
-def tag_subject(tag: str) -> str | None:
-    """The subject digest a tag belongs to: the OCI referrers fallback tag, or a cosign tag."""
-    m = _COSIGN_TAG.match(tag)
-    return f"sha256:{m.group(1)}" if m else fallback_subject(tag)
 
 
 def deletion_targets(plan: "pd.DataFrame", tags: "pd.DataFrame", manifests: "pd.DataFrame",
@@ -496,16 +467,6 @@ def check_up_front_approval(intent: Intent, max_deletions: int) -> None:
             f"plan {intent.plan_id} would delete {intent.deletions} manifests/tags in {intent.registry}, "
             f"more than the {max_deletions} that approval up front (--yes) covers: nothing was deleted. "
             "Approve it in the Prefect UI (run without --yes) or raise --max-deletions.")
-
-
-def human_bytes(n: int | float) -> str:
-    """Decimal units, as registries and `docker images` show sizes."""
-    n = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 # ============================================================================ preparation

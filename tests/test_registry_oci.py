@@ -9,6 +9,7 @@ import pytest
 
 from tasks import oci
 from tasks.auth import Challenge, parse_challenges, resource_scope
+from tasks.units import parse_build_time
 
 
 def manifest(**extra):
@@ -82,7 +83,7 @@ def test_effective_media_type_sniffs_generic_content_types():
     (12345, None),
 ])
 def test_parse_created_never_trusts_times_before_2013(value, expected):
-    assert oci.parse_created(value) == expected
+    assert parse_build_time(value) == expected
 
 
 def test_config_labels_and_created():
