@@ -11,7 +11,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
 
-pytest_plugins = ["tests.support.registry", "tests.support.kube", "tests.support.gitrepo"]
+pytest_plugins = ["tests.support.registry", "tests.support.kube", "tests.support.gitrepo", "tests.support.s3"]
 
 
 @pytest.fixture(scope="session")
