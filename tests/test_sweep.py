@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tasks.config import load_config
-from tasks.errors import PlanRefused, SweepFailed, SweepLocked, SweepNotApproved
+from tasks.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
 from tasks.localregistry import (MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest)
 from tasks.store import SourceStatus, Store, new_id, utcnow
 from tasks.lock import lock_path, sweep_lock
@@ -81,6 +81,12 @@ def plan_of(cfg) -> str:
 
 def status(client, repo: str, ref: str) -> int:
     return client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}).status_code
+
+
+def resolves_to(client, repo: str, ref: str) -> str | None:
+    """The digest the registry itself serves for `ref` now (None when it does not know it)."""
+    r = client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT})
+    return r.headers["docker-content-digest"] if r.status_code == 200 else None
 
 
 @pytest.fixture
@@ -163,6 +169,7 @@ def test_index_and_its_children_go_together_while_a_kept_index_keeps_shared_chil
 
 
 def test_a_tag_repushed_after_planning_survives(sweep, registry, registry_client, unique_repo, tmp_path):
+    """The registry re-check: a planned tag that moved to another image keeps its old digest."""
     c, repo = registry_client, unique_repo
     first = old(c, repo, "latest")
     other = old(c, repo, "other")
@@ -178,6 +185,10 @@ def test_a_tag_repushed_after_planning_survives(sweep, registry, registry_client
     skipped = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
     assert f"tag latest now points at {second}" in skipped[first]
     assert report["summary"].endswith("skipped 1, failed 0")
+    # The journal says why too: the old digest ended `skipped`, never `done`.
+    ends = [(e["event"], e["detail"]) for e in journal_events(cfg, plan)
+            if e["target"] == first and e["event"] in ("done", "skipped", "failed")]
+    assert ends == [("skipped", f"tag latest now points at {second}, not the planned {first}")]
 
 
 def test_a_digest_shared_with_a_kept_tag_survives(sweep, registry, registry_client, unique_repo, tmp_path):
@@ -311,6 +322,39 @@ def test_registry_answering_503_then_429_recovers_with_retries(sweep, registry, 
     assert fault_proxy.count("DELETE") == 6
 
 
+def planned_tags(cfg, plan_id: str) -> dict[tuple[str, str], str]:
+    """(repository, tag) -> digest of every tag the plan deletes."""
+    rows = Store(cfg.store).plan_table(plan_id).to_pylist()
+    return {(r["repository"], r["tag"]): r["digest"] for r in rows if r["action"] == "delete" and r["tag"]}
+
+
+@pytest.mark.parametrize("fault", [
+    pytest.param({"status": 500, "method": "GET", "path": r"/tags/list"}, id="tag-list-500"),
+    pytest.param({"drop": True, "method": "HEAD", "path": r"/manifests/"}, id="head-dropped"),
+])
+def test_a_registry_failing_the_recheck_fails_the_sweep_and_deletes_nothing(
+        sweep, registry, registry_client, unique_repo, tmp_path, fault_proxy, fault):
+    c, repo = registry_client, unique_repo
+    for t in ("a", "b", "c"):
+        old(c, repo, t)
+    cfg = load_config(write_config(tmp_path, fault_proxy.url, repo))
+    plan = plan_of(cfg)
+    planned = planned_tags(cfg, plan)
+    assert len(planned) == 3
+    fault_proxy.inject(times=None, **fault)   # the registry goes wrong between planning and sweeping
+
+    with pytest.raises(SweepFailed) as exc:
+        sweep(cfg, plan, approve=True)
+
+    message = str(exc.value)
+    assert message.startswith("the registry re-check before deleting failed, so nothing was deleted: registry ")
+    assert "\n" not in message and exc.value.report is None
+    assert fault_proxy.faulted and fault_proxy.count("DELETE") == 0
+    # The registry itself (not through the proxy) still serves every planned tag at its planned digest.
+    assert {k: resolves_to(c, *k) for k in planned} == planned
+    assert not any(e["event"] == "started" for e in journal_events(cfg, plan))
+
+
 def test_registry_with_delete_disabled_fails_clearly_and_journals_it(sweep, fresh_registry, tmp_path):
     reg = fresh_registry(delete_enabled=False)
     repo = "app"
@@ -393,6 +437,26 @@ def test_a_second_sweep_of_the_same_registry_is_refused(sweep, registry, registr
         assert status(c, repo, d) == 200
     assert not os.path.exists(lock_path(store, cfg.registry.url))
     assert sweep(cfg, plan, approve=True)["deleted"] == 1
+
+
+@pytest.mark.parametrize("part", ["locks", "journal"])
+def test_a_store_that_cannot_hold_the_lock_or_journal_fails_naming_the_path_and_deletes_nothing(
+        sweep, registry, registry_client, unique_repo, tmp_path, part):
+    c, repo = registry_client, unique_repo
+    ds = [old(c, repo, t) for t in ("a", "b")]
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+    blocker = Path(Store(cfg.store).path(part))
+    blocker.write_text("a file where the store needs a directory")
+
+    with pytest.raises(StoreError) as exc:
+        sweep(cfg, plan, approve=True)
+
+    message = str(exc.value)
+    assert f"cannot {'create the sweep lock' if part == 'locks' else 'write'} {blocker}/" in message
+    assert "\n" not in message
+    assert all(status(c, repo, d) == 200 for d in ds)
+    assert blocker.read_text() == "a file where the store needs a directory"
 
 
 def test_a_lock_left_by_a_dead_sweep_is_taken_over(tmp_path):
