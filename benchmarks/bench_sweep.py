@@ -4,18 +4,23 @@
 
 A local Distribution registry (delete enabled) is seeded twice with identical sets of images:
 `bench/sweep-*` is snapshotted by the real registry extractor, every tag planned `delete`, and
-swept with `tasks.sweep.run_sweep` (approval up front; lock, plan checks, journal with fsync,
-registry re-check with a HEAD per planned tag, all included); `bench/raw-*` is deleted with
-bare async httpx DELETEs at the same concurrency, the fastest a client could go. Between runs
-the manifests are PUT back (their blobs are still there: no garbage collection runs), and the
-plan is republished under a new id so the journal starts empty. Prints the median rates and
-their ratio.
+swept by running the sweep flow `flows.sweep.sweep_flow` as the CLI does (approval up front;
+the flow run, lock, plan checks, journal with fsync, registry re-check with a HEAD per planned
+tag, all included); `bench/raw-*` is deleted with bare async httpx DELETEs at the same
+concurrency, the fastest a client could go. Between runs the manifests are PUT back (their
+blobs are still there: no garbage collection runs), and the plan is republished under a new id
+so the journal starts empty. Prints the median rates and their ratio.
+
+The flow runs against $PREFECT_API_URL when set, else a temporary Prefect server started for
+the benchmark (not timed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Before Prefect is first imported: no telemetry on a closed network, no run logs in the figures.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
 
 import httpx  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -34,7 +43,6 @@ from tasks.localregistry import LocalRegistry, push_raw_manifest, push_tags  # n
 from tasks.schemas import PLAN  # noqa: E402
 from tasks.snapshot import run_source, snapshot_meta  # noqa: E402
 from tasks.store import SourceStatus, Store, new_id, utcnow  # noqa: E402
-from tasks.sweep import run_sweep  # noqa: E402
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 REPOS = 4
@@ -71,7 +79,8 @@ def snapshot_and_plan(cfg, store: Store) -> tuple[str, pa.Table, dict]:
              "kind": manifests.at[(t.repository, t.digest), "kind"], "action": "delete", "reasons": ["benchmark"],
              "size": int(manifests.at[(t.repository, t.digest), "size"]), "created": None}
             for t in tags.itertuples()]
-    meta = {"snapshot_id": sid, "created_at": now.isoformat(), "complete": True, "registry": cfg.registry.url}
+    meta = {"snapshot_id": sid, "created_at": now.isoformat(), "complete": True, "registry": cfg.registry.url,
+            "policy": cfg.cleanup.digest()}
     return sid, pa.Table.from_pylist(rows, schema=PLAN), meta
 
 
@@ -87,6 +96,15 @@ async def raw_delete(url: str, targets: list[tuple[str, str]], concurrency: int)
         await asyncio.gather(*(one(repo, d) for repo, d in targets))
 
 
+def prefect_server():
+    """The Prefect server flows report to: $PREFECT_API_URL, or a temporary one for this run."""
+    if os.environ.get("PREFECT_API_URL"):
+        return contextlib.nullcontext()
+    from prefect.testing.utilities import prefect_test_harness
+
+    return prefect_test_harness(server_startup_timeout=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifests", type=int, default=2000)
@@ -95,7 +113,9 @@ def main() -> None:
     args = ap.parse_args()
     n = args.manifests - args.manifests % REPOS
 
-    with tempfile.TemporaryDirectory(prefix="regsweep-bench-sweep-") as tmp, \
+    from flows.sweep import sweep_flow
+
+    with tempfile.TemporaryDirectory(prefix="regsweep-bench-sweep-") as tmp, prefect_server(), \
             LocalRegistry(Path(tmp) / "registry", log_level="error") as reg, reg.client() as client:
         t0 = time.perf_counter()
         sweep_set, raw_set = seed(client, "sweep", n), seed(client, "raw", n)
@@ -121,10 +141,11 @@ def main() -> None:
 
             def do_sweep():
                 t = time.perf_counter()
-                report = run_sweep(cfg, plan_id, approve=True, max_deletions=n)
+                report = sweep_flow(config=cfg, plan=plan_id, approve=True, max_deletions=n)
                 dt = time.perf_counter() - t
-                if report.deleted != n or report.failed:
-                    raise SystemExit(f"sweep deleted {report.deleted}/{n}, failed {report.failed}: {report.summary()}")
+                if report["deleted"] != n or report["failed"]:
+                    raise SystemExit(f"sweep deleted {report['deleted']}/{n}, failed {report['failed']}: "
+                                     f"{report['summary']}")
                 sweep_rates.append(n / dt)
 
             def do_raw():
@@ -141,8 +162,8 @@ def main() -> None:
     s, r = statistics.median(sweep_rates), statistics.median(raw_rates)
     print(f"deleting {n} manifests from a local Distribution 2.8, concurrency {args.concurrency}, "
           f"median of {args.runs} runs:")
-    print(f"  regsweep sweep (journal, re-check HEAD, lock): {s:8.0f} deletions/s  ({n / s:.2f}s)")
-    print(f"  raw async httpx DELETE                       : {r:8.0f} deletions/s  ({n / r:.2f}s)")
+    print(f"  regsweep sweep flow (journal, re-check HEAD, lock): {s:8.0f} deletions/s  ({n / s:.2f}s)")
+    print(f"  raw async httpx DELETE                            : {r:8.0f} deletions/s  ({n / r:.2f}s)")
     print(f"  ratio regsweep / raw: {s / r:.2f}")
 
 

@@ -1,4 +1,7 @@
-"""Sweep flow: delete what a plan decided, after a human approval and fresh re-checks (SPEC.md "Safety")."""
+"""Sweep flow: delete what a plan decided, after a human approval and fresh re-checks (README "Safety").
+
+The one orchestration of a sweep: the CLI, deployments and tests all run this flow.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from tasks.config import RegsweepConfig
+from tasks.config import RegsweepConfig, SweepConfig
 from tasks.errors import SweepNotApproved
 from tasks.lock import sweep_lock
 from tasks.units import parse_duration
@@ -31,17 +34,18 @@ class SweepApproval(RunInput):
     comment: str = Field("", title="Comment")
 
 
+# NO_CACHE: a sweep is never answered from a cache, and its inputs (store, intent) are not worth hashing.
 @task(name="prepare-sweep", cache_policy=NO_CACHE)
-def prepare_sweep(config: RegsweepConfig, plan: str) -> Intent:
-    return prepare(config, Store(config.store), plan)
+def prepare_sweep(config: RegsweepConfig, store: Store, plan: str) -> Intent:
+    return prepare(config, store, plan)
 
 
 @task(name="recheck-and-delete", cache_policy=NO_CACHE)
-def recheck_and_delete(config: RegsweepConfig, intent: Intent, dry_run: bool) -> SweepReport:
-    return delete_targets(config, Store(config.store), intent, dry_run=dry_run)
+def recheck_and_delete(config: RegsweepConfig, store: Store, intent: Intent, dry_run: bool) -> SweepReport:
+    return delete_targets(config, store, intent, dry_run=dry_run)
 
 
-def ask_approval(config: RegsweepConfig, intent: Intent, poll_interval: int) -> SweepApproval:
+def ask_approval(settings: SweepConfig, intent: Intent, poll_interval: int) -> SweepApproval:
     """Pause the run with the approval form; SweepNotApproved on rejection or timeout."""
     from prefect.context import FlowRunContext
     from prefect.utilities.urls import url_for
@@ -53,8 +57,8 @@ def ask_approval(config: RegsweepConfig, intent: Intent, poll_interval: int) -> 
     where = (f"in the Prefect UI at {url}" if url else
              f"for flow run {run.name} ({run.id}); this Prefect has no UI: run `prefect server start`, "
              "set PREFECT_API_URL and sweep again, or approve up front with --yes")
-    timeout = parse_duration(config.sweep.approvalTimeout)
-    note = (f"waiting up to {config.sweep.approvalTimeout} for approval of {intent.deletions} deletions "
+    timeout = parse_duration(settings.approvalTimeout)
+    note = (f"waiting up to {settings.approvalTimeout} for approval of {intent.deletions} deletions "
             f"in {intent.registry}: approve or reject {where}")
     logger.warning(note)
     print(f"regsweep: {note}", file=sys.stderr, flush=True)  # the CLI user is waiting on this
@@ -64,7 +68,7 @@ def ask_approval(config: RegsweepConfig, intent: Intent, poll_interval: int) -> 
             timeout=max(1, int(timeout.total_seconds())), poll_interval=poll_interval)
     except FlowPauseTimeout:
         raise SweepNotApproved(f"no approval for plan {intent.plan_id} within sweep.approvalTimeout "
-                               f"{config.sweep.approvalTimeout}: nothing was deleted") from None
+                               f"{settings.approvalTimeout}: nothing was deleted") from None
     said = f" ({answer.comment})" if answer.comment else ""
     if not answer.approve:
         raise SweepNotApproved(f"sweep of plan {intent.plan_id} rejected by {answer.approver}{said}: nothing was deleted")
@@ -85,15 +89,15 @@ def sweep_flow(
     store = Store(config.store)
     limit = config.sweep.maxDeletions if max_deletions is None else max_deletions
     with contextlib.nullcontext() if dry_run else sweep_lock(store, config.registry.url, plan):
-        intent = prepare_sweep(config, plan)
+        intent = prepare_sweep(config, store, plan)
         if intent.targets and not dry_run:
             create_markdown_artifact(intent.markdown(), key="regsweep-sweep-intent",
                                      description=f"What the sweep of plan {intent.plan_id} will delete")
             if approve:
                 check_up_front_approval(intent, limit)
             else:
-                ask_approval(config, intent, approval_poll_interval)
-        report = recheck_and_delete(config, intent, dry_run)
+                ask_approval(config.sweep, intent, approval_poll_interval)
+        report = recheck_and_delete(config, store, intent, dry_run)
     create_markdown_artifact(report.markdown(), key="regsweep-sweep", description=report.summary())
     raise_if_failed(report)
     return report.to_json()

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Iterator
 
-from tasks.errors import SweepLocked
+from tasks.errors import StoreError, SweepLocked
 from tasks.reference import registry_key
 from tasks.store import Store
 from tasks.units import utcnow
@@ -67,13 +67,16 @@ def sweep_lock(store: Store, registry_url: str, plan: str) -> Iterator[dict]:
              "plan": plan, "since": utcnow().isoformat()}
     body = json.dumps(owner).encode()
     if store.local:
-        _acquire_local(path, body, registry_url)
+        try:
+            _acquire_local(path, body, registry_url)
+        except OSError as e:  # not a lock held by another sweep: the store itself is unusable here
+            raise StoreError(f"store {store.url}: cannot create the sweep lock {path}: {e}") from None
     else:
         _acquire_remote(store, path, owner, registry_url)
     try:
         yield owner
     finally:
-        with contextlib.suppress(OSError, FileNotFoundError):
+        with contextlib.suppress(OSError):
             current = _read_owner(store, path)
             if current and current.get("pid") == pid and current.get("host") == owner["host"] \
                     and current.get("since") == owner["since"]:
@@ -81,11 +84,17 @@ def sweep_lock(store: Store, registry_url: str, plan: str) -> Iterator[dict]:
 
 
 def _read_owner(store: Store, path: str) -> dict | None:
+    """The lock's owner; None when there is no lock, {} when it cannot be read (being written)."""
+    return _parse_owner(lambda: open(path, "rb") if store.local else store.fs.open(path, "rb"))
+
+
+def _read_owner_local(path: str) -> dict | None:
+    return _parse_owner(lambda: open(path, "rb"))
+
+
+def _parse_owner(opener) -> dict | None:
     try:
-        if store.local:
-            with open(path, "rb") as f:
-                return json.loads(f.read() or b"{}")
-        with store.fs.open(path, "rb") as f:
+        with opener() as f:
             return json.loads(f.read() or b"{}")
     except FileNotFoundError:
         return None
@@ -129,16 +138,6 @@ def _acquire_local(path: str, body: bytes, registry_url: str) -> None:
             os.close(fd)
         return
     raise SweepLocked(_locked_message(registry_url, _read_owner_local(path), path))
-
-
-def _read_owner_local(path: str) -> dict | None:
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read() or b"{}")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
 
 
 def _mtime(path: str) -> float:

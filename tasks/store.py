@@ -6,15 +6,20 @@ Layout (every table readable by pandas, pyarrow, DuckDB and Spark):
     <store>/snapshots/<id>/<table>.parquet    one per table of each source that succeeded
     <store>/plans/<id>/plan.json, plan.parquet
     <store>/cache/<name>.parquet              content-addressed caches (manifests by digest)
-    <store>/journal/<plan id>/<n>.parquet     sweep journal, append-only (tasks/sweep.py)
+    <store>/journal/<plan id>/<n>.parquet     sweep journal, append-only (tasks/sweep/journal.py)
+    <store>/locks/sweep-<registry>.lock       one sweep per registry (tasks/lock.py)
 
 On a local disk a snapshot is written into a hidden staging directory and renamed into place;
 on object stores, where rename is a copy, `snapshot.json` written after every table is the
 commit marker. Either way readers only ever see published snapshots.
+
+Every I/O failure is a StoreError naming the path; a file that is not there is the one
+exception readers see as FileNotFoundError (callers decide what a missing file means).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -37,8 +42,6 @@ def new_id(now: datetime | None = None) -> str:
     """An id that sorts by time: 20261129T085500.123Z-1a2b."""
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return f"{now.strftime(ID_FORMAT)}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
-
-
 
 
 @dataclass
@@ -80,16 +83,21 @@ class Store:
             raise StoreError(f"store {url}: {e}") from None
         self.root = self.root.rstrip("/")
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self._appended = itertools.count(1)   # orders appends within one clock tick
+        self._durable_dirs: set[str] = set()  # local log directories whose entry is already fsynced
 
     # -- paths ------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def _fail(self, doing: str, path: str, e: BaseException) -> StoreError:
+        return StoreError(f"store {self.url}: cannot {doing} {path}: {e}")
+
     def _makedirs(self, path: str) -> None:
         try:
             self.fs.makedirs(path, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"store {self.url}: cannot create {path}: {e}") from None
+            raise self._fail("create", path, e) from None
 
     # -- generic tables -----------------------------------------------------------------------
     def write_table(self, path: str, table: pa.Table) -> None:
@@ -98,7 +106,7 @@ class Store:
             with self.fs.open(path, "wb") as f:
                 pq.write_table(table, f, compression="zstd")
         except OSError as e:
-            raise StoreError(f"store {self.url}: cannot write {path}: {e}") from None
+            raise self._fail("write", path, e) from None
 
     def read_table(self, path: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
         try:
@@ -107,25 +115,50 @@ class Store:
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowInvalid) as e:
-            raise StoreError(f"store {self.url}: cannot read {path}: {e}") from None
+            raise self._fail("read", path, e) from None
         return t
 
     def write_json(self, path: str, data: Any) -> None:
         self._makedirs(path.rsplit("/", 1)[0])
-        with self.fs.open(path, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
+        try:
+            with self.fs.open(path, "w") as f:
+                json.dump(data, f, indent=2, sort_keys=False, default=str)
+        except OSError as e:
+            raise self._fail("write", path, e) from None
 
     def read_json(self, path: str) -> Any:
-        with self.fs.open(path, "r") as f:
-            return json.load(f)
+        try:
+            with self.fs.open(path, "r") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as e:
+            raise self._fail("read", path, e) from None
+
+    def _list(self, path: str) -> list[str] | None:
+        """The entries under a directory (or prefix), None when there is none."""
+        try:
+            return self.fs.ls(path, detail=False) if self.fs.exists(path) else None
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._fail("list", path, e) from None
+
+    def _publish(self, staging: str, final: str, marker: str, doc: dict[str, Any]) -> str:
+        """Write the marker file last, then move a local staging directory into place; returns `final`."""
+        self.write_json(f"{staging}/{marker}", doc)
+        if staging != final:
+            try:
+                os.rename(staging, final)  # atomic on one local filesystem
+            except OSError as e:
+                raise self._fail("publish", final, e) from None
+        return final
 
     # -- published collections (snapshots, plans) ----------------------------------------------
     def _published(self, kind: str, marker: str) -> list[str]:
         base = self.path(kind)
-        if not self.fs.exists(base):
-            return []
         ids = []
-        for entry in self.fs.ls(base, detail=False):
+        for entry in self._list(base) or []:
             name = entry.rstrip("/").rsplit("/", 1)[-1]
             if not name.startswith(".") and self.fs.exists(f"{base}/{name}/{marker}"):
                 ids.append(name)
@@ -164,12 +197,8 @@ class Store:
 
     def publish_snapshot(self, snapshot_id: str, meta: dict[str, Any]) -> str:
         """Write snapshot.json last and make the snapshot visible; returns its path."""
-        staging = self.staging_dir(snapshot_id)
-        final = self.path("snapshots", snapshot_id)
-        self.write_json(f"{staging}/snapshot.json", {"id": snapshot_id, **meta})
-        if staging != final:
-            os.rename(staging, final)  # atomic on one local filesystem
-        return final
+        return self._publish(self.staging_dir(snapshot_id), self.path("snapshots", snapshot_id), "snapshot.json",
+                             {"id": snapshot_id, **meta})
 
     def snapshot_meta(self, snapshot_id: str) -> dict[str, Any]:
         return self.read_json(self.path("snapshots", snapshot_id, "snapshot.json"))
@@ -193,10 +222,7 @@ class Store:
         final = self.path("plans", plan_id)
         staging = self.path("plans", f".staging-{plan_id}") if self.local else final
         self.write_table(f"{staging}/plan.parquet", table)
-        self.write_json(f"{staging}/plan.json", {"id": plan_id, **meta})
-        if staging != final:
-            os.rename(staging, final)
-        return final
+        return self._publish(staging, final, "plan.json", {"id": plan_id, **meta})
 
     def plan_meta(self, plan_id: str) -> dict[str, Any]:
         return self.read_json(self.path("plans", plan_id, "plan.json"))
@@ -213,25 +239,57 @@ class Store:
 
     def write_cache(self, name: str, table: pa.Table) -> None:
         tmp = self.path("cache", f".{name}.{uuid.uuid4().hex}.parquet")
+        final = self.path("cache", f"{name}.parquet")
         self.write_table(tmp, table)
-        self.fs.mv(tmp, self.path("cache", f"{name}.parquet"))
+        try:
+            self.fs.mv(tmp, final)
+        except OSError as e:
+            raise self._fail("write", final, e) from None
 
     # -- append-only logs (sweep journal) ---------------------------------------------------------
     def append_rows(self, log: str, table: pa.Table) -> None:
-        """Append a batch as a new immutable file; readers concatenate them in name order."""
+        """Append a batch as a new immutable file, durable when this returns; readers concatenate
+        the files in name order (time, then this store's own count).
+
+        On a local disk the file is written aside, fsynced, renamed into place and its directory
+        fsynced (a new log's parent too), so it survives a crash or SIGKILL right after; on object
+        stores the PUT returning is that point.
+        """
         base = self.path(log)
-        name = f"{utcnow().strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-        self.write_table(f"{base}/{name}", table)
+        name = f"{utcnow().strftime('%Y%m%dT%H%M%S%f')}-{next(self._appended):06d}-{uuid.uuid4().hex[:6]}.parquet"
+        if not self.local:
+            self.write_table(f"{base}/{name}", table)
+            return
+        try:
+            if base not in self._durable_dirs:
+                os.makedirs(base, exist_ok=True)
+                _fsync_dir(os.path.dirname(base))
+                self._durable_dirs.add(base)
+            tmp = f"{base}/.{name}.tmp"
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, f"{base}/{name}")
+            _fsync_dir(base)
+        except OSError as e:
+            raise self._fail("write", f"{base}/{name}", e) from None
 
     def read_rows(self, log: str, schema: pa.Schema) -> pa.Table:
-        base = self.path(log)
-        if not self.fs.exists(base):
-            return schema.empty_table()
-        files = sorted(p for p in self.fs.ls(base, detail=False) if p.endswith(".parquet")
+        """Every batch appended to `log`, in order (an empty table when there is none)."""
+        files = sorted(p for p in self._list(self.path(log)) or [] if p.endswith(".parquet")
                        and not p.rsplit("/", 1)[-1].startswith("."))
         if not files:
             return schema.empty_table()
         return pa.concat_tables([self.read_table(p).cast(schema) for p in files])
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def iter_ids_since(ids: Iterable[str], since: datetime | None) -> list[str]:

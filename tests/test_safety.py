@@ -19,12 +19,12 @@ from tasks.errors import PlanRefused, SweepLocked, SweepNotApproved
 from tasks.evaluate import evaluate
 from tasks.store import Store, utcnow
 from tasks.lock import sweep_lock
-from tasks.sweep import run_sweep
 from tests.support.gitrepo import RepoBuilder
 from tasks.localregistry import push_artifact, push_index, tag_manifest
 from tests.support.kube import helm_release, helm_secret, manifest, workload
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, config, decisions, plan_of, reasons
-from tests.test_sweep import old, plan_of as stored_plan_of, status, write_config
+from tests.test_sweep import make_plan, old, plan_of as stored_plan_of, status, take_snapshot, write_config
+from tests.test_sweep import sweep  # noqa: F401 - a fixture, found by pytest in this module's names
 
 h = lambda n: NOW - timedelta(hours=n)  # noqa: E731
 
@@ -117,7 +117,7 @@ def test_in_use_reference_spelled_with_another_host_keeps_the_same_named_image()
 
 
 def test_fresh_cluster_scan_protects_an_image_deployed_under_another_host_spelling(
-        registry, registry_client, unique_repo, tmp_path, kube_env):
+        sweep, registry, registry_client, unique_repo, tmp_path, kube_env):
     c, repo = registry_client, unique_repo
     port = registry.host.rsplit(":", 1)[1]
     used, pinned, unused = old(c, repo, "v1"), old(c, repo, "v2"), old(c, repo, "v3")
@@ -128,11 +128,11 @@ def test_fresh_cluster_scan_protects_an_image_deployed_under_another_host_spelli
     server.add(workload("Deployment", "shop", "web", [f"localhost:{port}/{repo}:v1"]),
                workload("Deployment", "shop", "pinned", [f"localhost:{port}/{repo}@{pinned}"]))
 
-    report = run_sweep(cfg, plan, approve=True)
+    report = sweep(cfg, plan, approve=True)
 
     assert status(c, repo, used) == 200 and status(c, repo, pinned) == 200
     assert status(c, repo, unused) == 404
-    why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+    why = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
     assert "in use by Deployment shop/web in context prod" in why[used]
     assert "in use by Deployment shop/pinned in context prod" in why[pinned]
 
@@ -207,15 +207,15 @@ def test_a_snapshot_of_another_registry_deletes_nothing():
 # --------------------------------------------------------------------------- sweep
 
 
-def test_a_plan_from_a_snapshot_dated_in_the_future_is_refused(registry, registry_client, unique_repo, tmp_path):
+def test_a_plan_from_a_snapshot_dated_in_the_future_is_refused(sweep, registry, registry_client, unique_repo, tmp_path):
     """A clock running ahead makes "now" wrong for the fresh rule and makes the plan never expire."""
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
     cfg = load_config(write_config(tmp_path, registry.url, repo))
-    plan = stored_plan_of(cfg)
+    plan = make_plan(cfg, take_snapshot(cfg, now=utcnow() + timedelta(hours=1)))   # taken by a clock 1h ahead
 
     with pytest.raises(PlanRefused, match=r"taken in the future, 1.0h from now: a clock is wrong"):
-        run_sweep(cfg, plan, approve=True, now=utcnow() - timedelta(hours=1))
+        sweep(cfg, plan, approve=True)
     assert status(c, repo, d) == 200
 
 
@@ -230,7 +230,7 @@ def test_one_lock_for_every_spelling_of_the_registry_url(tmp_path):
 
 
 def test_an_untagged_index_in_use_by_digest_keeps_a_platform_it_shares_with_a_deleted_index(
-        registry, registry_client, unique_repo, tmp_path, kube_env):
+        sweep, registry, registry_client, unique_repo, tmp_path, kube_env):
     """Reproducible builds give two releases the same arm64 manifest; the running release is
     pinned by digest and its index is no longer tagged, so the snapshot never read it. Deleting
     the old release's index must not take the shared platform manifest with it."""
@@ -245,15 +245,15 @@ def test_an_untagged_index_in_use_by_digest_keeps_a_platform_it_shares_with_a_de
         cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"recheckCluster": recheck},
                                        kubeconfig=kube_env.kubeconfig({"prod": (server, None)}),
                                        name=f"regsweep-{recheck}.yaml"))
-        report = run_sweep(cfg, stored_plan_of(cfg), dry_run=True)
-        why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+        report = sweep(cfg, stored_plan_of(cfg), dry_run=True)
+        why = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
         assert why == {shared: f"listed by index {running}, which the snapshot did not read"}, recheck
 
-    report = run_sweep(cfg, stored_plan_of(cfg), approve=True)
+    report = sweep(cfg, stored_plan_of(cfg), approve=True)
 
     assert status(c, repo, old_index) == 404 and status(c, repo, old_arm) == 404
     assert status(c, repo, running) == 200 and status(c, repo, shared) == 200 and status(c, repo, new_arm) == 200
-    assert report.deleted == 2 and report.failed == 0
+    assert report["deleted"] == 2 and report["failed"] == 0
 
 
 def test_images_of_custom_resources_outside_container_lists_are_rollback_targets(kube_env, tmp_path):
@@ -279,7 +279,7 @@ def test_images_of_custom_resources_outside_container_lists_are_rollback_targets
 
 
 def test_up_front_approval_counts_platforms_and_referrers_that_go_with_a_manifest(
-        registry, registry_client, unique_repo, tmp_path):
+        sweep, registry, registry_client, unique_repo, tmp_path):
     """--max-deletions bounds every DELETE the sweep would send, not only the tags a plan lists."""
     c, repo = registry_client, unique_repo
     amd, arm = old(c, repo, None), old(c, repo, None)
@@ -290,14 +290,14 @@ def test_up_front_approval_counts_platforms_and_referrers_that_go_with_a_manifes
     plan = stored_plan_of(cfg)   # one tag planned away; with it go 2 platforms, a signature, its fallback index
 
     with pytest.raises(SweepNotApproved, match="would delete 5 manifests/tags .* more than the 4"):
-        run_sweep(cfg, plan, approve=True, max_deletions=4)
+        sweep(cfg, plan, approve=True, max_deletions=4)
     assert all(status(c, repo, d) == 200 for d in (index, amd, arm, signature))
 
-    assert run_sweep(cfg, plan, approve=True, max_deletions=5).deleted == 5
+    assert sweep(cfg, plan, approve=True, max_deletions=5)["deleted"] == 5
     assert all(status(c, repo, d) == 404 for d in (index, amd, arm, signature))
 
 
-def test_a_cosign_signature_tag_stays_with_a_subject_the_sweep_keeps(registry, registry_client, unique_repo, tmp_path):
+def test_a_cosign_signature_tag_stays_with_a_subject_the_sweep_keeps(sweep, registry, registry_client, unique_repo, tmp_path):
     """cosign's `sha256-<hex>.sig` tag belongs to its subject as the OCI fallback tag does: an image
     promoted after planning keeps its signature (else admission policies refuse to run it)."""
     c, repo = registry_client, unique_repo
@@ -309,9 +309,9 @@ def test_a_cosign_signature_tag_stays_with_a_subject_the_sweep_keeps(registry, r
     plan = stored_plan_of(cfg)   # the image, its signature and build-6 are planned away
     tag_manifest(c, repo, image, "release-1.0")   # promoted after planning
 
-    report = run_sweep(cfg, plan, approve=True)
+    report = sweep(cfg, plan, approve=True)
 
     assert status(c, repo, image) == 200 and status(c, repo, signature) == 200 and status(c, repo, sig_tag) == 200
     assert status(c, repo, other) == 404
-    why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+    why = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
     assert why[signature] == f"{image}, which it belongs to, was not deleted"

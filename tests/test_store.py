@@ -64,3 +64,36 @@ def test_fsspec_memory_store_round_trip():
     store.publish_snapshot(sid, {"created_at": "x", "complete": True})
     assert store.list_snapshots() == [sid]
     assert store.snapshot_table(sid, "tags").num_rows == 0
+
+
+def test_a_durable_append_leaves_only_published_files(tmp_path):
+    store = Store(str(tmp_path))
+    schema = pa.schema([("n", pa.int64())])
+    for n in range(3):
+        store.append_rows("journal/p1", pa.table({"n": [n]}, schema=schema))
+    names = sorted(p.name for p in (tmp_path / "journal" / "p1").iterdir())
+    assert len(names) == 3 and all(n.endswith(".parquet") and not n.startswith(".") for n in names)
+
+
+def test_a_store_root_that_is_a_file_fails_naming_the_path(tmp_path):
+    root = tmp_path / "store"
+    root.write_text("not a directory")
+    store = Store(str(root))
+    schema = pa.schema([("n", pa.int64())])
+    table = pa.table({"n": [1]}, schema=schema)
+    calls = [  # (call, what the message says it could not do, and to which path)
+        (lambda: store.staging_dir("s1"), f"create {root}/snapshots/.staging-s1"),
+        (lambda: store.write_json(f"{root}/plans/p1/plan.json", {}), f"create {root}/plans/p1"),
+        (lambda: store.write_table(f"{root}/cache/c.parquet", table), f"create {root}/cache"),
+        (lambda: store.append_rows("journal/p1", table), f"write {root}/journal/p1/"),
+        (lambda: store.read_json(f"{root}/plans/p1/plan.json"), f"read {root}/plans/p1/plan.json"),
+    ]
+    for call, failed in calls:
+        with pytest.raises(StoreError) as exc:
+            call()
+        assert str(exc.value).startswith(f"store {root}: cannot {failed}"), str(exc.value)
+        assert "\n" not in str(exc.value)
+    # Reading what is not there is no error: a store that holds nothing yet.
+    assert store.list_plans() == [] and store.read_rows("journal/p1", schema).num_rows == 0
+    assert root.read_text() == "not a directory"
+

@@ -1,9 +1,10 @@
 """The gated sweep against a real Distribution 2.8 registry, real snapshots and real plans.
 
 Each test fills its own repository through the registry's HTTP API, takes a snapshot with the
-real registry extractor, evaluates it into a stored plan, sweeps, and then asks the registry
-itself (GET manifest → 404 or 200) what is left. Old images (built 2024) are planned `delete`,
-images built now are kept by the "fresh" rule; everything else keeps its real behaviour.
+real registry extractor, evaluates it into a stored plan, sweeps by running the sweep flow (the
+one orchestration, on the session's Prefect server), and then asks the registry itself (GET
+manifest → 404 or 200) what is left. Old images (built 2024) are planned `delete`, images built
+now are kept by the "fresh" rule; everything else keeps its real behaviour.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import pytest
 import yaml
 
 from tasks.config import load_config
-from tasks.errors import PlanRefused, SweepFailed, SweepLocked, SweepNotApproved
+from tasks.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
 from tasks.localregistry import (MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest)
 from tasks.store import SourceStatus, Store, new_id, utcnow
 from tasks.lock import lock_path, sweep_lock
-from tasks.sweep import Journal, run_sweep
+from tasks.sweep import Journal
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -49,12 +50,16 @@ def write_config(tmp_path: Path, url: str, repo: str, *, sweep: dict | None = No
     return path
 
 
-def take_snapshot(cfg) -> str:
-    """A snapshot taken by the real extractors, published as the snapshot flow does."""
+def take_snapshot(cfg, now: datetime | None = None) -> str:
+    """A snapshot taken by the real extractors, published as the snapshot flow does.
+
+    `now` is the clock of the machine taking it: an earlier one makes a snapshot as old as a run
+    that long ago would have left, a later one a snapshot from a clock running ahead.
+    """
     from tasks.snapshot import run_source, select_sources, snapshot_meta
 
     store = Store(cfg.store)
-    now = utcnow()
+    now = now or utcnow()
     sid = new_id(now)
     staging = store.staging_dir(sid)
     statuses = {name: (run_source(name, cfg, staging, now) if on else SourceStatus("skipped"))
@@ -78,6 +83,23 @@ def status(client, repo: str, ref: str) -> int:
     return client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}).status_code
 
 
+def resolves_to(client, repo: str, ref: str) -> str | None:
+    """The digest the registry itself serves for `ref` now (None when it does not know it)."""
+    r = client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT})
+    return r.headers["docker-content-digest"] if r.status_code == 200 else None
+
+
+@pytest.fixture
+def sweep(prefect_harness):
+    """`sweep(cfg, plan, **flow parameters)`: run the sweep flow as the CLI does; its JSON report."""
+    from flows.sweep import sweep_flow
+
+    def run(cfg, plan: str, **parameters) -> dict:
+        return sweep_flow(config=cfg, plan=plan, **parameters)
+
+    return run
+
+
 def journal_events(cfg, plan_id: str) -> list[dict]:
     return Journal(Store(cfg.store), plan_id).read().to_pylist()
 
@@ -98,7 +120,7 @@ def fresh(client, repo, tag, **kw):
 # --------------------------------------------------------------------------- what goes, what stays
 
 
-def test_sweep_deletes_what_the_plan_deletes_and_nothing_else(registry, registry_client, unique_repo, tmp_path):
+def test_sweep_deletes_what_the_plan_deletes_and_nothing_else(sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     a = old(c, repo, "a")
     tag_manifest(c, repo, a, "a-alias")
@@ -109,17 +131,17 @@ def test_sweep_deletes_what_the_plan_deletes_and_nothing_else(registry, registry
     cfg = load_config(write_config(tmp_path, registry.url, repo))
     plan = plan_of(cfg)
 
-    report = run_sweep(cfg, plan, approve=True)
+    report = sweep(cfg, plan, approve=True)
 
-    assert report.failed == 0
+    assert report["failed"] == 0
     for d in (a, gone_subject, sig_old):
         assert status(c, repo, d) == 404, d
     assert status(c, repo, f"sha256-{gone_subject.split(':')[1]}") == 404  # its referrers fallback index
     for d in (keep, sig_kept):
         assert status(c, repo, d) == 200
     assert status(c, repo, f"sha256-{keep.split(':')[1]}") == 200
-    assert report.deleted == 4  # a (with its alias), the old subject, its signature, its fallback index
-    assert report.summary().startswith("deleted 4 manifests (")
+    assert report["deleted"] == 4  # a (with its alias), the old subject, its signature, its fallback index
+    assert report["summary"].startswith("deleted 4 manifests (")
     events = journal_events(cfg, plan)
     started = [e["target"] for e in events if e["event"] == "started"]
     done = [e["target"] for e in events if e["event"] == "done"]
@@ -130,7 +152,7 @@ def test_sweep_deletes_what_the_plan_deletes_and_nothing_else(registry, registry
 
 
 def test_index_and_its_children_go_together_while_a_kept_index_keeps_shared_children(
-        registry, registry_client, unique_repo, tmp_path):
+        sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     amd_old, shared, arm_new = old(c, repo, None), old(c, repo, None), fresh(c, repo, None)
     plat = lambda arch: {"os": "linux", "architecture": arch}  # noqa: E731
@@ -138,15 +160,16 @@ def test_index_and_its_children_go_together_while_a_kept_index_keeps_shared_chil
     new_index = push_index(c, repo, "v2", [(shared, plat("amd64")), (arm_new, plat("arm64"))])
     cfg = load_config(write_config(tmp_path, registry.url, repo))
 
-    report = run_sweep(cfg, plan_of(cfg), approve=True)
+    report = sweep(cfg, plan_of(cfg), approve=True)
 
-    assert report.failed == 0
+    assert report["failed"] == 0
     assert status(c, repo, old_index) == 404 and status(c, repo, amd_old) == 404
     assert status(c, repo, new_index) == 200 and status(c, repo, shared) == 200 and status(c, repo, arm_new) == 200
     assert status(c, repo, "v2") == 200
 
 
-def test_a_tag_repushed_after_planning_survives(registry, registry_client, unique_repo, tmp_path):
+def test_a_tag_repushed_after_planning_survives(sweep, registry, registry_client, unique_repo, tmp_path):
+    """The registry re-check: a planned tag that moved to another image keeps its old digest."""
     c, repo = registry_client, unique_repo
     first = old(c, repo, "latest")
     other = old(c, repo, "other")
@@ -154,31 +177,35 @@ def test_a_tag_repushed_after_planning_survives(registry, registry_client, uniqu
     plan = plan_of(cfg)
     second = fresh(c, repo, "latest")  # CI pushed a new `latest` after the plan was made
 
-    report = run_sweep(cfg, plan, approve=True)
+    report = sweep(cfg, plan, approve=True)
 
     assert status(c, repo, "latest") == 200 and status(c, repo, second) == 200
     assert status(c, repo, first) == 200  # the planned digest stays: its tag no longer says it may go
     assert status(c, repo, other) == 404
-    skipped = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+    skipped = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
     assert f"tag latest now points at {second}" in skipped[first]
-    assert report.summary() .endswith("skipped 1, failed 0")
+    assert report["summary"].endswith("skipped 1, failed 0")
+    # The journal says why too: the old digest ended `skipped`, never `done`.
+    ends = [(e["event"], e["detail"]) for e in journal_events(cfg, plan)
+            if e["target"] == first and e["event"] in ("done", "skipped", "failed")]
+    assert ends == [("skipped", f"tag latest now points at {second}, not the planned {first}")]
 
 
-def test_a_digest_shared_with_a_kept_tag_survives(registry, registry_client, unique_repo, tmp_path):
+def test_a_digest_shared_with_a_kept_tag_survives(sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     build = old(c, repo, "build-17")
     cfg = load_config(write_config(tmp_path, registry.url, repo))
     plan = plan_of(cfg)
     tag_manifest(c, repo, build, "release-1.0")  # promoted after the plan: the digest now has a kept tag
 
-    report = run_sweep(cfg, plan, approve=True)
+    report = sweep(cfg, plan, approve=True)
 
     assert status(c, repo, build) == 200 and status(c, repo, "release-1.0") == 200
-    assert report.deleted == 0
-    assert "tag release-1.0 now points at it" in report.outcomes[0].detail
+    assert report["deleted"] == 0
+    assert "tag release-1.0 now points at it" in report["outcomes"][0]["detail"]
 
 
-def test_a_plan_deleting_one_of_two_tags_on_a_digest_keeps_the_digest(registry, registry_client, unique_repo, tmp_path):
+def test_a_plan_deleting_one_of_two_tags_on_a_digest_keeps_the_digest(sweep, registry, registry_client, unique_repo, tmp_path):
     """Digest-level safety even when a plan marks tags of one digest differently."""
     from tasks.schemas import PLAN
 
@@ -195,20 +222,20 @@ def test_a_plan_deleting_one_of_two_tags_on_a_digest_keeps_the_digest(registry, 
     edited = new_id()
     store.publish_plan(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plan_meta(plan), "id": edited})
 
-    report = run_sweep(cfg, edited, approve=True)
+    report = sweep(cfg, edited, approve=True)
 
     assert status(c, repo, d) == 200 and status(c, repo, "nightly") == 200 and status(c, repo, "stable") == 200
     # Distribution 2.8 cannot delete a tag alone (400 DIGEST_INVALID): the lone tag is skipped, said so.
-    (o,) = report.outcomes
-    assert o.ref == "nightly" and o.status == "skipped" and "cannot delete a tag alone" in o.detail
-    assert "(tag stable on this digest is not planned for deletion)" in o.detail
-    assert report.failed == 0
+    (o,) = report["outcomes"]
+    assert o["ref"] == "nightly" and o["status"] == "skipped" and "cannot delete a tag alone" in o["detail"]
+    assert "(tag stable on this digest is not planned for deletion)" in o["detail"]
+    assert report["failed"] == 0
 
 
 # --------------------------------------------------------------------------- refusals
 
 
-def test_incomplete_snapshot_plan_is_refused(registry, registry_client, unique_repo, tmp_path, kube_env):
+def test_incomplete_snapshot_plan_is_refused(sweep, registry, registry_client, unique_repo, tmp_path, kube_env):
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
     server = kube_env.server()
@@ -220,54 +247,57 @@ def test_incomplete_snapshot_plan_is_refused(registry, registry_client, unique_r
     plan = make_plan(cfg, sid)
 
     with pytest.raises(PlanRefused, match=f"plan {plan} comes from incomplete snapshot {sid}"):
-        run_sweep(cfg, plan, approve=True)
+        sweep(cfg, plan, approve=True)
     assert status(c, repo, d) == 200
     assert journal_events(cfg, plan) == []
 
 
-def test_too_old_plan_and_plan_for_another_registry_are_refused(registry, registry_client, unique_repo, tmp_path):
+def test_too_old_plan_and_plan_for_another_registry_are_refused(sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
     cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"maxPlanAge": "24h"}))
     plan = plan_of(cfg)
+    # A plan made now of a snapshot taken 25 hours ago: the observation is what has aged.
+    stale = make_plan(cfg, take_snapshot(cfg, now=utcnow() - timedelta(hours=25)))
 
     with pytest.raises(PlanRefused, match=r"taken 25\.\dh ago, older than sweep.maxPlanAge 24h"):
-        run_sweep(cfg, plan, approve=True, now=utcnow() + timedelta(hours=25))
+        sweep(cfg, stale, approve=True)
     other = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"url": "http://127.0.0.1:9"})})
     with pytest.raises(PlanRefused, match=f"made for registry {registry.url}, not http://127.0.0.1:9"):
-        run_sweep(other, plan, approve=True)
+        sweep(other, plan, approve=True)
     # A keep rule added after planning must not be bypassed by sweeping the old plan.
     stricter = cfg.model_copy(update={"cleanup": cfg.cleanup.model_copy(update={"unlinkedImages": "keep"})})
     with pytest.raises(PlanRefused, match="different cleanup policy .* run `regsweep plan` again"):
-        run_sweep(stricter, plan, approve=True)
+        sweep(stricter, plan, approve=True)
     assert status(c, repo, d) == 200
 
 
 def test_over_max_deletions_deletes_nothing_and_without_approval_nothing_either(
-        registry, registry_client, unique_repo, tmp_path):
+        sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     ds = [old(c, repo, t) for t in ("a", "b", "c")]
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"approvalTimeout": "1s"}))
     plan = plan_of(cfg)
 
     with pytest.raises(SweepNotApproved, match="would delete 3 .* more than the 2 that approval up front"):
-        run_sweep(cfg, plan, approve=True, max_deletions=2)
-    with pytest.raises(SweepNotApproved, match="needs approval"):
-        run_sweep(cfg, plan)
+        sweep(cfg, plan, approve=True, max_deletions=2)
+    # Without approval up front the flow waits for one (the Prefect form); nobody gives it.
+    with pytest.raises(SweepNotApproved, match="no approval for plan .* within sweep.approvalTimeout 1s"):
+        sweep(cfg, plan, approval_poll_interval=1)
     assert all(status(c, repo, d) == 200 for d in ds)
     assert not any(e["event"] == "started" for e in journal_events(cfg, plan))
 
 
-def test_dry_run_deletes_nothing_and_reports_what_would_go(registry, registry_client, unique_repo, tmp_path):
+def test_dry_run_deletes_nothing_and_reports_what_would_go(sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     ds = [old(c, repo, t) for t in ("a", "b")]
     fresh(c, repo, "new")
     cfg = load_config(write_config(tmp_path, registry.url, repo))
     plan = plan_of(cfg)
 
-    report = run_sweep(cfg, plan, dry_run=True)
+    report = sweep(cfg, plan, dry_run=True)
 
-    assert report.summary().startswith("dry run: would delete 2 manifests (")
+    assert report["summary"].startswith("dry run: would delete 2 manifests (")
     assert all(status(c, repo, d) == 200 for d in ds)
     assert journal_events(cfg, plan) == []
 
@@ -275,7 +305,7 @@ def test_dry_run_deletes_nothing_and_reports_what_would_go(registry, registry_cl
 # --------------------------------------------------------------------------- registry trouble
 
 
-def test_registry_answering_503_then_429_recovers_with_retries(registry, registry_client, unique_repo, tmp_path,
+def test_registry_answering_503_then_429_recovers_with_retries(sweep, registry, registry_client, unique_repo, tmp_path,
                                                                 fault_proxy):
     c, repo = registry_client, unique_repo
     ds = [old(c, repo, t) for t in ("a", "b", "c")]
@@ -284,15 +314,48 @@ def test_registry_answering_503_then_429_recovers_with_retries(registry, registr
     fault_proxy.inject(503, times=2, method="DELETE")
     fault_proxy.inject(429, times=1, method="DELETE", retry_after="1")
 
-    report = run_sweep(cfg, plan, approve=True)
+    report = sweep(cfg, plan, approve=True)
 
-    assert report.deleted == 3 and report.failed == 0
+    assert report["deleted"] == 3 and report["failed"] == 0
     assert all(status(c, repo, d) == 404 for d in ds)
     assert len([f for f in fault_proxy.faulted if f[0] == "DELETE"]) == 3
     assert fault_proxy.count("DELETE") == 6
 
 
-def test_registry_with_delete_disabled_fails_clearly_and_journals_it(fresh_registry, tmp_path):
+def planned_tags(cfg, plan_id: str) -> dict[tuple[str, str], str]:
+    """(repository, tag) -> digest of every tag the plan deletes."""
+    rows = Store(cfg.store).plan_table(plan_id).to_pylist()
+    return {(r["repository"], r["tag"]): r["digest"] for r in rows if r["action"] == "delete" and r["tag"]}
+
+
+@pytest.mark.parametrize("fault", [
+    pytest.param({"status": 500, "method": "GET", "path": r"/tags/list"}, id="tag-list-500"),
+    pytest.param({"drop": True, "method": "HEAD", "path": r"/manifests/"}, id="head-dropped"),
+])
+def test_a_registry_failing_the_recheck_fails_the_sweep_and_deletes_nothing(
+        sweep, registry, registry_client, unique_repo, tmp_path, fault_proxy, fault):
+    c, repo = registry_client, unique_repo
+    for t in ("a", "b", "c"):
+        old(c, repo, t)
+    cfg = load_config(write_config(tmp_path, fault_proxy.url, repo))
+    plan = plan_of(cfg)
+    planned = planned_tags(cfg, plan)
+    assert len(planned) == 3
+    fault_proxy.inject(times=None, **fault)   # the registry goes wrong between planning and sweeping
+
+    with pytest.raises(SweepFailed) as exc:
+        sweep(cfg, plan, approve=True)
+
+    message = str(exc.value)
+    assert message.startswith("the registry re-check before deleting failed, so nothing was deleted: registry ")
+    assert "\n" not in message and exc.value.report is None
+    assert fault_proxy.faulted and fault_proxy.count("DELETE") == 0
+    # The registry itself (not through the proxy) still serves every planned tag at its planned digest.
+    assert {k: resolves_to(c, *k) for k in planned} == planned
+    assert not any(e["event"] == "started" for e in journal_events(cfg, plan))
+
+
+def test_registry_with_delete_disabled_fails_clearly_and_journals_it(sweep, fresh_registry, tmp_path):
     reg = fresh_registry(delete_enabled=False)
     repo = "app"
     with reg.client() as c:
@@ -301,7 +364,7 @@ def test_registry_with_delete_disabled_fails_clearly_and_journals_it(fresh_regis
         plan = plan_of(cfg)
 
         with pytest.raises(SweepFailed) as exc:
-            run_sweep(cfg, plan, approve=True)
+            sweep(cfg, plan, approve=True)
 
         assert f"registry {reg.url} refuses deletion" in str(exc.value)
         assert "storage.delete.enabled" in str(exc.value)
@@ -320,7 +383,7 @@ def test_registry_with_delete_disabled_fails_clearly_and_journals_it(fresh_regis
 # --------------------------------------------------------------------------- clusters
 
 
-def test_fresh_cluster_scan_keeps_an_image_deployed_after_planning(registry, registry_client, unique_repo, tmp_path,
+def test_fresh_cluster_scan_keeps_an_image_deployed_after_planning(sweep, registry, registry_client, unique_repo, tmp_path,
                                                                     kube_env):
     from tests.support.kube import pod, workload
 
@@ -333,16 +396,16 @@ def test_fresh_cluster_scan_keeps_an_image_deployed_after_planning(registry, reg
     server.add(workload("Deployment", "shop", "web", [f"{registry.host}/{repo}:v1"]),
                pod("shop", "job-x", ["busybox"], image_ids={"c0": f"docker-pullable://{registry.host}/{repo}@{by_digest}"}))
 
-    report = run_sweep(cfg, plan, approve=True)
+    report = sweep(cfg, plan, approve=True)
 
     assert status(c, repo, used) == 200 and status(c, repo, by_digest) == 200
     assert status(c, repo, unused) == 404
-    why = {o.digest: o.detail for o in report.outcomes if o.status == "skipped"}
+    why = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
     assert "in use by Deployment shop/web in context prod" in why[used]
     assert "in use by Pod shop/job-x" in why[by_digest]
 
 
-def test_cluster_unreachable_before_deleting_deletes_nothing(registry, registry_client, unique_repo, tmp_path,
+def test_cluster_unreachable_before_deleting_deletes_nothing(sweep, registry, registry_client, unique_repo, tmp_path,
                                                              kube_env):
     c, repo = registry_client, unique_repo
     d = old(c, repo, "v1")
@@ -353,7 +416,7 @@ def test_cluster_unreachable_before_deleting_deletes_nothing(registry, registry_
     server.fail("deployments", 500)
 
     with pytest.raises(SweepFailed, match="fresh cluster scan before deleting failed, so nothing was deleted"):
-        run_sweep(cfg, plan, approve=True)
+        sweep(cfg, plan, approve=True)
     assert status(c, repo, d) == 200
     assert not any(e["event"] == "started" for e in journal_events(cfg, plan))
 
@@ -361,7 +424,7 @@ def test_cluster_unreachable_before_deleting_deletes_nothing(registry, registry_
 # --------------------------------------------------------------------------- one at a time, journal
 
 
-def test_a_second_sweep_of_the_same_registry_is_refused(registry, registry_client, unique_repo, tmp_path):
+def test_a_second_sweep_of_the_same_registry_is_refused(sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
     cfg = load_config(write_config(tmp_path, registry.url, repo))
@@ -370,10 +433,30 @@ def test_a_second_sweep_of_the_same_registry_is_refused(registry, registry_clien
 
     with sweep_lock(store, cfg.registry.url, "other-plan"):
         with pytest.raises(SweepLocked, match=rf"another sweep of {registry.url} is running: pid {os.getpid()}"):
-            run_sweep(cfg, plan, approve=True)
+            sweep(cfg, plan, approve=True)
         assert status(c, repo, d) == 200
     assert not os.path.exists(lock_path(store, cfg.registry.url))
-    assert run_sweep(cfg, plan, approve=True).deleted == 1
+    assert sweep(cfg, plan, approve=True)["deleted"] == 1
+
+
+@pytest.mark.parametrize("part", ["locks", "journal"])
+def test_a_store_that_cannot_hold_the_lock_or_journal_fails_naming_the_path_and_deletes_nothing(
+        sweep, registry, registry_client, unique_repo, tmp_path, part):
+    c, repo = registry_client, unique_repo
+    ds = [old(c, repo, t) for t in ("a", "b")]
+    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    plan = plan_of(cfg)
+    blocker = Path(Store(cfg.store).path(part))
+    blocker.write_text("a file where the store needs a directory")
+
+    with pytest.raises(StoreError) as exc:
+        sweep(cfg, plan, approve=True)
+
+    message = str(exc.value)
+    assert f"cannot {'create the sweep lock' if part == 'locks' else 'write'} {blocker}/" in message
+    assert "\n" not in message
+    assert all(status(c, repo, d) == 200 for d in ds)
+    assert blocker.read_text() == "a file where the store needs a directory"
 
 
 def test_a_lock_left_by_a_dead_sweep_is_taken_over(tmp_path):

@@ -1,0 +1,136 @@
+"""Loading the plan a sweep acts on: the checks that refuse it, and the intent made from it.
+
+A plan is refused (PlanRefused, nothing deleted) unless it was made for this registry under the
+current cleanup policy, from a complete snapshot that is younger than `sweep.maxPlanAge` and
+not dated in the future (README "Safety").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from tasks.errors import PlanRefused, StoreError
+from tasks.reference import RegistryMatcher, same_registry
+from tasks.store import Store
+from tasks.sweep.journal import Journal
+from tasks.sweep.recheck import merge_digests, referenced_digests
+from tasks.sweep.report import Intent
+from tasks.sweep.targets import deletion_targets
+from tasks.units import human_age, parse_duration, parse_time, utcnow
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tasks.config import RegsweepConfig, SweepConfig
+
+#: How far ahead of this machine's clock a snapshot or plan may be dated (clocks drift a little).
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass
+class LoadedPlan:
+    """A plan the sweep agreed to act on, with the snapshot tables it needs."""
+
+    plan_id: str
+    snapshot_id: str
+    plan: "pd.DataFrame"
+    tags: "pd.DataFrame"
+    manifests: "pd.DataFrame"
+    children: "pd.DataFrame"
+
+
+def _check_age(plan_id: str, snapshot_id: str, snap: dict, meta: dict, settings: "SweepConfig") -> None:
+    # The age that matters is the observation's: a fresh plan of a week-old snapshot is stale.
+    observed = parse_time(snap.get("created_at"))
+    planned = parse_time(meta.get("created_at"))
+    if observed is None or planned is None:
+        raise PlanRefused(f"plan {plan_id}: no creation time recorded for it or snapshot {snapshot_id}")
+    now = utcnow()
+    ahead = max(observed, planned) - now
+    if ahead > CLOCK_SKEW:
+        # A clock running ahead: "now" was wrong for the fresh rule, and the plan would never age.
+        raise PlanRefused(f"plan {plan_id} (or its snapshot {snapshot_id}) was taken in the future, {human_age(ahead)} "
+                          "from now: a clock is wrong here or where it was made; nothing was deleted")
+    age = now - min(observed, planned)
+    if age > parse_duration(settings.maxPlanAge):
+        raise PlanRefused(f"plan {plan_id} is based on snapshot {snapshot_id} taken {human_age(age)} ago, "
+                          f"older than sweep.maxPlanAge {settings.maxPlanAge}: take a new snapshot "
+                          "and plan; nothing was deleted")
+
+
+def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settings: "SweepConfig") -> LoadedPlan:
+    """Read a plan and its snapshot, refusing (PlanRefused) any plan a sweep must not act on.
+
+    `registry` is the configured registry URL, `policy` the digest of the current cleanup policy.
+    """
+    from tasks.schemas import CHILDREN, MANIFESTS
+
+    try:
+        plan_id = store.resolve_plan(plan_ref)
+    except StoreError as e:
+        raise PlanRefused(f"plan {plan_ref!r}: {e}") from None
+    meta = store.plan_meta(plan_id)
+    snapshot_id = meta.get("snapshot_id")
+    if not same_registry(meta.get("registry"), registry):
+        raise PlanRefused(f"plan {plan_id} was made for registry {meta.get('registry')}, "
+                          f"not {registry}: nothing was deleted")
+    if meta.get("policy") != policy:
+        # A keep policy added since planning must not be bypassed by sweeping the old plan.
+        raise PlanRefused(f"plan {plan_id} was made under a different cleanup policy than the current "
+                          "configuration's: run `regsweep plan` again; nothing was deleted")
+    incomplete = PlanRefused(f"plan {plan_id} comes from incomplete snapshot {snapshot_id}: "
+                             "a sweep never deletes from an incomplete snapshot; nothing was deleted")
+    if meta.get("complete") is not True:
+        raise incomplete
+    try:
+        snap = store.snapshot_meta(snapshot_id) if snapshot_id else None
+    except FileNotFoundError:
+        snap = None
+    if snap is None:
+        raise PlanRefused(f"plan {plan_id}: its snapshot {snapshot_id} is not in store {store.url}")
+    if snap.get("complete") is not True:
+        raise incomplete
+    _check_age(plan_id, snapshot_id, snap, meta, settings)
+
+    def table(name, schema):
+        t = store.snapshot_table(snapshot_id, name)
+        return (t if t is not None else schema.empty_table()).to_pandas(ignore_metadata=True)
+
+    tags = store.snapshot_table(snapshot_id, "tags")
+    if tags is None:
+        raise PlanRefused(f"plan {plan_id}: snapshot {snapshot_id} has no registry tables")
+    plan_table = store.plan_table(plan_id)
+    wanted = ["repository", "tag", "digest", "kind", "action", "size"]
+    missing = [c for c in wanted if c not in plan_table.column_names]
+    if missing:
+        raise PlanRefused(f"plan {plan_id}: plan.parquet lacks columns {', '.join(missing)}")
+    # Only the columns a sweep acts on; whoever wrote the file may have stored pandas extension dtypes.
+    plan = plan_table.select(wanted).to_pandas(ignore_metadata=True)
+    return LoadedPlan(plan_id=plan_id, snapshot_id=snapshot_id, plan=plan, tags=tags.to_pandas(ignore_metadata=True),
+                      manifests=table("manifests", MANIFESTS), children=table("children", CHILDREN))
+
+
+def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest") -> Intent:
+    """Load and check the plan, compute its targets and drop those an earlier run finished."""
+    registry = config.registry.url
+    loaded = load_plan(store, plan_ref, registry=registry, policy=config.cleanup.digest(), settings=config.sweep)
+    targets, skipped = deletion_targets(loaded.plan, loaded.tags, loaded.manifests, loaded.children)
+    state = Journal(store, loaded.plan_id).state()
+    remaining = [t for t in targets if t.key not in state.done]
+    before = [t for t in targets if t.key in state.done]
+    repos = {t.repository for t in remaining}
+    m = loaded.manifests
+    known = {repo: set(g) for repo, g in m[m.repository.isin(repos)].groupby("repository").digest}
+    matcher = RegistryMatcher(registry, config.registry.aliases)
+    named = []
+    for name in ("workloads", "helm"):
+        t = store.snapshot_table(loaded.snapshot_id, name)
+        if t is not None and t.num_rows:
+            ids = t.column("image_id").to_pylist() if "image_id" in t.column_names else None
+            named.append(referenced_digests(t.column("image").to_pylist(), ids, matcher, repos))
+    keys = {t.key for t in remaining}
+    return Intent(plan_id=loaded.plan_id, snapshot_id=loaded.snapshot_id, registry=registry,
+                  targets=remaining, skipped=skipped, done_before=before,
+                  in_flight=state.in_flight & keys, known=known, referenced=merge_digests(*named))
