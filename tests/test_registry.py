@@ -1,6 +1,6 @@
 """The registry source against a real Docker Distribution 2.8 registry on loopback.
 
-Images are pushed through the registry's HTTP API (tasks/localregistry.py); regsweep reads them
+Images are pushed through the registry's HTTP API (testbed/); regsweep reads them
 back with its own client. Nothing in httpx is patched: races (a tag re-pointed or deleted
 between listing and reading) are staged by the scan's `after_listing` hook, which runs after
 every tag list is in and before any tag is read.
@@ -18,11 +18,10 @@ import pytest
 from tasks import oci
 from tasks.config import parse_config
 from tasks.errors import ManifestUnknown, UnsupportedOperation
-from tasks.localregistry import (ImageSpec, push_artifact, push_image, push_images, push_index, push_tags,
-                                 referrers_fallback_tag, tag_manifest)
 from tasks.registry import (CACHE_NAME, BlobCache, RegistryClient, RetryPolicy, extract, scan_registry)
 from tasks.schemas import SOURCE_TABLES
 from tasks.store import Store
+from testbed import ImageSpec, push_artifact, push_image, push_images, push_index, push_tags, tag_manifest
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
@@ -171,7 +170,7 @@ def test_referrers_through_the_fallback_tag(registry, registry_client, unique_re
     tables, client = scan(config(registry, tmp_path, [unique_repo]))
     assert client.referrers_supported is False                 # Distribution 2.8: detected, asked once
 
-    fallback = referrers_fallback_tag(image)
+    fallback = oci.fallback_tag(image)
     t = by(tables["tags"], "tag")
     assert set(t) == {"v1", fallback}
     m = by(tables["manifests"], "digest")

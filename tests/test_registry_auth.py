@@ -16,8 +16,8 @@ import pytest
 from tasks.auth import ChallengeAuth, Credentials, docker_config_credentials, resolve_credentials
 from tasks.config import parse_config
 from tasks.errors import RegistryAuthError, RegistryUnreachable
-from tasks.localregistry import push_image, push_tags
 from tasks.registry import BlobCache, RegistryClient, RetryPolicy, scan_registry
+from testbed import push_image, push_tags
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER
 
 FAST = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)

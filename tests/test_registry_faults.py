@@ -16,10 +16,11 @@ import pytest
 from tasks import oci
 from tasks.config import parse_config
 from tasks.errors import RegistryError, RegistryUnreachable, SourceError
-from tasks.localregistry import push_image, push_tags, sha256_digest
+from tasks.oci import sha256_digest
 from tasks.registry import BlobCache, RegistryClient, RetryPolicy, scan_registry
 from tasks.snapshot import run_source
 from tasks.store import Store
+from testbed import push_image, push_tags
 from tests.support.registry import FaultProxy
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
