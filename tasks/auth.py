@@ -33,6 +33,7 @@ import httpx
 
 from tasks.config import RegistryAuth as AuthConfig
 from tasks.errors import ConfigError, RegistryAuthError, RegistryError
+from tasks.httperrors import TokenService, registry_error
 from tasks.reference import DOCKER_HUB_HOSTS
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -295,15 +296,10 @@ class ChallengeAuth(httpx.Auth):
 
     def _store_token(self, key: tuple[str, str, str], response: httpx.Response) -> str:
         realm = urlsplit(key[0]).netloc or key[0]
-        if response.status_code in (401, 403):
+        if response.status_code != 200:
             creds = self.credentials()
             who = f"user {creds.username!r} (from {creds.origin})" if creds else "anonymous access"
-            raise RegistryAuthError(self.registry, f"token service {realm} refused {who} "
-                                    f"for scope {key[2] or '(none)'}: HTTP {response.status_code}",
-                                    status=response.status_code)
-        if response.status_code != 200:
-            raise RegistryError(self.registry, f"token service {realm} answered HTTP {response.status_code}",
-                                status=response.status_code)
+            raise registry_error(self.registry, response=response, token_service=TokenService(realm, who, key[2]))
         try:
             doc = response.json()
             value = doc.get("token") or doc.get("access_token")

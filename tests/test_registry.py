@@ -18,10 +18,12 @@ import pytest
 from tasks import oci
 from tasks.config import parse_config
 from tasks.errors import ManifestUnknown, UnsupportedOperation
-from tasks.registry import (CACHE_NAME, BlobCache, RegistryClient, RetryPolicy, extract, scan_registry)
+from testbed import ImageSpec, push_artifact, push_image, push_images, push_index, push_tags, tag_manifest
+from tasks.blobcache import CACHE_NAME, BlobCache
+from tasks.distribution import RegistryClient, RetryPolicy
+from tasks.registry import extract, scan_registry
 from tasks.schemas import SOURCE_TABLES
 from tasks.store import Store
-from testbed import ImageSpec, push_artifact, push_image, push_images, push_index, push_tags, tag_manifest
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
@@ -35,7 +37,8 @@ def config(reg, tmp_path, repositories=None, **registry):
 
 
 def scan(cfg, cache=None, **kw):
-    result, client = asyncio.run(scan_registry(cfg, cache if cache is not None else BlobCache(), retry=FAST, **kw))
+    result, client = asyncio.run(scan_registry(cfg.registry, cfg.link, cache if cache is not None else BlobCache(),
+                                                 retry=FAST, **kw))
     return result.tables(), client
 
 
@@ -65,7 +68,7 @@ def test_catalog_follows_pages_past_the_registry_page_cap(fresh_registry, tmp_pa
     reg = fresh_registry(extra={"catalog": {"maxentries": 50}})
     with reg.client() as c:
         push_images(c, [ImageSpec(f"team{i % 2}/app{i:03d}", "v1") for i in range(130)], workers=8)
-    names, _ = call(reg, lambda cl: cl.catalog())
+    names, _ = call(reg, lambda cl: cl.list_repositories())
     assert len(names) == 130 and len(set(names)) == 130
     assert "team0/app000" in names and "team1/app129" in names
 

@@ -16,8 +16,10 @@ import pytest
 from tasks.auth import ChallengeAuth, Credentials, docker_config_credentials, resolve_credentials
 from tasks.config import parse_config
 from tasks.errors import RegistryAuthError, RegistryUnreachable
-from tasks.registry import BlobCache, RegistryClient, RetryPolicy, scan_registry
 from testbed import push_image, push_tags
+from tasks.blobcache import BlobCache
+from tasks.distribution import RegistryClient, RetryPolicy
+from tasks.registry import scan_registry
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER
 
 FAST = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
@@ -40,7 +42,7 @@ def run(config, fn):
 
 
 def scan(config):
-    return asyncio.run(scan_registry(config, BlobCache(), retry=FAST))
+    return asyncio.run(scan_registry(config.registry, config.link, BlobCache(), retry=FAST))
 
 
 @pytest.fixture
