@@ -4,7 +4,7 @@
                                                   [--skopeo-sample 40] [--concurrency N]
 
 Fills (once, kept in DIR; filling is not measured) a local Distribution 2.8 registry
-(tasks/localregistry.py) with REPOS repositories × TAGS tags, every tag its own image (own
+(testbed/) with REPOS repositories × TAGS tags, every tag its own image (own
 manifest, own config). Then, in one run, median of RUNS each:
 
   (a) regsweep cold: tasks.registry.extract() into a fresh store (no cache): every tag's
@@ -41,10 +41,11 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from tasks import oci  # noqa: E402
+from tasks.blobcache import CACHE_NAME, BlobCache  # noqa: E402
 from tasks.config import parse_config  # noqa: E402
-from tasks.localregistry import LocalRegistry, push_repositories  # noqa: E402
-from tasks.registry import CACHE_NAME, BlobCache, extract, scan_registry  # noqa: E402
+from tasks.registry import extract, scan_registry  # noqa: E402
 from tasks.store import Store  # noqa: E402
+from testbed import LocalRegistry, push_repositories  # noqa: E402
 
 
 def _tag(repo: str, i: int) -> str:
@@ -141,7 +142,7 @@ def main() -> None:
 
             # One instrumented scan: what requests does (a) make?
             cache = BlobCache()
-            result, client = asyncio.run(scan_registry(cfg, cache))
+            result, client = asyncio.run(scan_registry(cfg.registry, cfg.link, cache))
             n_tags = len(result.tags)
             requests_a = client.requests
             manifest_paths = [f"/v2/{t['repository']}/manifests/{t['tag']}" for t in result.tags]

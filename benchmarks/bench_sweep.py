@@ -39,7 +39,7 @@ import httpx  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from tasks.config import parse_config  # noqa: E402
-from tasks.localregistry import LocalRegistry, push_raw_manifest, push_tags  # noqa: E402
+from testbed import LocalRegistry, push_raw_manifest, push_tags  # noqa: E402
 from tasks.schemas import PLAN  # noqa: E402
 from tasks.snapshot import run_source, snapshot_meta  # noqa: E402
 from tasks.store import SourceStatus, Store, new_id, utcnow  # noqa: E402

@@ -46,7 +46,7 @@ def main() -> int:
     from flows.plan import plan_flow
     from flows.snapshot import snapshot_flow
     from tasks.config import parse_config
-    from tasks.localregistry import LocalRegistry, seed_demo
+    from testbed import LocalRegistry, seed_demo
     from tasks.store import Store
 
     base = Path("var/demo").resolve()

@@ -6,7 +6,8 @@ last time (Basic, or a cached Bearer token for the request's scope); on 401 it r
 the request once more. Tokens are cached per (realm, service, scope) until shortly before they
 expire and dropped when the registry refuses them, so a scan of 10^5 tags costs a handful of
 token requests. Once the registry's realm is known, pull tokens for other repositories are
-requested up front rather than after a 401 each (as regclient and containerd do).
+requested up front rather than after a 401 each (as regclient and containerd do). It runs in an
+`httpx.AsyncClient` only: many requests refused at once share one token request per scope.
 
 Credentials come from the configuration (`registry.auth`) or, failing that, from the Docker
 client's config (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`: `credHelpers`,
@@ -22,17 +23,17 @@ import json
 import os
 import re
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncGenerator, Callable, Generator
+from typing import AsyncGenerator, Callable, NoReturn
 from urllib.parse import urlsplit
 
 import httpx
 
 from tasks.config import RegistryAuth as AuthConfig
 from tasks.errors import ConfigError, RegistryAuthError, RegistryError
+from tasks.httperrors import TokenService, registry_error
 from tasks.reference import DOCKER_HUB_HOSTS
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -223,7 +224,7 @@ class _Token:
 
 
 class ChallengeAuth(httpx.Auth):
-    """httpx auth for one registry: anonymous, Basic, or Bearer tokens cached per scope."""
+    """httpx auth for one registry (async clients only): anonymous, Basic, or Bearer tokens cached per scope."""
 
     #: Renew a token this long before the registry would start refusing it.
     EXPIRY_MARGIN = 5.0
@@ -240,9 +241,7 @@ class ChallengeAuth(httpx.Auth):
         self.bearer: Challenge | None = None        # realm and service of the last bearer challenge
         self._tokens: dict[tuple[str, str, str], _Token] = {}
         self._scope_of: dict[tuple[str, str], tuple[str, str, str]] = {}
-        self._alocks: dict[tuple[str, str, str], asyncio.Lock] = {}
-        self._tlock = threading.Lock()
-        self.tokens_fetched = 0                     # for tests and benchmarks
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     # -- credentials ---------------------------------------------------------------------------
     def credentials(self) -> Credentials | None:
@@ -251,7 +250,7 @@ class ChallengeAuth(httpx.Auth):
             self._creds_loaded = True
         return self._creds
 
-    # -- the parts both flows share ---------------------------------------------------------------
+    # -- steps of the flow ------------------------------------------------------------------------
     def _key(self, request: httpx.Request) -> tuple[str, str]:
         # Scopes are per repository and verb, so one challenge answers for a whole repository.
         m = _REPO_PATH_RX.match(request.url.path)
@@ -297,15 +296,10 @@ class ChallengeAuth(httpx.Auth):
 
     def _store_token(self, key: tuple[str, str, str], response: httpx.Response) -> str:
         realm = urlsplit(key[0]).netloc or key[0]
-        if response.status_code in (401, 403):
+        if response.status_code != 200:
             creds = self.credentials()
             who = f"user {creds.username!r} (from {creds.origin})" if creds else "anonymous access"
-            raise RegistryAuthError(self.registry, f"token service {realm} refused {who} "
-                                    f"for scope {key[2] or '(none)'}: HTTP {response.status_code}",
-                                    status=response.status_code)
-        if response.status_code != 200:
-            raise RegistryError(self.registry, f"token service {realm} answered HTTP {response.status_code}",
-                                status=response.status_code)
+            raise registry_error(self.registry, response=response, token_service=TokenService(realm, who, key[2]))
         try:
             doc = response.json()
             value = doc.get("token") or doc.get("access_token")
@@ -316,7 +310,6 @@ class ChallengeAuth(httpx.Auth):
             raise RegistryError(self.registry, f"token service {realm} answered without a token")
         margin = min(self.EXPIRY_MARGIN, expires_in / 10)
         self._tokens[key] = _Token(value, self._clock() + expires_in - margin)
-        self.tokens_fetched += 1
         return value
 
     def _challenge(self, request: httpx.Request, response: httpx.Response) -> Challenge | None:
@@ -351,30 +344,9 @@ class ChallengeAuth(httpx.Auth):
         return tok.value
 
     # -- httpx entry points ------------------------------------------------------------------------
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        self._apply(request)
-        response = yield request
-        if response.status_code != 401:
-            return
-        response.read()
-        ch = self._challenge(request, response)
-        if ch is None:
-            return
-        if ch.scheme == "basic":
-            if self._basic_retry(request):
-                yield request
-            return
-        key = (ch.realm, ch.service, ch.scope)
-        sent = request.headers.get("Authorization")
-        with self._tlock:
-            value = self._cached_for_retry(key, sent)
-        if value is None:
-            token_response = yield self._token_request(ch)
-            token_response.read()
-            with self._tlock:
-                value = self._store_token(key, token_response)
-        request.headers["Authorization"] = f"Bearer {value}"
-        yield request
+    def sync_auth_flow(self, request: httpx.Request) -> NoReturn:
+        raise TypeError("ChallengeAuth works in an httpx.AsyncClient only: requests refused at once share "
+                        "one token request under an asyncio lock")
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         self._apply(request)
@@ -394,7 +366,7 @@ class ChallengeAuth(httpx.Auth):
         key = (ch.realm, ch.service, ch.scope)
         sent = request.headers.get("Authorization")
         # One token request per scope however many requests were refused at once.
-        lock = self._alocks.setdefault(key, asyncio.Lock())
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             value = self._cached_for_retry(key, sent)
             if value is None:

@@ -4,7 +4,7 @@
     ├── ConfigError                  exit 2: a configuration key or argument is wrong
     ├── StoreError                   the snapshot/plan store cannot be read or written
     ├── SourceError                  a source could not be read completely (fail closed)
-    │   ├── RegistryError            names the registry (and repository / reference)
+    │   ├── RegistryError            names the registry (and repository / reference); retryable or not
     │   │   ├── RegistryAuthError    exit 2: 401/403, wrong or missing credentials
     │   │   ├── RegistryUnreachable  connection refused, DNS, TLS handshake, timeouts
     │   │   ├── ManifestUnknown      404 on a manifest (a tag deleted since listing)
@@ -52,14 +52,25 @@ class SourceError(RegsweepError):
 
 
 class RegistryError(SourceError):
+    """A registry answered with an error or could not be reached (tasks/httperrors.py decides which).
+
+    `status` is the HTTP status and `codes` the OCI error codes of the answer, when there was one;
+    `retryable` says whether a later attempt may succeed (429, 502-504, a dropped connection) and
+    `retry_after` how many seconds the registry asked us to wait first, when it said.
+    """
+
     source = "registry"
 
     def __init__(self, registry: str, message: str, *, repository: str | None = None,
-                 reference: str | None = None, status: int | None = None):
+                 reference: str | None = None, status: int | None = None, codes: tuple[str, ...] = (),
+                 retryable: bool = False, retry_after: float | None = None):
         self.registry = registry
         self.repository = repository
         self.reference = reference
         self.status = status
+        self.codes = tuple(codes)
+        self.retryable = retryable
+        self.retry_after = retry_after
         where = registry
         if repository:
             where += f"/{repository}"

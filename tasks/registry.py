@@ -1,16 +1,9 @@
-"""The registry source: an async OCI Distribution client and the snapshot extractor built on it.
+"""The registry source: reads every tag of the selected repositories into snapshot tables.
 
-`RegistryClient` is the only code that speaks HTTP to a registry (the sweep uses it too): one
-keep-alive `httpx.AsyncClient`, at most `registry.concurrency` requests in flight, retries with
-exponential backoff and jitter on 429/502/503/504 and dropped connections (honouring
-Retry-After), and one function, `registry_error`, turning every failure into the typed errors
-of tasks/errors.py. What the client learns about a registry at run time (tokens, whether it
-has the referrers API, whether it can delete a tag alone) lives on the client, apart from the
-per-host settings in `RegistryConfig`.
-
-`extract` reads every tag of every selected repository into the TAGS, MANIFESTS, CHILDREN and
-LINKS tables (tasks/schemas.py). Manifests and image configs are content-addressed, so they are
-cached by digest in the store: a rescan of an unchanged registry costs one HEAD per tag.
+`extract` scans the configured registry through a `RegistryClient` (tasks/distribution.py)
+into the TAGS, MANIFESTS, CHILDREN and LINKS tables (tasks/schemas.py). Manifests and image
+configs come from the store's `BlobCache` when an earlier scan read them, so a rescan of an
+unchanged registry costs one HEAD per tag.
 """
 
 from __future__ import annotations
@@ -18,358 +11,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import ssl
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
-import httpx
 import pyarrow as pa
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from tasks import oci
-from tasks.auth import ChallengeAuth, Credentials, resolve_credentials
-from tasks.config import RegistryConfig, RegsweepConfig
-from tasks.errors import (ConfigError, ManifestUnknown, RegistryAuthError, RegistryError, RegistryUnreachable,
-                          UnsupportedOperation)
+from tasks.blobcache import CACHE_NAME, BlobCache
+from tasks.config import LinkConfig, RegistryConfig, RegsweepConfig
+from tasks.distribution import RegistryClient, RetryPolicy
+from tasks.errors import ManifestUnknown, RegistryAuthError, RegistryError
 from tasks.progress import reporter
 from tasks.schemas import CHILDREN, LINKS, MANIFESTS, TAGS
 
 log = logging.getLogger("regsweep.registry")
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-CACHE_NAME = "registry-blobs"
-CACHE_SCHEMA = pa.schema([
-    pa.field("digest", pa.string(), nullable=False),
-    pa.field("media_type", pa.string(), nullable=False),
-    pa.field("body", pa.binary(), nullable=False),
-])
 _HEX_RX = re.compile(r"^[0-9a-fA-F]{7,64}$")
-_PAGE = 1000  # Distribution rejects n > 1000 on the catalog; larger registries cap it themselves
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-def _oci_errors(response: httpx.Response) -> tuple[list[str], str]:
-    """The OCI error codes and first message of an error response, if it has a JSON body."""
-    try:
-        doc = response.json()
-        errs = doc.get("errors") or []
-        codes = [str(e.get("code", "")) for e in errs if isinstance(e, dict)]
-        msg = next((str(e.get("message")) for e in errs if isinstance(e, dict) and e.get("message")), "")
-        return codes, msg
-    except (ValueError, AttributeError, httpx.ResponseNotRead):
-        return [], ""
-
-
-def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def registry_error(registry: str, *, response: httpx.Response | None = None, exc: BaseException | None = None,
-                   repository: str | None = None, reference: str | None = None) -> RegistryError:
-    """THE mapping from an HTTP answer or a transport failure to regsweep's typed errors.
-
-    401/403 → RegistryAuthError, 404 → ManifestUnknown, 405 or UNSUPPORTED → UnsupportedOperation,
-    connect/TLS/timeout/dropped connection → RegistryUnreachable, anything else → RegistryError.
-    A retryable failure carries `retryable = True` (and `retry_after` seconds when the registry said).
-    """
-    where = {"repository": repository, "reference": reference}
-    if exc is not None:
-        if isinstance(exc, RegistryError):  # raised by the auth flow (token service answers)
-            if not hasattr(exc, "retryable"):
-                exc.retryable = exc.status in RETRY_STATUSES
-            return exc
-        tls = _tls_failure(exc)
-        if tls is not None:
-            reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
-            err = RegistryUnreachable(registry, f"TLS handshake failed ({reason}); trust the registry's CA with "
-                                      "registry.caFile, or set registry.insecure: true", **where)
-            err.retryable = False
-            return err
-        if isinstance(exc, httpx.ConnectError):
-            text = f"cannot connect: {exc}" if str(exc) else "cannot connect"
-        elif isinstance(exc, httpx.TimeoutException):
-            text = f"timed out ({type(exc).__name__})"
-        elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-            text = f"connection dropped ({exc or type(exc).__name__})"
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-        err = RegistryUnreachable(registry, text, **where)
-        err.retryable = isinstance(exc, httpx.TransportError)
-        return err
-
-    assert response is not None
-    status = response.status_code
-    codes, message = _oci_errors(response)
-    detail = f"HTTP {status}" + (f" {codes[0]}" if codes else "") + (f": {message}" if message else "")
-    if status in (401, 403):
-        err: RegistryError = RegistryAuthError(
-            registry, f"{detail} (check the credentials: registry.auth, or the docker config)", status=status, **where)
-    elif status == 405 or "UNSUPPORTED" in codes:
-        err = UnsupportedOperation(registry, f"{detail} (the registry does not allow this operation)", status=status, **where)
-    elif status == 404:
-        err = ManifestUnknown(registry, detail, status=status, **where)
-    else:
-        err = RegistryError(registry, detail, status=status, **where)
-    err.retryable = status in RETRY_STATUSES
-    if err.retryable:
-        err.retry_after = _retry_after(response.headers.get("retry-after"))
-    return err
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
-# --- the client ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential backoff and full jitter; Retry-After wins when given."""
-
-    attempts: int = 5
-    initial: float = 0.25
-    maximum: float = 8.0
-    retry_after_cap: float = 60.0
-
-    def wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        after = getattr(exc, "retry_after", None)
-        if after is not None:
-            return min(after, self.retry_after_cap)
-        import random
-        return random.uniform(0, min(self.maximum, self.initial * 2 ** (state.attempt_number - 1)))
-
-
-def _ssl_context(config: RegistryConfig) -> ssl.SSLContext | bool:
-    if config.insecure:
-        return False
-    ctx = httpx.create_ssl_context()
-    if config.caFile:
-        path = Path(config.caFile).expanduser()
-        try:
-            ctx.load_verify_locations(cafile=str(path))
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError("registry.caFile", f"cannot load {config.caFile}: {getattr(e, 'strerror', None) or e}") from None
-    return ctx
-
-
-class RegistryClient:
-    """Async OCI Distribution v2 client for one registry; use as `async with RegistryClient(cfg) as c:`."""
-
-    def __init__(self, config: RegistryConfig, *, retry: RetryPolicy | None = None,
-                 credentials: Callable[[], Credentials | None] | Credentials | None | str = "resolve"):
-        self.config = config
-        self.name = config.host
-        self.retry = retry or RetryPolicy()
-        if credentials == "resolve":
-            credentials = lambda: resolve_credentials(config.host, config.auth)  # noqa: E731
-        self.auth = ChallengeAuth(config.host, credentials)
-        self._sem = asyncio.Semaphore(config.concurrency)
-        self._http: httpx.AsyncClient | None = None
-        # Learned at run time, once per client.
-        self.referrers_supported: bool | None = None
-        self.tag_delete_supported: bool | None = None
-        self._probe = asyncio.Lock()
-        self.requests = 0
-
-    async def __aenter__(self) -> "RegistryClient":
-        n = self.config.concurrency
-        self._http = httpx.AsyncClient(
-            base_url=self.config.url, auth=self.auth, verify=_ssl_context(self.config),
-            timeout=self.config.timeout, follow_redirects=True,
-            # As many connections as requests in flight: a token request needs no spare one (the
-            # refused request's connection is released first), and every idle connection costs
-            # httpcore a readability check on each request.
-            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-            headers={"User-Agent": "regsweep"})
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
-
-    # -- one request, retried ----------------------------------------------------------------------
-    async def _request(self, method: str, url: str | httpx.URL, *, repository: str | None = None,
-                       reference: str | None = None, headers: dict[str, str] | None = None,
-                       ok: Iterable[int] = (200,), passthrough: Iterable[int] = ()) -> httpx.Response:
-        """Send with retries; return responses with a status in `ok` or `passthrough`, raise otherwise."""
-        if self._http is None:
-            raise RuntimeError("RegistryClient used outside `async with`")
-        ok, passthrough = frozenset(ok), frozenset(passthrough)
-
-        def retryable(e: BaseException) -> bool:
-            return getattr(e, "retryable", False)
-
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(self.retry.attempts), wait=self.retry.wait,
-                                           retry=retry_if_exception(retryable), reraise=True):
-            with attempt:
-                async with self._sem:
-                    self.requests += 1
-                    try:
-                        r = await self._http.request(method, url, headers=headers)
-                    except (httpx.HTTPError, RegistryError, ssl.SSLError, OSError) as e:
-                        raise registry_error(self.name, exc=e, repository=repository, reference=reference) from None
-                if r.status_code in ok or r.status_code in passthrough:
-                    return r
-                raise registry_error(self.name, response=r, repository=repository, reference=reference)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _paged(self, url: str, key: str, *, repository: str | None = None) -> list[str]:
-        """Follow Link rel="next" until the last page; a page that fails fails the listing."""
-        out: list[str] = []
-        seen: set[str] = set()
-        next_url: str | httpx.URL | None = url
-        first = True
-        while next_url is not None:
-            r = await self._request("GET", next_url, repository=repository, passthrough=(400,) if first else ())
-            if r.status_code == 400:
-                if "PAGINATION_NUMBER_INVALID" not in _oci_errors(r)[0] or "?" not in url:
-                    raise registry_error(self.name, response=r, repository=repository)
-                # A registry configured with a smaller page cap: take its default page size.
-                first, next_url = False, url.split("?", 1)[0]
-                continue
-            first = False
-            try:
-                items = r.json().get(key) or []
-            except (ValueError, AttributeError):
-                raise RegistryError(self.name, f"{next_url}: answer is not the JSON of a {key} list",
-                                    repository=repository) from None
-            out.extend(items)
-            link = oci.parse_link_next(r.headers.get("link"))
-            next_url = None
-            if link:
-                target = r.request.url.join(link)
-                if str(target) in seen:  # a registry that links a page to itself must not loop us
-                    raise RegistryError(self.name, f"pagination loops at {target}", repository=repository)
-                seen.add(str(target))
-                next_url = target
-        return out
-
-    # -- the API ----------------------------------------------------------------------------------
-    async def ping(self) -> None:
-        """GET /v2/: reachable, speaks Distribution v2, and our credentials (if any) are accepted."""
-        await self._request("GET", "/v2/")
-
-    async def catalog(self) -> list[str]:
-        """Every repository name, following pagination."""
-        return await self._paged(f"/v2/_catalog?n={_PAGE}", "repositories")
-
-    async def list_tags(self, repo: str) -> list[str]:
-        """Every tag of `repo`, following pagination."""
-        return await self._paged(f"/v2/{repo}/tags/list?n={_PAGE}", "tags", repository=repo)
-
-    async def head_manifest(self, repo: str, ref: str) -> str | None:
-        """The digest `ref` resolves to, or None when the registry does not know it (404)."""
-        r = await self._request("HEAD", f"/v2/{repo}/manifests/{ref}", repository=repo, reference=ref,
-                                headers={"Accept": oci.ACCEPT}, passthrough=(404,))
-        if r.status_code == 404:
-            return None
-        digest = r.headers.get("docker-content-digest")
-        if digest and oci.is_digest(digest):
-            return digest
-        # Registries need not send the digest on HEAD; the body tells it.
-        try:
-            return (await self.get_manifest(repo, ref))[0]
-        except ManifestUnknown:
-            return None
-
-    async def get_manifest(self, repo: str, ref: str) -> tuple[str, str, bytes]:
-        """(digest, media type, body) of a manifest by tag or digest; ManifestUnknown on 404."""
-        r = await self._request("GET", f"/v2/{repo}/manifests/{ref}", repository=repo, reference=ref,
-                                headers={"Accept": oci.ACCEPT})
-        body = r.content
-        digest = oci.sha256_digest(body)
-        if oci.is_digest(ref) and digest != ref:
-            raise RegistryError(self.name, f"served content with digest {digest}", repository=repo, reference=ref)
-        return digest, oci.effective_media_type(r.headers.get("content-type"), body), body
-
-    async def get_blob(self, repo: str, digest: str) -> bytes:
-        """A blob's bytes (meant for configs and other small blobs), verified against its digest."""
-        r = await self._request("GET", f"/v2/{repo}/blobs/{digest}", repository=repo, reference=digest)
-        if digest.startswith("sha256:") and oci.sha256_digest(r.content) != digest:
-            raise RegistryError(self.name, "blob content does not match its digest", repository=repo, reference=digest)
-        return r.content
-
-    async def referrers(self, repo: str, digest: str) -> list[dict] | None:
-        """Descriptors of manifests whose subject is `digest`; None when the registry has no referrers API."""
-        if self.referrers_supported is None:
-            # Many tags are read at once: let one request find out, the rest wait for its answer.
-            async with self._probe:
-                if self.referrers_supported is None:
-                    return await self._referrers(repo, digest)
-        if self.referrers_supported is False:
-            return None
-        return await self._referrers(repo, digest)
-
-    async def _referrers(self, repo: str, digest: str) -> list[dict] | None:
-        url: str | httpx.URL | None = f"/v2/{repo}/referrers/{digest}"
-        out: list[dict] = []
-        while url is not None:
-            r = await self._request("GET", url, repository=repo, reference=digest, passthrough=(404,))
-            if r.status_code == 404:
-                # The spec forbids 404 from a registry that has the API: this one does not (Distribution 2.8).
-                self.referrers_supported = False
-                return None
-            self.referrers_supported = True
-            try:
-                out.extend(d for d in (r.json().get("manifests") or []) if isinstance(d, dict))
-            except (ValueError, AttributeError):
-                raise RegistryError(self.name, "referrers answer is not an image index", repository=repo,
-                                    reference=digest) from None
-            link = oci.parse_link_next(r.headers.get("link"))
-            url = r.request.url.join(link) if link else None
-        return out
-
-    async def delete_manifest(self, repo: str, digest: str) -> bool:
-        """Delete a manifest (and so every tag on it): True deleted, False already gone."""
-        r = await self._request("DELETE", f"/v2/{repo}/manifests/{digest}", repository=repo, reference=digest,
-                                ok=(200, 202, 204), passthrough=(404,))
-        return r.status_code != 404
-
-    async def delete_tag(self, repo: str, tag: str) -> bool:
-        """Delete one tag without its siblings (OCI optional); UnsupportedOperation where refused."""
-        if self.tag_delete_supported is False:
-            raise UnsupportedOperation(self.name, "the registry cannot delete a tag alone", repository=repo, reference=tag)
-        r = await self._request("DELETE", f"/v2/{repo}/manifests/{tag}", repository=repo, reference=tag,
-                                ok=(200, 202, 204), passthrough=(400, 404, 405))
-        if r.status_code in (400, 405):
-            codes, _ = _oci_errors(r)
-            if r.status_code == 405 or {"DIGEST_INVALID", "UNSUPPORTED"} & set(codes):
-                # Distribution 2.8 answers 400 DIGEST_INVALID: it only deletes by digest.
-                self.tag_delete_supported = False
-                raise UnsupportedOperation(self.name, f"the registry cannot delete a tag alone (HTTP {r.status_code}"
-                                           f"{' ' + codes[0] if codes else ''})", repository=repo, reference=tag,
-                                           status=r.status_code)
-            raise registry_error(self.name, response=r, repository=repo, reference=tag)
-        if r.status_code != 404:
-            self.tag_delete_supported = True
-        return r.status_code != 404
 
 
 def preflight(config: RegistryConfig) -> None:
     """Raise RegistryAuthError (or ConfigError) now if the registry refuses our credentials.
 
     Any other failure is left to the snapshot itself, which records it and is published as
-    incomplete (SPEC.md, fail closed) instead of vanishing before it started.
+    incomplete (README "Safety": fail closed) instead of vanishing before it started.
     """
     async def go() -> None:
         async with RegistryClient(config, retry=RetryPolicy(attempts=2)) as client:
@@ -428,7 +93,6 @@ class ScanResult:
     manifests: list[dict] = field(default_factory=list)
     children: list[dict] = field(default_factory=list)
     links: set[tuple[str, str, str, str]] = field(default_factory=set)
-    warnings: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, pa.Table]:
         link_rows = [dict(zip(("repository", "digest", "commit", "source"), t)) for t in sorted(self.links)]
@@ -444,62 +108,24 @@ class ScanResult:
         }
 
 
-class BlobCache:
-    """Manifests and configs by digest: loaded once from the store, written once at the end."""
-
-    def __init__(self, table: pa.Table | None = None):
-        self.entries: dict[str, tuple[str, bytes]] = {}
-        if table is not None:
-            try:
-                d = table.select(["digest", "media_type", "body"]).to_pydict()
-                self.entries = {k: (m, b) for k, m, b in zip(d["digest"], d["media_type"], d["body"])}
-            except (KeyError, pa.ArrowInvalid):
-                self.entries = {}   # an unreadable cache is only a slower run
-        self.loaded = len(self.entries)
-        self.used: set[str] = set()
-        self.added = 0
-
-    def get(self, digest: str) -> tuple[str, bytes] | None:
-        hit = self.entries.get(digest)
-        if hit is not None:
-            self.used.add(digest)
-        return hit
-
-    def put(self, digest: str, media_type: str, body: bytes) -> None:
-        if digest not in self.entries:
-            self.added += 1
-        self.entries[digest] = (media_type, body)
-        self.used.add(digest)
-
-    @property
-    def changed(self) -> bool:
-        return self.added > 0 or len(self.used) != self.loaded
-
-    def table(self) -> pa.Table:
-        """Only what this scan used: digests that left the registry drop out of the cache."""
-        keys = sorted(self.used)
-        return pa.table({"digest": keys, "media_type": [self.entries[k][0] for k in keys],
-                         "body": [self.entries[k][1] for k in keys]}, schema=CACHE_SCHEMA)
-
-
 class Scanner:
-    """Reads tags into a ScanResult through one RegistryClient (see `extract`)."""
+    """Reads the tags `client.config` selects into a ScanResult (see `extract`)."""
 
-    def __init__(self, client: RegistryClient, config: RegsweepConfig, cache: BlobCache):
-        self.client, self.config, self.cache = client, config, cache
+    def __init__(self, client: RegistryClient, link: LinkConfig, cache: BlobCache):
+        self.client, self.cache = client, cache
         self.result = ScanResult()
-        self.patterns = [re.compile(p) for p in config.link.tagPatterns]
+        self.patterns = [re.compile(p) for p in link.tagPatterns]
         self._records: dict[tuple[str, str], asyncio.Task] = {}
         self._blobs: dict[str, asyncio.Task] = {}
         self._referrers_done: set[tuple[str, str]] = set()
 
     # -- selection and listing ------------------------------------------------------------------
     async def repositories(self) -> list[str]:
-        globs = self.config.registry.repositories
+        globs = self.client.config.repositories
         if globs and not any(ch in g for g in globs for ch in "*?["):
             # Literal names need no catalog (which tokens limited to some repositories may not see).
             return sorted(dict.fromkeys(globs))
-        names = await self.client.catalog()
+        names = await self.client.list_repositories()
         if globs:
             rx = repository_globs(globs)
             names = [n for n in names if rx.fullmatch(n)]
@@ -510,14 +136,10 @@ class Scanner:
             return repo, await self.client.list_tags(repo)
         except ManifestUnknown as e:
             # Gone since the catalog listed it, or a configured name never pushed: no tags to lose.
-            self._warn(f"{e}; recorded with no tags")
+            log.warning(f"{e}; recorded with no tags")
             return repo, []
 
     # -- reading ----------------------------------------------------------------------------------
-    def _warn(self, message: str) -> None:
-        self.result.warnings.append(message)
-        log.warning(message)
-
     async def _blob(self, repo: str, digest: str, *, manifest: bool) -> tuple[str, bytes]:
         """A manifest or config by digest, from the cache or fetched once however many ask."""
         hit = self.cache.get(digest)
@@ -598,7 +220,7 @@ class Scanner:
                 return None
         m = oci.parse_manifest(body, media_type)
         if m.error:
-            self._warn(f"registry {self.client.name}/{repo}@{digest}: {m.error}; recorded as kind unknown")
+            log.warning(f"registry {self.client.name}/{repo}@{digest}: {m.error}; recorded as kind unknown")
         kind = m.kind
         size = len(body) + m.own_size
         created, revision, rev_source = oci.build_facts(m, None)
@@ -646,7 +268,7 @@ class Scanner:
             subject = d.annotations.get("vnd.docker.reference.digest")
         facts = await self.record(repo, d.digest, subject=subject)
         if facts is None:
-            self._warn(f"registry {self.client.name}/{repo}@{index_digest}: listed manifest {d.digest} is missing")
+            log.warning(f"registry {self.client.name}/{repo}@{index_digest}: listed manifest {d.digest} is missing")
             return _Facts(d.size, None, None, None)
         return facts
 
@@ -654,11 +276,11 @@ class Scanner:
         try:
             _, body = await self._blob(repo, digest, manifest=False)
         except ManifestUnknown:
-            self._warn(f"registry {self.client.name}/{repo}@{manifest_digest}: config blob {digest} is missing")
+            log.warning(f"registry {self.client.name}/{repo}@{manifest_digest}: config blob {digest} is missing")
             return None
         cfg = oci.parse_config(body)
         if cfg.error:
-            self._warn(f"registry {self.client.name}/{repo}@{manifest_digest}: {cfg.error}")
+            log.warning(f"registry {self.client.name}/{repo}@{manifest_digest}: {cfg.error}")
         return cfg
 
     async def _referrers(self, repo: str, digest: str) -> None:
@@ -703,7 +325,7 @@ class Scanner:
                 progress.advance("registry")
 
         async with asyncio.TaskGroup() as tg:
-            for _ in range(min(self.config.registry.concurrency, max(1, len(work)))):
+            for _ in range(min(self.client.config.concurrency, max(1, len(work)))):
                 tg.create_task(worker())
         gone = sum(1 for t in self.result.tags if t["gone"])
         progress.finish("registry", f"registry {self.client.name}: {len(work)} tags, {len(self.result.manifests)} "
@@ -721,13 +343,14 @@ def _unwrap(e: BaseExceptionGroup) -> BaseException:
     return e.exceptions[0]
 
 
-async def scan_registry(config: RegsweepConfig, cache: BlobCache, *, retry: RetryPolicy | None = None,
+async def scan_registry(registry: RegistryConfig, link: LinkConfig, cache: BlobCache, *,
+                        retry: RetryPolicy | None = None,
                         after_listing: Callable[[list[tuple[str, str]]], Any] | None = None,
-                        credentials: Any = "resolve") -> tuple[ScanResult, RegistryClient]:
-    """Scan the configured registry; typed errors for anything that leaves the listing incomplete."""
-    async with RegistryClient(config.registry, retry=retry, credentials=credentials) as client:
+                        ) -> tuple[ScanResult, RegistryClient]:
+    """Scan one registry; typed errors for anything that leaves the listing incomplete."""
+    async with RegistryClient(registry, retry=retry) as client:
         try:
-            result = await Scanner(client, config, cache).scan(after_listing)
+            result = await Scanner(client, link, cache).scan(after_listing)
         except BaseExceptionGroup as eg:
             raise _unwrap(eg) from None
     return result, client
@@ -736,7 +359,7 @@ async def scan_registry(config: RegsweepConfig, cache: BlobCache, *, retry: Retr
 def extract(config: RegsweepConfig, store, now: datetime) -> dict[str, pa.Table]:
     """The registry source: TAGS, MANIFESTS, CHILDREN and LINKS tables of the configured registry."""
     cache = BlobCache(store.read_cache(CACHE_NAME))
-    result, _ = asyncio.run(scan_registry(config, cache))
+    result, _ = asyncio.run(scan_registry(config.registry, config.link, cache))
     if cache.changed:
         store.write_cache(CACHE_NAME, cache.table())
     return result.tables()

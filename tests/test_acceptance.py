@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from tasks.localregistry import (MANIFEST_ACCEPT, push_artifact, push_image, push_index,
-                                 referrers_fallback_tag, tag_manifest)
+from tasks.oci import fallback_tag
+from testbed import MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest
 from tests.support.gitrepo import RepoBuilder
 from tests.support.kube import helm_release, helm_secret, manifest, pod, workload
 
@@ -92,7 +92,7 @@ def team(fresh_registry, kube_env, tmp_path):
         tag_manifest(cl, "team/api", d["api:c4"], "v1.1")
         d["sig:c1"] = push_artifact(cl, "team/api", subject=d["api:c1"], artifact_type=SIG)
         d["sig:c6"] = push_artifact(cl, "team/api", subject=d["api:c6"], artifact_type=SIG)
-        d["fallback:c1"] = cl.head(f"/v2/team/api/manifests/{referrers_fallback_tag(d['api:c1'])}",
+        d["fallback:c1"] = cl.head(f"/v2/team/api/manifests/{fallback_tag(d['api:c1'])}",
                                    headers={"Accept": MANIFEST_ACCEPT}).headers["docker-content-digest"]
         # team/web: linked by revision annotation only
         d["web:1.5"] = image(cl, "team/web", "web-1.5", "1.5", revision=c["c6"])
@@ -205,7 +205,7 @@ def test_team_registry_snapshot_plan_explain_sweep_history(team, run_cli, tmp_pa
     assert reasons("team/tools", "debug") == [
         "unlinked: no revision annotation, label or tag pattern links it to a commit"]
     assert has("team/worker", "stable", "git: branch main")
-    assert reasons("team/api", referrers_fallback_tag(d["api:c6"])) == [f"referrer of kept {d['api:c6']}"]
+    assert reasons("team/api", fallback_tag(d["api:c6"])) == [f"referrer of kept {d['api:c6']}"]
     for r in ("team/web", "latest"), ("team/web", "web-1.5"):
         assert by[r]["action"] == "keep"
     # the finished Job protects nothing: its image is on a stale branch and goes
@@ -215,7 +215,7 @@ def test_team_registry_snapshot_plan_explain_sweep_history(team, run_cli, tmp_pa
     planned = {(r["repository"], r["tag"], r["digest"]) for r in rows if r["action"] == "delete"}
     assert planned == {
         ("team/api", f"sha-{s['c1']}", d["api:c1"]),
-        ("team/api", referrers_fallback_tag(d["api:c1"]), d["fallback:c1"]),
+        ("team/api", fallback_tag(d["api:c1"]), d["fallback:c1"]),
         ("team/api", None, d["sig:c1"]),
         ("team/api", f"sha-{s['f1']}", d["api:f1"]),
         ("team/api", f"sha-{s['o1']}", d["api:o1"]),

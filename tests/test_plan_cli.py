@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import yaml
 
-from tasks.localregistry import push_artifact, push_image, push_index, referrers_fallback_tag
+from tasks.oci import fallback_tag
+from testbed import push_artifact, push_image, push_index
 
 PATTERN = "^sha-(?P<commit>[0-9a-f]{7,40})$"
 LONG_AGO = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -75,7 +76,7 @@ def test_snapshot_plan_json_and_explain(scene, registry, run_cli, tmp_path):
     assert all(r["reasons"] and r["action"] in ("keep", "delete") for r in rows)
     by_tag = {r["tag"]: r for r in rows}
     head_tag, old_tag = f"sha-{scene['head'][:7]}", f"sha-{scene['old'][:7]}"
-    fallback = referrers_fallback_tag(d["old"])
+    fallback = fallback_tag(d["old"])
     assert {t: r["action"] for t, r in by_tag.items()} == {
         head_tag: "keep", "manual": "keep", "multi": "keep",       # git, unlinked, fresh platform
         old_tag: "delete", "feature-x": "delete", fallback: "delete", None: "delete"}

@@ -1,6 +1,6 @@
 """The registry source against a real Docker Distribution 2.8 registry on loopback.
 
-Images are pushed through the registry's HTTP API (tasks/localregistry.py); regsweep reads them
+Images are pushed through the registry's HTTP API (testbed/); regsweep reads them
 back with its own client. Nothing in httpx is patched: races (a tag re-pointed or deleted
 between listing and reading) are staged by the scan's `after_listing` hook, which runs after
 every tag list is in and before any tag is read.
@@ -18,9 +18,10 @@ import pytest
 from tasks import oci
 from tasks.config import parse_config
 from tasks.errors import ManifestUnknown, UnsupportedOperation
-from tasks.localregistry import (ImageSpec, push_artifact, push_image, push_images, push_index, push_tags,
-                                 referrers_fallback_tag, tag_manifest)
-from tasks.registry import (CACHE_NAME, BlobCache, RegistryClient, RetryPolicy, extract, scan_registry)
+from testbed import ImageSpec, push_artifact, push_image, push_images, push_index, push_tags, tag_manifest
+from tasks.blobcache import CACHE_NAME, BlobCache
+from tasks.distribution import RegistryClient, RetryPolicy
+from tasks.registry import extract, scan_registry
 from tasks.schemas import SOURCE_TABLES
 from tasks.store import Store
 
@@ -36,7 +37,8 @@ def config(reg, tmp_path, repositories=None, **registry):
 
 
 def scan(cfg, cache=None, **kw):
-    result, client = asyncio.run(scan_registry(cfg, cache if cache is not None else BlobCache(), retry=FAST, **kw))
+    result, client = asyncio.run(scan_registry(cfg.registry, cfg.link, cache if cache is not None else BlobCache(),
+                                                 retry=FAST, **kw))
     return result.tables(), client
 
 
@@ -66,7 +68,7 @@ def test_catalog_follows_pages_past_the_registry_page_cap(fresh_registry, tmp_pa
     reg = fresh_registry(extra={"catalog": {"maxentries": 50}})
     with reg.client() as c:
         push_images(c, [ImageSpec(f"team{i % 2}/app{i:03d}", "v1") for i in range(130)], workers=8)
-    names, _ = call(reg, lambda cl: cl.catalog())
+    names, _ = call(reg, lambda cl: cl.list_repositories())
     assert len(names) == 130 and len(set(names)) == 130
     assert "team0/app000" in names and "team1/app129" in names
 
@@ -171,7 +173,7 @@ def test_referrers_through_the_fallback_tag(registry, registry_client, unique_re
     tables, client = scan(config(registry, tmp_path, [unique_repo]))
     assert client.referrers_supported is False                 # Distribution 2.8: detected, asked once
 
-    fallback = referrers_fallback_tag(image)
+    fallback = oci.fallback_tag(image)
     t = by(tables["tags"], "tag")
     assert set(t) == {"v1", fallback}
     m = by(tables["manifests"], "digest")

@@ -16,8 +16,10 @@ import pytest
 from tasks.auth import ChallengeAuth, Credentials, docker_config_credentials, resolve_credentials
 from tasks.config import parse_config
 from tasks.errors import RegistryAuthError, RegistryUnreachable
-from tasks.localregistry import push_image, push_tags
-from tasks.registry import BlobCache, RegistryClient, RetryPolicy, scan_registry
+from testbed import push_image, push_tags
+from tasks.blobcache import BlobCache
+from tasks.distribution import RegistryClient, RetryPolicy
+from tasks.registry import scan_registry
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER
 
 FAST = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
@@ -40,7 +42,7 @@ def run(config, fn):
 
 
 def scan(config):
-    return asyncio.run(scan_registry(config, BlobCache(), retry=FAST))
+    return asyncio.run(scan_registry(config.registry, config.link, BlobCache(), retry=FAST))
 
 
 @pytest.fixture
@@ -294,22 +296,35 @@ def test_unreadable_ca_file_is_a_config_error(tmp_path):
     assert e.value.key == "registry.caFile"
 
 
-def test_challenge_auth_in_a_synchronous_httpx_client(token_registry, token_issuer, htpasswd_registry):
-    """The auth object is a plain httpx.Auth: other code (the demo, scripts) may use it synchronously."""
+def test_challenge_auth_reuses_what_the_registry_accepted(token_registry, token_issuer, htpasswd_registry):
+    """The auth object is a plain httpx.Auth for async clients: other code may use it without RegistryClient."""
     import httpx
 
     with token_registry.client() as c:
-        d = push_image(c, "tok/sync", "v1")
+        d = push_image(c, "tok/reuse", "v1")
     token_issuer.reset()
     auth = ChallengeAuth(token_registry.host, Credentials(REGISTRY_USER, REGISTRY_PASSWORD))
-    with httpx.Client(base_url=token_registry.url, auth=auth) as c:
-        for _ in range(3):
-            r = c.head("/v2/tok/sync/manifests/v1", headers={"Accept": d.media_type})
-            assert r.status_code == 200 and r.headers["docker-content-digest"] == d
-    assert token_issuer.count == 1 and auth.scheme == "bearer"
-
     basic = ChallengeAuth(htpasswd_registry.host, Credentials(REGISTRY_USER, REGISTRY_PASSWORD))
-    with httpx.Client(base_url=htpasswd_registry.url, auth=basic) as c:
-        assert c.get("/v2/").status_code == 200
-        r = c.get("/v2/_catalog")          # sent with Basic up front: no second 401
-        assert r.status_code == 200 and len(r.history) == 0
+
+    async def go():
+        async with httpx.AsyncClient(base_url=token_registry.url, auth=auth) as c:
+            for _ in range(3):
+                r = await c.head("/v2/tok/reuse/manifests/v1", headers={"Accept": d.media_type})
+                assert r.status_code == 200 and r.headers["docker-content-digest"] == d
+        async with httpx.AsyncClient(base_url=htpasswd_registry.url, auth=basic) as c:
+            assert (await c.get("/v2/")).status_code == 200
+            return await c.get("/v2/_catalog")          # sent with Basic up front: no second 401
+
+    r = asyncio.run(go())
+    assert token_issuer.count == 1 and auth.scheme == "bearer"
+    assert r.status_code == 200 and len(r.history) == 0
+
+
+def test_challenge_auth_refuses_a_synchronous_client(token_registry):
+    """One auth flow, the async one: a synchronous httpx.Client gets a clear error, not a second flow."""
+    import httpx
+
+    auth = ChallengeAuth(token_registry.host, Credentials(REGISTRY_USER, REGISTRY_PASSWORD))
+    with httpx.Client(base_url=token_registry.url, auth=auth) as c:
+        with pytest.raises(TypeError, match="httpx.AsyncClient only"):
+            c.get("/v2/")

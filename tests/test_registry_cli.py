@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from tasks.localregistry import push_image
+from testbed import push_image
 from tests.support.registry import REGISTRY_USER
 
 

@@ -20,7 +20,7 @@ from tasks.evaluate import evaluate
 from tasks.store import Store, utcnow
 from tasks.lock import sweep_lock
 from tests.support.gitrepo import RepoBuilder
-from tasks.localregistry import push_artifact, push_index, tag_manifest
+from testbed import push_artifact, push_index, tag_manifest
 from tests.support.kube import helm_release, helm_secret, manifest, workload
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, config, decisions, plan_of, reasons
 from tests.test_sweep import make_plan, old, plan_of as stored_plan_of, status, take_snapshot, write_config

@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from tasks.localregistry import push_image
+from testbed import push_image
 from tasks.schemas import TAGS
 from tasks.store import Store, new_id
 

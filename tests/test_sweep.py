@@ -22,7 +22,7 @@ import yaml
 
 from tasks.config import load_config
 from tasks.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
-from tasks.localregistry import (MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest)
+from testbed import MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest
 from tasks.store import SourceStatus, Store, new_id, utcnow
 from tasks.lock import lock_path, sweep_lock
 from tasks.sweep import Journal

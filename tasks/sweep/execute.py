@@ -19,7 +19,7 @@ from tasks.sweep.targets import DONE, FAILED, PLANNED, SKIPPED, STARTED, WOULD_D
 
 if TYPE_CHECKING:
     from tasks.config import RegsweepConfig, SweepConfig
-    from tasks.registry import RegistryClient
+    from tasks.distribution import RegistryClient
 
 #: Whether a registry removes a lone tag (DELETE /manifests/<tag>), learnt once per registry
 #: per process: Distribution 2.8 refuses (400 DIGEST_INVALID), Distribution 3 and others accept.
@@ -57,7 +57,7 @@ def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dr
 
 async def _recheck_and_execute(config: "RegsweepConfig", intent: Intent, prot: Protection, journal: Journal | None,
                                dry_run: bool, progress: Callable[[int], None]) -> list[Outcome]:
-    from tasks.registry import RegistryClient
+    from tasks.distribution import RegistryClient
 
     async with RegistryClient(config.registry) as client:
         prot.update(await recheck_registry(client, intent.targets, intent.known, config.registry.concurrency,

@@ -16,7 +16,7 @@ from tasks.sweep.targets import Target
 
 if TYPE_CHECKING:
     from tasks.config import RegsweepConfig
-    from tasks.registry import RegistryClient
+    from tasks.distribution import RegistryClient
 
 #: Digests per repository.
 Digests = dict[str, set[str]]

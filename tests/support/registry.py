@@ -1,4 +1,4 @@
-"""Registry fixtures: real Docker Distribution servers on loopback (see tasks/localregistry.py).
+"""Registry fixtures: real Docker Distribution servers on loopback (see testbed/server.py).
 
     registry, registry_client   one plain-HTTP registry (delete enabled) for the whole session;
                                 tests share it, so each uses its own repository (unique_repo)
@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tasks.localregistry import LocalRegistry, TokenAuth, write_htpasswd
+from testbed import LocalRegistry, TokenAuth, write_htpasswd
 
 REGISTRY_USER = "regsweep-ci"
 REGISTRY_PASSWORD = "correct horse battery staple"

@@ -9,11 +9,9 @@ import jwt
 import pytest
 
 from tasks.auth import ChallengeAuth, Credentials
-from tasks.localregistry import (DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST,
-                                 LocalRegistry, LocalRegistryError, PushError,
-                                 get_manifest, push_artifact, push_image, push_index, push_raw_manifest,
-                                 push_repositories, push_tags, referrers_fallback_tag, seed_demo,
-                                 sha256_digest, tag_manifest)
+from tasks.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, fallback_tag, sha256_digest
+from testbed import (MANIFEST_ACCEPT, LocalRegistry, LocalRegistryError, PushError, get_manifest, push_artifact,
+                     push_image, push_index, push_raw_manifest, push_repositories, push_tags, seed_demo, tag_manifest)
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER
 
 
@@ -157,7 +155,7 @@ def test_docker_media_types_artifacts_and_referrers_fallback(registry_client, un
     sbom = push_artifact(registry_client, unique_repo, subject=target, artifact_type="application/spdx+json",
                          annotations={"org.opencontainers.image.created": "2024-05-01T00:00:00Z"})
     assert json.loads(sig.body)["subject"] == target.descriptor()
-    fallback = referrers_fallback_tag(target)
+    fallback = fallback_tag(target)
     assert fallback == "sha256-" + target.removeprefix("sha256:")
     body, media_type = get_manifest(registry_client, unique_repo, fallback)
     index = json.loads(body)
