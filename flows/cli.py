@@ -84,7 +84,7 @@ def snapshot(
         selected = select_sources(cfg, chosen)
         check_sources(cfg, selected)
         if selected["kubernetes"] or selected["helm"]:
-            from tasks.cluster import preflight as cluster_preflight
+            from tasks.kube import preflight as cluster_preflight
 
             cluster_preflight(cfg.kubernetes)  # a typo in a context name is exit 2, not an incomplete snapshot
         if "registry" in (chosen or ALL_SOURCES):
