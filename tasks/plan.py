@@ -47,7 +47,8 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
     """Evaluate a stored snapshot under the configured policy and publish the plan."""
     import pyarrow as pa
 
-    from tasks.evaluate import evaluate, plan_summary, snapshot_problems
+    from tasks.completeness import snapshot_problems
+    from tasks.evaluate import evaluate, plan_summary
 
     store = Store(config.store)
     snapshot_id = store.resolve_snapshot(snapshot)
