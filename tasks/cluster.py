@@ -87,7 +87,8 @@ def scan(k: "KubernetesConfig") -> list[tuple]:
     def units_of(cl, ns) -> list[Callable[[], list]]:
         return [lambda kind=kind: list_objects(cl, kind, ns, _rows_of(kind, cl.context)) for kind in WORKLOAD_KINDS]
 
-    results, contexts = list_everywhere(k, units_of, "kubernetes", "Listing workloads in {contexts} Kubernetes context(s)")
+    results, contexts = list_everywhere(k, units_of, "kubernetes",
+                                        "Listing workloads in {contexts} Kubernetes context(s)")
     rows = [r for part in results for r in part]
     reporter().finish("kubernetes", f"Kubernetes: {len(rows)} container images in {contexts} context(s)")
     return rows

@@ -15,9 +15,11 @@ A node is kept when any rule keeps it, and its reasons list every rule that did:
 
 Unknown media types, manifests missing from the snapshot and referrers of subjects the snapshot
 does not know are always kept. A deleted node's reasons say which rules looked at it and why
-none kept it. If the snapshot is incomplete every row is kept (fail closed).
+none kept it. If the snapshot is incomplete (tasks/completeness.py) every row is kept (fail closed).
 
-"Now" is the snapshot's `created_at`, so re-evaluating a snapshot reproduces its plan.
+"Now" is the snapshot's `created_at`, so re-evaluating a snapshot reproduces its plan. The rules
+work on integer nodes (tasks/nodes.py, coded by tasks/codes.py) and add their texts to one
+reasons column (tasks/reasons.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ every mapping anywhere, in any kind including custom resources, whose `container
 every other `image` key with a text value (operators' fields, e.g. a Prometheus's
 `spec.image`), except in a ConfigMap's or Secret's top-level data.
 A revision that cannot be decoded is a `HelmError`: its images are unknown, so the snapshot
-must be incomplete rather than silently missing a rollback target.
+must be incomplete rather than silently missing a rollback target. Listing the objects is
+tasks/kube.py's, as for the workload source.
 """
 
 from __future__ import annotations
