@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_cli.py [--runs 7]
 
-SPEC.md asks for help in under a second: heavy modules (prefect, pandas, pyarrow) must stay
+The help must answer in under a second: heavy modules (prefect, pandas, pyarrow) must stay
 out of the CLI's import path. Prints medians and the ratio.
 """
 

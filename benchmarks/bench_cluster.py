@@ -165,8 +165,9 @@ def _status_kb(field: str) -> int:
 def child(source: str, kubeconfig: str, page_size: int) -> None:
     from datetime import datetime, timezone
 
-    from tasks import cluster, helm
+    from tasks import cluster, helm, kube
     from tasks.config import parse_config
+    from tasks.schemas import HELM, WORKLOADS, from_rows
     from tasks.store import Store
 
     cfg = parse_config({"store": tempfile.mkdtemp(), "registry": {"url": f"https://{REGISTRY}"},
@@ -174,12 +175,12 @@ def child(source: str, kubeconfig: str, page_size: int) -> None:
     # Warm up what is paid once per process (imports, the client's per-method validators):
     # one single-item page of each list, and an empty table.
     module = cluster if source == "kubernetes" else helm
-    kinds = cluster.WORKLOAD_KINDS if source == "kubernetes" else (cluster.SECRETS, cluster.CONFIGMAPS)
-    for cl in cluster.connect(cfg.kubernetes):
+    kinds = cluster.WORKLOAD_KINDS if source == "kubernetes" else (kube.SECRETS, kube.CONFIGMAPS)
+    for cl in kube.connect(cfg.kubernetes):
         for kind in kinds:
-            cluster._get_page(cl, kind, None, limit=1)
+            kube._get_page(cl, kind, None, limit=1)
         cl.close()
-    module._table([])
+    from_rows([], WORKLOADS if source == "kubernetes" else HELM)
     # Reset the peak-RSS mark (Linux: clear_refs 5), so VmHWM is the peak of the run alone.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

@@ -1,35 +1,24 @@
 """The `regsweep` command line: thin wrappers that run the same Prefect flows a deployment runs.
 
 Heavy modules (prefect, pandas, pyarrow) are imported inside commands so `regsweep --help`
-answers at once. Expected failures become one line on stderr and an exit code (SPEC.md):
-0 success, 1 the run failed, 2 bad usage or configuration.
+answers at once. Expected failures become one line on stderr and an exit code (README "Using
+it"): 0 success, 1 the run failed, 2 bad usage or configuration.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated, Optional
 
 import typer
 
+from flows.prefect_env import set_cli_defaults
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Keep a container registry lean without breaking deployments, rollbacks or work in progress.")
 
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="regsweep YAML configuration file.")]
-
-
-def _quiet_prefect(verbose: bool = False) -> None:
-    """Settings that keep Prefect's own noise (telemetry, shutdown tracebacks) away from users."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Run logs still reach the Prefect API (the UI shows them); the terminal gets regsweep's own
-    # one-line messages, not Prefect's tracebacks of failures regsweep already explains.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
-    os.environ.setdefault("PREFECT_CLI_COLORS", "true" if sys.stderr.isatty() else "false")
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")]
 
 
 def _fail(message: str, code: int) -> None:
@@ -61,30 +50,53 @@ def _config(path: str):
     return load_config(path)
 
 
+def _sources(option: str | None) -> list[str] | None:
+    """--sources as a list of source names (None: every enabled one)."""
+    from tasks.config import ALL_SOURCES
+    from tasks.errors import ConfigError
+
+    chosen = [s.strip() for s in option.split(",") if s.strip()] if option else None
+    for s in chosen or []:
+        if s not in ALL_SOURCES:
+            raise ConfigError("--sources", f"unknown source {s!r} (choose from {', '.join(ALL_SOURCES)})")
+    return chosen
+
+
+def _since(option: str | None):
+    """--since as an aware datetime (a date alone is midnight UTC)."""
+    from datetime import datetime, timezone
+
+    from tasks.errors import ConfigError
+
+    if not option:
+        return None
+    try:
+        when = datetime.fromisoformat(option)
+    except ValueError:
+        raise ConfigError("--since", f"{option!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
 @app.command()
 def snapshot(
     config: ConfigOpt,
     sources: Annotated[Optional[str], typer.Option(help="Comma-separated subset of registry,kubernetes,helm,git.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Take a snapshot of every enabled source; prints the snapshot id last."""
-    _quiet_prefect(verbose)
+    set_cli_defaults(verbose)
 
     def body():
         from tasks.config import ALL_SOURCES
-        from tasks.errors import ConfigError
 
         cfg = _config(config)
-        chosen = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
-        for s in chosen or []:
-            if s not in ALL_SOURCES:
-                raise ConfigError("--sources", f"unknown source {s!r} (choose from {', '.join(ALL_SOURCES)})")
+        chosen = _sources(sources)
         from tasks.snapshot import check_sources, select_sources
 
         selected = select_sources(cfg, chosen)
         check_sources(cfg, selected)
         if selected["kubernetes"] or selected["helm"]:
-            from tasks.cluster import preflight as cluster_preflight
+            from tasks.kube import preflight as cluster_preflight
 
             cluster_preflight(cfg.kubernetes)  # a typo in a context name is exit 2, not an incomplete snapshot
         if "registry" in (chosen or ALL_SOURCES):
@@ -93,7 +105,8 @@ def snapshot(
             # Wrong credentials are the user's to fix (exit 2, one line): learn it from one request
             # before starting Prefect, rather than publishing a snapshot that says so.
             preflight(cfg.registry)
-        from flows.snapshot import SnapshotIncomplete, snapshot_flow
+        from flows.snapshot import snapshot_flow
+        from tasks.errors import SnapshotIncomplete
         from tasks.progress import terminal_progress
 
         try:
@@ -118,10 +131,10 @@ def plan(
     config: ConfigOpt,
     snapshot: Annotated[str, typer.Option("--snapshot", help="Snapshot id to evaluate, or 'latest'.")] = "latest",
     json_path: Annotated[Optional[str], typer.Option("--json", help="Also write the plan's rows to this file as a JSON array.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Decide keep or delete for every tag of a snapshot; prints the plan id last."""
-    _quiet_prefect(verbose)
+    set_cli_defaults(verbose)
 
     def body():
         from tasks.errors import ConfigError, StoreError
@@ -175,25 +188,13 @@ def history(
     config: ConfigOpt,
     since: Annotated[Optional[str], typer.Option(help="Only snapshots at or after this date (YYYY-MM-DD or ISO 8601).")] = None,
     chart: Annotated[Optional[str], typer.Option(help="Also write a PNG chart of growth to this path.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Report registry growth from every snapshot in the store."""
-    _quiet_prefect(verbose)
+    set_cli_defaults(verbose)
 
     def body():
-        from datetime import datetime, timezone
-
-        from tasks.errors import ConfigError
-
-        cfg = _config(config)
-        when = None
-        if since:
-            try:
-                when = datetime.fromisoformat(since)
-            except ValueError:
-                raise ConfigError("--since", f"{since!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+        cfg, when = _config(config), _since(since)   # bad usage is exit 2 before Prefect starts
         from flows.history import history_flow
         from tasks.history import render_text
 
@@ -212,13 +213,13 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Re-check and report what would be deleted; delete nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Approve up front (no pause), within --max-deletions.")] = False,
     max_deletions: Annotated[Optional[int], typer.Option("--max-deletions", min=0, help="Most deletions --yes covers (default: sweep.maxDeletions).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run logs.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Delete what a plan decided, after approval and fresh re-checks; prints a one-line result last.
 
     Without --yes the run pauses until someone approves or rejects it in the Prefect UI.
     """
-    _quiet_prefect(verbose)
+    set_cli_defaults(verbose)
 
     def body():
         from tasks.errors import ConfigError, PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
@@ -254,7 +255,7 @@ def sweep(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: a usage mistake is one line naming the argument, exit 2 (SPEC.md)."""
+    """Console-script entry point: a usage mistake is one line naming the argument, exit 2."""
     args = sys.argv[1:] if argv is None else argv
     if not args:  # plain `regsweep`: the help, still exit 2 as before
         app(["--help"], prog_name="regsweep", standalone_mode=False)

@@ -12,10 +12,9 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from flows.prefect_env import set_defaults
+
+set_defaults()  # before anything imports Prefect
 
 
 def build_git_history(path: Path, now: datetime) -> list[str]:

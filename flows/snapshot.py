@@ -10,17 +10,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from tasks.config import RegsweepConfig
+from tasks.errors import SnapshotIncomplete
 from tasks.snapshot import check_sources, preload_sources, run_source, select_sources, snapshot_meta, summary_markdown
 from tasks.store import SourceStatus, Store, new_id, utcnow
-
-
-class SnapshotIncomplete(RuntimeError):
-    """Raised after publishing a snapshot some enabled source could not read completely."""
-
-    def __init__(self, snapshot_id: str, failures: dict[str, str]):
-        self.snapshot_id = snapshot_id
-        self.failures = failures
-        super().__init__(f"snapshot {snapshot_id} is incomplete: " + "; ".join(failures.values()))
 
 
 @task(name="extract-source", task_run_name="extract-{name}")

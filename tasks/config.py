@@ -1,4 +1,4 @@
-"""The regsweep configuration (SPEC.md "Configuration") as pydantic models.
+"""The regsweep configuration (README "Configuration") as pydantic models.
 
 The same models are the Prefect flows' parameters, so every key is settable from the UI form;
 field descriptions become its help text. Secrets are never values here: passwords are named by
@@ -146,6 +146,24 @@ class RegsweepConfig(_Strict):
         return out
 
 
+def git_section_problem(git: GitConfig | None, *, full_keys: bool = False) -> str | None:
+    """Why `git:` cannot feed the git source; None when it can.
+
+    The one home of this rule: parse_config refuses a section that is there but unusable, a
+    snapshot that needs git refuses to start without one (a missing section is no load-time
+    error: commands that read no git must work without it), and the git source refuses flow
+    parameters that skipped both. `full_keys` spells keys from the top (git.path), for messages
+    that do not start with the `git` key.
+    """
+    if git is None or not (git.path or git.url):
+        return ("required by the git history policies: set git.path (a clone) or git.url, "
+                "or set cleanup.disableGitHistoryBasedPolicy: true")
+    if git.path and git.url:
+        path, url = ("git.path", "git.url") if full_keys else ("`path`", "`url`")
+        return f"set {path} or {url}, not both"
+    return None
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -180,10 +198,9 @@ def parse_config(data: Any) -> RegsweepConfig:
     except ValidationError as e:
         raise config_error_from(e) from None
     if not cfg.cleanup.disableGitHistoryBasedPolicy and cfg.git is not None:
-        if not (cfg.git.path or cfg.git.url):
-            raise ConfigError("git", "needs `path` or `url`")
-        if cfg.git.path and cfg.git.url:
-            raise ConfigError("git", "set `path` or `url`, not both")
+        problem = git_section_problem(cfg.git)
+        if problem:
+            raise ConfigError("git", problem)
     return cfg
 
 

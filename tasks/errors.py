@@ -12,6 +12,7 @@
     │   ├── ClusterError             names the context, namespace and kind
     │   ├── HelmError                names the release that could not be decoded
     │   └── GitError                 names the repository path or URL
+    ├── SnapshotIncomplete           a snapshot was published, but some source could not be read
     ├── PlanRefused                  a sweep will not act on this plan (incomplete, too old)
     ├── SweepLocked                  another sweep of the same registry is running
     ├── SweepNotApproved             rejected, approval timed out, or beyond --max-deletions
@@ -122,6 +123,19 @@ class GitError(SourceError):
     def __init__(self, repo: str, message: str):
         self.repo = repo
         super().__init__(f"git {repo}: {message}")
+
+
+class SnapshotIncomplete(RegsweepError):
+    """Raised after publishing a snapshot some enabled source could not read completely.
+
+    The snapshot is kept (history uses it) and no plan from it deletes anything; `failures`
+    maps each failed source to its error.
+    """
+
+    def __init__(self, snapshot_id: str, failures: dict[str, str]):
+        self.snapshot_id = snapshot_id
+        self.failures = failures
+        super().__init__(f"snapshot {snapshot_id} is incomplete: " + "; ".join(failures.values()))
 
 
 class PlanRefused(RegsweepError):

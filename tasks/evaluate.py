@@ -1,7 +1,7 @@
 """The plan: a pure function of (snapshot tables, snapshot meta, policy) deciding keep or delete.
 
 Decisions are made per manifest digest of a repository (a "node"); every tag on a digest gets
-the digest's decision, because deleting a manifest deletes all of its tags (SPEC.md, Safety).
+the digest's decision, because deleting a manifest deletes all of its tags (README "Safety").
 A node is kept when any rule keeps it, and its reasons list every rule that did:
 
   1. in use      workload images (not finished Jobs) by digest (imageID, @sha256) and by tag;
@@ -15,9 +15,11 @@ A node is kept when any rule keeps it, and its reasons list every rule that did:
 
 Unknown media types, manifests missing from the snapshot and referrers of subjects the snapshot
 does not know are always kept. A deleted node's reasons say which rules looked at it and why
-none kept it. If the snapshot is incomplete every row is kept (fail closed).
+none kept it. If the snapshot is incomplete (tasks/completeness.py) every row is kept (fail closed).
 
-"Now" is the snapshot's `created_at`, so re-evaluating a snapshot reproduces its plan.
+"Now" is the snapshot's `created_at`, so re-evaluating a snapshot reproduces its plan. The rules
+work on integer nodes (tasks/nodes.py, coded by tasks/codes.py) and add their texts to one
+reasons column (tasks/reasons.py).
 """
 
 from __future__ import annotations
@@ -30,57 +32,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.codes import NAT, US, join_texts, large_strings, sort_ranks
+from tasks.completeness import snapshot_problems
 from tasks.config import RegsweepConfig
-from tasks.gitpolicy import US, evaluate_git, to_us
-from tasks.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
+from tasks.gitpolicy import evaluate_git
+from tasks.nodes import K_ARTIFACT, K_MISSING, K_REFERRERS, K_UNKNOWN, KINDS, Nodes
 from tasks.oci import tag_subject
-from tasks.schemas import PLAN, SOURCE_TABLES
+from tasks.reasons import Reasons
+from tasks.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
+from tasks.schemas import PLAN
 from tasks.units import format_duration, parse_time
-from tasks.reference import same_registry
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
-CAP = 5                      # reasons of one rule listed per digest; the rest are counted
-PRIMARY_KINDS = {"image", "index", "artifact"}
-NAT = np.iinfo(np.int64).min
 _COMMIT_ID = r"^[0-9a-fA-F]{4,64}$"
 _CTYPE = {"containers": "container", "initContainers": "init container",
           "ephemeralContainers": "ephemeral container"}
-
-
-# ------------------------------------------------------------------ snapshot completeness
-
-def snapshot_problems(meta: dict[str, Any], tables: dict[str, Any], config: RegsweepConfig) -> list[str]:
-    """Why no plan from this snapshot may delete anything (empty when it is complete)."""
-    problems = []
-    sources = meta.get("sources") or {}
-    enabled = set(config.enabled_sources())
-    taken_of = meta.get("registry")
-    if not same_registry(taken_of, config.registry.url):
-        # e.g. two configurations sharing a store, and `latest` naming the other one's snapshot
-        problems.append(f"snapshot incomplete: it is of registry {taken_of}, not {config.registry.url}")
-    for name, st in sources.items():
-        if st.get("status") == "failed":
-            problems.append(f"snapshot incomplete: {name} failed: {st.get('error') or 'unknown error'}")
-    for name in sorted(enabled, key=list(SOURCE_TABLES).index):
-        st = sources.get(name)
-        if st is None:
-            problems.append(f"snapshot incomplete: {name} not in snapshot")
-        elif st.get("status") == "skipped":
-            problems.append(f"snapshot incomplete: {name} was skipped but this policy needs it")
-        elif st.get("status") == "ok":
-            recorded = st.get("tables") or {}
-            for t in SOURCE_TABLES[name]:
-                if tables.get(t) is None:
-                    problems.append(f"snapshot incomplete: {name} table {t} missing")
-                elif t in recorded and len(tables[t]) != recorded[t]:
-                    # a table replaced or cut short after the snapshot was taken: rows may be missing
-                    problems.append(f"snapshot incomplete: {name} table {t} has {len(tables[t])} rows, "
-                                    f"the snapshot recorded {recorded[t]}")
-        elif st.get("status") != "failed":   # failed is reported above
-            problems.append(f"snapshot incomplete: {name} has status {st.get('status')!r}, not ok")
-    if not meta.get("complete", False) and not problems:
-        problems.append("snapshot incomplete: marked incomplete by the snapshot flow")
-    return problems
 
 
 def snapshot_now(meta: dict[str, Any]) -> datetime:
@@ -89,292 +55,6 @@ def snapshot_now(meta: dict[str, Any]) -> datetime:
     if now is None:
         raise ValueError(f"snapshot created_at {meta.get('created_at')!r} is not a time")
     return now
-
-
-# ------------------------------------------------------------------ strings as integer codes
-
-def _strings(col) -> pa.Array | pa.ChunkedArray:
-    """A column (pandas, numpy, list, Arrow) as Arrow large_string, nulls kept, without copying
-    what is already Arrow."""
-    if not isinstance(col, (pa.Array, pa.ChunkedArray)):
-        if isinstance(col, pd.Series) and not isinstance(col.dtype, (pd.ArrowDtype, pd.StringDtype)):
-            col = col.astype(object).where(col.notna(), None)
-        col = pa.array(col, from_pandas=True)
-    if col.type != pa.large_string():
-        col = col.cast(pa.large_string())
-    return col
-
-
-def _encode(*cols) -> tuple[list[np.ndarray], pa.Array]:
-    """Integer codes (-1 for null) of several string columns over one shared dictionary.
-
-    One hash pass over all of them (Arrow's dictionary_encode over a chunked array).
-    """
-    chunks = []
-    for c in cols:
-        a = _strings(c)
-        chunks.append(a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a)
-    lens = [len(a) for a in chunks]
-    if not sum(lens):
-        return [np.zeros(0, np.int64) for _ in chunks], pa.array([], pa.large_string())
-    enc = pc.dictionary_encode(pa.chunked_array([a for a in chunks if len(a)], pa.large_string()))
-    parts = iter(enc.chunks)
-    out = []
-    for n in lens:
-        out.append(next(parts).indices.fill_null(-1).to_numpy().astype(np.int64) if n else np.zeros(0, np.int64))
-    return out, enc.chunks[0].dictionary
-
-
-def _encode_digests(*cols) -> tuple[list[np.ndarray], pa.Array]:
-    """`_encode` for digest columns: when every digest is `sha256:<hex>` (71 bytes), hash them as
-    fixed-size binary (about twice as fast as strings); anything else takes the general path."""
-    arrs, valid = [], []
-    for c in cols:
-        a = _strings(c)
-        a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
-        v = None
-        if a.null_count:
-            v = a.is_valid()
-            a = a.filter(v)
-            v = v.to_numpy(zero_copy_only=False)
-        off = np.frombuffer(a.buffers()[1], np.int64)[a.offset: a.offset + len(a) + 1] if len(a) else np.zeros(1, np.int64)
-        if len(a) and (off[-1] - off[0] != 71 * len(a) or not np.all(np.diff(off) == 71)):
-            return _encode(*cols)
-        arrs.append(pa.Array.from_buffers(pa.binary(71), len(a), [None, a.buffers()[2].slice(int(off[0]), 71 * len(a))])
-                    if len(a) else pa.array([], pa.binary(71)))
-        valid.append(v)
-    if not sum(len(a) for a in arrs):
-        return _encode(*cols)
-    enc = pc.dictionary_encode(pa.chunked_array([a for a in arrs if len(a)], pa.binary(71)))
-    chunks = iter(enc.chunks)
-    out = []
-    for a, v in zip(arrs, valid):
-        idx = next(chunks).indices.to_numpy().astype(np.int64) if len(a) else np.zeros(0, np.int64)
-        if v is not None:
-            full = np.full(len(v), -1, np.int64)
-            full[v] = idx
-            idx = full
-        out.append(idx)
-    return out, enc.chunks[0].dictionary.cast(pa.binary()).cast(pa.large_string())
-
-
-def _texts(prefix: str, values, suffix: str = "") -> pa.Array:
-    """prefix + value + suffix for every value, in Arrow."""
-    parts = [pa.scalar(prefix, pa.large_string()), _strings(values)]
-    if suffix:
-        parts.append(pa.scalar(suffix, pa.large_string()))
-    return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))
-
-
-def _first_unique(sorted_keys: np.ndarray) -> np.ndarray:
-    return sorted_keys[np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]] if len(sorted_keys) else sorted_keys
-
-
-# ------------------------------------------------------------------ nodes
-
-KINDS = ["image", "index", "artifact", "referrers-index", "unknown", "missing"]
-K_IMAGE, K_INDEX, K_ARTIFACT, K_REFERRERS, K_UNKNOWN, K_MISSING = range(len(KINDS))
-
-
-class _Nodes:
-    """Every (repository, digest) of the snapshot as an integer id, with its manifest facts.
-
-    Repositories, digests and tags are dictionary-encoded once (one hash pass per domain over
-    every table); a node is the int64 key repo_code * |digests| + digest_code, ids in key order.
-    """
-
-    def __init__(self, tables: dict, tags: pd.DataFrame, extra_digests, extra_repos, extra_tags):
-        man = _frame(tables.get("manifests"), ("repository", "digest", "media_type", "kind", "size", "created", "subject"))
-        ch = _frame(tables.get("children"), ("repository", "index_digest", "child_digest", "platform"))
-        lk = _frame(tables.get("links"), ("repository", "digest", "commit"))
-        (self.t_dig, m_dig, m_subj, c_idx, c_child, self.l_dig, *self.x_dig), self.DIG = _encode_digests(
-            tags["digest"], man["digest"], man["subject"], ch["index_digest"], ch["child_digest"], lk["digest"],
-            *extra_digests)
-        (self.t_repo, m_repo, c_repo, self.l_repo, *self.x_repo), self.REPO = _encode(
-            tags["repository"], man["repository"], ch["repository"], lk["repository"], *extra_repos)
-        (self.t_tag, *self.x_tag), self.TAG = _encode(tags["tag"], *extra_tags)
-        self.links_commit = lk["commit"]
-        self.ND = nd = max(len(self.DIG), 1)
-        mkey = m_repo * nd + m_dig
-        tkey = self.t_repo * nd + self.t_dig
-        self.keys = _first_unique(np.sort(np.concatenate([mkey, tkey]), kind="stable"))
-        self.n = n = len(self.keys)
-        self.repo_code = self.keys // nd
-        self.dig_code = self.keys % nd
-        # dense digest → node map (a digest in several repositories falls back to a search)
-        self._by_dig = np.full(nd, -1, np.int64)
-        self._by_dig[self.dig_code] = np.arange(n)
-        self._dig_count = np.bincount(self.dig_code, minlength=nd)
-        m_node = self.find(m_repo, m_dig)
-        kcodes = pd.Categorical(man["kind"].to_numpy(dtype=object), categories=KINDS).codes.astype(np.int8)
-        kcodes[kcodes < 0] = K_UNKNOWN
-        self.kind = np.full(n, K_MISSING, np.int8)
-        self.kind[m_node] = kcodes
-        self.mrow = np.full(n, -1, np.int64)
-        self.mrow[m_node] = np.arange(len(mkey))
-        self.size = np.zeros(n, np.int64)
-        self.size[m_node] = pd.to_numeric(man["size"]).fillna(0).to_numpy(np.int64)
-        self.created = np.full(n, NAT, np.int64)
-        if len(mkey):
-            self.created[m_node] = to_us(man["created"])
-        self.subject_code = np.full(n, -1, np.int64)
-        has = m_subj >= 0
-        self.subject_code[m_node[has]] = m_subj[has]
-        self.subject = np.full(n, -1, np.int64)   # the subject's node (same repository); -1 absent
-        self.subject[m_node[has]] = self.find(m_repo[has], m_subj[has])
-        self.tag_node = self.find(self.t_repo, self.t_dig)
-        self.tagged = np.zeros(n, bool)
-        self.tagged[self.tag_node] = True
-        self._man = man
-        parent, child = self.find(c_repo, c_idx), self.find(c_repo, c_child)
-        ok = (parent >= 0) & (child >= 0)
-        platform = ch["platform"].astype(object).where(ch["platform"].notna(), None).to_numpy()
-        self.edges = (parent[ok], child[ok], platform[ok])
-        # (repository, tag) → node, for references by tag
-        self.NT = max(len(self.TAG), 1)
-        tk = self.t_repo * self.NT + self.t_tag
-        order = np.argsort(tk, kind="stable")
-        self._tag_keys, self._tag_nodes = tk[order], self.tag_node[order]
-
-    def find(self, repo_codes, dig_codes) -> np.ndarray:
-        """Node ids of (repository code, digest code) pairs; -1 where there is none."""
-        rc, dc = np.asarray(repo_codes, np.int64), np.asarray(dig_codes, np.int64)
-        out = np.full(len(rc), -1, np.int64)
-        valid = (rc >= 0) & (dc >= 0)
-        if not self.n or not valid.any():
-            return out
-        cand = np.where(valid, self._by_dig[np.where(valid, dc, 0)], -1)
-        hit = (cand >= 0) & (self.repo_code[np.maximum(cand, 0)] == rc)
-        out[hit] = cand[hit]
-        again = np.flatnonzero(valid & ~hit & (self._dig_count[np.where(valid, dc, 0)] > 1))
-        if len(again):
-            key = rc[again] * self.ND + dc[again]
-            pos = np.minimum(np.searchsorted(self.keys, key), self.n - 1)
-            found = self.keys[pos] == key
-            out[again[found]] = pos[found]
-        return out
-
-    def find_tag(self, repo_codes, tag_codes) -> np.ndarray:
-        rc, tc = np.asarray(repo_codes, np.int64), np.asarray(tag_codes, np.int64)
-        key = np.where((rc >= 0) & (tc >= 0), rc * self.NT + tc, -1)
-        if not len(self._tag_keys):
-            return np.full(len(key), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self._tag_keys, key), len(self._tag_keys) - 1)
-        return np.where((key >= 0) & (self._tag_keys[pos] == key), self._tag_nodes[pos], -1)
-
-    def digests(self, ids) -> pa.Array:
-        return self.DIG.take(pa.array(self.dig_code[np.asarray(ids, np.int64)]))
-
-    def media_type(self, i: int) -> str | None:
-        r = self.mrow[i]
-        return None if r < 0 else self._man["media_type"].iloc[r]
-
-
-def _frame(df, columns) -> pd.DataFrame:
-    return df if df is not None else pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-
-
-# ------------------------------------------------------------------ reasons
-
-class _Reasons:
-    """Keep reasons and 'why not kept' notes per node, assembled into one Arrow list column.
-
-    Texts are codes into a table of distinct strings, so a note shared by a million nodes is
-    one string. Notes that apply to every deleted node (`common`) are not stored per node.
-    Parts are added in rule order, so a stable sort by node keeps each node's reasons in order.
-    """
-
-    def __init__(self, n: int):
-        self.n = n
-        self.table: list[pa.Array] = []
-        self.size = 0
-        self.parts: list[tuple[np.ndarray, np.ndarray, int, bool]] = []
-        self.common: list[int] = []   # codes of notes every deleted node gets, first
-
-    def _intern(self, values: pa.Array) -> int:
-        self.table.append(values)
-        at = self.size
-        self.size += len(values)
-        return at
-
-    def add(self, nodes, texts, order: int, keep: bool = True) -> None:
-        nodes = np.asarray(nodes, dtype=np.int64)
-        if not len(nodes):
-            return
-        if isinstance(texts, str):
-            codes = np.full(len(nodes), self._intern(pa.array([texts], pa.large_string())), np.int64)
-        else:
-            enc = pc.dictionary_encode(_strings(texts))
-            if isinstance(enc, pa.ChunkedArray):
-                enc = enc.combine_chunks()
-            codes = enc.indices.to_numpy().astype(np.int64) + self._intern(enc.dictionary)
-        self.parts.append((nodes, codes, order, keep))
-
-    def add_coded(self, nodes, codes, table: list[str], order: int, keep: bool = True) -> None:
-        nodes = np.asarray(nodes, dtype=np.int64)
-        if len(nodes):
-            base = self._intern(pa.array(table, pa.large_string()))
-            self.parts.append((nodes, np.asarray(codes, np.int64) + base, order, keep))
-
-    def add_common(self, text: str) -> None:
-        self.common.append(self._intern(pa.array([text], pa.large_string())))
-
-    def build(self, kept: np.ndarray, row_node: np.ndarray) -> pa.ListArray:
-        """The reasons of each row (rows name nodes; several rows may share one)."""
-        planned = np.zeros(self.n, bool)
-        planned[row_node] = True
-        if self.parts:
-            node = np.concatenate([p[0] for p in self.parts])
-            code = np.concatenate([p[1] for p in self.parts])
-            order = np.concatenate([np.full(len(p[0]), p[2], np.int8) for p in self.parts])
-            keep = np.concatenate([np.full(len(p[0]), p[3], bool) for p in self.parts])
-            sel = (keep == kept[node]) & planned[node]
-            node, code, order = node[sel], code[sel], order[sel]
-        else:
-            node, code, order = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
-        n_common = np.where(kept, 0, len(self.common))
-        missing = planned & (np.bincount(node, minlength=self.n) + n_common == 0)
-        if missing.any():
-            ids = np.flatnonzero(missing)
-            base = self._intern(pa.array(["no keep rule applies", "kept"], pa.large_string()))
-            node = np.concatenate([node, ids])
-            code = np.concatenate([code, base + kept[ids].astype(np.int64)])
-            order = np.concatenate([order, np.full(len(ids), 99, np.int8)])
-        srt = np.argsort(node, kind="stable")
-        node, code, order = node[srt], code[srt], order[srt]
-        # Cap each rule's reasons per node, counting the rest.
-        grp = np.r_[True, (node[1:] != node[:-1]) | (order[1:] != order[:-1])] if len(node) else np.zeros(0, bool)
-        starts = np.flatnonzero(grp)
-        sizes = np.diff(np.r_[starts, len(node)])
-        if len(sizes) and sizes.max() > CAP + 1:
-            rank = np.arange(len(node)) - np.repeat(starts, sizes)
-            keep_row = rank < CAP
-            keep_row[starts[sizes == CAP + 1] + CAP] = True   # one more is shown, not counted
-            over = sizes > CAP + 1
-            pos = starts[over] + CAP   # the (CAP+1)th reason becomes "… and N more"
-            base = self._intern(pa.array([f"… and {k - CAP} more" for k in sizes[over]], pa.large_string()))
-            code = code.copy()
-            code[pos] = base + np.arange(len(pos))
-            keep_row[pos] = True
-            node, code = node[keep_row], code[keep_row]
-        # per node: [common notes if deleted] + its own; then gathered in row order
-        own = np.bincount(node, minlength=self.n)
-        own_start = np.r_[0, np.cumsum(own)[:-1]]
-        cnt = own[row_node] + n_common[row_node]
-        offsets = np.zeros(len(row_node) + 1, np.int64)
-        np.cumsum(cnt, out=offsets[1:])
-        total = int(offsets[-1])
-        codes = np.empty(total, np.int64)
-        c_rows = np.flatnonzero(n_common[row_node] > 0)
-        for k, c in enumerate(self.common):
-            codes[offsets[c_rows] + k] = c
-        o = own[row_node]
-        rep = np.repeat(np.arange(len(row_node)), o)          # the row of each own reason
-        within = np.arange(int(o.sum())) - np.repeat(np.cumsum(o) - o, o)
-        codes[(offsets[:-1] + n_common[row_node])[rep] + within] = code[own_start[row_node][rep] + within]
-        table = pa.concat_arrays(self.table) if self.table else pa.array([], pa.large_string())
-        values = table.take(pa.array(codes)).cast(pa.string())
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), values)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -405,7 +85,7 @@ def _references(df: pd.DataFrame, image_col: str, matcher: RegistryMatcher, with
 
 def _subject_tags(tags: pd.DataFrame) -> pa.Array:
     """The subject digest a tag names (`sha256-<hex>` fallback index, cosign `.sig`/`.att`/`.sbom`)."""
-    t = _strings(tags["tag"])
+    t = large_strings(tags["tag"])
     cand = pc.starts_with(t, "sha256-")
     out = pa.nulls(len(t), pa.large_string())
     idx = np.flatnonzero(cand.to_numpy(zero_copy_only=False)) if len(t) else np.zeros(0, np.int64)
@@ -442,12 +122,12 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
         h = h.assign(_text=("helm: " + h["context"] + "/" + h["namespace"] + "/" + h["release"] + " revision "
                             + h["revision"].astype(str) + " (" + h["status"].fillna("unknown").astype(str) + ")"))
         refs[HELM] = _references(h, "image", matcher, with_ids=False)
-    nodes = _Nodes(tables, tags, [r["digest"] for r in refs.values()] + [_subject_tags(tags)],
+    nodes = Nodes(tables, tags, [r["digest"] for r in refs.values()] + [_subject_tags(tags)],
                    [r["repository"] for r in refs.values()], [r["tag"] for r in refs.values()])
     if problems:
         return _rows(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), None, problems)
 
-    R = _Reasons(nodes.n)
+    R = Reasons(nodes.n)
     kept = np.zeros(nodes.n, bool)
     followers = _followers(nodes, nodes.x_dig[-1])
     kind = nodes.kind
@@ -471,7 +151,7 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     ok &= _commit_ids(nodes.links_commit)
     if not cleanup.disableGitHistoryBasedPolicy and tables.get("git_commits") is not None and ok.any():
         out = evaluate_git(tables["git_refs"], tables["git_commits"], link_node[ok],
-                           _strings(nodes.links_commit).filter(pa.array(ok)), nodes.repo_code,
+                           large_strings(nodes.links_commit).filter(pa.array(ok)), nodes.repo_code,
                            cleanup.effective_keep_policies, now_us)
         kept[out.kept] = True
         R.add(out.keep_node, out.keep_text, GIT)
@@ -498,13 +178,13 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
 
 def _commit_ids(commits) -> np.ndarray:
     """Which link values are a full or abbreviated (4+ hex digits, as git requires) commit id."""
-    a = _strings(commits)
+    a = large_strings(commits)
     if not len(a):
         return np.zeros(0, bool)
     return pc.match_substring_regex(a, _COMMIT_ID).fill_null(False).to_numpy(zero_copy_only=False)
 
 
-def _followers(nodes: _Nodes, tag_subject_codes: np.ndarray) -> np.ndarray:
+def _followers(nodes: Nodes, tag_subject_codes: np.ndarray) -> np.ndarray:
     """Nodes that belong to a subject (artifacts with `subject`, referrer indexes, tagged by subject)."""
     kind = nodes.kind
     fol = (kind == K_REFERRERS) | ((kind == K_ARTIFACT) & (nodes.subject_code >= 0))
@@ -540,7 +220,7 @@ def _age_texts(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return codes, fmt
 
 
-def _fresh(nodes: _Nodes, kept, R: _Reasons, primary, now_us: int, hours: float) -> None:
+def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float) -> None:
     window = int(hours * 3600 * US)
     have = primary & (nodes.created != NAT)
     fresh = have & (nodes.created > now_us - window)
@@ -554,7 +234,7 @@ def _fresh(nodes: _Nodes, kept, R: _Reasons, primary, now_us: int, hours: float)
     R.add(np.flatnonzero(primary & ~have), "build time unknown", FRESH, keep=False)
 
 
-def _unlinked(nodes: _Nodes, kept, R: _Reasons, primary, link_nodes, mode: str) -> None:
+def _unlinked(nodes: Nodes, kept, R: Reasons, primary, link_nodes, mode: str) -> None:
     """Tagged images linked to no commit (their own, their platforms' or their index's)."""
     linked = np.zeros(nodes.n, bool)
     linked[link_nodes] = True
@@ -570,7 +250,7 @@ def _unlinked(nodes: _Nodes, kept, R: _Reasons, primary, link_nodes, mode: str) 
         R.add(ids, "unlinked (unlinkedImages: delete)", UNLINKED, keep=False)
 
 
-def _relatives(nodes: _Nodes, kept, R: _Reasons, followers) -> None:
+def _relatives(nodes: Nodes, kept, R: Reasons, followers) -> None:
     """Whole indexes, their platforms and referrers go with what is kept."""
     parent, child, platform = nodes.edges
     subject = nodes.subject
@@ -590,8 +270,8 @@ def _relatives(nodes: _Nodes, kept, R: _Reasons, followers) -> None:
         f = f[kept[subject[f]] & ~kept[f]]
         if not len(e) and not len(f):
             break
-        R.add(child[e], _texts("platform of kept index ", nodes.digests(parent[e])), RELATIVE)
-        R.add(f, _texts("referrer of kept ", nodes.digests(subject[f])), RELATIVE)
+        R.add(child[e], join_texts("platform of kept index ", nodes.digests(parent[e])), RELATIVE)
+        R.add(f, join_texts("referrer of kept ", nodes.digests(subject[f])), RELATIVE)
         kept[child[e]] = True
         kept[f] = True
     orphans = np.flatnonzero(followers & (subject < 0))
@@ -599,32 +279,24 @@ def _relatives(nodes: _Nodes, kept, R: _Reasons, followers) -> None:
         codes = nodes.subject_code[orphans]
         names = nodes.DIG.take(pa.array(np.maximum(codes, 0))) if len(nodes.DIG) else pa.nulls(len(codes), pa.large_string())
         names = pc.if_else(pa.array(codes >= 0), names, pa.scalar("unknown", pa.large_string()))
-        R.add(orphans, _texts("subject ", names, " not in snapshot: kept"), RELATIVE)
+        R.add(orphans, join_texts("subject ", names, " not in snapshot: kept"), RELATIVE)
         kept[orphans] = True
     # why the rest go (notes only reach deleted nodes)
     gone = ~kept[child]
-    R.add(child[gone], _texts("platform of deleted index ", nodes.digests(parent[gone])), RELATIVE, keep=False)
+    R.add(child[gone], join_texts("platform of deleted index ", nodes.digests(parent[gone])), RELATIVE, keep=False)
     f = np.flatnonzero(followers & (subject >= 0) & ~kept)
-    R.add(f, _texts("referrer of deleted ", nodes.digests(subject[f])), RELATIVE, keep=False)
+    R.add(f, join_texts("referrer of deleted ", nodes.digests(subject[f])), RELATIVE, keep=False)
 
 
-def _rank(dictionary: pa.Array) -> np.ndarray:
-    """Sort rank of each dictionary entry (for ordering rows without sorting strings per row)."""
-    order = pc.sort_indices(dictionary).to_numpy()
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    return rank
-
-
-def _rows(nodes: _Nodes, kept: np.ndarray, untagged: np.ndarray, R: _Reasons | None,
+def _rows(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: Reasons | None,
           problems: list[str] | None = None) -> pd.DataFrame:
     """One row per tag plus untagged relatives deleted with their subject, ordered by
     (repository, tag, digest), untagged rows last within their repository."""
     extra = np.flatnonzero(untagged)
     row_node = np.concatenate([nodes.tag_node, extra]).astype(np.int64)
     tag_code = np.concatenate([nodes.t_tag, np.full(len(extra), -1, np.int64)])
-    repo_rank = _rank(nodes.REPO)[nodes.repo_code[row_node]] if len(row_node) else np.zeros(0, np.int64)
-    tag_rank = np.where(tag_code >= 0, _rank(nodes.TAG)[np.maximum(tag_code, 0)], len(nodes.TAG)) \
+    repo_rank = sort_ranks(nodes.REPO)[nodes.repo_code[row_node]] if len(row_node) else np.zeros(0, np.int64)
+    tag_rank = np.where(tag_code >= 0, sort_ranks(nodes.TAG)[np.maximum(tag_code, 0)], len(nodes.TAG)) \
         if len(nodes.TAG) else np.zeros(len(row_node), np.int64)
     dig_rank = np.zeros(len(row_node), np.int64)
     if len(extra):

@@ -1,4 +1,4 @@
-"""Git source: branches, tags and the commit graph that git keep rules walk (SPEC.md rule 3).
+"""Git source: branches, tags and the commit graph the git keep rules walk (README "How regsweep decides").
 
 Where the repository comes from (`git:` in the configuration):
 
@@ -16,10 +16,8 @@ and a mirror clone keeps branches in refs/heads. Tags are `refs/tags/*` dated by
 skipped.
 
 Fail closed: a shallow clone, a repository with no branch at all, or a git source that is
-enabled but not configured raise `GitError`; the snapshot is then incomplete and no plan made
-from it deletes anything. A missing `git:` section is reported here rather than as a
-configuration error at load time, because commands that do not read git (history, a
-`--sources registry` snapshot) must keep working with such a configuration.
+enabled but not configured (`config.git_section_problem`) raise `GitError`; the snapshot is then
+incomplete and no plan made from it deletes anything.
 
 The commit graph is read with `git rev-list --parents --timestamp` when the git CLI is
 installed (faster than libgit2's walker, ~1.3 s against ~2.5 s for 200,000 commits, and
@@ -43,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 import pygit2
 
-from tasks.config import GitConfig, RegsweepConfig
+from tasks.config import GitConfig, RegsweepConfig, git_section_problem
 from tasks.errors import GitError
 from tasks.progress import reporter
 from tasks.schemas import GIT_COMMITS, GIT_REFS, TS
@@ -58,15 +56,16 @@ _UNSHALLOW_HINT = ("it is a shallow clone: commits beyond its depth look unreach
 
 
 def extract(config: RegsweepConfig, store: Store, now: datetime) -> dict[str, pa.Table]:
-    """Read branches, tags and every commit reachable from them into GIT_REFS and GIT_COMMITS."""
+    """The `git_refs` and `git_commits` tables of a snapshot."""
     del now  # ref and commit dates are absolute; rules compare them with the snapshot time later
-    git = config.git
-    if git is None or not (git.path or git.url):
-        raise GitError("(not configured)", "git keep policies are enabled but the configuration has no "
-                       "`git` section: set git.path (a clone) or git.url, or set "
-                       "cleanup.disableGitHistoryBasedPolicy: true")
-    if git.path and git.url:
-        raise GitError(git.path, "set git.path or git.url, not both")
+    return read_repository(config.git, store)
+
+
+def read_repository(git: GitConfig | None, store: Store) -> dict[str, pa.Table]:
+    """Read branches, tags and every commit reachable from them into GIT_REFS and GIT_COMMITS."""
+    problem = git_section_problem(git, full_keys=True)
+    if problem:
+        raise GitError(git.path if git is not None and git.path else "(not configured)", problem)
     progress = reporter()
     label = git.path or redact(git.url)
     progress.start("git", f"git {label}: reading", None)

@@ -13,7 +13,8 @@ every mapping anywhere, in any kind including custom resources, whose `container
 every other `image` key with a text value (operators' fields, e.g. a Prometheus's
 `spec.image`), except in a ConfigMap's or Secret's top-level data.
 A revision that cannot be decoded is a `HelmError`: its images are unknown, so the snapshot
-must be incomplete rather than silently missing a rollback target.
+must be incomplete rather than silently missing a rollback target. Listing the objects is
+tasks/kube.py's, as for the workload source.
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
-from tasks.cluster import CONFIGMAPS, SECRETS, Cluster, connect, list_objects, run_units, scopes
 from tasks.errors import HelmError
-from tasks.units import parse_time
+from tasks.kube import CONFIGMAPS, SECRETS, Cluster, list_everywhere, list_objects
 from tasks.progress import reporter
+from tasks.units import parse_time
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from tasks.config import RegsweepConfig
+    from tasks.config import HelmConfig, KubernetesConfig, RegsweepConfig
     from tasks.store import Store
 
 try:
@@ -273,12 +274,10 @@ def newest(stored: list[Stored], keep: int) -> list[Stored]:
     return out
 
 
-def scan(config: "RegsweepConfig") -> list[tuple]:
+def scan(k: "KubernetesConfig", helm: "HelmConfig") -> list[tuple]:
     """HELM rows for every stored revision in every scanned context and namespace."""
-    k, keep = config.kubernetes, config.helm.keepRevisions
-    clusters = connect(k)
+    keep = helm.keepRevisions
     images_of = ManifestImages()
-    rep = reporter()
 
     def unit(cl: Cluster, ns: str | None, kind, driver: str):
         def consume(items: list[dict]) -> list:
@@ -288,28 +287,20 @@ def scan(config: "RegsweepConfig") -> list[tuple]:
             return [r for s in found for r in release_rows(s, images_of)]
         return lambda: list_objects(cl, kind, ns, consume, label_selector=OWNER_SELECTOR)
 
-    try:
-        units = [unit(cl, ns, kind, driver) for cl in clusters for ns in scopes(k)
-                 for kind, driver in ((SECRETS, "secret"), (CONFIGMAPS, "configmap"))]
-        rep.start("helm", f"Reading Helm release history in {len(clusters)} context(s)", len(units))
-        # Decoding is CPU-bound: more threads than two only add contention.
-        parts = run_units(units, "helm", workers=2)
-    finally:
-        for cl in clusters:
-            cl.close()
+    def units_of(cl: Cluster, ns: str | None) -> list:
+        return [unit(cl, ns, kind, driver) for kind, driver in ((SECRETS, "secret"), (CONFIGMAPS, "configmap"))]
+
+    # Decoding is CPU-bound: more threads than two only add contention.
+    parts, _ = list_everywhere(k, units_of, "helm", "Reading Helm release history in {contexts} context(s)", workers=2)
     flat = [x for p in parts for x in p]
     rows = [r for s in newest(flat, keep) for r in release_rows(s, images_of)] if keep else flat
     revisions = len({r[:4] + (r[8],) for r in rows})
-    rep.finish("helm", f"Helm: {len(rows)} images in {revisions} release revisions")
+    reporter().finish("helm", f"Helm: {len(rows)} images in {revisions} release revisions")
     return rows
-
-
-def _table(rows: list[tuple]) -> "pa.Table":
-    from tasks.schemas import HELM, from_rows
-
-    return from_rows(rows, HELM)
 
 
 def extract(config: "RegsweepConfig", store: "Store", now: datetime) -> dict[str, "pa.Table"]:
     """The `helm` table of a snapshot (schema HELM)."""
-    return {"helm": _table(scan(config))}
+    from tasks.schemas import HELM, from_rows
+
+    return {"helm": from_rows(scan(config.kubernetes, config.helm), HELM)}

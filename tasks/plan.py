@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.config import RegsweepConfig
+from tasks.config import RegistryConfig, RegsweepConfig
 from tasks.errors import ConfigError
 from tasks.schemas import PLAN, SOURCE_TABLES
 from tasks.store import Store, new_id
@@ -47,7 +47,8 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
     """Evaluate a stored snapshot under the configured policy and publish the plan."""
     import pyarrow as pa
 
-    from tasks.evaluate import evaluate, plan_summary, snapshot_problems
+    from tasks.completeness import snapshot_problems
+    from tasks.evaluate import evaluate, plan_summary
 
     store = Store(config.store)
     snapshot_id = store.resolve_snapshot(snapshot)
@@ -131,11 +132,11 @@ def _split_ref(ref: str) -> tuple[str, str | None, str | None]:
     return ref, tag, digest
 
 
-def _candidates(config: RegsweepConfig, image_ref: str) -> list[tuple[str, str | None, str | None]]:
+def _candidates(registry: RegistryConfig, image_ref: str) -> list[tuple[str, str | None, str | None]]:
     """(repository, tag, digest) readings of IMAGE_REF, most specific first."""
     from tasks.reference import RegistryMatcher
 
-    matched = RegistryMatcher(config.registry.url, config.registry.aliases).match(image_ref)
+    matched = RegistryMatcher(registry.url, registry.aliases).match(image_ref)
     out = []
     if matched is not None:
         out.append((matched.repository, matched.tag, matched.digest))
@@ -172,7 +173,7 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
     except Exception as e:  # StoreError: unknown id or no plan yet
         raise ConfigError("--plan", str(e)) from None
     meta = store.plan_meta(plan_id)
-    candidates = _candidates(config, image_ref)
+    candidates = _candidates(config.registry, image_ref)
     # plans are sorted by repository: reading only its row groups keeps explain fast on big plans
     with store.fs.open(store.path("plans", plan_id, "plan.parquet"), "rb") as f:
         table = pq.read_table(f, filters=[("repository", "in", sorted({c[0] for c in candidates}))])

@@ -11,9 +11,9 @@ import hashlib
 import json
 import re
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from tasks.units import parse_duration
 
@@ -40,34 +40,26 @@ def _check_count(v: int | None) -> int | None:
     return v
 
 
+#: `last`: a count, -1 for all; `in`: a Go duration such as 168h; `operator`: how the two combine.
+Count = Annotated[int | None, AfterValidator(_check_count)]
+Within = Annotated[timedelta | None, BeforeValidator(lambda v: None if v is None else parse_duration(v))]
+Operator = Literal["And", "Or"]
+
+
 class Limit(_Strict):
     """Which references a policy selects, by reference date."""
 
-    last: int | None = Field(None, description="The N newest references (-1 = all).")
-    in_: timedelta | None = Field(None, alias="in", description="References dated within this duration of now, e.g. 168h.")
-    operator: Literal["And", "Or"] = Field("And", description="How `last` and `in` combine.")
-
-    _last = field_validator("last")(classmethod(lambda cls, v: _check_count(v)))
-
-    @field_validator("in_", mode="before")
-    @classmethod
-    def _in(cls, v):
-        return None if v is None else parse_duration(v)
+    last: Count = Field(None, description="The N newest references (-1 = all).")
+    in_: Within = Field(None, alias="in", description="References dated within this duration of now, e.g. 168h.")
+    operator: Operator = Field("And", description="How `last` and `in` combine.")
 
 
 class ImagesPerReference(_Strict):
     """How many images of each selected reference are kept."""
 
-    last: int | None = Field(None, description="The N newest images (-1 = all; omitted = 1, or every image within `in` when `in` is given).")
-    in_: timedelta | None = Field(None, alias="in", description="Images of commits within this duration of now.")
-    operator: Literal["And", "Or"] = Field("And", description="How `last` and `in` combine.")
-
-    _last = field_validator("last")(classmethod(lambda cls, v: _check_count(v)))
-
-    @field_validator("in_", mode="before")
-    @classmethod
-    def _in(cls, v):
-        return None if v is None else parse_duration(v)
+    last: Count = Field(None, description="The N newest images (-1 = all; omitted = 1, or every image within `in` when `in` is given).")
+    in_: Within = Field(None, alias="in", description="Images of commits within this duration of now.")
+    operator: Operator = Field("And", description="How `last` and `in` combine.")
 
 
 class References(_Strict):

@@ -17,12 +17,17 @@ def from_rows(rows: list[tuple], schema: pa.Schema) -> pa.Table:
     cols = list(zip(*rows)) if rows else [() for _ in schema.names]
     return pa.Table.from_arrays([pa.array(list(c), type=f.type) for c, f in zip(cols, schema)], schema=schema)
 
+
+def _text(*names: str) -> list[pa.Field]:
+    """String columns that are never null."""
+    return [pa.field(n, pa.string(), nullable=False) for n in names]
+
+
 # --- registry source -------------------------------------------------------------------------
 
 #: One row per (repository, tag). `gone` marks a tag listed but deleted before it could be read.
 TAGS = pa.schema([
-    pa.field("repository", pa.string(), nullable=False),
-    pa.field("tag", pa.string(), nullable=False),
+    *_text("repository", "tag"),
     pa.field("digest", pa.string()),            # null when gone
     pa.field("gone", pa.bool_(), nullable=False),
 ])
@@ -30,10 +35,7 @@ TAGS = pa.schema([
 #: One row per (repository, digest): every manifest reached from a tag, an index or a referrer.
 #: kind: image | index | artifact | referrers-index | unknown
 MANIFESTS = pa.schema([
-    pa.field("repository", pa.string(), nullable=False),
-    pa.field("digest", pa.string(), nullable=False),
-    pa.field("media_type", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
+    *_text("repository", "digest", "media_type", "kind"),
     pa.field("artifact_type", pa.string()),
     pa.field("size", pa.int64(), nullable=False),      # manifest + config + layers; index: + children
     pa.field("created", TS),                           # build time (annotation, else config), if trustworthy
@@ -43,19 +45,12 @@ MANIFESTS = pa.schema([
 
 #: Index → platform manifest edges.
 CHILDREN = pa.schema([
-    pa.field("repository", pa.string(), nullable=False),
-    pa.field("index_digest", pa.string(), nullable=False),
-    pa.field("child_digest", pa.string(), nullable=False),
+    *_text("repository", "index_digest", "child_digest"),
     pa.field("platform", pa.string()),                 # os/arch[/variant]
 ])
 
 #: Digest → commit links. source: annotation | label | tag-pattern. commit may be abbreviated.
-LINKS = pa.schema([
-    pa.field("repository", pa.string(), nullable=False),
-    pa.field("digest", pa.string(), nullable=False),
-    pa.field("commit", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-])
+LINKS = pa.schema(_text("repository", "digest", "commit", "source"))
 
 # --- kubernetes source -----------------------------------------------------------------------
 
@@ -63,31 +58,22 @@ LINKS = pa.schema([
 #: ephemeralContainers. image_id: resolved digest from pod status, if known. finished: a Job
 #: whose Complete or Failed condition is True (its images are not "in use").
 WORKLOADS = pa.schema([
-    pa.field("context", pa.string(), nullable=False),
-    pa.field("namespace", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("name", pa.string(), nullable=False),
-    pa.field("container", pa.string(), nullable=False),
-    pa.field("container_type", pa.string(), nullable=False),
-    pa.field("image", pa.string(), nullable=False),
+    *_text("context", "namespace", "kind", "name", "container", "container_type", "image"),
     pa.field("image_id", pa.string()),
     pa.field("finished", pa.bool_(), nullable=False),
 ])
 
 # --- helm source -----------------------------------------------------------------------------
 
-#: One row per (release revision, image referenced by its rendered manifest).
+#: One row per (release revision, image referenced by its rendered manifest). driver: secret | configmap.
 HELM = pa.schema([
-    pa.field("context", pa.string(), nullable=False),
-    pa.field("namespace", pa.string(), nullable=False),
-    pa.field("release", pa.string(), nullable=False),
+    *_text("context", "namespace", "release"),
     pa.field("revision", pa.int32(), nullable=False),
     pa.field("status", pa.string()),
     pa.field("chart", pa.string()),
     pa.field("app_version", pa.string()),
     pa.field("last_deployed", TS),
-    pa.field("driver", pa.string(), nullable=False),   # secret | configmap
-    pa.field("image", pa.string(), nullable=False),
+    *_text("driver", "image"),
 ])
 
 # --- git source ------------------------------------------------------------------------------
@@ -95,16 +81,14 @@ HELM = pa.schema([
 #: Branches and tags. kind: branch | tag. date: branch head committer date, annotated tag's
 #: tagger date, lightweight tag's commit date.
 GIT_REFS = pa.schema([
-    pa.field("name", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("commit", pa.string(), nullable=False),
+    *_text("name", "kind", "commit"),
     pa.field("date", TS, nullable=False),
     pa.field("annotated", pa.bool_(), nullable=False),
 ])
 
 #: The commit graph reachable from those refs.
 GIT_COMMITS = pa.schema([
-    pa.field("commit", pa.string(), nullable=False),
+    *_text("commit"),
     pa.field("committed", TS, nullable=False),
     pa.field("parents", pa.list_(pa.string()), nullable=False),
 ])
@@ -122,11 +106,9 @@ SOURCE_TABLES: dict[str, dict[str, pa.Schema]] = {
 #: One row per (repository, tag) of the snapshot (plus untagged relatives that go with a
 #: deleted subject). action: keep | delete. reasons: every rule that kept it, or why none did.
 PLAN = pa.schema([
-    pa.field("repository", pa.string(), nullable=False),
+    *_text("repository"),
     pa.field("tag", pa.string()),                      # null for an untagged relative
-    pa.field("digest", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("action", pa.string(), nullable=False),
+    *_text("digest", "kind", "action"),
     pa.field("reasons", pa.list_(pa.string()), nullable=False),
     pa.field("size", pa.int64(), nullable=False),
     pa.field("created", TS),
@@ -135,9 +117,8 @@ PLAN = pa.schema([
 #: Append-only sweep journal. event: planned | started | done | skipped | failed
 JOURNAL = pa.schema([
     pa.field("time", TS, nullable=False),
-    pa.field("plan_id", pa.string(), nullable=False),
-    pa.field("repository", pa.string(), nullable=False),
+    *_text("plan_id", "repository"),
     pa.field("target", pa.string(), nullable=False),   # digest or tag being deleted
-    pa.field("event", pa.string(), nullable=False),
+    *_text("event"),
     pa.field("detail", pa.string()),
 ])

@@ -2,7 +2,7 @@
 
 Every source module exposes `extract(config, store, now) -> {table name: pyarrow.Table}` and
 raises a `SourceError` when it could not read everything. A failed source writes no table at
-all, so nobody can mistake "could not list" for "nothing there" (SPEC.md, fail closed).
+all, so nobody can mistake "could not list" for "nothing there" (README "Safety": fail closed).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from tasks.config import ALL_SOURCES, RegsweepConfig
+from tasks.config import ALL_SOURCES, RegsweepConfig, git_section_problem
 from tasks.errors import ConfigError, SourceError
 from tasks.schemas import SOURCE_TABLES
 from tasks.store import SourceStatus, Store
@@ -30,9 +30,9 @@ def select_sources(config: RegsweepConfig, requested: list[str] | None) -> dict[
 
 def check_sources(config: RegsweepConfig, chosen: dict[str, bool]) -> None:
     """Refuse, before any work, a run whose configuration cannot feed a chosen source."""
-    if chosen.get("git") and config.git is None:
-        raise ConfigError("git", "required by the git history policies: set git.path or git.url, "
-                                 "or cleanup.disableGitHistoryBasedPolicy: true")
+    problem = git_section_problem(config.git) if chosen.get("git") else None
+    if problem:
+        raise ConfigError("git", problem)
 
 
 def preload_sources(chosen: dict[str, bool]) -> None:

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
+from flows.prefect_env import set_defaults
+
 # Prefect must be configured before it is first imported anywhere in the test session.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+set_defaults()
 
 pytest_plugins = ["tests.support.registry", "tests.support.kube", "tests.support.gitrepo", "tests.support.s3"]
 

@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.config import new_client_from_config
 
-from tasks import cluster
+from tasks import cluster, kube
 from tasks.config import parse_config
 from tasks.errors import ClusterError
 from tasks.snapshot import run_source
@@ -169,7 +169,7 @@ def test_a_list_that_keeps_expiring_fails_after_bounded_restarts(one, tmp_path):
     server.expire_continue("pods", nth=1, times=100)
     with pytest.raises(ClusterError, match=r"context prod, kind Pod\): listing pods kept expiring"):
         rows_of(make_config(tmp_path, kubeconfig, pageSize=1))
-    assert len([q for q in server.list_requests("pods") if "continue" not in q]) == cluster.MAX_LIST_RESTARTS + 1
+    assert len([q for q in server.list_requests("pods") if "continue" not in q]) == kube.MAX_LIST_RESTARTS + 1
 
 
 def test_forbidden_in_one_namespace_names_context_namespace_and_kind(one, tmp_path):

@@ -181,10 +181,6 @@ class KubeServer:
         """Wait `seconds` before answering lists of `plural` (client timeouts)."""
         self._faults.append(_Fault(plural, namespace, 200, "", "", delay=seconds))
 
-    def clear_faults(self) -> None:
-        self._faults.clear()
-        self._continued.clear()
-
     def _fault_for(self, plural: str, namespace: str | None, continued: bool) -> _Fault | None:
         if continued:
             self._continued[plural] = self._continued.get(plural, 0) + 1
