@@ -249,6 +249,11 @@ def sweep(
             typer.echo(f"regsweep: error: {e}", err=True)
             typer.echo("not approved: deleted nothing")
             raise typer.Exit(1)
+        except StoreError as e:
+            # Before the lock is held nothing can have gone; after it, the journal is the record.
+            typer.echo(f"regsweep: error: {e}", err=True)
+            typer.echo(f"failed: store error; journal/{plan_id} in the store records every deletion made")
+            raise typer.Exit(1)
         typer.echo(result["summary"])
 
     _run(body)

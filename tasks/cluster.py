@@ -106,7 +106,7 @@ def extract(config: "RegsweepConfig", store: "Store", now: datetime) -> dict[str
     return {"workloads": workloads_table(config.kubernetes)}
 
 
-def scan_in_use(config: "RegsweepConfig") -> "pandas.DataFrame":
+def scan_in_use(k: "KubernetesConfig") -> "pandas.DataFrame":
     """A fresh scan for the sweep's last check: the same rows, finished Jobs dropped."""
-    df = workloads_table(config.kubernetes).to_pandas()
+    df = workloads_table(k).to_pandas()
     return df[~df["finished"]].reset_index(drop=True)

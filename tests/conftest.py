@@ -11,7 +11,8 @@ from flows.prefect_env import set_defaults
 # Prefect must be configured before it is first imported anywhere in the test session.
 set_defaults()
 
-pytest_plugins = ["tests.support.registry", "tests.support.kube", "tests.support.gitrepo", "tests.support.s3"]
+pytest_plugins = ["tests.support.registry", "tests.support.kube", "tests.support.gitrepo", "tests.support.s3",
+                  "tests.support.sweeps"]
 
 
 @pytest.fixture(scope="session")

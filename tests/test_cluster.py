@@ -104,7 +104,7 @@ def test_scan_in_use_drops_finished_jobs_only(one, tmp_path):
     server, kubeconfig = one
     server.add(workload("Job", "b", "done", ["r/done:1"], job_conditions=[("Complete", "True")]),
                workload("Job", "b", "live", ["r/live:1"]), workload("Deployment", "b", "d", ["r/d:1"]))
-    df = cluster.scan_in_use(make_config(tmp_path, kubeconfig))
+    df = cluster.scan_in_use(make_config(tmp_path, kubeconfig).kubernetes)
     assert sorted(df["image"]) == ["r/d:1", "r/live:1"]
     assert list(df.columns) == ["context", "namespace", "kind", "name", "container", "container_type",
                                 "image", "image_id", "finished"]

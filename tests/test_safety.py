@@ -23,8 +23,7 @@ from tests.support.gitrepo import RepoBuilder
 from testbed import push_artifact, push_index, tag_manifest
 from tests.support.kube import helm_release, helm_secret, manifest, workload
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, config, decisions, plan_of, reasons
-from tests.test_sweep import make_plan, old, plan_of as stored_plan_of, status, take_snapshot, write_config
-from tests.test_sweep import sweep  # noqa: F401 - a fixture, found by pytest in this module's names
+from tests.support.sweeps import make_plan, old, plan_of as stored_plan_of, status, take_snapshot, write_config
 
 h = lambda n: NOW - timedelta(hours=n)  # noqa: E731
 

@@ -13,109 +13,19 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import yaml
 
 from tasks.config import load_config
 from tasks.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
-from testbed import MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest
-from tasks.store import SourceStatus, Store, new_id, utcnow
+from testbed import push_artifact, push_index, tag_manifest
+from tasks.store import Store, new_id, utcnow
 from tasks.lock import lock_path, sweep_lock
-from tasks.sweep import Journal
-
-OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def write_config(tmp_path: Path, url: str, repo: str, *, sweep: dict | None = None,
-                 kubeconfig: Path | None = None, name: str = "regsweep.yaml") -> Path:
-    data = {
-        "store": str(tmp_path / "store"),
-        "registry": {"url": url, "repositories": [repo], "concurrency": 4},
-        "cleanup": {"disableKubernetesBasedPolicy": kubeconfig is None, "disableGitHistoryBasedPolicy": True,
-                    "keepImagesBuiltWithinLastNHours": 2, "unlinkedImages": "delete"},
-        "helm": {"enabled": False},
-        "sweep": {"concurrency": 2, **(sweep or {})},
-    }
-    if kubeconfig is not None:
-        data["kubernetes"] = {"kubeconfig": str(kubeconfig)}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def take_snapshot(cfg, now: datetime | None = None) -> str:
-    """A snapshot taken by the real extractors, published as the snapshot flow does.
-
-    `now` is the clock of the machine taking it: an earlier one makes a snapshot as old as a run
-    that long ago would have left, a later one a snapshot from a clock running ahead.
-    """
-    from tasks.snapshot import run_source, select_sources, snapshot_meta
-
-    store = Store(cfg.store)
-    now = now or utcnow()
-    sid = new_id(now)
-    staging = store.staging_dir(sid)
-    statuses = {name: (run_source(name, cfg, staging, now) if on else SourceStatus("skipped"))
-                for name, on in select_sources(cfg, None).items()}
-    store.publish_snapshot(sid, snapshot_meta(now, cfg, statuses))
-    return sid
-
-
-def make_plan(cfg, sid: str) -> str:
-    """Evaluate a snapshot into a stored plan, as the plan flow does."""
-    from tasks.plan import make_plan as evaluate_and_publish
-
-    return evaluate_and_publish(cfg, sid).plan_id
-
-
-def plan_of(cfg) -> str:
-    return make_plan(cfg, take_snapshot(cfg))
-
-
-def status(client, repo: str, ref: str) -> int:
-    return client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}).status_code
-
-
-def resolves_to(client, repo: str, ref: str) -> str | None:
-    """The digest the registry itself serves for `ref` now (None when it does not know it)."""
-    r = client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT})
-    return r.headers["docker-content-digest"] if r.status_code == 200 else None
-
-
-@pytest.fixture
-def sweep(prefect_harness):
-    """`sweep(cfg, plan, **flow parameters)`: run the sweep flow as the CLI does; its JSON report."""
-    from flows.sweep import sweep_flow
-
-    def run(cfg, plan: str, **parameters) -> dict:
-        return sweep_flow(config=cfg, plan=plan, **parameters)
-
-    return run
-
-
-def journal_events(cfg, plan_id: str) -> list[dict]:
-    return Journal(Store(cfg.store), plan_id).read().to_pylist()
-
-
-_builds = iter(range(10**9))
-
-
-def old(client, repo, tag, **kw):
-    """An image built in 2024 (no rule keeps it); every call builds a distinct image."""
-    return push_image(client, repo, tag, config={"created": OLD, "config": {"Labels": {"build": str(next(_builds))}}}, **kw)
-
-
-def fresh(client, repo, tag, **kw):
-    """An image built just now (kept by keepImagesBuiltWithinLastNHours)."""
-    return push_image(client, repo, tag, config={"created": utcnow(), "config": {"Labels": {"build": str(next(_builds))}}}, **kw)
-
+from tests.support.sweeps import (fresh, journal_events, make_plan, old, plan_of, resolves_to, status,
+                                  take_snapshot, write_config)
 
 # --------------------------------------------------------------------------- what goes, what stays
 

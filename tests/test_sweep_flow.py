@@ -19,7 +19,7 @@ import pytest
 from tasks.config import load_config
 from tasks.errors import SweepLocked, SweepNotApproved
 from tasks.store import Store
-from tests.test_sweep import fresh, journal_events, old, plan_of, status, write_config
+from tests.support.sweeps import fresh, journal_events, old, plan_of, status, write_config
 
 
 def start_in_thread(fn, **kwargs):
@@ -216,3 +216,21 @@ def test_sweep_killed_midway_resumes_from_the_journal(prefect_api_url, run_cli, 
     events = journal_events(cfg, plan)
     assert {e["target"] for e in events if e["event"] == "done"} == set(doomed)
     assert list(Path(Store(cfg.store).path("locks")).glob("*.lock")) == []  # the dead run's lock was taken over
+
+
+def test_cli_store_that_cannot_hold_the_journal_exits_1_naming_the_path(run_cli, registry, registry_client,
+                                                                        unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    doomed = [old(c, repo, t) for t in ("a", "b")]
+    path = write_config(tmp_path, registry.url, repo)
+    cfg = load_config(path)
+    plan = plan_of(cfg)
+    blocker = Path(Store(cfg.store).path("journal"))
+    blocker.write_text("a file where the store needs a directory")
+
+    r = run_cli("sweep", "--config", path, "--plan", plan, "--yes")
+
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and str(blocker) in r.stderr
+    assert r.stdout.strip().splitlines()[-1] == f"failed: store error; journal/{plan} in the store records every deletion made"
+    assert all(status(c, repo, d) == 200 for d in doomed)

@@ -21,11 +21,6 @@ if TYPE_CHECKING:
     from tasks.config import RegsweepConfig, SweepConfig
     from tasks.distribution import RegistryClient
 
-#: Whether a registry removes a lone tag (DELETE /manifests/<tag>), learnt once per registry
-#: per process: Distribution 2.8 refuses (400 DIGEST_INVALID), Distribution 3 and others accept.
-_TAG_DELETE_SUPPORT: dict[str, bool] = {}
-
-
 def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dry_run: bool = False) -> SweepReport:
     """Re-check and delete an approved intent (or, dry, report what would go).
 
@@ -164,7 +159,7 @@ async def execute(client: "RegistryClient", intent: Intent, journal: Journal | N
                 return outcome(t, SKIPPED, f"{p}, which it belongs to, was not deleted")
         if stop:
             return outcome(t, SKIPPED, f"not attempted: {stop[0]}")
-        if t.is_tag and _TAG_DELETE_SUPPORT.get(registry) is False:
+        if t.is_tag and client.tag_delete_supported is False:
             return outcome(t, SKIPPED, no_tag_delete(t))
         try:
             if t.key in intent.in_flight:
@@ -195,16 +190,15 @@ async def execute(client: "RegistryClient", intent: Intent, journal: Journal | N
         outcome(t, DONE, "" if existed else "already gone (404)")
 
     async def delete_tag(t: Target) -> None:
-        # The first lone-tag deletion probes whether the registry can do it; the rest wait for the answer.
-        async with tag_probe if registry not in _TAG_DELETE_SUPPORT else contextlib.nullcontext():
-            if _TAG_DELETE_SUPPORT.get(registry) is False:
+        # The first lone-tag deletion finds out whether the registry can do it (the client
+        # remembers the answer); the rest wait for it instead of each being refused.
+        async with tag_probe if client.tag_delete_supported is None else contextlib.nullcontext():
+            if client.tag_delete_supported is False:
                 return outcome(t, SKIPPED, no_tag_delete(t))
             try:
                 existed = await client.delete_tag(t.repository, t.ref)
             except UnsupportedOperation:
-                _TAG_DELETE_SUPPORT[registry] = False
                 return outcome(t, SKIPPED, no_tag_delete(t))
-            _TAG_DELETE_SUPPORT[registry] = True
         outcome(t, DONE, "tag removed, its digest stays" if existed else "already gone (404)")
 
     all_done = asyncio.Event()

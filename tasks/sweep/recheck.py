@@ -73,7 +73,7 @@ def cluster_protection(config: "RegsweepConfig", targets: list[Target]) -> Prote
     from tasks.cluster import scan_in_use
 
     prot = Protection()
-    workloads = scan_in_use(config)
+    workloads = scan_in_use(config.kubernetes)
     matcher = RegistryMatcher(config.registry.url, config.registry.aliases)
     by_tag: dict[tuple[str, str], str] = {}
     by_digest: dict[tuple[str, str], str] = {}
