@@ -96,9 +96,10 @@ def snapshot(
         selected = select_sources(cfg, chosen)
         check_sources(cfg, selected)
         if selected["kubernetes"] or selected["helm"]:
-            from tasks.kube import preflight as cluster_preflight
+            from tasks.kubedump import preflight as cluster_preflight
 
-            cluster_preflight(cfg.kubernetes)  # a typo in a context name is exit 2, not an incomplete snapshot
+            # a typo in a context name or a dump's file name is exit 2, not an incomplete snapshot
+            cluster_preflight(cfg, selected)
         if "registry" in (chosen or ALL_SOURCES):
             from tasks.registry import preflight
 

@@ -82,8 +82,24 @@ def _rows_of(kind: Kind, context: str) -> Callable[[list[dict]], list[tuple]]:
     return consume
 
 
+def scan_dumps(k: "KubernetesConfig") -> list[tuple]:
+    """The same rows from `kubernetes.dumps` (tasks/kubedump.py); a malformed dump is a ClusterError."""
+    from tasks.errors import ClusterError
+    from tasks.kubedump import WORKLOADS_COMMAND, objects_by_kind
+
+    kinds = {kind.kind: kind for kind in WORKLOAD_KINDS}
+    rows = [r for context, name, objs in objects_by_kind(k.dumps, set(kinds), k.namespaces, WORKLOADS_COMMAND,
+                                                           ClusterError)
+            for r in _rows_of(kinds[name], context)(objs)]
+    reporter().finish("kubernetes", f"Kubernetes: {len(rows)} container images in {len(k.dumps)} dump(s)")
+    return rows
+
+
 def scan(k: "KubernetesConfig") -> list[tuple]:
     """Every (context, namespace, kind, name, container, container_type, image, image_id, finished)."""
+    if k.dumps:
+        return scan_dumps(k)
+
     def units_of(cl, ns) -> list[Callable[[], list]]:
         return [lambda kind=kind: list_objects(cl, kind, ns, _rows_of(kind, cl.context)) for kind in WORKLOAD_KINDS]
 

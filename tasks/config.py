@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.errors import ConfigError
 from tasks.policy import CleanupPolicy
@@ -95,17 +95,40 @@ class GitConfig(_Strict):
     remote: str = Field("origin", description="Branches are refs/remotes/<remote>/* when present, else refs/heads/*.")
 
 
+class DumpFile(_Strict):
+    """One offline dump (tasks/kubedump.py): objects read from a file instead of a live cluster."""
+
+    file: str = Field(description="A `kubectl get ... -A -o json` output file (relative paths: to the config file).")
+    context: str | None = Field(None, description="Context name recorded for its objects; default: the file name up to its first dot.")
+
+
+def _dump_list(v: Any) -> Any:
+    # `dumps: [prod.json]` is shorthand for `dumps: [{file: prod.json}]`.
+    return [{"file": d} if isinstance(d, str) else d for d in v] if isinstance(v, list) else v
+
+
+Dumps = Annotated[list[DumpFile], BeforeValidator(_dump_list)]
+
+
 class KubernetesConfig(_Strict):
     kubeconfig: str | None = Field(None, description="Default: $KUBECONFIG, ~/.kube/config, in-cluster.")
     contexts: list[str] = Field(default_factory=list, description="Contexts to scan; default: the current one.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to scan; default: all.")
     timeout: float = Field(30.0, gt=0, description="Seconds per API request.")
     pageSize: int = Field(500, ge=1, description="Objects per list page (limit/continue).")
+    dumps: Dumps = Field(default_factory=list, description=(
+        "Offline input: read workloads from these `kubectl get pods,deploy,rs,sts,ds,job,cronjob,rc -A -o json` "
+        "dumps instead of a live cluster (the sweep's cluster re-check re-reads them)."))
+    serviceAccount: str = Field("/var/run/secrets/kubernetes.io/serviceaccount", description=(
+        "In-cluster only (no kubeconfig): the directory holding the mounted service-account `token` and `ca.crt`."))
 
 
 class HelmConfig(_Strict):
     enabled: bool = Field(True, description="Scan Helm release history (Secret and ConfigMap drivers).")
     keepRevisions: int = Field(0, ge=0, description="0 = every stored revision is a rollback target; N = the newest N per release, plus its last deployed one.")
+    dumps: Dumps = Field(default_factory=list, description=(
+        "Offline input: read release history from these `kubectl get secrets,configmaps -A -l owner=helm -o json` "
+        "dumps instead of a live cluster."))
 
 
 class SweepConfig(_Strict):
@@ -242,4 +265,7 @@ def _anchor_paths(cfg: RegsweepConfig, base: Path) -> RegsweepConfig:
             data["git"][key] = anchor(data["git"][key])
     if data.get("kubernetes", {}).get("kubeconfig"):
         data["kubernetes"]["kubeconfig"] = anchor(data["kubernetes"]["kubeconfig"])
+    for section in ("kubernetes", "helm"):
+        for d in (data.get(section) or {}).get("dumps") or ():
+            d["file"] = anchor(d["file"])
     return RegsweepConfig.model_validate(data)

@@ -274,10 +274,32 @@ def newest(stored: list[Stored], keep: int) -> list[Stored]:
     return out
 
 
+DRIVERS = {"Secret": "secret", "ConfigMap": "configmap"}
+
+
+def stored_in_dumps(k: "KubernetesConfig", helm: "HelmConfig") -> list[Stored]:
+    """Stored revisions from `helm.dumps` (tasks/kubedump.py), with the live list's own selector
+    applied (a dump of every Secret holds non-Helm ones too); a malformed dump is a HelmError."""
+    from tasks.kubedump import HELM_COMMAND, objects_by_kind
+
+    out = []
+    for context, kind, objs in objects_by_kind(helm.dumps, set(DRIVERS), k.namespaces, HELM_COMMAND, HelmError):
+        for obj in objs:
+            if ((obj.get("metadata") or {}).get("labels") or {}).get("owner") == "helm":
+                s = _stored(context, DRIVERS[kind], obj)
+                if s is not None:
+                    out.append(s)
+    return out
+
+
 def scan(k: "KubernetesConfig", helm: "HelmConfig") -> list[tuple]:
     """HELM rows for every stored revision in every scanned context and namespace."""
     keep = helm.keepRevisions
     images_of = ManifestImages()
+    if helm.dumps:
+        rows = [r for s in newest(stored_in_dumps(k, helm), keep) for r in release_rows(s, images_of)]
+        reporter().finish("helm", f"Helm: {len(rows)} images from {len(helm.dumps)} dump(s)")
+        return rows
 
     def unit(cl: Cluster, ns: str | None, kind, driver: str):
         def consume(items: list[dict]) -> list:

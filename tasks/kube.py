@@ -19,7 +19,8 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config import ConfigException, list_kube_config_contexts, load_incluster_config, load_kube_config
+from kubernetes.config import ConfigException, list_kube_config_contexts, load_kube_config
+from kubernetes.config.incluster_config import InClusterConfigLoader
 from urllib3.util.retry import Retry
 
 from tasks.errors import ClusterError, ConfigError
@@ -99,7 +100,9 @@ def connect(k: "KubernetesConfig") -> list[Cluster]:
                                f"{IN_CLUSTER!r} is available", context=k.contexts[0])
         cfg = Configuration()
         try:
-            load_incluster_config(client_configuration=cfg)
+            # The loader's own file parameters: the mounted service account, or another directory.
+            InClusterConfigLoader(token_filename=os.path.join(k.serviceAccount, "token"),
+                                  cert_filename=os.path.join(k.serviceAccount, "ca.crt")).load_and_set(cfg)
         except ConfigException as e:
             raise ClusterError(f"in-cluster configuration: {e}", context=IN_CLUSTER) from None
         return [client(cfg, IN_CLUSTER)]

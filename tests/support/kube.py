@@ -1,4 +1,5 @@
-"""A small Kubernetes API server on loopback for the real `kubernetes` client, plus Helm's encoders.
+"""A small Kubernetes API server on loopback for the real `kubernetes` client (object builders and
+Helm's encoders: testbed/kube.py, re-exported here).
 
 No kube-apiserver can run here and kmock's list ignores limit/continue/labelSelector, so this
 server speaks just the list part of the API with the real shapes: `kind: PodList`, `apiVersion`,
@@ -9,17 +10,13 @@ resource (and namespace): 403, 5xx, 410 Expired on the Nth continued request, sl
 Objects are serialised once when added and pages are joined from those bytes, so the server
 stays fast enough for benchmarks to measure the client, not the server.
 
-The Helm encoders mirror helm/helm pkg/storage/driver: `encodeRelease` (util.go) is
-json.Marshal → gzip (BestCompression) → base64.StdEncoding; the Secret driver stores that
-string as `data.release` bytes, which the API server serialises as base64 again; the ConfigMap
-driver stores the string itself. Labels: name, owner=helm, status, version (+ createdAt).
 """
 
 from __future__ import annotations
 
 import base64
-import gzip
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,7 +41,6 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "jobs": ("/apis/batch/v1", "Job"),
     "cronjobs": ("/apis/batch/v1", "CronJob"),
 }
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 PLURAL_OF_KIND = {kind: plural for plural, (_, kind) in RESOURCES.items()}
 
 
@@ -122,6 +118,7 @@ class KubeServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.record_requests = True
         self._httpd: ThreadingHTTPServer | None = None
+        self._tls: "ssl.SSLContext | None" = None
 
     # -- objects --------------------------------------------------------------------------------
     def add(self, *objs: dict) -> None:
@@ -239,7 +236,10 @@ class KubeServer:
         """Status, body and delay for one GET."""
         if self.record_requests:
             self.requests.append((path, query))
-        if self.token is not None and auth != f"Bearer {self.token}":
+        # The scheme is case-insensitive, as the API server's bearer-token authenticator reads it
+        # (the client's in-cluster loader sends "bearer <token>").
+        scheme, _, credential = (auth or "").partition(" ")
+        if self.token is not None and (scheme.lower() != "bearer" or credential != self.token):
             return 401, json.dumps(_status(401, "Unauthorized", "Unauthorized")).encode(), 0.0
         parts = path.strip("/").split("/")
         # /api/v1/[namespaces/{ns}/]{plural}  or  /apis/{group}/{version}/[namespaces/{ns}/]{plural}
@@ -268,8 +268,10 @@ class KubeServer:
         return 200, body, delay
 
     # -- serving --------------------------------------------------------------------------------
-    def start(self) -> "KubeServer":
+    def start(self, tls: "ssl.SSLContext | None" = None) -> "KubeServer":
+        """Serve on a free loopback port; over TLS with `tls` (a server-side SSLContext)."""
         server = self
+        self._tls = tls
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -294,6 +296,8 @@ class KubeServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                          name="kube-server", daemon=True).start()
         return self
@@ -307,7 +311,12 @@ class KubeServer:
     @property
     def url(self) -> str:
         assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self._httpd.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None
+        return self._httpd.server_address[1]
 
     def list_requests(self, plural: str) -> list[dict[str, str]]:
         return [q for p, q in self.requests if p.endswith("/" + plural)]
@@ -333,122 +342,9 @@ def write_kubeconfig(path: Path, contexts: dict[str, tuple[str, str | None]], cu
     return path
 
 
-# --- object builders -----------------------------------------------------------------------------
-
-def containers(images: Iterable[str] | dict[str, str], prefix: str = "c") -> list[dict]:
-    """Container specs from images (a list: names c0, c1.. ; a dict: {name: image})."""
-    items = images.items() if isinstance(images, dict) else ((f"{prefix}{i}", im) for i, im in enumerate(images))
-    return [{"name": n, "image": im, "imagePullPolicy": "IfNotPresent", "resources": {}} for n, im in items]
-
-
-def pod_spec(images, init: Iterable[str] = (), ephemeral: Iterable[str] = ()) -> dict:
-    spec: dict[str, Any] = {"containers": containers(images), "restartPolicy": "Always"}
-    if init:
-        spec["initContainers"] = containers(init, "init")
-    if ephemeral:
-        spec["ephemeralContainers"] = containers(ephemeral, "debug")
-    return spec
-
-
-def _meta(namespace: str, name: str, labels: dict | None = None) -> dict:
-    return {"name": name, "namespace": namespace, "labels": labels or {"app": name},
-            "creationTimestamp": "2026-11-01T00:00:00Z"}
-
-
-def pod(namespace: str, name: str, images, init=(), ephemeral=(), image_ids: dict[str, str] | None = None,
-        phase: str = "Running") -> dict:
-    """A Pod; `image_ids` maps container name → status imageID (containers, init, ephemeral alike)."""
-    spec = pod_spec(images, init, ephemeral)
-    image_ids = image_ids or {}
-    status: dict[str, Any] = {"phase": phase}
-    for key, field_ in (("containers", "containerStatuses"), ("initContainers", "initContainerStatuses"),
-                        ("ephemeralContainers", "ephemeralContainerStatuses")):
-        if key in spec:
-            status[field_] = [{"name": c["name"], "image": c["image"], "imageID": image_ids.get(c["name"], ""),
-                               "ready": True, "restartCount": 0} for c in spec[key]]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": _meta(namespace, name), "spec": spec, "status": status}
-
-
-def workload(kind: str, namespace: str, name: str, images, init=(), ephemeral=(), replicas: int = 1,
-             job_conditions: list[tuple[str, str]] | None = None) -> dict:
-    """A Deployment, ReplicaSet, StatefulSet, DaemonSet, ReplicationController, Job or CronJob."""
-    template = {"metadata": {"labels": {"app": name}}, "spec": pod_spec(images, init, ephemeral)}
-    api = {"ReplicationController": "v1", "Job": "batch/v1", "CronJob": "batch/v1"}.get(kind, "apps/v1")
-    obj: dict[str, Any] = {"apiVersion": api, "kind": kind, "metadata": _meta(namespace, name)}
-    if kind == "CronJob":
-        obj["spec"] = {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template}}}
-    elif kind == "Job":
-        obj["spec"] = {"template": template, "backoffLimit": 1}
-        obj["status"] = {"conditions": [{"type": t, "status": s, "lastTransitionTime": "2026-11-01T00:05:00Z"}
-                                        for t, s in (job_conditions or [])]}
-    elif kind == "ReplicationController":
-        obj["spec"] = {"replicas": replicas, "selector": {"app": name}, "template": template}
-    else:
-        obj["spec"] = {"selector": {"matchLabels": {"app": name}}, "template": template}
-        if kind != "DaemonSet":
-            obj["spec"]["replicas"] = replicas
-    return obj
-
-
-# --- Helm storage drivers ------------------------------------------------------------------------
-
-def helm_release(name: str, namespace: str, revision: int, manifest: str, *, status: str = "deployed",
-                 chart: str = "app", chart_version: str = "1.0.0", app_version: str | None = "1.0",
-                 last_deployed: str = "2026-11-01T10:00:00.123456789Z", hooks: list[dict] | None = None) -> dict:
-    """A release as Helm 3's `release.Release` marshals to JSON."""
-    md: dict[str, Any] = {"name": chart, "version": chart_version, "apiVersion": "v2"}
-    if app_version is not None:
-        md["appVersion"] = app_version
-    rel = {"name": name,
-           "info": {"first_deployed": "2026-10-01T10:00:00Z", "last_deployed": last_deployed,
-                    "deleted": "", "description": "Upgrade complete", "status": status},
-           "chart": {"metadata": md, "lock": None, "templates": [], "values": {}, "schema": None, "files": []},
-           "config": {}, "manifest": manifest, "version": revision, "namespace": namespace}
-    if hooks:
-        rel["hooks"] = hooks
-    return rel
-
-
-def encode_release(release: dict, compress: bool = True) -> str:
-    """helm/helm pkg/storage/driver/util.go encodeRelease: base64(gzip(json)); `compress=False`
-    is the pre-compression format decodeRelease still accepts (no gzip magic header)."""
-    raw = json.dumps(release, separators=(",", ":")).encode()
-    if compress:
-        raw = gzip.compress(raw, compresslevel=9, mtime=0)
-    return base64.b64encode(raw).decode()
-
-
-def _helm_labels(release: dict) -> dict[str, str]:
-    return {"name": release["name"], "owner": "helm", "status": release["info"]["status"],
-            "version": str(release["version"]), "createdAt": "1790000000"}
-
-
-def helm_secret(release: dict, *, compress: bool = True, payload: str | None = None) -> dict:
-    """The Secret driver's object (secrets.go newSecretsObject); `payload` overrides data.release's string."""
-    s = payload if payload is not None else encode_release(release, compress)
-    return {"apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
-            "metadata": {"name": f"sh.helm.release.v1.{release['name']}.v{release['version']}",
-                         "namespace": release["namespace"], "labels": _helm_labels(release)},
-            # Secret.Data is []byte: the API server's JSON carries it base64-encoded once more.
-            "data": {"release": base64.b64encode(s.encode()).decode()}}
-
-
-def helm_configmap(release: dict, *, compress: bool = True, payload: str | None = None) -> dict:
-    """The ConfigMap driver's object (cfgmaps.go newConfigMapsObject): data.release is the string."""
-    s = payload if payload is not None else encode_release(release, compress)
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": f"{release['name']}.v{release['version']}",
-                         "namespace": release["namespace"], "labels": _helm_labels(release)},
-            "data": {"release": s}}
-
-
-def manifest(*docs: dict | str) -> str:
-    """A rendered multi-document manifest the way Helm stores it (`---\\n# Source: ...`)."""
-    out = []
-    for i, d in enumerate(docs):
-        body = d if isinstance(d, str) else yaml.dump(d, Dumper=_DUMPER, sort_keys=False)
-        out.append(f"---\n# Source: chart/templates/t{i}.yaml\n{body}")
-    return "\n".join(out)
+# Object builders and Helm encoders live in testbed/kube.py (the demo uses them too).
+from testbed.kube import (_meta, containers, encode_release, helm_configmap, helm_release,  # noqa: F401
+                          helm_secret, kubectl_list, manifest, pod, pod_spec, workload)
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -460,8 +356,8 @@ class KubeEnv:
     tmp: Path
     servers: list[KubeServer] = field(default_factory=list)
 
-    def server(self, token: str | None = None) -> KubeServer:
-        s = KubeServer(token=token).start()
+    def server(self, token: str | None = None, tls: "ssl.SSLContext | None" = None) -> KubeServer:
+        s = KubeServer(token=token).start(tls)
         self.servers.append(s)
         return s
 
