@@ -1,86 +1,245 @@
-"""`make demo`: a local registry seeded with sample images and a git history, snapshotted and planned.
+"""`make demo`: the whole product on one machine, up until Ctrl-C.
 
-Everything lives under ./var/demo (the store persists between runs, so `regsweep history`
-grows; the registry and git repository are rebuilt each time). Runs the same flows the CLI runs.
+A Prefect server (SQLite, loopback) and a process worker; a local registry seeded from a git
+history with main, a release branch with tags, an active and a stale feature branch; two
+clusters and a Helm history as kubectl dumps (offline input); the deployments of
+deployments/prefect.yaml registered with the demo's configuration; one snapshot → plan → sweep
+cycle run through them, the sweep paused for approval in the UI. Everything lives under
+./var/demo: the store and Prefect's database persist between runs (history grows), the registry,
+git repository and dumps are rebuilt. A run left over from an earlier demo is cancelled.
+The demo infrastructure is testbed/'s (demo.py: the sample world, prefect.py: server and worker).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import signal
+import socket
 import sys
-from datetime import datetime, timedelta, timezone
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from flows.prefect_env import set_defaults
 
-set_defaults()  # before anything imports Prefect
+ROOT = Path(__file__).resolve().parents[1]
+POOL = "regsweep-demo"
+DEPLOYMENTS = {"snapshot": "regsweep-snapshot/snapshot-hourly", "plan": "regsweep-plan/plan-daily",
+               "sweep": "regsweep-sweep/sweep-approved"}
 
 
-def build_git_history(path: Path, now: datetime) -> list[str]:
-    """A clone-like repository: main with 8 hourly commits, a feature branch, a release tag."""
-    import pygit2
-
-    if path.exists():
-        shutil.rmtree(path)
-    repo = pygit2.init_repository(str(path))
-    repo.remotes.create("origin", path.resolve().as_uri())
-    tree = repo.TreeBuilder().write()
-    main: list[str] = []
-    parent: list = []
-    for i in range(8, 0, -1):  # oldest first
-        when = now - timedelta(hours=i)
-        sig = pygit2.Signature("demo", "demo@example.invalid", int(when.timestamp()), 0)
-        oid = repo.create_commit(None, sig, sig, f"main commit {9 - i}", tree, parent)
-        parent = [oid]
-        main.append(str(oid))
-    repo.references.create("refs/remotes/origin/main", pygit2.Oid(hex=main[-1]))
-    repo.references.create("refs/heads/main", pygit2.Oid(hex=main[-1]))
-    sig = pygit2.Signature("demo", "demo@example.invalid", int((now - timedelta(days=30)).timestamp()), 0)
-    repo.create_tag("v1.2.0", pygit2.Oid(hex=main[0]), pygit2.enums.ObjectType.COMMIT, sig, "release 1.2.0")
-    return list(reversed(main))  # newest first, as seed_demo wants
+def _port(preferred: int = 4200) -> int | None:
+    """Prefect's usual port when it is free, else None (any free port)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return None
+    return preferred
 
 
-def main() -> int:
-    from flows.plan import plan_flow
-    from flows.snapshot import snapshot_flow
-    from tasks.config import parse_config
-    from testbed import LocalRegistry, seed_demo
+def demo_config(base: Path, registry_url: str, dumps: dict[str, list[Path]]) -> dict:
+    """The demo's configuration: werf's default policies, the dumps as cluster input."""
+    from testbed.demo import ALIAS
+
+    return {
+        "store": str(base / "store"),
+        "registry": {"url": registry_url, "aliases": [ALIAS], "concurrency": 8},
+        "link": {"tagPatterns": ["^sha-(?P<commit>[0-9a-f]{7,40})$"]},
+        "git": {"path": str(base / "git")},
+        "kubernetes": {"dumps": [{"file": str(p), "context": p.stem} for p in dumps["kubernetes"]]},
+        "helm": {"dumps": [{"file": str(p), "context": "prod"} for p in dumps["helm"]]},
+        "cleanup": {
+            "keepPolicies": [
+                {"references": {"tag": "/.*/", "limit": {"last": 10}}},
+                {"references": {"branch": "/.*/", "limit": {"last": 10, "in": "168h", "operator": "And"}},
+                 "imagesPerReference": {"last": 2, "in": "168h", "operator": "And"}},
+                {"references": {"branch": "/^(main|master)$/"}, "imagesPerReference": {"last": 5}},
+            ],
+            "keepImagesBuiltWithinLastNHours": 2,
+        },
+        "sweep": {"maxPlanAge": "24h", "approvalTimeout": "24h"},
+    }
+
+
+def _say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _note(line: str) -> None:
+    print(f"demo: {line}", file=sys.stderr, flush=True)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum, frame):
+    raise _Stop()
+
+
+def run_cycle(server, config: dict) -> dict:
+    """Snapshot and plan through their deployments (waiting for each), then the sweep up to its pause."""
+    from prefect.deployments import run_deployment
+
+    from testbed.prefect import PrefectProcessError, wait_for_run
+
+    out = {}
+    for step in ("snapshot", "plan"):
+        run = run_deployment(DEPLOYMENTS[step], timeout=0, _sync=True)
+        run = wait_for_run(run.id, timeout=300)
+        if not run.state.is_completed():
+            raise PrefectProcessError(f"the {step} run {server.run_url(run.id)} ended {run.state.name}: {run.state.message}")
+        out[step] = run
+        _note(f"{step} run {run.name}: {run.state.name}")
+    run = run_deployment(DEPLOYMENTS["sweep"], timeout=0, _sync=True)
+    out["sweep"] = wait_for_run(run.id, until="paused", timeout=300)
+    _note(f"sweep run {run.name}: paused for approval")
+    return out
+
+
+def instructions(server, registry_url: str, summary: dict, config: dict, config_path: Path, runs: dict) -> list[str]:
+    """What a newcomer reads: where everything is, what to click, what explain and history say."""
+    from tasks.config import load_config
+    from tasks.history import growth, render_text
+    from tasks.plan import explain
     from tasks.store import Store
+    from tasks.units import human_bytes
 
-    base = Path("var/demo").resolve()
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    commits = build_git_history(base / "git", now)
-    registry_dir = base / "registry"
-    if registry_dir.exists():
-        shutil.rmtree(registry_dir)
-    with LocalRegistry(registry_dir) as reg:
-        summary = seed_demo(reg.url, commits=commits, now=now)
-        print(f"local registry at {reg.url}: {summary.get('tags', '?')} tags in "
-              f"{len(summary['repositories'])} repositories", file=sys.stderr)
-        config_path = base / "regsweep.yaml"
-        config_path.write_text(
-            f"# written by `make demo`\nstore: {base / 'store'}\nregistry: {{url: '{reg.url}'}}\n"
-            f"git: {{path: '{base / 'git'}'}}\nhelm: {{enabled: false}}\n"
-            "cleanup:\n  disableKubernetesBasedPolicy: true\n  keepImagesBuiltWithinLastNHours: 2\n"
-            "  keepPolicies:\n  - references: {tag: /.*/}\n"
-            "  - references: {branch: main}\n    imagesPerReference: {last: 3}\n")
-        cfg = parse_config(__import__("yaml").safe_load(config_path.read_text()))
-        snapshot_id = snapshot_flow(config=cfg)
-        plan_id = plan_flow(config=cfg, snapshot=snapshot_id)
+    cfg = load_config(config_path)
     store = Store(cfg.store)
-    snap_dir = store.path("snapshots", snapshot_id)
-    plan = store.plan_table(plan_id).to_pandas()
-    print(f"\nsnapshot {snapshot_id}: Parquet tables in {snap_dir}")
-    for f in sorted(os.listdir(snap_dir)):
-        print(f"  {f}")
-    print(f"\nplan {plan_id} ({store.path('plans', plan_id)}):")
-    for row in plan.sort_values(["repository", "action", "tag"]).itertuples():
-        name = f"{row.repository}:{row.tag}" if isinstance(row.tag, str) else f"{row.repository}@{row.digest[:19]}"
-        print(f"  {row.action:6} {name}  ({'; '.join(row.reasons)})")
-    print(f"\nnext: .venv/bin/regsweep explain --config {config_path} demo/api:latest --plan {plan_id}")
-    print(f"      .venv/bin/regsweep history --config {config_path}")
-    return 0
+    plan_id = store.resolve_plan("latest")
+    meta = store.plan_meta(plan_id)
+    rel = os.path.relpath(config_path)
+    sweep = runs["sweep"]
+    dumps = ", ".join(os.path.relpath(d["file"]) for d in config["kubernetes"]["dumps"] + config["helm"]["dumps"])
+    lines = [
+        "",
+        "regsweep demo is up; Ctrl-C stops all of it.",
+        "",
+        f"  Prefect UI     {server.ui_url}",
+        f"  registry       {registry_url}: {len(summary['repositories'])} repositories, {summary['tags']} tags "
+        f"(clusters call it {config['registry']['aliases'][0]})",
+        f"  cluster input  {dumps}",
+        f"  configuration  {rel}",
+        "",
+        f"Ran through the deployments of deployments/prefect.yaml (work pool {POOL}, schedules paused):",
+        f"  snapshot-hourly  {runs['snapshot'].state.name:9}  snapshot {meta['snapshot_id']}",
+        f"  plan-daily       {runs['plan'].state.name:9}  plan {plan_id}: delete {meta['delete']} of "
+        f"{meta['rows']} rows, {human_bytes(meta['bytes_reclaimable'])}",
+        f"  sweep-approved   {'Paused':9}  waiting for your approval",
+        "",
+        "Approve (or reject) the sweep in the browser:",
+        f"  1. open {server.run_url(sweep.id)}",
+        "  2. click \"Resume\" (top right): the form lists, per repository, what goes and why",
+        "  3. switch \"Approve these deletions\" on (leave it off to reject), type your name, click \"Submit\"",
+        "  The sweep re-checks every tag and the cluster dumps, deletes, and this terminal prints the result.",
+        "",
+        "Meanwhile, from another terminal in this directory:",
+    ]
+    web = f"demo/web:sha-{runs['history'].sha('main', 6)[:12]}"
+    stale = f"demo/api:sha-{runs['history'].sha('feature/search-v1', 1)[:12]}"
+    for ref in (web, stale):
+        lines += [f"  $ .venv/bin/regsweep explain --config {rel} {ref}"]
+        lines += [f"    {line}" for line in explain(cfg, ref, plan_id)[1:]]
+    lines += [f"  $ PREFECT_API_URL={server.api_url} .venv/bin/regsweep history --config {rel}"]
+    lines += [f"    {line}" for line in render_text(growth(store)).splitlines()]
+    return lines
+
+
+def watch(server, sweep_id) -> None:
+    """Until Ctrl-C: report once what became of the paused sweep."""
+    from prefect.client.orchestration import get_client
+
+    reported = False
+    with get_client(sync_client=True) as client:
+        while True:
+            time.sleep(2)
+            if reported:
+                continue
+            state = client.read_flow_run(sweep_id).state
+            if state is not None and state.is_final():
+                _say(f"\nsweep {state.name.lower()}: {state.message or ''}".rstrip(": "))
+                _say(f"  details: {server.run_url(sweep_id)} (Artifacts tab); Ctrl-C stops the demo")
+                reported = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    base = Path("var/demo").resolve()
+    home = base / "prefect"
+    from testbed import LocalRegistryError
+    from testbed.prefect import PrefectProcessError, PrefectServer
+
+    server = PrefectServer(home, port=_port())
+    # Prefect's client in this process talks to the demo's server, quietly.
+    set_defaults(PREFECT_HOME=str(home))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    started = time.monotonic()
+    worker = registry = None
+    code = 0
+    try:
+        server.start(wait=False)   # the slowest to start: it comes up while the rest is built
+        import yaml
+
+        from testbed import LocalRegistry
+        from testbed.demo import build_history, seed_demo, write_dumps
+        from testbed.prefect import Worker, cancel_runs, deploy, deployment_file
+
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        history = build_history(base / "git", now)
+        registry = LocalRegistry(base / "registry", log_level="warn")
+        import shutil
+
+        shutil.rmtree(base / "registry", ignore_errors=True)
+        registry.start()
+        summary = seed_demo(registry.url, history)
+        dumps = write_dumps(base / "cluster", history, summary)
+        config = demo_config(base, registry.url, dumps)
+        config_path = base / "regsweep.yaml"
+        config_path.write_text("# Written by `make demo` (flows/demo.py); rewritten on every run.\n"
+                               + yaml.safe_dump(config, sort_keys=False))
+        _note(f"registry {registry.url}: {summary['tags']} tags; waiting for the Prefect server")
+        server.wait_healthy()
+        left = cancel_runs()
+        if left:
+            _note(f"cancelled {left} run(s) left over from an earlier demo")
+        prefect_file = deployment_file(ROOT / "deployments" / "prefect.yaml", base / "prefect.yaml", config=config,
+                                       pool=POOL, sweep={"approval_poll_interval": 2})
+        deploy(prefect_file, POOL, home, server.api_url, ROOT)
+        worker = Worker(server, POOL, home, env={"REGSWEEP_HOME": str(ROOT)}).start()
+        runs = run_cycle(server, config)
+        runs["history"] = history
+        for line in instructions(server, registry.url, summary, config, config_path, runs):
+            _say(line)
+        _note(f"ready in {time.monotonic() - started:.0f} s")
+        if "--until-paused" in args:
+            return code
+        watch(server, runs["sweep"].id)
+    except _Stop:
+        pass
+    except (PrefectProcessError, LocalRegistryError) as e:
+        _note(f"error: {e}")
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the clean-up short
+        _note("stopping")
+        if server.running:
+            try:
+                from testbed.prefect import cancel_runs
+
+                cancel_runs()
+            except Exception as e:  # the server may be what failed
+                _note(f"could not cancel runs: {e}")
+        for service in (worker, server):
+            if service is not None:
+                service.stop()
+        if registry is not None:
+            registry.stop()
+        _note("stopped: nothing left running")
+    return code
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ from pydantic import Field
 from tasks.config import RegsweepConfig
 from tasks.plan import PlanResult, make_plan
 
+# The keys of the plan's artifacts, which the sweep's approval form links to.
+PLAN_ARTIFACT, DELETIONS_ARTIFACT = PLAN_ARTIFACTS = ("regsweep-plan", "regsweep-plan-deletions")
+
 
 @task(name="evaluate-plan", task_run_name="evaluate-{snapshot}")
 def evaluate_plan(config: RegsweepConfig, snapshot: str) -> PlanResult:
@@ -26,8 +29,8 @@ def plan_flow(
     """Decide keep or delete for every tag of a snapshot; return the plan id."""
     result = evaluate_plan(config, snapshot)
     meta = result.meta
-    create_markdown_artifact(result.markdown, key="regsweep-plan", description=f"Plan {result.plan_id}")
-    create_table_artifact(result.deletions, key="regsweep-plan-deletions",
+    create_markdown_artifact(result.markdown, key=PLAN_ARTIFACT, description=f"Plan {result.plan_id}")
+    create_table_artifact(result.deletions, key=DELETIONS_ARTIFACT,
                           description=f"Plan {result.plan_id}: the {len(result.deletions)} largest of "
                                       f"{meta['delete']} planned deletions")
     print(f"plan {result.plan_id}: {meta['delete']} of {meta['rows']} rows to delete"

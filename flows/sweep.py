@@ -6,6 +6,7 @@ The one orchestration of a sweep: the CLI, deployments and tests all run this fl
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from flows.plan import DELETIONS_ARTIFACT, PLAN_ARTIFACT, PLAN_ARTIFACTS
 from tasks.config import RegsweepConfig, SweepConfig
 from tasks.errors import SweepNotApproved
 from tasks.lock import sweep_lock
@@ -29,9 +31,11 @@ from tasks.sweep import (Intent, SweepReport, check_up_front_approval, delete_ta
 class SweepApproval(RunInput):
     """The form a paused sweep shows under the list of what it will delete."""
 
-    approve: bool = Field(False, title="Approve", description="Tick to delete everything listed above; leave unticked to reject.")
-    approver: str = Field(min_length=1, title="Your name", description="Recorded with the run.")
-    comment: str = Field("", title="Comment")
+    approve: bool = Field(False, title="Approve these deletions",
+                          description="On: delete everything listed above, each after its re-check. "
+                                      "Off (the default): reject, and nothing is deleted.")
+    approver: str = Field(min_length=1, title="Your name", description="Who decided; recorded in the run's logs.")
+    comment: str = Field("", title="Comment", description="Optional: why, or a ticket number; recorded with your name.")
 
 
 # NO_CACHE: a sweep is never answered from a cache, and its inputs (store, intent) are not worth hashing.
@@ -45,13 +49,34 @@ def recheck_and_delete(config: RegsweepConfig, store: Store, intent: Intent, dry
     return delete_targets(config, store, intent, dry_run=dry_run)
 
 
+def plan_artifact_urls(plan_id: str) -> dict[str, str]:
+    """UI pages of the plan flow's artifacts for `plan_id` on this server, by artifact key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    if not ui:
+        return {}
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(PLAN_ARTIFACTS))),
+                                      sort=ArtifactSort.CREATED_DESC, limit=200)
+    urls: dict[str, str] = {}
+    for artifact in found:   # flows/plan.py describes both as "Plan <id>..."
+        if re.match(rf"Plan {re.escape(plan_id)}\b", artifact.description or "") and artifact.key not in urls:
+            urls[artifact.key] = f"{ui.rstrip('/')}/artifacts/artifact/{artifact.id}"
+    return urls
+
+
 def ask_approval(settings: SweepConfig, intent: Intent, poll_interval: int) -> SweepApproval:
     """Pause the run with the approval form; SweepNotApproved on rejection or timeout."""
     from prefect.context import FlowRunContext
     from prefect.utilities.urls import url_for
 
     logger = get_run_logger()
-    description = intent.markdown()
+    links = plan_artifact_urls(intent.plan_id)
+    description = intent.markdown(plan_link=links.get(PLAN_ARTIFACT), deletions_link=links.get(DELETIONS_ARTIFACT))
     run = FlowRunContext.get().flow_run
     url = url_for("flow-run", obj_id=run.id)
     where = (f"in the Prefect UI at {url}" if url else
@@ -64,7 +89,8 @@ def ask_approval(settings: SweepConfig, intent: Intent, poll_interval: int) -> S
     print(f"regsweep: {note}", file=sys.stderr, flush=True)  # the CLI user is waiting on this
     try:
         answer = pause_flow_run(
-            wait_for_input=SweepApproval.with_initial_data(description=description, approve=False, comment=""),
+            # Only the description: initial values given here would replace the fields' help texts.
+            wait_for_input=SweepApproval.with_initial_data(description=description),
             timeout=max(1, int(timeout.total_seconds())), poll_interval=poll_interval)
     except FlowPauseTimeout:
         raise SweepNotApproved(f"no approval for plan {intent.plan_id} within sweep.approvalTimeout "

@@ -12,7 +12,7 @@ from flows.prefect_env import set_defaults
 set_defaults()
 
 pytest_plugins = ["tests.support.registry", "tests.support.kube", "tests.support.gitrepo", "tests.support.s3",
-                  "tests.support.sweeps"]
+                  "tests.support.sweeps", "tests.support.e2e"]
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,8 @@ class LoadedPlan:
     plan_id: str
     snapshot_id: str
     plan: "pd.DataFrame"
+    meta: dict
+    snapshot: dict
     tags: "pd.DataFrame"
     manifests: "pd.DataFrame"
     children: "pd.DataFrame"
@@ -106,9 +108,11 @@ def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settin
     missing = [c for c in wanted if c not in plan_table.column_names]
     if missing:
         raise PlanRefused(f"plan {plan_id}: plan.parquet lacks columns {', '.join(missing)}")
-    # Only the columns a sweep acts on; whoever wrote the file may have stored pandas extension dtypes.
-    plan = plan_table.select(wanted).to_pandas(ignore_metadata=True)
-    return LoadedPlan(plan_id=plan_id, snapshot_id=snapshot_id, plan=plan, tags=tags.to_pandas(ignore_metadata=True),
+    shown = [c for c in ("reasons", "created") if c in plan_table.column_names]  # for the approval form only
+    # Only the columns a sweep uses; whoever wrote the file may have stored pandas extension dtypes.
+    plan = plan_table.select(wanted + shown).to_pandas(ignore_metadata=True)
+    return LoadedPlan(plan_id=plan_id, snapshot_id=snapshot_id, plan=plan, meta=meta, snapshot=snap,
+                      tags=tags.to_pandas(ignore_metadata=True),
                       manifests=table("manifests", MANIFESTS), children=table("children", CHILDREN))
 
 
@@ -131,6 +135,37 @@ def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest") ->
             ids = t.column("image_id").to_pylist() if "image_id" in t.column_names else None
             named.append(referenced_digests(t.column("image").to_pylist(), ids, matcher, repos))
     keys = {t.key for t in remaining}
+    reasons, built = _row_facts(loaded.plan)
     return Intent(plan_id=loaded.plan_id, snapshot_id=loaded.snapshot_id, registry=registry,
                   targets=remaining, skipped=skipped, done_before=before,
-                  in_flight=state.in_flight & keys, known=known, referenced=merge_digests(*named))
+                  in_flight=state.in_flight & keys, known=known, referenced=merge_digests(*named),
+                  plan_created=loaded.meta.get("created_at"), snapshot_created=loaded.snapshot.get("created_at"),
+                  reasons=reasons, built=built, cluster_recheck=_cluster_recheck(config))
+
+
+def _row_facts(plan: "pd.DataFrame") -> tuple[dict, dict]:
+    """The reasons and build time of each planned deletion's digest, as the plan recorded them."""
+    import pandas as pd
+
+    reasons: dict[tuple[str, str], list[str]] = {}
+    built: dict[tuple[str, str], object] = {}
+    if "reasons" not in plan.columns:
+        return reasons, built
+    dele = plan[plan["action"] == "delete"]
+    created = dele["created"] if "created" in dele.columns else pd.Series([None] * len(dele), index=dele.index)
+    for repo, digest, why, when in zip(dele["repository"], dele["digest"], dele["reasons"], created):
+        key = (repo, digest)
+        reasons.setdefault(key, list(why) if why is not None else [])
+        if when is not None and not pd.isna(when):
+            built.setdefault(key, when.to_pydatetime() if hasattr(when, "to_pydatetime") else when)
+    return reasons, built
+
+
+def _cluster_recheck(config: "RegsweepConfig") -> str:
+    """How the sweep looks at the clusters again before deleting, in words for the approval form."""
+    if not config.sweep.recheckCluster or config.cleanup.disableKubernetesBasedPolicy:
+        return ""
+    if config.kubernetes.dumps:
+        return ("re-reads the cluster dumps (" + ", ".join(d.file.rsplit("/", 1)[-1] for d in config.kubernetes.dumps)
+                + "; a dump is only as fresh as whoever wrote it)")
+    return "scans the clusters again"

@@ -28,6 +28,12 @@ class Intent:
     known: dict[str, set[str]] = field(default_factory=dict)  # digests the snapshot saw, per affected repository
     # digests that the snapshot's workloads and Helm revisions name, per affected repository
     referenced: dict[str, set[str]] = field(default_factory=dict)
+    plan_created: str | None = None     # when the plan was made (ISO 8601)
+    snapshot_created: str | None = None
+    # the plan's reasons and build time for each planned (repository, digest), for the approval form
+    reasons: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    built: dict[tuple[str, str], Any] = field(default_factory=dict)
+    cluster_recheck: str = ""           # how the clusters are looked at again before deleting ("" = not)
 
     @property
     def deletions(self) -> int:
@@ -37,37 +43,11 @@ class Intent:
     def bytes(self) -> int:
         return sum(t.size for t in self.targets if not t.is_tag)
 
-    def markdown(self, *, limit: int = 200) -> str:
-        """What will be deleted: tags, digests and bytes per repository."""
-        manifests = [t for t in self.targets if not t.is_tag]
-        lone = [t for t in self.targets if t.is_tag]
-        lines = [f"# Sweep of plan `{self.plan_id}`", "",
-                 f"Registry {self.registry}, snapshot `{self.snapshot_id}`.", "",
-                 f"**{len(manifests)} manifests ({human_bytes(self.bytes)} referenced) and "
-                 f"{len(lone)} lone tags will be deleted**"
-                 + (f"; {len(self.done_before)} were deleted by an earlier run of this plan" if self.done_before else "")
-                 + (f"; {len(self.skipped)} planned deletions are kept by the sweep's own checks" if self.skipped else "")
-                 + ". Every tag is re-checked just before its DELETE.", ""]
-        per_repo: dict[str, list[int]] = {}
-        for t in self.targets:
-            r = per_repo.setdefault(t.repository, [0, 0, 0])
-            r[0] += 0 if t.is_tag else 1
-            r[1] += len(t.tags)
-            r[2] += 0 if t.is_tag else t.size
-        if per_repo:
-            lines += ["| repository | manifests | tags | bytes |", "|---|---:|---:|---:|"]
-            lines += [f"| {repo} | {m} | {n} | {human_bytes(b)} |" for repo, (m, n, b) in sorted(per_repo.items())]
-            lines.append("")
-            lines += ["| repository | tags | digest | kind | size |", "|---|---|---|---|---:|"]
-            for t in self.targets[:limit]:
-                what = ", ".join(t.tags) if not t.is_tag else f"{t.ref} (this tag only)"
-                lines.append(f"| {t.repository} | {what or '(untagged)'} | `{t.digest}` | {t.kind} | {human_bytes(t.size)} |")
-            if len(self.targets) > limit:
-                lines.append(f"| … | {len(self.targets) - limit} more | | | |")
-        if self.skipped:
-            lines += ["", "Kept although the plan deletes them:", ""]
-            lines += [f"- {o.repository}@{o.digest}: {o.detail}" for o in self.skipped[:limit]]
-        return "\n".join(lines)
+    def markdown(self, *, plan_link: str | None = None, deletions_link: str | None = None) -> str:
+        """What will be deleted and why, per repository (tasks/sweep/approval.py)."""
+        from tasks.sweep.approval import render
+
+        return render(self, plan_link=plan_link, deletions_link=deletions_link)
 
 
 def check_up_front_approval(intent: Intent, max_deletions: int) -> None:
