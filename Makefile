@@ -1,5 +1,5 @@
-# The two commands of the README's Quick start, plus benchmarks. All are idempotent.
-.PHONY: setup demo test bench
+# The commands of the README's Quick start, the end-to-end target and benchmarks. All are idempotent.
+.PHONY: setup demo test test-e2e bench
 
 setup:
 	@scripts/setup.sh
@@ -8,7 +8,11 @@ demo: setup
 	@.venv/bin/python -m flows.demo
 
 test: setup
-	.venv/bin/pytest
+	.venv/bin/pytest -m "not e2e"
+
+# End to end against a real Prefect server, worker and headless Chromium, and `make demo` itself (slow).
+test-e2e: setup
+	.venv/bin/pytest -m e2e
 
 bench: setup
 	.venv/bin/python benchmarks/bench_registry.py

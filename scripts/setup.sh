@@ -4,12 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: the registry the tests and demo run, skopeo (benchmark peer),
-# htpasswd (Basic-auth tests) and git (shallow-clone tests, benchmarks).
+# htpasswd (Basic-auth tests), git (shallow-clone tests, benchmarks), and chromium with a font
+# for the end-to-end tests of the Prefect UI (Playwright drives it; it never downloads a browser).
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v git >/dev/null || need+=(git)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing Debian packages: ${need[*]}" >&2

@@ -30,6 +30,7 @@ class RegistryAuth(_Strict):
     username: str = Field(description="User name for Basic auth or the token service.")
     password_env: str | None = Field(None, description="Environment variable holding the password or token.")
     password_file: str | None = Field(None, description="File holding the password or token.")
+    password_block: str | None = Field(None, description="Name of a Prefect Secret block holding the password or token.")
 
     def password(self) -> str:
         """Read the secret at the moment it is needed; never stored on the model."""
@@ -44,7 +45,20 @@ class RegistryAuth(_Strict):
                 return Path(self.password_file).expanduser().read_text().strip()
             except OSError as e:
                 raise ConfigError("registry.auth.password_file", f"cannot read {self.password_file}: {e.strerror}") from None
-        raise ConfigError("registry.auth", "needs password_env or password_file")
+        if self.password_block:
+            return _secret_block(self.password_block)
+        raise ConfigError("registry.auth", "needs password_env, password_file or password_block")
+
+
+def _secret_block(name: str) -> str:
+    """The value of a Prefect Secret block, read from the Prefect API when the secret is needed."""
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(name, _sync=True).get())
+    except ValueError as e:   # Prefect's "Unable to find block document named ..."
+        raise ConfigError("registry.auth.password_block", f"no Secret block {name!r} on the Prefect server "
+                          f"({str(e).splitlines()[0]})") from None
 
 
 class RegistryConfig(_Strict):

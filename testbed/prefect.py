@@ -115,7 +115,7 @@ class PrefectServer(_Service):
     def __init__(self, home: Path, port: int | None = None):
         super().__init__("prefect server", Path(home) / "server.log")
         self.home = Path(home)
-        self.port = port
+        self.port = port or free_port()   # known before start: clients are configured first
 
     @property
     def ui_url(self) -> str:
@@ -130,7 +130,6 @@ class PrefectServer(_Service):
 
     def start(self, *, wait: bool = True, timeout: float = 180.0) -> "PrefectServer":
         """Start the server; with `wait`, return once it answers (see `wait_healthy`)."""
-        self.port = self.port or free_port()
         env = prefect_env(self.home, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(self.port),
                           PREFECT_UI_API_URL=self.api_url, PREFECT_SERVER_LOGGING_LEVEL="WARNING",
                           PREFECT_LOGGING_LEVEL="WARNING")

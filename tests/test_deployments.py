@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,62 @@ def test_deploy_registers_the_deployments_on_a_prefect_server(prefect_api_url, t
     assert sweep.parameters["plan"] == "latest"
     assert sweep.global_concurrency_limit.limit == 1
     assert sweep.concurrency_options.collision_strategy == "CANCEL_NEW"
+
+
+K8S_YAML = ROOT / "deployments" / "prefect-kubernetes.yaml"
+RBAC_YAML = ROOT / "deployments" / "rbac.yaml"
+
+
+def _secretish(value, path=""):
+    """Keys of a parameter tree that could hold a secret value (not the name of where it lives)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            key = f"{path}.{k}" if path else k
+            if re.search(r"password|token|secret", k, re.I) and not k.endswith(("_env", "_file", "_block")):
+                yield key
+            yield from _secretish(v, key)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _secretish(v, f"{path}[{i}]")
+
+
+def test_no_deployment_parameter_or_job_variable_holds_a_secret():
+    for path in (PREFECT_YAML, K8S_YAML):
+        for d in yaml.safe_load(path.read_text())["deployments"]:
+            assert list(_secretish(d.get("parameters", {}))) == [], (path.name, d["name"])
+            assert list(_secretish((d.get("work_pool") or {}).get("job_variables") or {})) == [], (path.name, d["name"])
+    k8s_auth = yaml.safe_load(K8S_YAML.read_text())["deployments"][0]["parameters"]["config"]["registry"]["auth"]
+    assert k8s_auth == {"username": "ci", "password_block": "regsweep-registry"}
+
+
+def test_the_kubernetes_variant_runs_the_same_flows_in_cluster_with_the_rbac_service_account():
+    from prefect.flows import load_flow_from_entrypoint
+
+    plain = {d["name"]: d for d in _deployments()}
+    sa = next(d for d in yaml.safe_load_all(RBAC_YAML.read_text()) if d["kind"] == "ServiceAccount")
+    for d in yaml.safe_load(K8S_YAML.read_text())["deployments"]:
+        assert d["entrypoint"] == plain[d["name"]]["entrypoint"] and d.get("schedules") == plain[d["name"]].get("schedules")
+        params = load_flow_from_entrypoint(str(ROOT / d["entrypoint"])).validate_parameters(d["parameters"])
+        assert params["config"].kubernetes.kubeconfig is None   # in-cluster
+        jv = d["work_pool"]["job_variables"]
+        assert (jv["service_account_name"], jv["namespace"]) == (sa["metadata"]["name"], sa["metadata"]["namespace"])
+
+
+def test_the_cluster_role_grants_exactly_the_reads_the_sources_make():
+    from tasks.cluster import WORKLOAD_KINDS
+    from tasks.kube import CONFIGMAPS, SECRETS
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all(RBAC_YAML.read_text())}
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in docs["ClusterRole"]["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    group_of = {"CoreV1Api": "", "AppsV1Api": "apps", "BatchV1Api": "batch"}
+    needed = {(group_of[k.api], k.plural): {"list"} for k in WORKLOAD_KINDS}
+    needed.update({(group_of[k.api], k.plural): {"get", "list"} for k in (SECRETS, CONFIGMAPS)})
+    assert len(WORKLOAD_KINDS) == 8 and granted == needed   # read-only, nothing more
+    binding = docs["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": docs["ServiceAccount"]["metadata"]["name"],
+                                    "namespace": docs["ServiceAccount"]["metadata"]["namespace"]}]

@@ -328,3 +328,32 @@ def test_challenge_auth_refuses_a_synchronous_client(token_registry):
     with httpx.Client(base_url=token_registry.url, auth=auth) as c:
         with pytest.raises(TypeError, match="httpx.AsyncClient only"):
             c.get("/v2/")
+
+
+# --- Prefect Secret blocks ------------------------------------------------------------------------
+
+def test_password_from_a_prefect_secret_block_reaches_no_parameter(prefect_harness, htpasswd_registry, tmp_path):
+    """A deployment names the block; the password lives on the Prefect server, read when needed."""
+    from prefect.blocks.system import Secret
+
+    from flows.snapshot import snapshot_flow
+    from tasks.store import Store
+
+    Secret(value=REGISTRY_PASSWORD).save("regsweep-test-registry", overwrite=True)
+    with htpasswd_registry.client() as c:
+        d = push_image(c, "block/app", "v1")
+    config = cfg(htpasswd_registry.url, tmp_path, {"username": REGISTRY_USER, "password_block": "regsweep-test-registry"},
+                 repositories=["block/app"])
+    assert REGISTRY_PASSWORD not in config.model_dump_json()   # what Prefect stores as the flow's parameters
+    sid = snapshot_flow(config=config, sources=["registry"])
+    tags = Store(config.store).snapshot_table(sid, "tags").to_pylist()
+    assert [(t["tag"], t["digest"]) for t in tags] == [("v1", d)]
+    assert REGISTRY_PASSWORD not in json.dumps(Store(config.store).snapshot_meta(sid))
+
+
+def test_a_missing_secret_block_names_the_key(prefect_harness, htpasswd_registry, tmp_path):
+    from tasks.errors import ConfigError
+
+    config = cfg(htpasswd_registry.url, tmp_path, {"username": REGISTRY_USER, "password_block": "no-such-block"})
+    with pytest.raises(ConfigError, match=r"^registry.auth.password_block: no Secret block 'no-such-block'"):
+        resolve_credentials(htpasswd_registry.host, config.registry.auth)

@@ -207,23 +207,32 @@ def test_missing_binary_and_bad_config_fail_with_readable_messages(tmp_path):
     assert not broken.running
 
 
-def test_seed_demo_fills_a_registry(fresh_registry):
+def test_seed_demo_fills_a_registry_from_a_git_history(fresh_registry, tmp_path):
+    from datetime import datetime, timezone
+
+    from testbed.demo import build_history
+
+    history = build_history(tmp_path / "git", datetime.now(timezone.utc))
+    assert {"main", "release/1.2", "feature/login", "feature/search-v1"} == set(history.branches)
     reg = fresh_registry()
-    summary = seed_demo(reg.url)
+    summary = seed_demo(reg.url, history)
     with reg.client() as client:
         catalog = client.get("/v2/_catalog").json()["repositories"]
         assert set(summary["repositories"]) <= set(catalog)
         for repo, tags in summary["repositories"].items():
             listed = set(client.get(f"/v2/{repo}/tags/list").json()["tags"])
             assert set(tags) <= listed
+        head = history.sha("main", 0)
         web = summary["repositories"]["demo/web"]
-        newest = f"sha-{summary['commits'][0][:12]}"
-        index = json.loads(get_manifest(client, "demo/web", newest)[0])
-        assert index["annotations"]["org.opencontainers.image.revision"] == summary["commits"][0]
+        index = json.loads(get_manifest(client, "demo/web", f"sha-{head[:12]}")[0])
+        assert index["annotations"]["org.opencontainers.image.revision"] == head
         assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
-        assert web["latest"] == web[newest]
-        assert summary["repositories"]["demo/api"]["v1.2.0"] == \
-            summary["repositories"]["demo/api"][f"sha-{summary['commits'][-1][:12]}"]
+        assert web["latest"] == web[f"sha-{head[:12]}"]
+        api = summary["repositories"]["demo/api"]
+        assert api["v1.2.0"] == api[f"sha-{history.tags['v1.2.0'][:12]}"]
+        for subject in summary["signatures"]["demo/api"]:   # signed: found through the referrers fallback tag
+            referrers = json.loads(get_manifest(client, "demo/api", fallback_tag(subject))[0])
+            assert referrers["manifests"][0]["artifactType"] == "application/vnd.dev.cosign.artifact.sig.v1+json"
 
 
 def test_token_issuer_can_mint_expired_tokens_and_fail_on_demand(token_registry, token_issuer):

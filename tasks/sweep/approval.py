@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tasks.units import human_age, human_bytes, parse_time, utcnow
+from tasks.units import human_bytes, parse_time, utcnow
 
 if TYPE_CHECKING:
     from tasks.sweep.report import Intent
@@ -43,7 +43,7 @@ def _age(ts: str | datetime | None, now: datetime) -> str:
         return "less than a minute ago"
     if minutes < 90:
         return f"{round(minutes)} min ago"
-    return f"{round(minutes / 60)}h ago" if minutes < 48 * 60 else f"{human_age(now - t)} ago"
+    return f"{round(minutes / 60)}h ago" if minutes < 48 * 60 else f"{round(minutes / 1440)} days ago"
 
 
 def _short(ref: str) -> str:
