@@ -8,11 +8,13 @@ cycle run through them, the sweep paused for approval in the UI. Everything live
 ./var/demo: the store and Prefect's database persist between runs (history grows), the registry,
 git repository and dumps are rebuilt. A run left over from an earlier demo is cancelled.
 The demo infrastructure is testbed/'s (demo.py: the sample world, prefect.py: server and worker).
+`--until-paused` stops everything as soon as the instructions are printed (a quick check).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -78,7 +80,7 @@ def _on_signal(signum, frame):
     raise _Stop()
 
 
-def run_cycle(server, config: dict) -> dict:
+def run_cycle(server) -> dict:
     """Snapshot and plan through their deployments (waiting for each), then the sweep up to its pause."""
     from prefect.deployments import run_deployment
 
@@ -98,7 +100,8 @@ def run_cycle(server, config: dict) -> dict:
     return out
 
 
-def instructions(server, registry_url: str, summary: dict, config: dict, config_path: Path, runs: dict) -> list[str]:
+def instructions(server, registry_url: str, summary: dict, history, config: dict, config_path: Path,
+                 runs: dict) -> list[str]:
     """What a newcomer reads: where everything is, what to click, what explain and history say."""
     from tasks.config import load_config
     from tasks.history import growth, render_text
@@ -137,8 +140,8 @@ def instructions(server, registry_url: str, summary: dict, config: dict, config_
         "",
         "Meanwhile, from another terminal in this directory:",
     ]
-    web = f"demo/web:sha-{runs['history'].sha('main', 6)[:12]}"
-    stale = f"demo/api:sha-{runs['history'].sha('feature/search-v1', 1)[:12]}"
+    web = f"demo/web:sha-{history.sha('main', 6)[:12]}"          # in use, and a Helm revision
+    stale = f"demo/api:sha-{history.sha('feature/search-v1', 1)[:12]}"   # a stale branch's: deleted
     for ref in (web, stale):
         lines += [f"  $ .venv/bin/regsweep explain --config {rel} {ref}"]
         lines += [f"    {line}" for line in explain(cfg, ref, plan_id)[1:]]
@@ -190,11 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
         now = datetime.now(timezone.utc).replace(microsecond=0)
         history = build_history(base / "git", now)
-        registry = LocalRegistry(base / "registry", log_level="warn")
-        import shutil
-
-        shutil.rmtree(base / "registry", ignore_errors=True)
-        registry.start()
+        shutil.rmtree(base / "registry", ignore_errors=True)   # rebuilt each run, like the git history
+        registry = LocalRegistry(base / "registry", log_level="warn").start()
         summary = seed_demo(registry.url, history)
         dumps = write_dumps(base / "cluster", history, summary)
         config = demo_config(base, registry.url, dumps)
@@ -210,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                                        pool=POOL, sweep={"approval_poll_interval": 2})
         deploy(prefect_file, POOL, home, server.api_url, ROOT)
         worker = Worker(server, POOL, home, env={"REGSWEEP_HOME": str(ROOT)}).start()
-        runs = run_cycle(server, config)
-        runs["history"] = history
-        for line in instructions(server, registry.url, summary, config, config_path, runs):
+        runs = run_cycle(server)
+        for line in instructions(server, registry.url, summary, history, config, config_path, runs):
             _say(line)
         _note(f"ready in {time.monotonic() - started:.0f} s")
         if "--until-paused" in args:

@@ -78,9 +78,9 @@ def test_approval_through_prefect_api_deletes_and_a_second_sweep_meanwhile_is_re
 
     th, box = start_in_thread(sweep_flow, config=cfg, plan=plan, approval_poll_interval=1)
     run, description = wait_for_approval_form(plan)
-    # The form shows what will go: tags, digests and bytes per repository.
-    assert "build-1" in description and doomed[0] in description and "2 manifests (" in description
-    assert f"| {repo} | 2 | 2 |" in description
+    # The form shows what will go: tags, digests and bytes per repository (tests/test_approval_form.py).
+    assert "build-1" in description and doomed[0][:19] + "…" in description and "2 manifests (" in description
+    assert f"### {repo}\n\n2 manifests, 2 tags, " in description
     assert str(run.id) in capfd.readouterr().err  # the CLI user is told where to approve
 
     # Meanwhile, a second sweep of the same registry refuses at once and deletes nothing.

@@ -165,7 +165,8 @@ def _repository(intent: "Intent", repo: str, common: list[str], limit: int, now:
     families.sort(key=lambda f: (built[f[0].ref] or now, f[0].ref))
     for t, relatives in families[:limit]:
         size_part = f", {human_bytes(t.size)}" if t.size else ""
-        lines.append(f"- {_name(t)}: {t.kind}{size_part}, built {_age(built[t.ref], now)}{_with(relatives)}")
+        digest = f", `{_short(t.digest)}`" if t.tags or t.is_tag else ""   # untagged ones are named by it already
+        lines.append(f"- {_name(t)}: {t.kind}{size_part}, built {_age(built[t.ref], now)}{digest}{_with(relatives)}")
     if len(families) > limit:
         lines.append(f"- … and {len(families) - limit} more (`regsweep explain`, or the plan's Parquet table)")
     lines.append("")
