@@ -94,6 +94,8 @@ def test_approval_through_the_ui_deletes_the_planned_tags_only(world, prefect_se
     run = paused_sweep(prefect_server)
     page, dialog = open_form(browser, prefect_server, run.id)
     page.screenshot(path=str(screenshots / "approval-form.png"), animations="disabled")
+    dialog.locator(".p-modal__body > article").evaluate("e => { e.scrollTop = e.scrollHeight; }")
+    page.screenshot(path=str(screenshots / "approval-form-details.png"), animations="disabled")
 
     # The form is worth reading: what goes and why, the plan's age and snapshot, the artifact link.
     text = dialog.inner_text()
