@@ -28,6 +28,8 @@ class Intent:
     known: dict[str, set[str]] = field(default_factory=dict)  # digests the snapshot saw, per affected repository
     # digests that the snapshot's workloads and Helm revisions name, per affected repository
     referenced: dict[str, set[str]] = field(default_factory=dict)
+    capabilities: Any = None           # tasks.capabilities.Capabilities recorded with the plan, if any
+    refusal: str | None = None         # why the registry cannot delete these targets at all, if it cannot
 
     @property
     def deletions(self) -> int:
@@ -48,6 +50,8 @@ class Intent:
                  + (f"; {len(self.done_before)} were deleted by an earlier run of this plan" if self.done_before else "")
                  + (f"; {len(self.skipped)} planned deletions are kept by the sweep's own checks" if self.skipped else "")
                  + ". Every tag is re-checked just before its DELETE.", ""]
+        if self.capabilities is not None:
+            lines += [f"Registry capabilities (probed {self.capabilities.probed_at}): {self.capabilities.summary()}.", ""]
         per_repo: dict[str, list[int]] = {}
         for t in self.targets:
             r = per_repo.setdefault(t.repository, [0, 0, 0])
@@ -68,6 +72,12 @@ class Intent:
             lines += ["", "Kept although the plan deletes them:", ""]
             lines += [f"- {o.repository}@{o.digest}: {o.detail}" for o in self.skipped[:limit]]
         return "\n".join(lines)
+
+
+def check_deletable(intent: Intent) -> None:
+    """SweepFailed, before any approval is asked, when the registry cannot delete what the plan deletes."""
+    if intent.refusal and intent.targets:
+        raise SweepFailed(f"{intent.refusal}; found before asking for approval: nothing was deleted")
 
 
 def check_up_front_approval(intent: Intent, max_deletions: int) -> None:
