@@ -41,13 +41,15 @@ def write_config(tmp_path: Path, url: str, repo: str, *, sweep: dict | None = No
     return path
 
 
-def take_snapshot(cfg, now: datetime | None = None) -> str:
+def take_snapshot(cfg, now: datetime | None = None, *, probe: bool = False) -> str:
     """A snapshot taken by the real extractors, published as the snapshot flow does.
 
     `now` is the clock of the machine taking it: an earlier one makes a snapshot as old as a run
-    that long ago would have left, a later one a snapshot from a clock running ahead.
+    that long ago would have left, a later one a snapshot from a clock running ahead. With
+    `probe` the registry's capabilities are probed and recorded, as the snapshot flow does.
     """
-    from tasks.snapshot import run_source, select_sources, snapshot_meta
+    from tasks.registry import probe_capabilities
+    from tasks.snapshot import run_source, select_sources, snapshot_meta, staged_repositories
 
     store = Store(cfg.store)
     now = now or utcnow()
@@ -55,7 +57,8 @@ def take_snapshot(cfg, now: datetime | None = None) -> str:
     staging = store.staging_dir(sid)
     statuses = {name: (run_source(name, cfg, staging, now) if on else SourceStatus("skipped"))
                 for name, on in select_sources(cfg, None).items()}
-    store.publish_snapshot(sid, snapshot_meta(now, cfg, statuses))
+    caps = probe_capabilities(cfg.registry, staged_repositories(store, staging)) if probe else None
+    store.publish_snapshot(sid, snapshot_meta(now, cfg, statuses, caps))
     return sid
 
 
