@@ -13,7 +13,6 @@ import asyncio
 import time
 from datetime import datetime, timezone
 
-import pyarrow as pa
 import pytest
 import yaml
 
@@ -21,10 +20,10 @@ from tasks.blobcache import BlobCache
 from tasks.config import parse_config
 from tasks.distribution import RetryPolicy
 from tasks.registry import scan_registry
-from tasks.store import Store, new_id
+from tasks.store import Store
 from tasks.units import utcnow
 from tests.support.rigs import TOKEN_ENV, API_TOKEN
-from tests.support.sweeps import make_plan, take_snapshot
+from tests.support.sweeps import edit_plan, make_plan, take_snapshot
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -175,13 +174,7 @@ def test_sweep_deletes_exactly_the_planned_images_and_keeps_shared_digests(rig, 
     sid = take_snapshot(cfg, probe=True)
     plan = make_plan(cfg, sid)
     # One tag of a kept image is planned away by hand: a lone tag, where the registry can delete one.
-    rows = store.plan_table(plan).to_pylist()
-    for r in rows:
-        if r["tag"] == "keep-extra":
-            r["action"], r["reasons"] = "delete", ["hand edit"]
-    edited = new_id()
-    store.publish_plan(edited, pa.Table.from_pylist(rows, schema=store.plan_table(plan).schema),
-                       {**store.plan_meta(plan), "id": edited})
+    edited = edit_plan(cfg, plan, {"keep-extra": "delete"})
 
     report = sweep(cfg, edited, approve=True)
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import yaml
 
 from tasks.capabilities import Capabilities
 from tasks.config import load_config, parse_config
 from tasks.errors import SweepFailed
-from tasks.store import Store, new_id
+from tasks.store import Store
 from testbed import LocalRegistry, tag_manifest
 from tests.support.registry import READER_PASSWORD, READER_USER
-from tests.support.sweeps import journal_events, make_plan, old, status, take_snapshot, write_config
+from tests.support.sweeps import edit_plan, journal_events, make_plan, old, status, take_snapshot, write_config
 
 
 def snapshot_caps(cfg, sid: str) -> dict:
@@ -57,21 +56,12 @@ def test_a_registry_with_deletion_off_is_said_so_before_approval_is_asked(run_cl
 
 def test_lone_tags_a_registry_cannot_delete_are_kept_without_asking_it(sweep, registry, registry_client, unique_repo,
                                                                        tmp_path, fault_proxy):
-    from tasks.schemas import PLAN
-
     c, repo = registry_client, unique_repo
     d = old(c, repo, "nightly")
     tag_manifest(c, repo, d, "stable")
     gone = old(c, repo, "old")
     cfg = load_config(write_config(tmp_path, fault_proxy.url, repo))
-    store = Store(cfg.store)
-    plan = make_plan(cfg, take_snapshot(cfg, probe=True))
-    rows = store.plan_table(plan).to_pylist()
-    for r in rows:
-        if r["tag"] == "stable":
-            r["action"], r["reasons"] = "keep", ["hand edit"]
-    edited = new_id()
-    store.publish_plan(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plan_meta(plan), "id": edited})
+    edited = edit_plan(cfg, make_plan(cfg, take_snapshot(cfg, probe=True)), {"stable": "keep"})
     before = fault_proxy.count("DELETE", r"/manifests/nightly$")
 
     report = sweep(cfg, edited, approve=True, max_deletions=1)   # the lone tag is no deletion to approve

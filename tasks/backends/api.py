@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable
 import httpx
 
 from tasks import oci
+from tasks.backends.base import Backend
+from tasks.config import RegistryConfig
 from tasks.distribution import RetryPolicy, ssl_context
 from tasks.errors import RegistryError
 from tasks.httperrors import parse_retry_after, registry_error
@@ -149,4 +151,38 @@ class ApiClient:
         return out
 
 
-__all__ = ["ApiClient", "body_next", "link_next", "ssl_context", "x_next_page"]
+class ApiBackend(Backend):
+    """A backend that lists and deletes through a native REST API (`self.http`), with its settings
+    (`registry.<api>`) as `self.settings`."""
+
+    http: ApiClient
+
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
+        super().__init__(config, retry)
+        self.settings: Any = getattr(config, self.api)
+        assert self.settings is not None
+
+    def api_client(self, base_url: str, *, headers: Callable[[], dict[str, str]] | None = None, hint: str = "",
+                   rate_limited: Callable[[httpx.Response], bool] | None = None) -> ApiClient:
+        """The API's client, with the registry's concurrency, timeout and TLS settings."""
+        c = self.config
+        return ApiClient(c.host, base_url, retry=self.retry, concurrency=c.concurrency, timeout=c.timeout,
+                         verify=ssl_context(c), headers=headers, credentials_hint=hint, rate_limited=rate_limited)
+
+    def token(self) -> str | None:
+        """The API token (`registry.<api>.token_env` / `token_file`), read when first needed."""
+        return self.settings.token(f"registry.{self.api}")
+
+    @property
+    def token_hint(self) -> str:
+        s = self.settings
+        return f"registry.{self.api}.token_env ({s.token_env})" if s.token_env else f"registry.{self.api}.token_file"
+
+    async def open(self) -> None:
+        await self.http.__aenter__()
+
+    async def close(self) -> None:
+        await self.http.__aexit__(None, None, None)
+
+
+__all__ = ["ApiBackend", "ApiClient", "body_next", "link_next", "x_next_page"]

@@ -65,7 +65,7 @@ class Backend:
         try:
             await self.open()
         except BaseException:
-            await self.oci.__aexit__(None, None, None)
+            await self.__aexit__(None, None, None)   # whatever `open` got to open
             raise
         return self
 

@@ -21,34 +21,30 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from tasks.auth import resolve_credentials
-from tasks.backends.api import ApiClient, body_next
-from tasks.backends.base import Backend, TagInfo, probe_tag
+from tasks.backends.api import ApiBackend, body_next
+from tasks.backends.base import TagInfo, probe_tag
 from tasks.config import RegistryConfig
-from tasks.distribution import RetryPolicy, ssl_context
+from tasks.distribution import RetryPolicy
 from tasks.errors import ManifestUnknown, RegistryAuthError, RegistryError, UnsupportedOperation
 from tasks.oci import is_digest
 from tasks.units import parse_build_time
 
 
-class DockerHubBackend(Backend):
+class DockerHubBackend(ApiBackend):
     api = "dockerhub"
     untagged_deletable = False
     enable_hint = "the access token needs the Read, Write & Delete scope"
 
     def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
         super().__init__(config, retry)
-        s = config.dockerhub
-        assert s is not None
-        self.settings = s
+        s = self.settings
         self.ns = s.namespace
-        self.where = (f"registry.dockerhub.token_env ({s.token_env})" if s.token_env else
-                      "registry.dockerhub.token_file" if s.token_file else "registry.auth, or the docker config")
-        self.http = ApiClient(config.host, s.url, retry=self.retry, concurrency=config.concurrency,
-                              timeout=config.timeout, verify=ssl_context(config), credentials_hint=self.where)
+        hint = self.token_hint if (s.token_env or s.token_file) else "registry.auth, or the docker config"
+        self.http = self.api_client(s.url, hint=hint)
 
     def _login(self) -> tuple[str, str]:
         s = self.settings
-        secret = s.token("registry.dockerhub")
+        secret = self.token()
         creds = None if (secret and s.username) else resolve_credentials("docker.io", self.config.auth)
         user = s.username or (creds.username if creds else None)
         secret = secret or (creds.secret if creds else None)
@@ -58,16 +54,13 @@ class DockerHubBackend(Backend):
         return user, secret
 
     async def open(self) -> None:
-        await self.http.__aenter__()
+        await super().open()
         user, secret = self._login()
         doc = await self.http.json("POST", "/v2/auth/token", json={"identifier": user, "secret": secret}, auth=False)
         token = (doc.get("access_token") or doc.get("token")) if isinstance(doc, dict) else None
         if not token:
             raise RegistryError(self.name, "Docker Hub's /v2/auth/token answered without an access_token")
         self.http.set_auth({"Authorization": f"Bearer {token}"})
-
-    async def close(self) -> None:
-        await self.http.__aexit__(None, None, None)
 
     def _name(self, repo: str) -> str:
         ns, _, name = repo.partition("/")

@@ -21,10 +21,10 @@ from urllib.parse import quote
 
 import httpx
 
-from tasks.backends.api import ApiClient
-from tasks.backends.base import Backend, TagInfo
+from tasks.backends.api import ApiBackend
+from tasks.backends.base import TagInfo
 from tasks.config import RegistryConfig
-from tasks.distribution import RetryPolicy, ssl_context
+from tasks.distribution import RetryPolicy
 from tasks.errors import ManifestUnknown, UnsupportedOperation
 from tasks.units import parse_build_time
 
@@ -33,35 +33,24 @@ def _rate_limited(r: httpx.Response) -> bool:
     return r.status_code in (403, 429) and ("retry-after" in r.headers or r.headers.get("x-ratelimit-remaining") == "0")
 
 
-class GitHubBackend(Backend):
+class GitHubBackend(ApiBackend):
     api = "github"
     enable_hint = "the token needs the delete:packages scope and admin rights on the package"
 
     def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
         super().__init__(config, retry)
-        s = config.github
-        assert s is not None
-        self.settings = s
+        s = self.settings
         self.owner = s.owner.lower()
         self.prefix = f"/{'orgs' if s.ownerType == 'org' else 'users'}/{quote(s.owner, safe='')}/packages"
-        where = f"registry.github.token_env ({s.token_env})" if s.token_env else "registry.github.token_file"
 
         def headers() -> dict[str, str]:
-            token = s.token("registry.github")
+            token = self.token()
             auth = {"Authorization": f"Bearer {token}"} if token else {}
             return {**auth, "Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 
-        self.http = ApiClient(config.host, s.url, retry=self.retry, concurrency=config.concurrency,
-                              timeout=config.timeout, verify=ssl_context(config), headers=headers,
-                              credentials_hint=where, rate_limited=_rate_limited)
+        self.http = self.api_client(s.url, headers=headers, hint=self.token_hint, rate_limited=_rate_limited)
         self._versions: dict[tuple[str, str], int] = {}   # (repository, digest) -> package version id
         self._lock = asyncio.Lock()
-
-    async def open(self) -> None:
-        await self.http.__aenter__()
-
-    async def close(self) -> None:
-        await self.http.__aexit__(None, None, None)
 
     def _package(self, repo: str) -> str:
         if not repo.startswith(self.owner + "/"):

@@ -17,43 +17,32 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import quote
 
-from tasks.backends.api import ApiClient, x_next_page
-from tasks.backends.base import Backend, TagInfo
+from tasks.backends.api import ApiBackend, x_next_page
+from tasks.backends.base import TagInfo
 from tasks.config import RegistryConfig
-from tasks.distribution import RetryPolicy, ssl_context
+from tasks.distribution import RetryPolicy
 from tasks.errors import ManifestUnknown
 from tasks.units import parse_build_time
 
 
-class GitLabBackend(Backend):
+class GitLabBackend(ApiBackend):
     api = "gitlab"
     enable_hint = "the token needs the Maintainer role (or Developer) and the api scope"
 
     def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
         super().__init__(config, retry)
-        s = config.gitlab
-        assert s is not None
-        self.settings = s
+        s = self.settings
         owner = s.project or s.group
         self.base = f"/{'projects' if s.project else 'groups'}/{quote(str(owner), safe='')}"
         header = "JOB-TOKEN" if s.token_env == "CI_JOB_TOKEN" else "PRIVATE-TOKEN"
-        where = f"registry.gitlab.token_env ({s.token_env})" if s.token_env else "registry.gitlab.token_file"
 
         def headers() -> dict[str, str]:
-            token = s.token("registry.gitlab")
+            token = self.token()
             return {header: token} if token else {}
 
-        self.http = ApiClient(config.host, s.url.rstrip("/") + "/api/v4", retry=self.retry,
-                              concurrency=config.concurrency, timeout=config.timeout, verify=ssl_context(config),
-                              headers=headers, credentials_hint=where)
+        self.http = self.api_client(s.url.rstrip("/") + "/api/v4", headers=headers, hint=self.token_hint)
         self._repos: dict[str, tuple[int, int]] | None = None   # registry path -> (project id, repository id)
         self._lock = asyncio.Lock()
-
-    async def open(self) -> None:
-        await self.http.__aenter__()
-
-    async def close(self) -> None:
-        await self.http.__aexit__(None, None, None)
 
     async def ping(self) -> None:
         await self.http.request("GET", self.base)

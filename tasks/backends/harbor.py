@@ -17,10 +17,10 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from tasks.auth import resolve_credentials
-from tasks.backends.api import ApiClient, link_next
-from tasks.backends.base import PROBE_DIGEST, Backend, TagInfo, probe_tag
+from tasks.backends.api import ApiBackend, link_next
+from tasks.backends.base import PROBE_DIGEST, TagInfo, probe_tag
 from tasks.config import RegistryConfig
-from tasks.distribution import RetryPolicy, ssl_context
+from tasks.distribution import RetryPolicy
 from tasks.units import parse_build_time
 
 
@@ -30,29 +30,19 @@ def _path(repo: str) -> str:
     return f"/projects/{quote(project, safe='')}/repositories/{quote(quote(name, safe=''), safe='')}"
 
 
-class HarborBackend(Backend):
+class HarborBackend(ApiBackend):
     api = "harbor"
     enable_hint = "the account needs the project's delete permission (a robot account: `delete artifact`)"
 
     def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
         super().__init__(config, retry)
-        s = config.harbor
-        assert s is not None
-        self.settings = s
 
         def headers() -> dict[str, str]:
             creds = resolve_credentials(config.host, config.auth)
             return {"Authorization": creds.basic_header()} if creds and not creds.identity_token else {}
 
-        self.http = ApiClient(config.host, (s.url or config.url).rstrip("/") + "/api/v2.0", retry=self.retry,
-                              concurrency=config.concurrency, timeout=config.timeout, verify=ssl_context(config),
-                              headers=headers, credentials_hint="registry.auth, or the docker config")
-
-    async def open(self) -> None:
-        await self.http.__aenter__()
-
-    async def close(self) -> None:
-        await self.http.__aexit__(None, None, None)
+        self.http = self.api_client((self.settings.url or config.url).rstrip("/") + "/api/v2.0", headers=headers,
+                                    hint="registry.auth, or the docker config")
 
     async def ping(self) -> None:
         await self.http.request("GET", "/projects", params={"page_size": 1})

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import secrets
 
-import pytest
-
-from tests.support.fakeapi import FakeApi, Reply, Request, iso, page_url, paginate, reply
+from tests.support.fakeapi import FakeApi, Reply, Request, api_fixture, iso, page_url, paginate, reply
 
 
 def _error(status: int, message: str) -> Reply:
@@ -98,16 +96,4 @@ class FakeDockerHub(FakeApi):
         return reply(204, None)
 
 
-@pytest.fixture
-def dockerhub_api():
-    """Factory: `dockerhub_api(registry, users={...})` -> a started FakeDockerHub."""
-    started: list[FakeDockerHub] = []
-
-    def make(registry, **kw) -> FakeDockerHub:
-        api = FakeDockerHub(registry, **kw).start()
-        started.append(api)
-        return api
-
-    yield make
-    for api in started:
-        api.stop()
+dockerhub_api = api_fixture(FakeDockerHub)

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
+import pytest
 
 from testbed import LocalRegistry, MANIFEST_ACCEPT, push_image
 from tests.support.registry import _Handler, _LoopbackServer
@@ -206,3 +207,20 @@ class FakeApi(_LoopbackServer):
             self.reply(status, data, {"Content-Type": "application/json", **headers})
 
         do_GET = do_HEAD = do_POST = do_DELETE = _any
+
+
+def api_fixture(cls: type[FakeApi]):
+    """A fixture factory for one fake: `make(registry, **options)` -> a started `cls`, stopped after the test."""
+    @pytest.fixture
+    def factory():
+        started: list[FakeApi] = []
+
+        def make(registry: LocalRegistry, **options: Any) -> FakeApi:
+            api = cls(registry, **options).start()
+            started.append(api)
+            return api
+
+        yield make
+        for api in started:
+            api.stop()
+    return factory

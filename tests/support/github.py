@@ -16,9 +16,7 @@ at most 100) and `Link` with rel `next` and `last`. Errors: `{"message": "Bad cr
 
 from __future__ import annotations
 
-import pytest
-
-from tests.support.fakeapi import FakeApi, Reply, Request, iso, page_url, paginate, reply
+from tests.support.fakeapi import FakeApi, Reply, Request, api_fixture, iso, page_url, paginate, reply
 
 DOCS = "https://docs.github.com/rest/packages/packages"
 
@@ -103,16 +101,4 @@ class FakeGitHub(FakeApi):
         return reply(204, None)
 
 
-@pytest.fixture
-def github_api():
-    """Factory: `github_api(registry, owner="acme")` -> a started FakeGitHub."""
-    started: list[FakeGitHub] = []
-
-    def make(registry, **kw) -> FakeGitHub:
-        api = FakeGitHub(registry, **kw).start()
-        started.append(api)
-        return api
-
-    yield make
-    for api in started:
-        api.stop()
+github_api = api_fixture(FakeGitHub)

@@ -14,9 +14,7 @@ Tokens come as `PRIVATE-TOKEN`, `JOB-TOKEN` or `Authorization: Bearer`.
 
 from __future__ import annotations
 
-import pytest
-
-from tests.support.fakeapi import FakeApi, Reply, Request, iso, page_url, paginate, reply
+from tests.support.fakeapi import FakeApi, Reply, Request, api_fixture, iso, page_url, paginate, reply
 
 
 class FakeGitLab(FakeApi):
@@ -128,16 +126,4 @@ class FakeGitLab(FakeApi):
         return reply(200, None)
 
 
-@pytest.fixture
-def gitlab_api():
-    """Factory: `gitlab_api(registry, projects={"group/app": 7})` -> a started FakeGitLab."""
-    started: list[FakeGitLab] = []
-
-    def make(registry, **kw) -> FakeGitLab:
-        api = FakeGitLab(registry, **kw).start()
-        started.append(api)
-        return api
-
-    yield make
-    for api in started:
-        api.stop()
+gitlab_api = api_fixture(FakeGitLab)

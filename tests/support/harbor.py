@@ -18,9 +18,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-import pytest
-
-from tests.support.fakeapi import FakeApi, Reply, Request, iso, page_url, paginate, reply
+from tests.support.fakeapi import FakeApi, Reply, Request, api_fixture, iso, page_url, paginate, reply
 
 NEVER = "0001-01-01T00:00:00.000Z"
 
@@ -115,16 +113,4 @@ class FakeHarbor(FakeApi):
         return reply(200, None)
 
 
-@pytest.fixture
-def harbor_api():
-    """Factory: `harbor_api(registry, users={...})` -> a started FakeHarbor."""
-    started: list[FakeHarbor] = []
-
-    def make(registry, **kw) -> FakeHarbor:
-        api = FakeHarbor(registry, **kw).start()
-        started.append(api)
-        return api
-
-    yield make
-    for api in started:
-        api.stop()
+harbor_api = api_fixture(FakeHarbor)

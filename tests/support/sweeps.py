@@ -2,8 +2,9 @@
 
     sweep            fixture: sweep(cfg, plan, **flow parameters) runs the sweep flow; its JSON report
     write_config     a sweep-test configuration for one repository (git off, fresh window 2 h)
-    take_snapshot    a snapshot taken by the real extractors, at an optional clock
+    take_snapshot    a snapshot taken by the real extractors, at an optional clock (probe: with capabilities)
     make_plan, plan_of   plans stored as the plan flow stores them
+    edit_plan        a stored plan with some tags' actions changed by hand, as a new plan
     old, fresh       push an image built in 2024 (planned delete) or now (kept as fresh)
     status, resolves_to  what the registry itself serves for a reference now
 """
@@ -71,6 +72,22 @@ def make_plan(cfg, sid: str) -> str:
 
 def plan_of(cfg) -> str:
     return make_plan(cfg, take_snapshot(cfg))
+
+
+def edit_plan(cfg, plan_id: str, actions: dict[str, str]) -> str:
+    """A copy of a stored plan whose tags in `actions` get that action ("keep" / "delete") by hand."""
+    import pyarrow as pa
+
+    from tasks.schemas import PLAN
+
+    store = Store(cfg.store)
+    rows = store.plan_table(plan_id).to_pylist()
+    for r in rows:
+        if r["tag"] in actions:
+            r["action"], r["reasons"] = actions[r["tag"]], ["hand edit"]
+    edited = new_id()
+    store.publish_plan(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plan_meta(plan_id), "id": edited})
+    return edited
 
 
 def status(client, repo: str, ref: str) -> int:
