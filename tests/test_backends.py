@@ -22,7 +22,8 @@ from tasks.distribution import RetryPolicy
 from tasks.registry import scan_registry
 from tasks.store import Store
 from tasks.units import utcnow
-from tests.support.rigs import TOKEN_ENV, API_TOKEN
+from testbed import LocalRegistry, push_image
+from tests.support.rigs import API_TOKEN, TOKEN_ENV
 from tests.support.sweeps import edit_plan, make_plan, take_snapshot
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
@@ -260,3 +261,46 @@ def test_push_time_stands_in_for_a_missing_build_time_and_last_pull_is_only_show
     assert f"  (pushed 2024-01-01 00:00 UTC, last pulled {(now - timedelta(hours=1)):%Y-%m-%d %H:%M} UTC; as the " \
            "registry reports it: information only, never a keep or delete rule)" in lines
     assert lines[-1] == f"delete {repo}:stale ({stale})"
+
+
+@pytest.mark.parametrize("api", ["gitlab", "harbor", "github", "dockerhub"])
+def test_credentials_that_may_not_delete_are_found_by_the_probe(api, request, sweep, tmp_path, monkeypatch):
+    from tasks.errors import SweepFailed
+    from tests.support.rigs import make_rig
+
+    rig = make_rig(api, request, tmp_path, monkeypatch)
+    rig.server.read_only = True          # a robot account or job token that reads but may not delete
+    repo = rig.repository("ro")
+    doomed = rig.image(repo, ["old"], created=OLD)
+    cfg = cfg_of(rig, tmp_path, [repo])
+    sid = take_snapshot(cfg, probe=True)
+    caps = Store(cfg.store).snapshot_meta(sid)["registry_capabilities"]
+    plan = make_plan(cfg, sid)
+
+    if api == "gitlab":
+        # GitLab deletes manifests through the Distribution API, lone tags through its own.
+        assert (caps["delete_digest"], caps["delete_tag"]) == ("yes", "denied")
+        assert "403" in caps["notes"]["delete_tag"]
+        assert sweep(cfg, plan, approve=True)["deleted"] == 1
+        assert not rig.holds(repo, doomed)
+        return
+    assert caps["delete_digest"] == "denied" and "check the credentials" in caps["notes"]["delete_digest"]
+    with pytest.raises(SweepFailed, match="does not let these credentials delete .*found before asking for approval"):
+        sweep(cfg, plan, approve=True)
+    assert rig.holds(repo, doomed)
+
+
+def test_gitlab_group_lists_the_registries_of_every_project_in_it(gitlab_api, tmp_path, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, API_TOKEN)
+    with LocalRegistry() as reg, reg.client() as c:
+        api = gitlab_api(reg, projects={"grp/app": 7, "grp/lib": 8, "other/x": 9})
+        for repo in ("grp/app", "grp/app/cache", "grp/lib/base", "other/x"):
+            push_image(c, repo, "v1", config={"config": {"Labels": {"r": repo}}})
+        cfg = parse_config({"store": str(tmp_path / "store"), "registry": {
+            "url": reg.url, "api": "gitlab", "repositories": ["grp/**"],
+            "gitlab": {"url": api.url, "group": "grp", "token_env": TOKEN_ENV, "pageSize": 1}}})
+
+        result, _ = scan(cfg)
+
+    assert sorted(t["repository"] for t in result.tags) == ["grp/app", "grp/app/cache", "grp/lib/base"]
+    assert sum(1 for m, p in api.requests if "/groups/grp/registry/repositories" in p) == 3   # one page each
