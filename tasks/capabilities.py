@@ -63,6 +63,12 @@ class Capabilities:
                 f"untagged: {self.delete_untagged}; referrers API: {self.referrers}")
 
 
+def markdown_lines(doc: dict[str, Any] | None) -> list[str]:
+    """The artifact lines (snapshot, plan) for a recorded probe; none when there is none."""
+    caps = Capabilities.from_json(doc)
+    return [f"Registry API `{caps.api}`: {caps.summary()}.", ""] if caps else []
+
+
 async def _answer(probe: Awaitable[Any]) -> tuple[str, str]:
     """Run one probe request and classify its answer (module docstring)."""
     try:

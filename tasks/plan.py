@@ -93,11 +93,9 @@ def summary_markdown(plan_id: str, meta: dict[str, Any], top: int = 20) -> str:
     if not meta["complete"]:
         lines += ["**Snapshot incomplete: this plan deletes nothing.**", ""]
         lines += [f"- {p}" for p in meta["problems"]] + [""]
-    caps = meta.get("registry_capabilities")
-    if caps:
-        from tasks.capabilities import Capabilities
+    from tasks.capabilities import markdown_lines
 
-        lines += [f"Registry API `{caps.get('api')}`: {Capabilities.from_json(caps).summary()}.", ""]
+    lines += markdown_lines(meta.get("registry_capabilities"))
     lines += [f"- tags: {meta['tags']:,} (rows {meta['rows']:,})", f"- keep: {meta['keep']:,}",
               f"- delete: {meta['delete']:,} rows, {meta['digests_deleted']:,} digests",
               f"- reclaimable: {human_bytes(meta['bytes_reclaimable'])} (before layer sharing and registry GC)", ""]

@@ -92,6 +92,9 @@ def summary_markdown(snapshot_id: str, meta: dict[str, Any], store: Store) -> st
     if counts["tags"] is not None:
         lines += [f"- repositories: {counts['repositories']}", f"- tags: {counts['tags']}",
                   f"- manifests: {counts['manifests']}", f"- bytes referenced: {counts['bytes']:,}", ""]
+    from tasks.capabilities import markdown_lines
+
+    lines += markdown_lines(meta.get("registry_capabilities"))
     lines += ["| source | status | rows | seconds | error |", "|---|---|---|---|---|"]
     for name, s in meta["sources"].items():
         lines.append(f"| {name} | {s['status']} | {s['rows']} | {s['seconds']} | {s.get('error', '')} |")
