@@ -127,6 +127,14 @@ def snapshot(
     _run(body)
 
 
+def _cannot_delete(meta: dict, registry: str) -> str | None:
+    """Why the registry cannot delete, as its probe recorded with the plan; None when it can."""
+    from tasks.capabilities import Capabilities, cannot_delete
+
+    caps = Capabilities.from_json(meta.get("registry_capabilities"))
+    return cannot_delete(caps, registry) if caps else None
+
+
 @app.command()
 def plan(
     config: ConfigOpt,
@@ -162,6 +170,9 @@ def plan(
                    f"({meta['bytes_reclaimable']:,} bytes reclaimable)", err=True)
         for problem in meta["problems"]:
             typer.echo(f"regsweep: warning: {problem}; this plan deletes nothing", err=True)
+        refusal = _cannot_delete(meta, cfg.registry.url)
+        if refusal and meta["delete"]:
+            typer.echo(f"regsweep: warning: {refusal}; a sweep of this plan would delete nothing", err=True)
         typer.echo(pid)
 
     _run(body)

@@ -11,7 +11,8 @@ from pydantic import Field
 
 from tasks.config import RegsweepConfig
 from tasks.errors import SnapshotIncomplete
-from tasks.snapshot import check_sources, preload_sources, run_source, select_sources, snapshot_meta, summary_markdown
+from tasks.snapshot import (check_sources, preload_sources, run_source, select_sources, snapshot_meta,
+                            staged_repositories, summary_markdown)
 from tasks.store import SourceStatus, Store, new_id, utcnow
 
 
@@ -19,6 +20,14 @@ from tasks.store import SourceStatus, Store, new_id, utcnow
 def extract_source(name: str, config: RegsweepConfig, staging: str, now_iso: str) -> SourceStatus:
     from datetime import datetime
     return run_source(name, config, staging, datetime.fromisoformat(now_iso))
+
+
+@task(name="probe-registry")
+def probe_registry(config: RegsweepConfig, staging: str) -> dict | None:
+    """What the registry lets regsweep do (tasks/capabilities.py), probed in a repository just scanned."""
+    from tasks.registry import probe_capabilities
+
+    return probe_capabilities(config.registry, staged_repositories(Store(config.store), staging))
 
 
 @flow(name="regsweep-snapshot", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -37,7 +46,8 @@ def snapshot_flow(
                for name, on in chosen.items() if on}
     statuses = {name: (futures[name].result() if on else SourceStatus("skipped"))
                 for name, on in chosen.items()}
-    meta = snapshot_meta(now, config, statuses)
+    caps = probe_registry(config, staging) if statuses["registry"].status == "ok" else None
+    meta = snapshot_meta(now, config, statuses, caps)
     store.publish_snapshot(snapshot_id, meta)
     create_markdown_artifact(summary_markdown(snapshot_id, meta, store), key="regsweep-snapshot",
                              description=f"Snapshot {snapshot_id}")

@@ -24,7 +24,7 @@ from tasks.errors import SweepNotApproved
 from tasks.lock import sweep_lock
 from tasks.units import parse_duration
 from tasks.store import Store
-from tasks.sweep import (Intent, SweepReport, check_up_front_approval, delete_targets, prepare,
+from tasks.sweep import (Intent, SweepReport, check_deletable, check_up_front_approval, delete_targets, prepare,
                          raise_if_failed)
 
 
@@ -117,6 +117,7 @@ def sweep_flow(
     with contextlib.nullcontext() if dry_run else sweep_lock(store, config.registry.url, plan):
         intent = prepare_sweep(config, store, plan)
         if intent.targets and not dry_run:
+            check_deletable(intent)
             create_markdown_artifact(intent.markdown(), key="regsweep-sweep-intent",
                                      description=f"What the sweep of plan {intent.plan_id} will delete")
             if approve:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
 from tasks.policy import CleanupPolicy
@@ -26,6 +26,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def read_secret(env: str | None, file: str | None, key: str, names: tuple[str, str], *,
+                block: str | None = None, block_name: str = "token_block") -> str | None:
+    """A secret read at the moment it is needed from the environment variable `env`, the file
+    `file` or the Prefect Secret block `block`; None when none is set. `key` and `names` spell
+    the keys for messages."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{key}.{names[0]}", f"environment variable {env} is not set")
+        return value
+    if file:
+        try:
+            return Path(file).expanduser().read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{key}.{names[1]}", f"cannot read {file}: {e.strerror}") from None
+    if block:
+        return _secret_block(block, f"{key}.{block_name}")
+    return None
+
+
 class RegistryAuth(_Strict):
     username: str = Field(description="User name for Basic auth or the token service.")
     password_env: str | None = Field(None, description="Environment variable holding the password or token.")
@@ -34,31 +54,71 @@ class RegistryAuth(_Strict):
 
     def password(self) -> str:
         """Read the secret at the moment it is needed; never stored on the model."""
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError("registry.auth.password_env",
-                                  f"environment variable {self.password_env} is not set")
-            return value
-        if self.password_file:
-            try:
-                return Path(self.password_file).expanduser().read_text().strip()
-            except OSError as e:
-                raise ConfigError("registry.auth.password_file", f"cannot read {self.password_file}: {e.strerror}") from None
-        if self.password_block:
-            return _secret_block(self.password_block)
-        raise ConfigError("registry.auth", "needs password_env, password_file or password_block")
+        value = read_secret(self.password_env, self.password_file, "registry.auth", ("password_env", "password_file"),
+                            block=self.password_block, block_name="password_block")
+        if value is None:
+            raise ConfigError("registry.auth", "needs password_env, password_file or password_block")
+        return value
 
 
-def _secret_block(name: str) -> str:
+def _secret_block(name: str, key: str) -> str:
     """The value of a Prefect Secret block, read from the Prefect API when the secret is needed."""
     from prefect.blocks.system import Secret
 
     try:
         return str(Secret.load(name, _sync=True).get())
     except ValueError as e:   # Prefect's "Unable to find block document named ..."
-        raise ConfigError("registry.auth.password_block", f"no Secret block {name!r} on the Prefect server "
+        raise ConfigError(key, f"no Secret block {name!r} on the Prefect server "
                           f"({str(e).splitlines()[0]})") from None
+
+
+# --- native registry APIs (registry.api) ------------------------------------------------------
+
+REGISTRY_APIS = ("distribution", "ecr", "gitlab", "harbor", "github", "dockerhub")
+
+
+class _ApiToken(_Strict):
+    """A native API's token, named by environment variable, file or Prefect Secret block (never a value here)."""
+
+    token_env: str | None = Field(None, description="Environment variable holding the API token.")
+    token_file: str | None = Field(None, description="File holding the API token.")
+    token_block: str | None = Field(None, description="Name of a Prefect Secret block holding the API token.")
+    pageSize: int = Field(100, ge=1, le=100, description="Items per list page.")
+
+    def token(self, key: str) -> str | None:
+        return read_secret(self.token_env, self.token_file, key, ("token_env", "token_file"), block=self.token_block)
+
+
+class EcrSettings(_Strict):
+    region: str | None = Field(None, description="AWS region; default: from the registry host, else the AWS default chain.")
+    registryId: str | None = Field(None, description="AWS account id of the registry; default: from the registry host.")
+    endpoint: str | None = Field(None, description="ECR API endpoint; default: AWS_ENDPOINT_URL_ECR, else AWS's own.")
+    profile: str | None = Field(None, description="AWS profile; default: the AWS default credential chain.")
+    pageSize: int = Field(1000, ge=1, le=1000, description="Items per DescribeRepositories/DescribeImages page.")
+
+
+class GitLabSettings(_ApiToken):
+    url: str = Field("https://gitlab.com", description="The GitLab instance (its API is <url>/api/v4).")
+    project: str | None = Field(None, description="Project path or id whose container registry is swept.")
+    group: str | None = Field(None, description="Group path or id: every project registry in it.")
+
+
+class HarborSettings(_Strict):
+    url: str | None = Field(None, description="Harbor's URL (API at <url>/api/v2.0); default: registry.url.")
+    projects: list[str] = Field(default_factory=list, description="Projects to list; default: every project visible.")
+    pageSize: int = Field(100, ge=1, le=100, description="Items per list page.")
+
+
+class GitHubSettings(_ApiToken):
+    owner: str = Field(description="Organisation or user owning the container packages.")
+    ownerType: Literal["org", "user"] = Field("org", description="`org` or `user`.")
+    url: str = Field("https://api.github.com", description="GitHub's REST API.")
+
+
+class DockerHubSettings(_ApiToken):
+    namespace: str = Field(description="Docker Hub user or organisation whose repositories are swept.")
+    username: str | None = Field(None, description="Docker Hub user for the API login; default: registry.auth, else the docker config.")
+    url: str = Field("https://hub.docker.com", description="Docker Hub's API.")
 
 
 class RegistryConfig(_Strict):
@@ -70,6 +130,25 @@ class RegistryConfig(_Strict):
     caFile: str | None = Field(None, description="Extra CA bundle (PEM) to trust for this registry.")
     concurrency: int = Field(16, ge=1, le=256, description="Parallel HTTP requests to the registry.")
     timeout: float = Field(30.0, gt=0, description="Seconds per HTTP request.")
+    api: Literal[REGISTRY_APIS] = Field("distribution", description="Which API lists and deletes: distribution | ecr | gitlab | harbor | github | dockerhub.")  # type: ignore[valid-type]
+    ecr: EcrSettings | None = Field(None, description="AWS ECR settings (registry.api: ecr).")
+    gitlab: GitLabSettings | None = Field(None, description="GitLab container registry API settings (registry.api: gitlab).")
+    harbor: HarborSettings | None = Field(None, description="Harbor v2 API settings (registry.api: harbor).")
+    github: GitHubSettings | None = Field(None, description="GitHub Packages settings (registry.api: github).")
+    dockerhub: DockerHubSettings | None = Field(None, description="Docker Hub API settings (registry.api: dockerhub).")
+
+    @model_validator(mode="after")
+    def _api_settings(self) -> "RegistryConfig":
+        if self.api == "ecr" and self.ecr is None:
+            self.ecr = EcrSettings()
+        if self.api == "harbor" and self.harbor is None:
+            self.harbor = HarborSettings()
+        if self.api in ("gitlab", "github", "dockerhub") and getattr(self, self.api) is None:
+            needs = {"gitlab": "project or group", "github": "owner", "dockerhub": "namespace"}[self.api]
+            raise ValueError(f"`api: {self.api}` needs a `{self.api}:` section naming the {needs}")
+        if self.api == "gitlab" and bool(self.gitlab.project) == bool(self.gitlab.group):
+            raise ValueError("`gitlab:` needs exactly one of project or group")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -274,6 +353,9 @@ def _anchor_paths(cfg: RegsweepConfig, base: Path) -> RegsweepConfig:
             reg[key] = anchor(reg[key])
     if reg.get("auth") and reg["auth"].get("password_file"):
         reg["auth"]["password_file"] = anchor(reg["auth"]["password_file"])
+    for api in ("gitlab", "github", "dockerhub"):
+        if reg.get(api) and reg[api].get("token_file"):
+            reg[api]["token_file"] = anchor(reg[api]["token_file"])
     for key in ("path", "cache"):
         if data.get("git") and data["git"].get(key):
             data["git"][key] = anchor(data["git"][key])

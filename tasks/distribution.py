@@ -17,18 +17,19 @@ import random
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from tasks import oci
-from tasks.auth import ChallengeAuth, resolve_credentials
+from tasks.auth import ChallengeAuth, Credentials, resolve_credentials
 from tasks.config import RegistryConfig
 from tasks.errors import ConfigError, ManifestUnknown, RegistryError, UnsupportedOperation
 from tasks.httperrors import registry_error
 
 _PAGE = 1000  # Distribution rejects n > 1000 on the catalog; larger registries cap it themselves
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,20 @@ class RetryPolicy:
             return min(exc.retry_after, self.retry_after_cap)
         return random.uniform(0, min(self.maximum, self.initial * 2 ** (state.attempt_number - 1)))
 
+    async def run(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` until it returns, or raises anything but a retryable RegistryError, or the
+        attempts run out (the last error is raised). Every registry API's client retries through this."""
+        def retryable(e: BaseException) -> bool:
+            return isinstance(e, RegistryError) and e.retryable
 
-def _ssl_context(config: RegistryConfig) -> ssl.SSLContext | bool:
+        async for tried in AsyncRetrying(stop=stop_after_attempt(self.attempts), wait=self.wait,
+                                         retry=retry_if_exception(retryable), reraise=True):
+            with tried:
+                return await attempt()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def ssl_context(config: RegistryConfig) -> ssl.SSLContext | bool:
     if config.insecure:
         return False
     ctx = httpx.create_ssl_context()
@@ -66,11 +79,13 @@ class RegistryClient:
     Credentials are looked up (registry.auth, else the Docker config) when the registry first asks.
     """
 
-    def __init__(self, config: RegistryConfig, *, retry: RetryPolicy | None = None):
+    def __init__(self, config: RegistryConfig, *, retry: RetryPolicy | None = None,
+                 credentials: Callable[[], Credentials | None] | None = None):
         self.config = config
         self.name = config.host
         self.retry = retry or RetryPolicy()
-        self.auth = ChallengeAuth(config.host, lambda: resolve_credentials(config.host, config.auth))
+        # A native backend may supply the credentials (ECR: its authorization token).
+        self.auth = ChallengeAuth(config.host, credentials or (lambda: resolve_credentials(config.host, config.auth)))
         self._sem = asyncio.Semaphore(config.concurrency)
         self._http: httpx.AsyncClient | None = None
         # Learned at run time, once per client.
@@ -82,7 +97,7 @@ class RegistryClient:
     async def __aenter__(self) -> "RegistryClient":
         n = self.config.concurrency
         self._http = httpx.AsyncClient(
-            base_url=self.config.url, auth=self.auth, verify=_ssl_context(self.config),
+            base_url=self.config.url, auth=self.auth, verify=ssl_context(self.config),
             timeout=self.config.timeout, follow_redirects=True,
             # As many connections as requests in flight: a token request needs no spare one (the
             # refused request's connection is released first), and every idle connection costs
@@ -105,24 +120,21 @@ class RegistryClient:
         if self._http is None:
             raise RuntimeError("RegistryClient used outside `async with`")
         ok, passthrough = frozenset(ok), frozenset(passthrough)
+        http = self._http
 
-        def retryable(e: BaseException) -> bool:
-            return isinstance(e, RegistryError) and e.retryable
+        async def attempt() -> httpx.Response:
+            async with self._sem:
+                self.requests += 1
+                try:
+                    r = await http.request(method, url, headers=headers)
+                except (httpx.HTTPError, RegistryError, ssl.SSLError, OSError) as e:
+                    raise registry_error(self.name, exc=e, repository=repository, reference=reference) from None
+            if r.status_code in ok or r.status_code in passthrough:
+                return r
+            raise registry_error(self.name, response=r, repository=repository, reference=reference,
+                                 tag_delete=tag_delete)
 
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(self.retry.attempts), wait=self.retry.wait,
-                                           retry=retry_if_exception(retryable), reraise=True):
-            with attempt:
-                async with self._sem:
-                    self.requests += 1
-                    try:
-                        r = await self._http.request(method, url, headers=headers)
-                    except (httpx.HTTPError, RegistryError, ssl.SSLError, OSError) as e:
-                        raise registry_error(self.name, exc=e, repository=repository, reference=reference) from None
-                if r.status_code in ok or r.status_code in passthrough:
-                    return r
-                raise registry_error(self.name, response=r, repository=repository, reference=reference,
-                                     tag_delete=tag_delete)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self.retry.run(attempt)
 
     async def _paged(self, url: str, key: str, *, repository: str | None = None) -> list[str]:
         """Follow Link rel="next" until the last page; a page that fails fails the listing."""

@@ -8,7 +8,7 @@ A node is kept when any rule keeps it, and its reasons list every rule that did:
                  a reference into another host keeps the same-named repository's image (fail closed)
   2. helm        every stored revision the Helm source recorded
   3. git         werf keep policies over git history (tasks/gitpolicy.py)
-  4. fresh       built within keepImagesBuiltWithinLastNHours of the snapshot time
+  4. fresh       built (else pushed, by the registry's own time) within keepImagesBuiltWithinLastNHours
   5. unlinked    digests linked to no commit, unless `unlinkedImages: delete`
   6. relatives   an index with a kept platform is kept whole with all its platforms; referrers
                  (signatures, SBOMs, the `sha256-<hex>` fallback index) follow their subject
@@ -222,14 +222,19 @@ def _age_texts(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float) -> None:
     window = int(hours * 3600 * US)
-    have = primary & (nodes.created != NAT)
-    fresh = have & (nodes.created > now_us - window)
+    # Build time: the config's (or annotation's) `created`, else the registry's push time.
+    by_push = (nodes.created == NAT) & (nodes.pushed != NAT)
+    when = np.where(by_push, nodes.pushed, nodes.created)
+    have = primary & (when != NAT)
+    fresh = have & (when > now_us - window)
     limit = format_duration(window)
     for ids, suffix, keep in ((np.flatnonzero(fresh), f" ago (< {limit})", True),
                               (np.flatnonzero(have & ~fresh), f" ago (not within {limit})", False)):
         if len(ids):
-            codes, fmt = _age_texts(now_us - nodes.created[ids])
-            R.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt], FRESH, keep=keep)
+            codes, fmt = _age_texts(now_us - when[ids])
+            codes = np.where(by_push[ids], codes + len(fmt), codes)
+            R.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt]
+                        + [f"pushed {f}{suffix}, no build time recorded" for f in fmt], FRESH, keep=keep)
     kept[fresh] = True
     R.add(np.flatnonzero(primary & ~have), "build time unknown", FRESH, keep=False)
 

@@ -37,11 +37,18 @@ class TokenService:
 
 
 def oci_errors(response: httpx.Response) -> tuple[tuple[str, ...], str]:
-    """The OCI error codes and first message of an error response, if it has a JSON body."""
+    """The OCI error codes and first message of an error response, if it has a JSON body.
+
+    Native registry APIs answer `{"message": ...}` (GitLab, GitHub, Docker Hub) or `{"detail": ...}`
+    (Docker Hub) instead: their message is taken, with no code.
+    """
     try:
-        errs = response.json().get("errors") or []
+        doc = response.json()
+        errs = doc.get("errors") or []
         codes = tuple(str(e.get("code", "")) for e in errs if isinstance(e, dict))
         msg = next((str(e.get("message")) for e in errs if isinstance(e, dict) and e.get("message")), "")
+        if not errs:
+            msg = str(doc.get("message") or doc.get("detail") or doc.get("error") or "")[:300]
         return codes, msg
     except (ValueError, AttributeError, httpx.ResponseNotRead):
         return (), ""
@@ -49,11 +56,13 @@ def oci_errors(response: httpx.Response) -> tuple[tuple[str, ...], str]:
 
 def registry_error(registry: str, *, response: httpx.Response | None = None, exc: BaseException | None = None,
                    repository: str | None = None, reference: str | None = None, tag_delete: bool = False,
-                   token_service: TokenService | None = None) -> RegistryError:
+                   token_service: TokenService | None = None,
+                   credentials_hint: str = "registry.auth, or the docker config") -> RegistryError:
     """The typed error for an error `response` (or a transport failure `exc`) from `registry`.
 
     `tag_delete` says the response answers a DELETE by tag, `token_service` that it is a token
-    service's answer. A RegistryError passed as `exc` (the auth flow raises them) is returned as is.
+    service's answer, `credentials_hint` where a refused request's credentials came from. A
+    RegistryError passed as `exc` (the auth flow raises them) is returned as is.
     """
     where = {"repository": repository, "reference": reference}
     if exc is not None:
@@ -70,7 +79,7 @@ def registry_error(registry: str, *, response: httpx.Response | None = None, exc
         else:
             detail = f"token service {token_service.realm} answered HTTP {status}"
     elif status in (401, 403):
-        cls, detail = RegistryAuthError, f"{detail} (check the credentials: registry.auth, or the docker config)"
+        cls, detail = RegistryAuthError, f"{detail} (check the credentials: {credentials_hint})"
     elif tag_delete and (status == 405 or {"DIGEST_INVALID", "UNSUPPORTED"} & set(codes)):
         cls = UnsupportedOperation
         detail = f"the registry cannot delete a tag alone (HTTP {status}{' ' + codes[0] if codes else ''})"
@@ -79,7 +88,7 @@ def registry_error(registry: str, *, response: httpx.Response | None = None, exc
     elif status == 404:
         cls = ManifestUnknown
     retryable = status in RETRY_STATUSES
-    after = _retry_after(response.headers.get("retry-after")) if retryable else None
+    after = parse_retry_after(response.headers.get("retry-after")) if retryable else None
     return cls(registry, detail, status=status, codes=codes, retryable=retryable, retry_after=after, **where)
 
 
@@ -111,7 +120,7 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Retry-After in seconds: a number, or an HTTP date."""
     if not value:
         return None

@@ -51,8 +51,11 @@ class Nodes:
         self.size = np.zeros(n, np.int64)
         self.size[m_node] = pd.to_numeric(man["size"]).fillna(0).to_numpy(np.int64)
         self.created = np.full(n, NAT, np.int64)
+        self.pushed = np.full(n, NAT, np.int64)   # the registry's own push time (older snapshots: none)
         if len(mkey):
             self.created[m_node] = to_us(man["created"])
+            if "pushed" in man:
+                self.pushed[m_node] = to_us(man["pushed"])
         self.subject_code = np.full(n, -1, np.int64)
         has = m_subj >= 0
         self.subject_code[m_node[has]] = m_subj[has]

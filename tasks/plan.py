@@ -2,7 +2,8 @@
 
 plan.json records what a sweep must check before acting: `snapshot_id`, `registry`, `policy`
 (the hash of the cleanup section), `created_at`, `complete` (false = nothing may be deleted,
-`problems` says why) and counts and bytes reclaimable per repository.
+`problems` says why), counts and bytes reclaimable per repository, and `registry_capabilities`,
+the snapshot's probe of what the registry lets a sweep do (tasks/capabilities.py), when it ran.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
         "problems": problems,
         **plan_summary(plan),
     }
+    if smeta.get("registry_capabilities"):
+        meta["registry_capabilities"] = smeta["registry_capabilities"]
     # no pandas metadata: readers get plain Arrow types whatever pandas they run
     table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
     store.publish_plan(plan_id, table, meta)
@@ -90,6 +93,9 @@ def summary_markdown(plan_id: str, meta: dict[str, Any], top: int = 20) -> str:
     if not meta["complete"]:
         lines += ["**Snapshot incomplete: this plan deletes nothing.**", ""]
         lines += [f"- {p}" for p in meta["problems"]] + [""]
+    from tasks.capabilities import markdown_lines
+
+    lines += markdown_lines(meta.get("registry_capabilities"))
     lines += [f"- tags: {meta['tags']:,} (rows {meta['rows']:,})", f"- keep: {meta['keep']:,}",
               f"- delete: {meta['delete']:,} rows, {meta['digests_deleted']:,} digests",
               f"- reclaimable: {human_bytes(meta['bytes_reclaimable'])} (before layer sharing and registry GC)", ""]
@@ -186,10 +192,14 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
         if kept is None:
             raise
         return out + kept
+    times = _registry_times(store, meta.get("snapshot_id"), sorted(set(rows["repository"])))
     for r in rows.itertuples(index=False):
         name = f"{r.repository}:{r.tag}" if isinstance(r.tag, str) else f"{r.repository}@{r.digest} (untagged)"
         out.append(f"{name} -> {r.digest} ({r.kind}, {human_bytes(int(r.size))}): {r.action}")
         out += [f"  - {reason}" for reason in r.reasons]
+        seen = times.get((r.repository, r.digest))
+        if seen:
+            out.append(f"  ({seen}; as the registry reports it: information only, never a keep or delete rule)")
     action = "/".join(sorted(set(rows["action"])))   # one digest, one action (digest-level decisions)
     first = rows.iloc[0]
     if len(rows) == 1 and isinstance(first["tag"], str) and "@" not in image_ref:
@@ -198,6 +208,28 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
         tags = [t for t in rows["tag"] if isinstance(t, str)]
         which = f"tags: {', '.join(tags)}" if tags else "untagged"
         out.append(f"{action} {first['repository']}@{first['digest']} ({which})")
+    return out
+
+
+def _registry_times(store: Store, snapshot_id: str | None, repos: list[str]) -> dict[tuple[str, str], str]:
+    """`pushed …, last pulled …` per (repository, digest), where the registry's API reported them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not snapshot_id:
+        return {}
+    try:
+        with store.fs.open(store.path("snapshots", snapshot_id, "manifests.parquet"), "rb") as f:
+            t = pq.read_table(f, columns=["repository", "digest", "pushed", "last_pulled"],
+                              filters=[("repository", "in", repos)])
+    except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+        return {}   # no manifests table, or one from before the registry's times were recorded
+    out = {}
+    for r in t.to_pylist():
+        parts = [f"{what} {when.strftime('%Y-%m-%d %H:%M UTC')}"
+                 for what, when in (("pushed", r["pushed"]), ("last pulled", r["last_pulled"])) if when]
+        if parts:
+            out[(r["repository"], r["digest"])] = ", ".join(parts)
     return out
 
 

@@ -5,7 +5,7 @@ Parsing follows Docker's distribution/reference grammar through `docker-image-py
 `.` or `:` or equal to `localhost` is a host, repositories must be lowercase. On top of that,
 hosts are lowercased and their default ports dropped, and Docker Hub's other spellings
 (`index.docker.io`, `registry-1.docker.io`) are `docker.io`, so that every spelling of one
-image compares equal.
+image compares equal. Repository globs (`registry.repositories`) are read here too.
 """
 
 from __future__ import annotations
@@ -197,3 +197,31 @@ def other_host_images(images: Iterable[str], matcher: RegistryMatcher) -> "panda
         if p is not None and p.host not in matcher.hosts:
             rows.append((image, p.repository, p.tag, p.digest, p.host))
     return pd.DataFrame(rows, columns=["image", "repository", "tag", "digest", "host"], dtype=object)
+
+
+def repository_globs(globs: Iterable[str]) -> re.Pattern[str]:
+    """`*` and `?` stay within one path segment, `**` crosses them (as Harbor's and GitLab's
+    globs do): `team/*` selects team/api but not team/api/cache, so a glob never sweeps more
+    repositories than it reads as selecting."""
+    def one(glob: str) -> str:
+        out, i = [], 0
+        while i < len(glob):
+            if glob.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif glob[i] == "*":
+                out.append("[^/]*")
+                i += 1
+            elif glob[i] == "?":
+                out.append("[^/]")
+                i += 1
+            elif glob[i] == "[" and "]" in glob[i + 1:]:
+                j = glob.index("]", i + 1)
+                body = glob[i + 1:j]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = j + 1
+            else:
+                out.append(re.escape(glob[i]))
+                i += 1
+        return "".join(out)
+    return re.compile("|".join(f"(?:{one(g)})" for g in globs))

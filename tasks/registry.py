@@ -1,9 +1,12 @@
 """The registry source: reads every tag of the selected repositories into snapshot tables.
 
-`extract` scans the configured registry through a `RegistryClient` (tasks/distribution.py)
-into the TAGS, MANIFESTS, CHILDREN and LINKS tables (tasks/schemas.py). Manifests and image
-configs come from the store's `BlobCache` when an earlier scan read them, so a rescan of an
-unchanged registry costs one HEAD per tag.
+`extract` scans the configured registry through its backend (tasks/backends/: the Distribution
+API, or a native API chosen by `registry.api`) into the TAGS, MANIFESTS, CHILDREN and LINKS
+tables (tasks/schemas.py); `probe_capabilities` then probes what the registry lets regsweep do
+(tasks/capabilities.py) for snapshot.json.
+Manifests and image configs come from the store's `BlobCache` when an earlier scan read them, so
+a rescan of an unchanged registry costs one HEAD per tag through the Distribution API, and
+nothing but the listing pages where a native API lists each tag with its digest.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from typing import Any, Awaitable, Callable, Iterable
 import pyarrow as pa
 
 from tasks import oci
+from tasks.backends import Backend, TagInfo, open_backend
 from tasks.blobcache import CACHE_NAME, BlobCache
+from tasks.capabilities import Capabilities, probe_registry
 from tasks.config import LinkConfig, RegistryConfig, RegsweepConfig
 from tasks.distribution import RegistryClient, RetryPolicy
 from tasks.errors import ManifestUnknown, RegistryAuthError, RegistryError
 from tasks.progress import reporter
+from tasks.reference import repository_globs
 from tasks.schemas import CHILDREN, LINKS, MANIFESTS, TAGS
 
 log = logging.getLogger("regsweep.registry")
@@ -37,42 +43,14 @@ def preflight(config: RegistryConfig) -> None:
     incomplete (README "Safety": fail closed) instead of vanishing before it started.
     """
     async def go() -> None:
-        async with RegistryClient(config, retry=RetryPolicy(attempts=2)) as client:
-            await client.ping()
+        async with open_backend(config, retry=RetryPolicy(attempts=2)) as backend:
+            await backend.ping()
     try:
         asyncio.run(go())
     except RegistryAuthError:
         raise
     except RegistryError:
         pass
-
-
-def repository_globs(globs: Iterable[str]) -> re.Pattern[str]:
-    """`*` and `?` stay within one path segment, `**` crosses them (as Harbor's and GitLab's
-    globs do): `team/*` selects team/api but not team/api/cache, so a glob never sweeps more
-    repositories than it reads as selecting."""
-    def one(glob: str) -> str:
-        out, i = [], 0
-        while i < len(glob):
-            if glob.startswith("**", i):
-                out.append(".*")
-                i += 2
-            elif glob[i] == "*":
-                out.append("[^/]*")
-                i += 1
-            elif glob[i] == "?":
-                out.append("[^/]")
-                i += 1
-            elif glob[i] == "[" and "]" in glob[i + 1:]:
-                j = glob.index("]", i + 1)
-                body = glob[i + 1:j]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = j + 1
-            else:
-                out.append(re.escape(glob[i]))
-                i += 1
-        return "".join(out)
-    return re.compile("|".join(f"(?:{one(g)})" for g in globs))
 
 
 # --- the extractor ----------------------------------------------------------------------------
@@ -109,11 +87,14 @@ class ScanResult:
 
 
 class Scanner:
-    """Reads the tags `client.config` selects into a ScanResult (see `extract`)."""
+    """Reads the tags `backend.config` selects into a ScanResult (see `extract`)."""
 
-    def __init__(self, client: RegistryClient, link: LinkConfig, cache: BlobCache):
-        self.client, self.cache = client, cache
+    def __init__(self, backend: Backend, link: LinkConfig, cache: BlobCache):
+        self.backend, self.client, self.cache = backend, backend.oci, cache
         self.result = ScanResult()
+        self.listed: dict[tuple[str, str], str] = {}    # (repository, tag) -> digest the listing gave
+        # (repository, digest) -> (pushed, last pulled): the registry's own times, where its API gives them
+        self.times: dict[tuple[str, str], tuple[datetime | None, datetime | None]] = {}
         self.patterns = [re.compile(p) for p in link.tagPatterns]
         self._records: dict[tuple[str, str], asyncio.Task] = {}
         self._blobs: dict[str, asyncio.Task] = {}
@@ -125,7 +106,7 @@ class Scanner:
         if globs and not any(ch in g for g in globs for ch in "*?["):
             # Literal names need no catalog (which tokens limited to some repositories may not see).
             return sorted(dict.fromkeys(globs))
-        names = await self.client.list_repositories()
+        names = await self.backend.list_repositories()
         if globs:
             rx = repository_globs(globs)
             names = [n for n in names if rx.fullmatch(n)]
@@ -133,11 +114,24 @@ class Scanner:
 
     async def _list(self, repo: str) -> tuple[str, list[str]]:
         try:
-            return repo, await self.client.list_tags(repo)
+            infos = await self.backend.list_tags(repo)
         except ManifestUnknown as e:
             # Gone since the catalog listed it, or a configured name never pushed: no tags to lose.
             log.warning(f"{e}; recorded with no tags")
             return repo, []
+        for info in infos:
+            self._note(repo, info)
+        return repo, [i.tag for i in infos if i.tag is not None]
+
+    def _note(self, repo: str, info: TagInfo) -> None:
+        """Keep what the listing said: the tag's digest, and the digest's latest push and pull."""
+        if not (info.digest and oci.is_digest(info.digest)):
+            return
+        if info.tag is not None:
+            self.listed[(repo, info.tag)] = info.digest
+        pushed, pulled = self.times.get((repo, info.digest), (None, None))
+        # A digest pushed under several tags counts its latest push: when in doubt, fresher (kept).
+        self.times[(repo, info.digest)] = (_later(pushed, info.pushed), _later(pulled, info.last_pulled))
 
     # -- reading ----------------------------------------------------------------------------------
     async def _blob(self, repo: str, digest: str, *, manifest: bool) -> tuple[str, bytes]:
@@ -185,8 +179,17 @@ class Scanner:
         self.cache.put(digest, media_type, body)
         return digest, media_type, body
 
+    async def _listed(self, repo: str, digest: str) -> tuple[str, str, bytes] | None:
+        """The manifest the listing named by digest (cached, else one GET); None when it is gone."""
+        try:
+            media_type, body = await self._blob(repo, digest, manifest=True)
+        except ManifestUnknown:
+            return None   # deleted between the listing and this read
+        return digest, media_type, body
+
     async def read_tag(self, repo: str, tag: str) -> None:
-        found = await self._resolve(repo, tag)
+        digest = self.listed.get((repo, tag))
+        found = await (self._listed(repo, digest) if digest else self._resolve(repo, tag))
         if found is None:
             self.result.tags.append({"repository": repo, "tag": tag, "digest": None, "gone": True})
             return
@@ -213,6 +216,7 @@ class Scanner:
 
     async def _record(self, repo: str, digest: str, media_type: str | None, body: bytes | None,
                       subject: str | None, fallback_for: str | None) -> _Facts | None:
+        key = (repo, digest)
         if body is None or media_type is None:
             try:
                 media_type, body = await self._blob(repo, digest, manifest=True)
@@ -252,10 +256,11 @@ class Scanner:
             if _HEX_RX.match(commit):
                 commit = commit.lower()  # git prints shas in lower case; evaluation compares strings
             self.result.links.add((repo, digest, commit, rev_source or "annotation"))
+        pushed, last_pulled = self.times.get(key, (None, None))
         self.result.manifests.append({
             "repository": repo, "digest": digest, "media_type": media_type, "kind": kind,
             "artifact_type": m.artifact_type, "size": size, "created": created, "revision": revision,
-            "subject": row_subject,
+            "subject": row_subject, "pushed": pushed, "last_pulled": last_pulled,
         })
         return _Facts(size, created, revision, rev_source)
 
@@ -297,7 +302,7 @@ class Scanner:
     # -- the whole scan ---------------------------------------------------------------------------
     async def scan(self, after_listing: Callable[[list[tuple[str, str]]], Awaitable[None] | None] | None = None) -> ScanResult:
         progress = reporter()
-        await self.client.ping()
+        await self.backend.ping()
         repos = await self.repositories()
         progress.start("registry-list", f"registry {self.client.name}: listing {len(repos)} repositories", len(repos))
         listed: list[tuple[str, list[str]]] = []
@@ -333,6 +338,10 @@ class Scanner:
         return self.result
 
 
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 def _unwrap(e: BaseExceptionGroup) -> BaseException:
     """The first regsweep error inside a TaskGroup's exception group, for a one-line message."""
     for inner in e.exceptions:
@@ -347,13 +356,14 @@ async def scan_registry(registry: RegistryConfig, link: LinkConfig, cache: BlobC
                         retry: RetryPolicy | None = None,
                         after_listing: Callable[[list[tuple[str, str]]], Any] | None = None,
                         ) -> tuple[ScanResult, RegistryClient]:
-    """Scan one registry; typed errors for anything that leaves the listing incomplete."""
-    async with RegistryClient(registry, retry=retry) as client:
+    """Scan one registry; typed errors for anything that leaves the listing incomplete.
+    Returns the result and the Distribution client that read the manifests."""
+    async with open_backend(registry, retry=retry) as backend:
         try:
-            result = await Scanner(client, link, cache).scan(after_listing)
+            result = await Scanner(backend, link, cache).scan(after_listing)
         except BaseExceptionGroup as eg:
             raise _unwrap(eg) from None
-    return result, client
+    return result, backend.oci
 
 
 def extract(config: RegsweepConfig, store, now: datetime) -> dict[str, pa.Table]:
@@ -363,3 +373,17 @@ def extract(config: RegsweepConfig, store, now: datetime) -> dict[str, pa.Table]
     if cache.changed:
         store.write_cache(CACHE_NAME, cache.table())
     return result.tables()
+
+
+def probe_capabilities(config: RegistryConfig, repositories: Iterable[str]) -> dict[str, Any] | None:
+    """snapshot.json's `registry_capabilities`: the registry probed in the first of `repositories`
+    (tasks/capabilities.py); None when there is none. A probe that cannot run says why in its
+    notes and never fails the snapshot."""
+    repo = min(repositories, default=None)
+    if repo is None:
+        return None
+    try:
+        caps = probe_registry(config, repo)
+    except RegistryError as e:
+        caps = Capabilities(api=config.api, repository=repo, notes={"probe": str(e)})
+    return caps.to_json()

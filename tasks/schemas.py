@@ -41,6 +41,8 @@ MANIFESTS = pa.schema([
     pa.field("created", TS),                           # build time (annotation, else config), if trustworthy
     pa.field("revision", pa.string()),                 # org.opencontainers.image.revision
     pa.field("subject", pa.string()),                  # digest this artifact refers to (signature, SBOM, fallback index)
+    pa.field("pushed", TS),                            # the registry's own push time, where its API reports one
+    pa.field("last_pulled", TS),                       # the registry's last pull, where reported: information only, never a rule
 ])
 
 #: Index → platform manifest edges.

@@ -57,14 +57,28 @@ def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime) -
     return SourceStatus("ok", rows=rows, seconds=time.monotonic() - started, tables=counts)
 
 
-def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[str, SourceStatus]) -> dict[str, Any]:
+def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[str, SourceStatus],
+                  capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
+    """snapshot.json; `capabilities` is the registry's probe (`registry_capabilities`), if it ran."""
     complete = all(s.status != "failed" for s in statuses.values())
-    return {
+    meta = {
         "created_at": created_at.isoformat(),
         "complete": complete,
         "registry": config.registry.url,
         "sources": {name: st.to_json() for name, st in statuses.items()},
     }
+    if capabilities is not None:
+        meta["registry_capabilities"] = capabilities
+    return meta
+
+
+def staged_repositories(store: Store, staging: str) -> list[str]:
+    """The repositories the registry source wrote into a snapshot's staging area."""
+    try:
+        t = store.read_table(f"{staging}/tags.parquet", columns=["repository"])
+    except FileNotFoundError:
+        return []
+    return sorted(set(t.column("repository").to_pylist()))
 
 
 def summary_markdown(snapshot_id: str, meta: dict[str, Any], store: Store) -> str:
@@ -78,6 +92,9 @@ def summary_markdown(snapshot_id: str, meta: dict[str, Any], store: Store) -> st
     if counts["tags"] is not None:
         lines += [f"- repositories: {counts['repositories']}", f"- tags: {counts['tags']}",
                   f"- manifests: {counts['manifests']}", f"- bytes referenced: {counts['bytes']:,}", ""]
+    from tasks.capabilities import markdown_lines
+
+    lines += markdown_lines(meta.get("registry_capabilities"))
     lines += ["| source | status | rows | seconds | error |", "|---|---|---|---|---|"]
     for name, s in meta["sources"].items():
         lines.append(f"| {name} | {s['status']} | {s['rows']} | {s['seconds']} | {s.get('error', '')} |")

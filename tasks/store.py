@@ -68,7 +68,10 @@ def conform(table: pa.Table | list[dict] | Any, schema: pa.Schema) -> pa.Table:
     if isinstance(table, list):
         return pa.Table.from_pylist(table, schema=schema)
     if not isinstance(table, pa.Table):  # a pandas DataFrame
-        return pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+        # A column with no value at all is float NaN to pandas: nulls of the schema's type here.
+        empty = {f.name: [None] * len(table) for f in schema if f.name in table.columns
+                 and table[f.name].dtype.kind == "f" and not pa.types.is_floating(f.type) and table[f.name].isna().all()}
+        return pa.Table.from_pandas(table.assign(**empty) if empty else table, schema=schema, preserve_index=False)
     return table.select(schema.names).cast(schema)
 
 

@@ -12,7 +12,9 @@ from flows.prefect_env import set_defaults
 set_defaults()
 
 pytest_plugins = ["tests.support.registry", "tests.support.kube", "tests.support.gitrepo", "tests.support.s3",
-                  "tests.support.sweeps", "tests.support.e2e"]
+                  "tests.support.sweeps", "tests.support.e2e",
+                  "tests.support.ecr", "tests.support.gitlab", "tests.support.harbor", "tests.support.github",
+                  "tests.support.dockerhub", "tests.support.rigs"]
 
 
 @pytest.fixture(scope="session")

@@ -23,14 +23,15 @@ and the clusters, and deletes through a journal:
 - **Lock** (tasks/lock.py): one sweep per registry at a time, a lock file in the store.
 
 Everything here is plain Python; flows/sweep.py is the one orchestration (lock, approval pause,
-artifacts) and calls, in order: `prepare`, `check_up_front_approval` (or the approval form),
+artifacts) and calls, in order: `prepare`, `check_deletable` (a registry that cannot delete is
+said so before any approval is asked), `check_up_front_approval` (or the approval form),
 `delete_targets`, `raise_if_failed`.
 """
 
 from tasks.sweep.execute import delete_targets
 from tasks.sweep.journal import Journal
 from tasks.sweep.loading import prepare
-from tasks.sweep.report import Intent, SweepReport, check_up_front_approval, raise_if_failed
+from tasks.sweep.report import Intent, SweepReport, check_deletable, check_up_front_approval, raise_if_failed
 
-__all__ = ["Intent", "Journal", "SweepReport", "check_up_front_approval", "delete_targets", "prepare",
-           "raise_if_failed"]
+__all__ = ["Intent", "Journal", "SweepReport", "check_deletable", "check_up_front_approval", "delete_targets",
+           "prepare", "raise_if_failed"]

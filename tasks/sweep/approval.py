@@ -110,6 +110,8 @@ def render(intent: "Intent", *, plan_link: str | None = None, deletions_link: st
                                                    ("its largest deletions with digests", deletions_link)) if url]
     if links:
         lines.append("- in the UI: " + " and ".join(links) + "; `regsweep explain` answers for any tag")
+    if intent.capabilities is not None:
+        lines.append(f"- registry capabilities (probed {intent.capabilities.probed_at}): {intent.capabilities.summary()}")
     if intent.done_before:
         lines.append(f"- {len(intent.done_before)} deleted by an earlier run of this plan")
     if intent.skipped:

@@ -1,7 +1,10 @@
 """Deleting: the async loop that sends each DELETE after its last re-check, journalling every attempt.
 
 `delete_targets` runs the whole step after approval: the fresh cluster scan, the `planned`
-records, the registry re-check and the loop, over one registry client (README "Safety").
+records, the registry re-check and the loop, over one registry backend (tasks/backends/: the
+Distribution API, or the native API `registry.api` names). What the registry can delete comes
+from its probed capabilities (tasks/capabilities.py), recorded with the plan; where none were
+recorded, the first refusal of a lone tag decides for the rest.
 """
 
 from __future__ import annotations
@@ -10,16 +13,18 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Callable
 
+from tasks.capabilities import DENIED, NO, UNKNOWN, YES, Capabilities
 from tasks.errors import RegistryAuthError, RegistryError, RegistryUnreachable, UnsupportedOperation
 from tasks.store import Store
 from tasks.sweep.journal import Event, Journal
+from tasks.sweep.loading import no_tag_delete
 from tasks.sweep.recheck import Protection, merge_digests, recheck_cluster, recheck_registry
 from tasks.sweep.report import Intent, SweepReport
 from tasks.sweep.targets import DONE, FAILED, PLANNED, SKIPPED, STARTED, WOULD_DELETE, Outcome, Target
 
 if TYPE_CHECKING:
+    from tasks.backends import Backend
     from tasks.config import RegsweepConfig, SweepConfig
-    from tasks.distribution import RegistryClient
 
 def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dry_run: bool = False) -> SweepReport:
     """Re-check and delete an approved intent (or, dry, report what would go).
@@ -52,16 +57,16 @@ def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dr
 
 async def _recheck_and_execute(config: "RegsweepConfig", intent: Intent, prot: Protection, journal: Journal | None,
                                dry_run: bool, progress: Callable[[int], None]) -> list[Outcome]:
-    from tasks.distribution import RegistryClient
+    from tasks.backends import open_backend
 
-    async with RegistryClient(config.registry) as client:
-        prot.update(await recheck_registry(client, intent.targets, intent.known, config.registry.concurrency,
+    async with open_backend(config.registry) as backend:
+        prot.update(await recheck_registry(backend, intent.targets, intent.known, config.registry.concurrency,
                                            merge_digests(intent.referenced, prot.referenced)))
-        return await execute(client, intent, journal, config.sweep, dry_run=dry_run, protection=prot,
+        return await execute(backend, intent, journal, config.sweep, dry_run=dry_run, protection=prot,
                              progress=progress)
 
 
-async def execute(client: "RegistryClient", intent: Intent, journal: Journal | None, settings: "SweepConfig", *,
+async def execute(backend: "Backend", intent: Intent, journal: Journal | None, settings: "SweepConfig", *,
                   dry_run: bool = False, protection: Protection | None = None,
                   progress: Callable[[int], None] | None = None) -> list[Outcome]:
     """Delete `intent.targets` in order with bounded concurrency, journalling each attempt (`journal`
@@ -81,6 +86,8 @@ async def execute(client: "RegistryClient", intent: Intent, journal: Journal | N
     finish_records: list[Event] = []
     stop: list[str] = []                       # the first error that makes every other request pointless
     done_before = {(t.repository, t.digest) for t in intent.done_before if not t.is_tag}
+    # What the registry can delete: its probe, recorded with the plan; unknown ones are learnt below.
+    caps: Capabilities = intent.capabilities or Capabilities(api=backend.api)
     tag_probe = asyncio.Lock()
     ready: asyncio.Queue = asyncio.Queue()
     room = asyncio.Event()
@@ -99,10 +106,6 @@ async def execute(client: "RegistryClient", intent: Intent, journal: Journal | N
             finish_records.append((t.repository, t.ref, status, detail or None))
         if progress:
             progress(1)
-
-    def no_tag_delete(t: Target) -> str:
-        return (f"registry {registry} cannot delete a tag alone, and digest {t.digest} stays"
-                + (f" ({t.note})" if t.note else ""))
 
     writing = asyncio.Lock()  # one journal file at a time, so files sort in the order written
 
@@ -159,17 +162,21 @@ async def execute(client: "RegistryClient", intent: Intent, journal: Journal | N
                 return outcome(t, SKIPPED, f"{p}, which it belongs to, was not deleted")
         if stop:
             return outcome(t, SKIPPED, f"not attempted: {stop[0]}")
-        if t.is_tag and client.tag_delete_supported is False:
-            return outcome(t, SKIPPED, no_tag_delete(t))
+        if t.is_tag and caps.delete_tag in (NO, DENIED):
+            return outcome(t, SKIPPED, no_tag_delete(registry, t))
+        if not t.is_tag and intent.refusal:   # a dry run of a plan this registry cannot delete
+            return outcome(t, SKIPPED, intent.refusal)
+        if not t.is_tag and not t.tags and not backend.untagged_deletable:
+            return outcome(t, SKIPPED, f"the {backend.api} API of registry {registry} cannot delete an untagged manifest")
         try:
             if t.key in intent.in_flight:
                 # An earlier run announced this DELETE and died: it may have gone out.
-                if await client.head_manifest(t.repository, t.ref) is None:
+                if await backend.resolve(t.repository, t.ref) is None:
                     return outcome(t, DONE, "deleted by an earlier run (found gone on resume)")
             for tag in t.tags:
-                now = await client.head_manifest(t.repository, tag)
+                now = await backend.resolve(t.repository, tag)
                 if now != t.digest:
-                    if now is None and (t.is_tag or await client.head_manifest(t.repository, t.digest) is None):
+                    if now is None and (t.is_tag or await backend.resolve(t.repository, t.digest) is None):
                         return outcome(t, DONE, "already gone from the registry")
                     why = f"tag {tag} is gone" if now is None else f"tag {tag} now points at {now}"
                     return outcome(t, SKIPPED, f"{why}, not the planned {t.digest}")
@@ -177,9 +184,9 @@ async def execute(client: "RegistryClient", intent: Intent, journal: Journal | N
                 return outcome(t, WOULD_DELETE)
             if t.is_tag:
                 return await delete_tag(t)
-            existed = await client.delete_manifest(t.repository, t.digest)
+            existed = await backend.delete_manifest(t.repository, t.digest, t.tags)
         except UnsupportedOperation as e:
-            stop.append(f"registry {registry} refuses deletion ({e}); enable it (Distribution: storage.delete.enabled)")
+            stop.append(f"registry {registry} refuses deletion ({e}); enable it ({backend.enable_hint})")
             return outcome(t, FAILED, stop[-1])
         except (RegistryAuthError, RegistryUnreachable) as e:
             # Every other request would meet the same answer: stop instead of failing them one by one.
@@ -190,15 +197,17 @@ async def execute(client: "RegistryClient", intent: Intent, journal: Journal | N
         outcome(t, DONE, "" if existed else "already gone (404)")
 
     async def delete_tag(t: Target) -> None:
-        # The first lone-tag deletion finds out whether the registry can do it (the client
-        # remembers the answer); the rest wait for it instead of each being refused.
-        async with tag_probe if client.tag_delete_supported is None else contextlib.nullcontext():
-            if client.tag_delete_supported is False:
-                return outcome(t, SKIPPED, no_tag_delete(t))
+        # Without a recorded probe the first lone-tag deletion finds out whether the registry can
+        # do it; the rest wait for its answer instead of each being refused.
+        async with tag_probe if caps.delete_tag == UNKNOWN else contextlib.nullcontext():
+            if caps.delete_tag in (NO, DENIED):
+                return outcome(t, SKIPPED, no_tag_delete(registry, t))
             try:
-                existed = await client.delete_tag(t.repository, t.ref)
-            except UnsupportedOperation:
-                return outcome(t, SKIPPED, no_tag_delete(t))
+                existed = await backend.delete_tag(t.repository, t.ref)
+            except UnsupportedOperation as e:
+                caps.delete_tag, caps.notes["delete_tag"] = NO, str(e)
+                return outcome(t, SKIPPED, no_tag_delete(registry, t))
+            caps.delete_tag = YES
         outcome(t, DONE, "tag removed, its digest stays" if existed else "already gone (404)")
 
     all_done = asyncio.Event()

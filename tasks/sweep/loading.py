@@ -3,6 +3,11 @@
 A plan is refused (PlanRefused, nothing deleted) unless it was made for this registry under the
 current cleanup policy, from a complete snapshot that is younger than `sweep.maxPlanAge` and
 not dated in the future (README "Safety").
+
+The registry's capabilities recorded with the plan (probed with its snapshot, tasks/capabilities.py)
+decide up front what cannot go: lone tags where the registry cannot delete a tag alone, untagged
+manifests where its API deletes tags only. A plan whose probe found the registry unable to delete
+is probed again before the sweep refuses it (the registry may have been fixed since).
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from tasks.capabilities import DENIED, NO, Capabilities, cannot_delete, probe_registry
 from tasks.errors import PlanRefused, StoreError
 from tasks.reference import RegistryMatcher, same_registry
 from tasks.store import Store
 from tasks.sweep.journal import Journal
 from tasks.sweep.recheck import merge_digests, referenced_digests
 from tasks.sweep.report import Intent
-from tasks.sweep.targets import deletion_targets
+from tasks.sweep.targets import SKIPPED, Outcome, Target, deletion_targets
 from tasks.units import human_age, parse_duration, parse_time, utcnow
 
 if TYPE_CHECKING:
@@ -41,6 +47,7 @@ class LoadedPlan:
     tags: "pd.DataFrame"
     manifests: "pd.DataFrame"
     children: "pd.DataFrame"
+    capabilities: Capabilities | None = None
 
 
 def _check_age(plan_id: str, snapshot_id: str, snap: dict, meta: dict, settings: "SweepConfig") -> None:
@@ -113,7 +120,8 @@ def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settin
     plan = plan_table.select(wanted + shown).to_pandas(ignore_metadata=True)
     return LoadedPlan(plan_id=plan_id, snapshot_id=snapshot_id, plan=plan, meta=meta, snapshot=snap,
                       tags=tags.to_pandas(ignore_metadata=True),
-                      manifests=table("manifests", MANIFESTS), children=table("children", CHILDREN))
+                      manifests=table("manifests", MANIFESTS), children=table("children", CHILDREN),
+                      capabilities=Capabilities.from_json(meta.get("registry_capabilities")))
 
 
 def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest") -> Intent:
@@ -136,11 +144,17 @@ def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest") ->
             named.append(referenced_digests(t.column("image").to_pylist(), ids, matcher, repos))
     keys = {t.key for t in remaining}
     reasons, built = _row_facts(loaded.plan)
-    return Intent(plan_id=loaded.plan_id, snapshot_id=loaded.snapshot_id, registry=registry,
-                  targets=remaining, skipped=skipped, done_before=before,
-                  in_flight=state.in_flight & keys, known=known, referenced=merge_digests(*named),
-                  plan_created=loaded.meta.get("created_at"), snapshot_created=loaded.snapshot.get("created_at"),
-                  reasons=reasons, built=built, cluster_recheck=_cluster_recheck(config))
+    intent = Intent(plan_id=loaded.plan_id, snapshot_id=loaded.snapshot_id, registry=registry,
+                    targets=remaining, skipped=skipped, done_before=before,
+                    in_flight=state.in_flight & keys, known=known, referenced=merge_digests(*named),
+                    plan_created=loaded.meta.get("created_at"), snapshot_created=loaded.snapshot.get("created_at"),
+                    reasons=reasons, built=built, cluster_recheck=_cluster_recheck(config))
+    caps = loaded.capabilities
+    if caps is not None and remaining and caps.delete_digest in (NO, DENIED):
+        caps = probe_registry(config.registry, remaining[0].repository)   # fixed since the snapshot?
+    if caps is not None:
+        _apply_capabilities(intent, caps)
+    return intent
 
 
 def _row_facts(plan: "pd.DataFrame") -> tuple[dict, dict]:
@@ -169,3 +183,28 @@ def _cluster_recheck(config: "RegsweepConfig") -> str:
         return ("re-reads the cluster dumps (" + ", ".join(d.file.rsplit("/", 1)[-1] for d in config.kubernetes.dumps)
                 + "; a dump is only as fresh as whoever wrote it)")
     return "scans the clusters again"
+
+
+def no_tag_delete(registry: str, t: Target) -> str:
+    """Why a lone tag stays: the registry cannot delete a tag without the digest it names."""
+    return f"registry {registry} cannot delete a tag alone, and digest {t.digest} stays" + (f" ({t.note})" if t.note else "")
+
+
+def _apply_capabilities(intent: Intent, caps: Capabilities) -> None:
+    """Keep, up front and said why, the targets this registry cannot delete (module docstring)."""
+    intent.capabilities = caps
+    lone = caps.delete_tag in (NO, DENIED)
+    untagged = caps.delete_untagged in (NO, DENIED)
+    keep: list[Target] = []
+    for t in intent.targets:
+        why = None
+        if t.is_tag and lone:
+            why = no_tag_delete(intent.registry, t)
+        elif not t.is_tag and not t.tags and untagged:
+            why = caps.notes.get("delete_untagged") or f"registry {intent.registry} cannot delete untagged manifests"
+        if why:
+            intent.skipped.append(Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, SKIPPED, why))
+        else:
+            keep.append(t)
+    intent.targets = keep
+    intent.refusal = cannot_delete(caps, intent.registry) if any(not t.is_tag for t in keep) else None

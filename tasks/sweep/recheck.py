@@ -15,8 +15,8 @@ from tasks.reference import RegistryMatcher, digest_of_image_id
 from tasks.sweep.targets import Target
 
 if TYPE_CHECKING:
+    from tasks.backends import Backend
     from tasks.config import RegsweepConfig
-    from tasks.distribution import RegistryClient
 
 #: Digests per repository.
 Digests = dict[str, set[str]]
@@ -119,7 +119,7 @@ def recheck_cluster(config: "RegsweepConfig", targets: list[Target]) -> Protecti
         raise SweepFailed(f"the fresh cluster scan before deleting failed, so nothing was deleted: {e}") from e
 
 
-async def registry_protection(client: "RegistryClient", targets: list[Target], known: Digests,
+async def registry_protection(backend: "Backend", targets: list[Target], known: Digests,
                               concurrency: int, referenced: Digests | None = None) -> Protection:
     """Look at each affected repository as it is now: tags pushed or moved onto a target, new indexes.
 
@@ -136,17 +136,19 @@ async def registry_protection(client: "RegistryClient", targets: list[Target], k
         by_repo.setdefault(t.repository, []).append(t)
     sem = asyncio.Semaphore(concurrency)
 
-    async def resolve(repo: str, ref: str) -> str | None:
+    async def resolve(repo: str, ref: str, listed: str | None) -> str | None:
+        if listed:   # a native API lists each tag with its digest
+            return listed
         async with sem:
-            return await client.head_manifest(repo, ref)
+            return await backend.resolve(repo, ref)
 
     async def one_repo(repo: str, ts: list[Target]) -> None:
         digests = {t.digest: t for t in ts if not t.is_tag}
         planned = {(tag, t.digest) for t in ts for tag in t.tags}
-        current = await client.list_tags(repo)
-        resolved = await asyncio.gather(*(resolve(repo, tag) for tag in current))
+        current = [i for i in await backend.list_tags(repo) if i.tag is not None]
+        resolved = await asyncio.gather(*(resolve(repo, i.tag, i.digest) for i in current))
         fresh: set[str] = set()
-        for tag, d in zip(current, resolved):
+        for tag, d in zip((i.tag for i in current), resolved):
             if d is None:
                 continue
             if d in digests and (tag, d) not in planned:
@@ -160,7 +162,7 @@ async def registry_protection(client: "RegistryClient", targets: list[Target], k
         async def inspect(d: str) -> None:
             try:
                 async with sem:
-                    _, media_type, body = await client.get_manifest(repo, d)
+                    _, media_type, body = await backend.oci.get_manifest(repo, d)
             except ManifestUnknown:
                 if d in fresh:
                     raise
@@ -179,10 +181,10 @@ async def registry_protection(client: "RegistryClient", targets: list[Target], k
     return prot
 
 
-async def recheck_registry(client: "RegistryClient", targets: list[Target], known: Digests, concurrency: int,
+async def recheck_registry(backend: "Backend", targets: list[Target], known: Digests, concurrency: int,
                            referenced: Digests) -> Protection:
     """`registry_protection`, with a failure to look turned into SweepFailed (nothing deleted)."""
     try:
-        return await registry_protection(client, targets, known, concurrency, referenced)
+        return await registry_protection(backend, targets, known, concurrency, referenced)
     except RegistryError as e:
         raise SweepFailed(f"the registry re-check before deleting failed, so nothing was deleted: {e}") from e

@@ -34,6 +34,8 @@ class Intent:
     reasons: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     built: dict[tuple[str, str], Any] = field(default_factory=dict)
     cluster_recheck: str = ""           # how the clusters are looked at again before deleting ("" = not)
+    capabilities: Any = None           # tasks.capabilities.Capabilities recorded with the plan, if any
+    refusal: str | None = None         # why the registry cannot delete these targets at all, if it cannot
 
     @property
     def deletions(self) -> int:
@@ -48,6 +50,12 @@ class Intent:
         from tasks.sweep.approval import render
 
         return render(self, plan_link=plan_link, deletions_link=deletions_link)
+
+
+def check_deletable(intent: Intent) -> None:
+    """SweepFailed, before any approval is asked, when the registry cannot delete what the plan deletes."""
+    if intent.refusal and intent.targets:
+        raise SweepFailed(f"{intent.refusal}; found before asking for approval: nothing was deleted")
 
 
 def check_up_front_approval(intent: Intent, max_deletions: int) -> None:

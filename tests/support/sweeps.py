@@ -2,8 +2,9 @@
 
     sweep            fixture: sweep(cfg, plan, **flow parameters) runs the sweep flow; its JSON report
     write_config     a sweep-test configuration for one repository (git off, fresh window 2 h)
-    take_snapshot    a snapshot taken by the real extractors, at an optional clock
+    take_snapshot    a snapshot taken by the real extractors, at an optional clock (probe: with capabilities)
     make_plan, plan_of   plans stored as the plan flow stores them
+    edit_plan        a stored plan with some tags' actions changed by hand, as a new plan
     old, fresh       push an image built in 2024 (planned delete) or now (kept as fresh)
     status, resolves_to  what the registry itself serves for a reference now
 """
@@ -41,13 +42,15 @@ def write_config(tmp_path: Path, url: str, repo: str, *, sweep: dict | None = No
     return path
 
 
-def take_snapshot(cfg, now: datetime | None = None) -> str:
+def take_snapshot(cfg, now: datetime | None = None, *, probe: bool = False) -> str:
     """A snapshot taken by the real extractors, published as the snapshot flow does.
 
     `now` is the clock of the machine taking it: an earlier one makes a snapshot as old as a run
-    that long ago would have left, a later one a snapshot from a clock running ahead.
+    that long ago would have left, a later one a snapshot from a clock running ahead. With
+    `probe` the registry's capabilities are probed and recorded, as the snapshot flow does.
     """
-    from tasks.snapshot import run_source, select_sources, snapshot_meta
+    from tasks.registry import probe_capabilities
+    from tasks.snapshot import run_source, select_sources, snapshot_meta, staged_repositories
 
     store = Store(cfg.store)
     now = now or utcnow()
@@ -55,7 +58,8 @@ def take_snapshot(cfg, now: datetime | None = None) -> str:
     staging = store.staging_dir(sid)
     statuses = {name: (run_source(name, cfg, staging, now) if on else SourceStatus("skipped"))
                 for name, on in select_sources(cfg, None).items()}
-    store.publish_snapshot(sid, snapshot_meta(now, cfg, statuses))
+    caps = probe_capabilities(cfg.registry, staged_repositories(store, staging)) if probe else None
+    store.publish_snapshot(sid, snapshot_meta(now, cfg, statuses, caps))
     return sid
 
 
@@ -68,6 +72,22 @@ def make_plan(cfg, sid: str) -> str:
 
 def plan_of(cfg) -> str:
     return make_plan(cfg, take_snapshot(cfg))
+
+
+def edit_plan(cfg, plan_id: str, actions: dict[str, str]) -> str:
+    """A copy of a stored plan whose tags in `actions` get that action ("keep" / "delete") by hand."""
+    import pyarrow as pa
+
+    from tasks.schemas import PLAN
+
+    store = Store(cfg.store)
+    rows = store.plan_table(plan_id).to_pylist()
+    for r in rows:
+        if r["tag"] in actions:
+            r["action"], r["reasons"] = actions[r["tag"]], ["hand edit"]
+    edited = new_id()
+    store.publish_plan(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plan_meta(plan_id), "id": edited})
+    return edited
 
 
 def status(client, repo: str, ref: str) -> int:
