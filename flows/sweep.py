@@ -40,8 +40,8 @@ class SweepApproval(RunInput):
 
 # NO_CACHE: a sweep is never answered from a cache, and its inputs (store, intent) are not worth hashing.
 @task(name="prepare-sweep", cache_policy=NO_CACHE)
-def prepare_sweep(config: RegsweepConfig, store: Store, plan: str) -> Intent:
-    return prepare(config, store, plan)
+def prepare_sweep(config: RegsweepConfig, store: Store, plan: str, probe: bool) -> Intent:
+    return prepare(config, store, plan, probe=probe)
 
 
 @task(name="recheck-and-delete", cache_policy=NO_CACHE)
@@ -115,7 +115,9 @@ def sweep_flow(
     store = Store(config.store)
     limit = config.sweep.maxDeletions if max_deletions is None else max_deletions
     with contextlib.nullcontext() if dry_run else sweep_lock(store, config.registry.url, plan):
-        intent = prepare_sweep(config, store, plan)
+        # A real sweep asks the registry what it can delete before anyone is asked to approve;
+        # a dry run sends no DELETE of any kind, and trusts what the snapshot recorded.
+        intent = prepare_sweep(config, store, plan, probe=not dry_run)
         if intent.targets and not dry_run:
             check_deletable(intent)
             create_markdown_artifact(intent.markdown(), key="regsweep-sweep-intent",

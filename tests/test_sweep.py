@@ -24,7 +24,7 @@ from tasks.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, Swee
 from testbed import push_artifact, push_index, tag_manifest
 from tasks.store import Store, new_id, utcnow
 from tasks.lock import lock_path, sweep_lock
-from tests.support.sweeps import (fresh, journal_events, make_plan, old, plan_of, resolves_to, status,
+from tests.support.sweeps import (PROBE_DELETES, TARGET_DELETES, fresh, journal_events, make_plan, old, plan_of, resolves_to, status,
                                   take_snapshot, write_config)
 
 # --------------------------------------------------------------------------- what goes, what stays
@@ -221,15 +221,16 @@ def test_registry_answering_503_then_429_recovers_with_retries(sweep, registry, 
     ds = [old(c, repo, t) for t in ("a", "b", "c")]
     cfg = load_config(write_config(tmp_path, fault_proxy.url, repo))
     plan = plan_of(cfg)
-    fault_proxy.inject(503, times=2, method="DELETE")
-    fault_proxy.inject(429, times=1, method="DELETE", retry_after="1")
+    fault_proxy.inject(503, times=2, method="DELETE", path=TARGET_DELETES)
+    fault_proxy.inject(429, times=1, method="DELETE", path=TARGET_DELETES, retry_after="1")
 
     report = sweep(cfg, plan, approve=True)
 
     assert report["deleted"] == 3 and report["failed"] == 0
     assert all(status(c, repo, d) == 404 for d in ds)
     assert len([f for f in fault_proxy.faulted if f[0] == "DELETE"]) == 3
-    assert fault_proxy.count("DELETE") == 6
+    assert fault_proxy.count("DELETE", TARGET_DELETES) == 6
+    assert fault_proxy.count("DELETE", PROBE_DELETES) == 2   # the capability probe, before approval
 
 
 def planned_tags(cfg, plan_id: str) -> dict[tuple[str, str], str]:
@@ -259,35 +260,29 @@ def test_a_registry_failing_the_recheck_fails_the_sweep_and_deletes_nothing(
     message = str(exc.value)
     assert message.startswith("the registry re-check before deleting failed, so nothing was deleted: registry ")
     assert "\n" not in message and exc.value.report is None
-    assert fault_proxy.faulted and fault_proxy.count("DELETE") == 0
+    assert fault_proxy.faulted and fault_proxy.count("DELETE", TARGET_DELETES) == 0
     # The registry itself (not through the proxy) still serves every planned tag at its planned digest.
     assert {k: resolves_to(c, *k) for k in planned} == planned
     assert not any(e["event"] == "started" for e in journal_events(cfg, plan))
 
 
-def test_registry_with_delete_disabled_fails_clearly_and_journals_it(sweep, fresh_registry, tmp_path):
+def test_registry_with_delete_disabled_is_refused_before_approval_in_one_line(sweep, fresh_registry, tmp_path):
     reg = fresh_registry(delete_enabled=False)
     repo = "app"
     with reg.client() as c:
         ds = [old(c, repo, t) for t in ("a", "b", "c", "d", "e")]
         cfg = load_config(write_config(tmp_path, reg.url, repo))
-        plan = plan_of(cfg)
+        plan = plan_of(cfg)   # a plan that recorded no capabilities: the sweep asks the registry itself
 
         with pytest.raises(SweepFailed) as exc:
-            sweep(cfg, plan, approve=True)
+            sweep(cfg, plan)   # no up-front approval: it must refuse before pausing for one
 
-        assert f"registry {reg.url} refuses deletion" in str(exc.value)
-        assert "storage.delete.enabled" in str(exc.value)
+        message = str(exc.value)
+        assert message.startswith(f"registry {reg.url} refuses deletion (")
+        assert "storage.delete.enabled" in message and "found before asking for approval: nothing was deleted" in message
+        assert "\n" not in message and exc.value.report is None
         assert all(status(c, repo, d) == 200 for d in ds)
-    report = exc.value.report
-    assert report.failed >= 1 and report.deleted == 0
-    failed = [e for e in journal_events(cfg, plan) if e["event"] == "failed"]
-    assert failed and "HTTP 405 UNSUPPORTED" in failed[0]["detail"]
-    # It stopped at the first refusal instead of asking for every manifest.
-    ends = {o.digest: o for o in report.outcomes}
-    assert len(ends) == 5 and report.failed <= cfg.sweep.concurrency
-    assert all(o.status == "failed" or o.detail.startswith(f"not attempted: registry {reg.url} refuses deletion")
-               for o in ends.values())
+    assert not [e for e in journal_events(cfg, plan) if e["event"] in ("started", "failed", "done")]
 
 
 # --------------------------------------------------------------------------- clusters

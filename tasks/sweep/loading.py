@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from tasks.capabilities import DENIED, NO, Capabilities, cannot_delete, probe_registry
-from tasks.errors import PlanRefused, StoreError
+from tasks.errors import PlanRefused, RegistryError, StoreError, SweepFailed
 from tasks.reference import RegistryMatcher, same_registry
 from tasks.store import Store
 from tasks.sweep.journal import Journal
@@ -124,8 +124,12 @@ def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settin
                       capabilities=Capabilities.from_json(meta.get("registry_capabilities")))
 
 
-def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest") -> Intent:
-    """Load and check the plan, compute its targets and drop those an earlier run finished."""
+def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest", *, probe: bool = False) -> Intent:
+    """Load and check the plan, compute its targets and drop those an earlier run finished.
+
+    `probe` asks the registry again what it can delete (tasks/capabilities.py) instead of trusting
+    the answer recorded with the snapshot: deletion may have been switched on or off since.
+    """
     registry = config.registry.url
     loaded = load_plan(store, plan_ref, registry=registry, policy=config.cleanup.digest(), settings=config.sweep)
     targets, skipped = deletion_targets(loaded.plan, loaded.tags, loaded.manifests, loaded.children)
@@ -150,11 +154,19 @@ def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest") ->
                     plan_created=loaded.meta.get("created_at"), snapshot_created=loaded.snapshot.get("created_at"),
                     reasons=reasons, built=built, cluster_recheck=_cluster_recheck(config))
     caps = loaded.capabilities
-    if caps is not None and remaining and caps.delete_digest in (NO, DENIED):
-        caps = probe_registry(config.registry, remaining[0].repository)   # fixed since the snapshot?
+    if remaining and (probe or (caps is not None and caps.delete_digest in (NO, DENIED))):
+        caps = _probe_now(config, remaining[0].repository)
     if caps is not None:
         _apply_capabilities(intent, caps)
     return intent
+
+
+def _probe_now(config: "RegsweepConfig", repository: str) -> Capabilities:
+    """The registry's capabilities as it answers now; a probe that cannot run deletes nothing."""
+    try:
+        return probe_registry(config.registry, repository)
+    except RegistryError as e:
+        raise SweepFailed(f"the capability probe before the sweep failed, so nothing was deleted: {e}") from e
 
 
 def _row_facts(plan: "pd.DataFrame") -> tuple[dict, dict]:

@@ -24,6 +24,11 @@ from testbed import MANIFEST_ACCEPT, push_image
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
+#: DELETE paths of the sweep's own targets, not of the capability probe it sends first
+#: (a digest no content hashes to, and a random `regsweep-capability-probe-…` tag).
+TARGET_DELETES = r"/manifests/(?!sha256:0{64}$|regsweep-capability-probe-)"
+PROBE_DELETES = r"/manifests/(sha256:0{64}$|regsweep-capability-probe-)"
+
 
 def write_config(tmp_path: Path, url: str, repo: str, *, sweep: dict | None = None,
                  kubeconfig: Path | None = None, name: str = "regsweep.yaml") -> Path:
