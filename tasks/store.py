@@ -108,15 +108,27 @@ class Store:
         except OSError as e:
             raise self._fail("write", path, e) from None
 
-    def read_table(self, path: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+    def read_table(self, path: str, schema: pa.Schema | None = None, columns: list[str] | None = None,
+                   filters: list | None = None) -> pa.Table:
+        """A Parquet file (some columns, the row groups `filters` select) as a table.
+
+        Arrow reads from memory it owns: the file's bytes are read here and copied into an
+        Arrow buffer. Handed a Python file object (or Python-owned bytes), Arrow's scan threads
+        release it after `read_table` returns, which takes the GIL; one doing so while the
+        interpreter exits is ended mid-C++ frame and aborts the process ("terminate called
+        without an active exception", exit -6) after its work is done.
+        """
         try:
             with self.fs.open(path, "rb") as f:
-                t = pq.read_table(f, schema=schema, columns=columns)
+                data = f.read()
+            owned = pa.allocate_buffer(len(data))
+            memoryview(owned).cast("B")[:] = data
+            del data
+            return pq.read_table(pa.BufferReader(owned), schema=schema, columns=columns, filters=filters)
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowInvalid) as e:
             raise self._fail("read", path, e) from None
-        return t
 
     def write_json(self, path: str, data: Any) -> None:
         self._makedirs(path.rsplit("/", 1)[0])
