@@ -13,6 +13,7 @@ referrers, delete) are what the registry scan (tasks/registry.py) and the sweep 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import ssl
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from tasks.auth import ChallengeAuth, resolve_credentials
 from tasks.config import RegistryConfig
 from tasks.errors import ConfigError, ManifestUnknown, RegistryError, UnsupportedOperation
 from tasks.httperrors import registry_error
+from tasks.notes import retried
+
+log = logging.getLogger("regsweep.registry")
 
 _PAGE = 1000  # Distribution rejects n > 1000 on the catalog; larger registries cap it themselves
 
@@ -78,6 +82,7 @@ class RegistryClient:
         self.tag_delete_supported: bool | None = None
         self._probe = asyncio.Lock()
         self.requests = 0
+        self.retries = 0   # requests sent again after a retryable failure (each also logged)
 
     async def __aenter__(self) -> "RegistryClient":
         n = self.config.concurrency
@@ -109,8 +114,14 @@ class RegistryClient:
         def retryable(e: BaseException) -> bool:
             return isinstance(e, RegistryError) and e.retryable
 
+        def before_sleep(state: RetryCallState) -> None:
+            self.retries += 1
+            retried(log, f"{state.outcome.exception()} ({method}, attempt {state.attempt_number} of "
+                         f"{self.retry.attempts}); retrying in {state.upcoming_sleep:.1f}s")
+
         async for attempt in AsyncRetrying(stop=stop_after_attempt(self.retry.attempts), wait=self.retry.wait,
-                                           retry=retry_if_exception(retryable), reraise=True):
+                                           retry=retry_if_exception(retryable), reraise=True,
+                                           before_sleep=before_sleep):
             with attempt:
                 async with self._sem:
                     self.requests += 1

@@ -41,6 +41,9 @@ MANIFESTS = pa.schema([
     pa.field("created", TS),                           # build time (annotation, else config), if trustworthy
     pa.field("revision", pa.string()),                 # org.opencontainers.image.revision
     pa.field("subject", pa.string()),                  # digest this artifact refers to (signature, SBOM, fallback index)
+    # why build time / revision could not be read (config blob 404, unparsable manifest or config,
+    # a platform manifest missing); null when fine. Such an image counts as fresh: it is kept.
+    pa.field("problem", pa.string()),
 ])
 
 #: Index → platform manifest edges.

@@ -53,6 +53,8 @@ class SourceStatus:
     seconds: float = 0.0
     error: str | None = None
     tables: dict[str, int] = field(default_factory=dict)
+    # what the source noticed (tasks/notes.py): {"warnings": {count, messages}, "retries": {count, messages}}
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"status": self.status, "rows": self.rows, "seconds": round(self.seconds, 3)}
@@ -60,6 +62,7 @@ class SourceStatus:
             d["error"] = self.error
         if self.tables:
             d["tables"] = self.tables
+        d.update(self.notes)
         return d
 
 
