@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover
 
 IN_CLUSTER = "in-cluster"
 MAX_LIST_RESTARTS = 3
+BODY_ATTEMPTS = 3       # reads of a page whose answer was cut short
 RETRY_AFTER_CAP = 60.0  # seconds; an API server asking for longer fails the list instead of stalling it
 
 log = logging.getLogger("regsweep.kubernetes")
@@ -188,21 +189,35 @@ def _status_message(body: str | bytes | None) -> str:
     return f": {msg}" if msg else ""
 
 
-def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any) -> dict:
-    """One list request; raises ClusterError, or _Expired for a 410 on a continue token."""
-    api = getattr(k8s, kind.api)(cluster.api)
-    where = {"context": cluster.context, "namespace": namespace, "kind": kind.kind}
-    scope = f"in namespace {namespace}" if namespace else "cluster-wide"
-    try:
+def _read_page(api: Any, kind: Kind, namespace: str | None, cluster: Cluster, params: dict[str, Any]) -> bytes:
+    """One page's bytes. A body cut short (the connection dropped mid-answer, after urllib3's own
+    retries are past) is asked for again, at most twice more, each time logged and counted."""
+    for attempt in range(1, BODY_ATTEMPTS + 1):
         if namespace is None:
             resp = getattr(api, kind.list_all)(_preload_content=False, _request_timeout=cluster.timeout, **params)
         else:
             resp = getattr(api, kind.list_namespaced)(namespace, _preload_content=False,
                                                      _request_timeout=cluster.timeout, **params)
         try:
-            data = resp.data
+            return resp.data
+        except urllib3.exceptions.ProtocolError as e:
+            if attempt == BODY_ATTEMPTS:
+                raise
+            retried(log, f"kubernetes (context {cluster.context}): listing {kind.plural} "
+                         f"{f'in namespace {namespace}' if namespace else 'cluster-wide'}: answer cut short ({e}); "
+                         "trying again")
         finally:
             resp.release_conn()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any) -> dict:
+    """One list request; raises ClusterError, or _Expired for a 410 on a continue token."""
+    api = getattr(k8s, kind.api)(cluster.api)
+    where = {"context": cluster.context, "namespace": namespace, "kind": kind.kind}
+    scope = f"in namespace {namespace}" if namespace else "cluster-wide"
+    try:
+        data = _read_page(api, kind, namespace, cluster, params)
     except ApiException as e:
         if e.status == 410 and params.get("_continue"):
             raise _Expired() from None
