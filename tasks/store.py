@@ -261,6 +261,63 @@ class Store:
         except OSError as e:
             raise self._fail("write", final, e) from None
 
+    # -- exclusive objects (the sweep lock) ----------------------------------------------------------
+    @property
+    def atomic_create(self) -> bool:
+        """Whether `create_exclusive` is atomic here: a local disk (O_EXCL) or S3 (conditional writes)."""
+        return self.local or self._s3
+
+    @property
+    def _s3(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        return bool({"s3", "s3a"} & set(protocol))
+
+    def create_exclusive(self, path: str, data: bytes) -> str | None:
+        """Create `path` holding `data` only if it does not exist: FileExistsError if it does.
+
+        On S3 this is one conditional PUT (If-None-Match: *), so of two writers exactly one wins;
+        returns the object's ETag, which `delete_if` needs (None on a local disk, see tasks/lock.py).
+        Other object stores have no such write: there the check and the write are two steps.
+        """
+        self._makedirs(path.rsplit("/", 1)[0])
+        try:
+            if self._s3:
+                out = self.fs.pipe_file(path, data, mode="create")
+                return (out or {}).get("ETag")
+            if self.fs.exists(path):
+                raise FileExistsError(path)
+            self.fs.pipe_file(path, data)
+            return None
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise self._fail("create", path, e) from None
+
+    def read_versioned(self, path: str) -> tuple[bytes, str | None]:
+        """An object's bytes and the ETag of that very version (S3); FileNotFoundError when absent."""
+        self.fs.invalidate_cache(path)
+        try:
+            with self.fs.open(path, "rb") as f:
+                # s3fs pins its reads to the ETag it saw at open: bytes and tag are of one version
+                return f.read(), (getattr(f, "details", None) or {}).get("ETag")
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise self._fail("read", path, e) from None
+
+    def delete_if(self, path: str, etag: str | None) -> bool:
+        """Delete `path` only while it is still the version `etag` names (S3 If-Match); whether it was."""
+        self.fs.invalidate_cache(path)
+        try:
+            if self._s3 and etag:
+                bucket, key, _ = self.fs.split_path(path)
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+            else:
+                self.fs.rm(path)
+            return True
+        except OSError:  # gone already, or replaced by another writer: theirs now
+            return False
+
     # -- append-only logs (sweep journal) ---------------------------------------------------------
     def append_rows(self, log: str, table: pa.Table) -> None:
         """Append a batch as a new immutable file, durable when this returns; readers concatenate
