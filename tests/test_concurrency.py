@@ -165,10 +165,9 @@ def test_a_cli_sweep_beside_a_deployment_run_of_the_sweep(prefect_api_url, regis
     try:
         fault_proxy.hold(method="DELETE")
         parameters = {"config": cfg.model_dump(mode="json", exclude_unset=True), "plan": plan, "approve": True}
-        run = _wait_for_deployment_then_run(f"{sweep_dep['entrypoint'].split(':')[1].replace('_', '-')}"
-                                            .replace("sweep-flow", "regsweep-sweep") + f"/{name}", parameters,
-                                            run_deployment, server)
-        fault_proxy.wait_held(1, timeout=240)
+        assert sweep_dep["entrypoint"] == "flows/sweep.py:sweep_flow"   # the flow served here
+        run = _wait_for_deployment_then_run(f"regsweep-sweep/{name}", parameters, run_deployment, server)
+        _wait_held_while_running(fault_proxy, run.id, server)
         cli = subprocess.run([str(REGSWEEP), "sweep", "--config", str(path), "--plan", plan, "--yes"], env=env,
                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=240)
         fault_proxy.release()
@@ -200,6 +199,20 @@ def _wait_for_deployment_then_run(full_name: str, parameters: dict, run_deployme
             except ObjectNotFound:
                 threading.Event().wait(0.1)
     return run_deployment(full_name, parameters=parameters, timeout=0)
+
+
+def _wait_held_while_running(proxy, run_id, server, timeout: float = 240) -> None:
+    """Until the deployment run's first DELETE waits at the proxy's gate; fail at once if the run ends."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for _ in range(int(timeout * 10)):
+            if proxy.held:
+                return
+            state = client.read_flow_run(run_id).state
+            assert state is None or not state.is_final(), (state, server.stderr.read() if server.poll() else "")
+            threading.Event().wait(0.1)
+    raise AssertionError(f"the deployment run {run_id} sent no DELETE within {timeout}s")
 
 
 def _wait_final(run_id, timeout: float = 240):
