@@ -19,10 +19,10 @@ import yaml
 from tasks.config import load_config
 from tasks.errors import PlanRefused, RegsweepError, SweepFailed
 from tasks.store import Store
-from testbed import MANIFEST_ACCEPT, push_image, push_index
+from testbed import push_image, push_index
 from tests.support.faults import FaultProxy
 from tests.support.kube import KubeServer, workload, write_kubeconfig
-from tests.support.sweeps import make_plan, take_snapshot, utcnow, write_config
+from tests.support.sweeps import make_plan, survivors, take_snapshot, utcnow, write_config
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FRESH = utcnow().replace(microsecond=0)   # one build time for every run's fresh image: the same digest
@@ -49,19 +49,6 @@ def world(client, repo: str) -> None:
     amd = push_image(client, repo, None, layers=[b"amd"], config={"created": OLD})
     push_index(client, repo, "m", [(arm, ARM), (amd, AMD)])
     push_image(client, repo, "f", layers=[b"fresh"], config={"created": FRESH})
-
-
-def survivors(client, repo: str) -> dict[str, str]:
-    """What the registry itself (not through the proxy) serves: tag -> digest, and each platform manifest."""
-    tags = client.get(f"/v2/{repo}/tags/list").json().get("tags") or []
-    out = {}
-    for tag in tags:
-        r = client.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT})
-        if r.status_code == 200:
-            out[tag] = r.headers["docker-content-digest"]
-            for child in r.json().get("manifests") or []:
-                out[f"{tag}/{child['platform']['architecture']}"] = child["digest"]
-    return out
 
 
 @dataclass
