@@ -21,3 +21,4 @@ bench: setup
 	.venv/bin/python benchmarks/bench_plan.py
 	.venv/bin/python benchmarks/bench_sweep.py
 	.venv/bin/python benchmarks/bench_cli.py
+	.venv/bin/python benchmarks/bench_memory.py

@@ -1,6 +1,7 @@
 """History flow: registry growth over every snapshot in the store."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a deployment run rebuilds the parameter model from the
+# flow signature in another process, where string annotations do not resolve. See flows/sweep.py.
 
 from datetime import datetime
 from typing import Annotated

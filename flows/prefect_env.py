@@ -14,6 +14,9 @@ _DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_LOGGING_LEVEL": "ERROR",       # the temporary local server's own chatter
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",   # a loaded 2-core machine needs more than 20 s
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "regsweep",   # regsweep's warnings and retries reach the run logs (the UI)
+    # ...and outside a run (the CLI's preflight, plain function calls) they stay local, without a warning
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 

@@ -1,6 +1,7 @@
 """Snapshot flow: extract every enabled source in parallel into one published snapshot."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a deployment run rebuilds the parameter model from the
+# flow signature in another process, where string annotations do not resolve. See flows/sweep.py.
 
 from typing import Annotated
 

@@ -3,7 +3,9 @@
 The one orchestration of a sweep: the CLI, deployments and tests all run this flow.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: a deployment run rebuilds the parameter model from
+# these annotations in another process, where string annotations do not resolve (`Sweep_FlowModel
+# is not fully defined`). Flow signatures hold real types.
 
 import contextlib
 import re

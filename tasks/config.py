@@ -129,7 +129,7 @@ class RegistryConfig(_Strict):
     insecure: bool = Field(False, description="Turn TLS verification off (never the default).")
     caFile: str | None = Field(None, description="Extra CA bundle (PEM) to trust for this registry.")
     concurrency: int = Field(16, ge=1, le=256, description="Parallel HTTP requests to the registry.")
-    timeout: float = Field(30.0, gt=0, description="Seconds per HTTP request.")
+    timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds per HTTP request.")
     api: Literal[REGISTRY_APIS] = Field("distribution", description="Which API lists and deletes: distribution | ecr | gitlab | harbor | github | dockerhub.")  # type: ignore[valid-type]
     ecr: EcrSettings | None = Field(None, description="AWS ECR settings (registry.api: ecr).")
     gitlab: GitLabSettings | None = Field(None, description="GitLab container registry API settings (registry.api: gitlab).")
@@ -207,8 +207,8 @@ class KubernetesConfig(_Strict):
     kubeconfig: str | None = Field(None, description="Default: $KUBECONFIG, ~/.kube/config, in-cluster.")
     contexts: list[str] = Field(default_factory=list, description="Contexts to scan; default: the current one.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to scan; default: all.")
-    timeout: float = Field(30.0, gt=0, description="Seconds per API request.")
-    pageSize: int = Field(500, ge=1, description="Objects per list page (limit/continue).")
+    timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds per API request.")
+    pageSize: int = Field(500, ge=1, le=100_000, description="Objects per list page (limit/continue).")
     dumps: Dumps = Field(default_factory=list, description=(
         "Offline input: read workloads from these `kubectl get pods,deploy,rs,sts,ds,job,cronjob,rc -A -o json` "
         "dumps instead of a live cluster (the sweep's cluster re-check re-reads them)."))
@@ -218,7 +218,7 @@ class KubernetesConfig(_Strict):
 
 class HelmConfig(_Strict):
     enabled: bool = Field(True, description="Scan Helm release history (Secret and ConfigMap drivers).")
-    keepRevisions: int = Field(0, ge=0, description="0 = every stored revision is a rollback target; N = the newest N per release, plus its last deployed one.")
+    keepRevisions: int = Field(0, ge=0, le=1_000_000, description="0 = every stored revision is a rollback target; N = the newest N per release, plus its last deployed one.")
     dumps: Dumps = Field(default_factory=list, description=(
         "Offline input: read release history from these `kubectl get secrets,configmaps -A -l owner=helm -o json` "
         "dumps instead of a live cluster."))
@@ -226,7 +226,7 @@ class HelmConfig(_Strict):
 
 class SweepConfig(_Strict):
     maxPlanAge: str = Field("24h", description="Refuse plans older than this (Go duration).")
-    maxDeletions: int = Field(100, ge=0, description="Approval given up front (--yes) covers at most this many deletions.")
+    maxDeletions: int = Field(100, ge=0, le=10**9, description="Approval given up front (--yes) covers at most this many deletions.")
     recheckCluster: bool = Field(True, description="Scan clusters again just before deleting; skip anything now in use.")
     approvalTimeout: str = Field("1h", description="How long a sweep waits for approval before deleting nothing.")
     concurrency: int = Field(8, ge=1, le=64, description="Parallel DELETE requests.")

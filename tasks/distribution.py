@@ -13,6 +13,7 @@ referrers, delete) are what the registry scan (tasks/registry.py) and the sweep 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import ssl
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from tasks.auth import ChallengeAuth, Credentials, resolve_credentials
 from tasks.config import RegistryConfig
 from tasks.errors import ConfigError, ManifestUnknown, RegistryError, UnsupportedOperation
 from tasks.httperrors import registry_error
+from tasks.notes import retried
+
+log = logging.getLogger("regsweep.registry")
 
 _PAGE = 1000  # Distribution rejects n > 1000 on the catalog; larger registries cap it themselves
 T = TypeVar("T")
@@ -47,14 +51,22 @@ class RetryPolicy:
             return min(exc.retry_after, self.retry_after_cap)
         return random.uniform(0, min(self.maximum, self.initial * 2 ** (state.attempt_number - 1)))
 
-    async def run(self, attempt: Callable[[], Awaitable[T]]) -> T:
+    def _note_retry(self, state: RetryCallState) -> None:
+        retried(log, f"{state.outcome.exception()} (attempt {state.attempt_number} of {self.attempts}); "
+                     f"retrying in {state.upcoming_sleep:.1f}s")
+
+    async def run(self, attempt: Callable[[], Awaitable[T]], *,
+                  on_retry: Callable[[RetryCallState], None] | None = None) -> T:
         """`attempt()` until it returns, or raises anything but a retryable RegistryError, or the
-        attempts run out (the last error is raised). Every registry API's client retries through this."""
+        attempts run out (the last error is raised). Each retry is logged and counted in the source's
+        notes (tasks/notes.py) before its wait, or handed to `on_retry` instead.
+        Every registry API's client retries through this."""
         def retryable(e: BaseException) -> bool:
             return isinstance(e, RegistryError) and e.retryable
 
         async for tried in AsyncRetrying(stop=stop_after_attempt(self.attempts), wait=self.wait,
-                                         retry=retry_if_exception(retryable), reraise=True):
+                                         retry=retry_if_exception(retryable), reraise=True,
+                                         before_sleep=on_retry or self._note_retry):
             with tried:
                 return await attempt()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -93,6 +105,7 @@ class RegistryClient:
         self.tag_delete_supported: bool | None = None
         self._probe = asyncio.Lock()
         self.requests = 0
+        self.retries = 0   # requests sent again after a retryable failure (each also logged)
 
     async def __aenter__(self) -> "RegistryClient":
         n = self.config.concurrency
@@ -134,7 +147,12 @@ class RegistryClient:
             raise registry_error(self.name, response=r, repository=repository, reference=reference,
                                  tag_delete=tag_delete)
 
-        return await self.retry.run(attempt)
+        def on_retry(state: RetryCallState) -> None:
+            self.retries += 1
+            retried(log, f"{state.outcome.exception()} ({method}, attempt {state.attempt_number} of "
+                         f"{self.retry.attempts}); retrying in {state.upcoming_sleep:.1f}s")
+
+        return await self.retry.run(attempt, on_retry=on_retry)
 
     async def _paged(self, url: str, key: str, *, repository: str | None = None) -> list[str]:
         """Follow Link rel="next" until the last page; a page that fails fails the listing."""

@@ -9,6 +9,8 @@ A node is kept when any rule keeps it, and its reasons list every rule that did:
   2. helm        every stored revision the Helm source recorded
   3. git         werf keep policies over git history (tasks/gitpolicy.py)
   4. fresh       built (else pushed, by the registry's own time) within keepImagesBuiltWithinLastNHours
+                 of the snapshot time; an image whose build time or revision could not be read
+                 (MANIFESTS `problem`) counts as fresh
   5. unlinked    digests linked to no commit, unless `unlinkedImages: delete`
   6. relatives   an index with a kept platform is kept whole with all its platforms; referrers
                  (signatures, SBOMs, the `sha256-<hex>` fallback index) follow their subject
@@ -160,6 +162,7 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
 
     if not cleanup.disableBuiltWithinLastNHoursPolicy:
         _fresh(nodes, kept, R, primary, now_us, cleanup.keepImagesBuiltWithinLastNHours)
+    _unreadable(nodes, kept, R, primary)
 
     _unlinked(nodes, kept, R, primary, link_node[ok], cleanup.unlinkedImages)
 
@@ -168,7 +171,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     unknown = always & ~missing
     R.add(np.flatnonzero(missing), "manifest not in snapshot: kept", ALWAYS)
     ids = np.flatnonzero(unknown)
-    R.add(ids, [f"unknown media type {nodes.media_type(i) or 'unknown'}: kept" for i in ids], ALWAYS)
+    R.add(ids, [f"unreadable manifest ({nodes.problem[i]}): kept" if nodes.problem[i] else
+                f"unknown media type {nodes.media_type(i) or 'unknown'}: kept" for i in ids], ALWAYS)
     kept |= always
 
     _relatives(nodes, kept, R, followers)
@@ -237,6 +241,17 @@ def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float) -
                         + [f"pushed {f}{suffix}, no build time recorded" for f in fmt], FRESH, keep=keep)
     kept[fresh] = True
     R.add(np.flatnonzero(primary & ~have), "build time unknown", FRESH, keep=False)
+
+
+def _unreadable(nodes: Nodes, kept, R: Reasons, primary) -> None:
+    """Images whose build time or revision could not be read (`problem`) count as fresh: kept,
+    whatever the fresh window, since no rule can tell how old they are or which commit built them."""
+    ids = np.flatnonzero(primary & (nodes.problem != None))  # noqa: E711 - elementwise on objects
+    if len(ids):
+        known = nodes.created[ids] != NAT
+        R.add(ids, [f"{'revision' if k else 'build time'} unknown ({nodes.problem[i]}): counts as fresh, kept"
+                    for i, k in zip(ids.tolist(), known.tolist())], FRESH)
+        kept[ids] = True
 
 
 def _unlinked(nodes: Nodes, kept, R: Reasons, primary, link_nodes, mode: str) -> None:

@@ -10,6 +10,7 @@ and kind: the snapshot is then incomplete and nothing is deleted on its strength
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from kubernetes.config.incluster_config import InClusterConfigLoader
 from urllib3.util.retry import Retry
 
 from tasks.errors import ClusterError, ConfigError
+from tasks.notes import in_context, retried
 from tasks.progress import reporter
 
 if TYPE_CHECKING:
@@ -36,6 +38,25 @@ except ImportError:  # pragma: no cover
 
 IN_CLUSTER = "in-cluster"
 MAX_LIST_RESTARTS = 3
+BODY_ATTEMPTS = 3       # reads of a page whose answer was cut short
+RETRY_AFTER_CAP = 60.0  # seconds; an API server asking for longer fails the list instead of stalling it
+
+log = logging.getLogger("regsweep.kubernetes")
+
+
+class _Retry(Retry):
+    """urllib3's retries, each one logged and counted (tasks/notes.py), Retry-After capped."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        new = super().increment(method, url, response, error, _pool, _stacktrace)  # raises when used up
+        why = f"HTTP {response.status}" if response is not None and response.status else type(error).__name__
+        host = f"{_pool.host}:{_pool.port}" if _pool is not None else "the API server"
+        retried(log, f"kubernetes {host}: {method} {(url or '').split('?')[0]} failed ({why}); trying again")
+        return new
+
+    def get_retry_after(self, response):
+        after = super().get_retry_after(response)
+        return None if after is None else min(after, RETRY_AFTER_CAP)
 
 
 @dataclass(frozen=True)
@@ -85,9 +106,12 @@ def kubeconfig_path(k: "KubernetesConfig") -> str | None:
 def connect(k: "KubernetesConfig") -> list[Cluster]:
     """One client per configured context (default: the current one), or in-cluster config."""
     def client(cfg: Configuration, context: str) -> Cluster:
-        # A connection reset or one slow answer is retried once; HTTP statuses are never
-        # retried here: each one is either handled (410) or fails the source.
-        cfg.retries = Retry(total=3, connect=2, read=1, status=0, redirect=0, other=0, raise_on_status=False)
+        # A refused connection twice, a reset or slow answer once, and a throttled or briefly
+        # unavailable API server (429, 502-504, honouring Retry-After) three times; any other
+        # status is handled (410) or fails the source. Lists are GETs: safe to send again.
+        cfg.retries = _Retry(total=6, connect=2, read=1, status=3, redirect=0, other=0, backoff_factor=0.25,
+                             backoff_max=8, status_forcelist=(429, 502, 503, 504), allowed_methods=frozenset({"GET"}),
+                             respect_retry_after_header=True, raise_on_status=False)
         return Cluster(context, ApiClient(configuration=cfg), k.timeout, k.pageSize)
 
     path = kubeconfig_path(k)
@@ -168,21 +192,35 @@ def _status_message(body: str | bytes | None) -> str:
     return f": {msg}" if msg else ""
 
 
-def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any) -> dict:
-    """One list request; raises ClusterError, or _Expired for a 410 on a continue token."""
-    api = getattr(k8s, kind.api)(cluster.api)
-    where = {"context": cluster.context, "namespace": namespace, "kind": kind.kind}
-    scope = f"in namespace {namespace}" if namespace else "cluster-wide"
-    try:
+def _read_page(api: Any, kind: Kind, namespace: str | None, cluster: Cluster, params: dict[str, Any]) -> bytes:
+    """One page's bytes. A body cut short (the connection dropped mid-answer, after urllib3's own
+    retries are past) is asked for again, at most twice more, each time logged and counted."""
+    for attempt in range(1, BODY_ATTEMPTS + 1):
         if namespace is None:
             resp = getattr(api, kind.list_all)(_preload_content=False, _request_timeout=cluster.timeout, **params)
         else:
             resp = getattr(api, kind.list_namespaced)(namespace, _preload_content=False,
                                                      _request_timeout=cluster.timeout, **params)
         try:
-            data = resp.data
+            return resp.data
+        except urllib3.exceptions.ProtocolError as e:
+            if attempt == BODY_ATTEMPTS:
+                raise
+            retried(log, f"kubernetes (context {cluster.context}): listing {kind.plural} "
+                         f"{f'in namespace {namespace}' if namespace else 'cluster-wide'}: answer cut short ({e}); "
+                         "trying again")
         finally:
             resp.release_conn()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any) -> dict:
+    """One list request; raises ClusterError, or _Expired for a 410 on a continue token."""
+    api = getattr(k8s, kind.api)(cluster.api)
+    where = {"context": cluster.context, "namespace": namespace, "kind": kind.kind}
+    scope = f"in namespace {namespace}" if namespace else "cluster-wide"
+    try:
+        data = _read_page(api, kind, namespace, cluster, params)
     except ApiException as e:
         if e.status == 410 and params.get("_continue"):
             raise _Expired() from None
@@ -252,7 +290,8 @@ def run_units(units: list[Callable[[], list]], progress_key: str | None = None, 
             rep.advance(progress_key)
 
     with ThreadPoolExecutor(max_workers=min(workers, len(units)), thread_name_prefix="kube-list") as pool:
-        futures = [pool.submit(run, i) for i in range(len(units))]
+        # in_context: what a unit notes (warnings, retries) counts for the source that runs it
+        futures = [pool.submit(in_context(lambda i=i: run(i))) for i in range(len(units))]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:

@@ -1,15 +1,17 @@
 """One sweep per registry at a time: a lock file in the store.
 
-On a local store the lock is created atomically (O_EXCL) and names its owner (host, pid and
-the pid's start time), so a lock left by a sweep that died on this host is taken over, while
-another host's lock is never broken. On object stores, which have no exclusive create, the
-lock is written and read back: best effort, which is why deployments also set a Prefect
-concurrency limit of one.
+The lock is created atomically and names its owner (host, pid and the pid's start time), so a
+lock left by a sweep that died on this host is taken over, while another host's lock is never
+broken. Atomic means O_EXCL on a local store and a conditional PUT (If-None-Match: *) on S3,
+where a dead owner's lock is also removed only while it is still that version (If-Match). Other
+object stores have no exclusive create: there the lock is written and read back, best effort,
+which is why deployments also set a Prefect concurrency limit of one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -57,30 +59,37 @@ def lock_path(store: Store, registry_url: str) -> str:
 def sweep_lock(store: Store, registry_url: str, plan: str) -> Iterator[dict]:
     """Hold the store's lock for sweeping `registry_url`; SweepLocked when another sweep has it.
 
-    Local stores create the lock file with O_EXCL; a lock whose owner process is gone (same
-    host, pid dead) is stale and taken over. Object stores have no exclusive create: there the
-    lock is best effort, so also give the deployment a concurrency limit of 1 (prefect.yaml).
+    Local stores create the lock file with O_EXCL, S3 with a conditional PUT; a lock whose owner
+    process is gone (same host, pid dead) is stale and taken over. Other object stores have no
+    exclusive create: there the lock is best effort, so also give the deployment a concurrency
+    limit of 1 (prefect.yaml).
     """
     path = lock_path(store, registry_url)
     pid = os.getpid()
     owner = {"pid": pid, "pid_start": _proc_start(pid), "host": _host(), "registry": registry_url,
              "plan": plan, "since": utcnow().isoformat()}
     body = json.dumps(owner).encode()
+    etag = None
     if store.local:
         try:
             _acquire_local(path, body, registry_url)
         except OSError as e:  # not a lock held by another sweep: the store itself is unusable here
             raise StoreError(f"store {store.url}: cannot create the sweep lock {path}: {e}") from None
+    elif store.atomic_create:
+        etag = _acquire_atomic_remote(store, path, body, registry_url)
     else:
         _acquire_remote(store, path, owner, registry_url)
     try:
         yield owner
     finally:
         with contextlib.suppress(OSError):
-            current = _read_owner(store, path)
-            if current and current.get("pid") == pid and current.get("host") == owner["host"] \
-                    and current.get("since") == owner["since"]:
-                store.fs.rm(path) if not store.local else os.unlink(path)
+            if etag is not None:
+                store.delete_if(path, etag)   # ours, unless a breaker took it for dead: then theirs stays
+            else:
+                current = _read_owner(store, path)
+                if current and current.get("pid") == pid and current.get("host") == owner["host"] \
+                        and current.get("since") == owner["since"]:
+                    store.fs.rm(path) if not store.local else os.unlink(path)
 
 
 def _read_owner(store: Store, path: str) -> dict | None:
@@ -165,6 +174,25 @@ def _break_stale(path: str, seen: dict | None) -> None:
                 os.unlink(path)
     finally:
         os.unlink(breaker)
+
+
+def _acquire_atomic_remote(store: Store, path: str, body: bytes, registry_url: str) -> str | None:
+    """Create the lock with one conditional write; a dead owner's lock is removed only while it is
+    still that very version (If-Match), so two sweeps breaking it at once cannot both take it."""
+    for _ in range(3):
+        try:
+            return store.create_exclusive(path, body)
+        except FileExistsError:
+            pass
+        try:
+            data, etag = store.read_versioned(path)
+        except FileNotFoundError:
+            continue  # released meanwhile
+        owner = _parse_owner(lambda: io.BytesIO(data))
+        if not _stale(owner):
+            raise SweepLocked(_locked_message(registry_url, owner, path))
+        store.delete_if(path, etag)
+    raise SweepLocked(_locked_message(registry_url, _read_owner(store, path), path))
 
 
 def _acquire_remote(store: Store, path: str, owner: dict, registry_url: str) -> None:

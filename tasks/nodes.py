@@ -20,7 +20,8 @@ class Nodes:
     """
 
     def __init__(self, tables: dict, tags: pd.DataFrame, extra_digests, extra_repos, extra_tags):
-        man = _frame(tables.get("manifests"), ("repository", "digest", "media_type", "kind", "size", "created", "subject"))
+        man = _frame(tables.get("manifests"), ("repository", "digest", "media_type", "kind", "size", "created", "subject",
+                                                "problem"))
         ch = _frame(tables.get("children"), ("repository", "index_digest", "child_digest", "platform"))
         lk = _frame(tables.get("links"), ("repository", "digest", "commit"))
         (self.t_dig, m_dig, m_subj, c_idx, c_child, self.l_dig, *self.x_dig), self.DIG = encode_digests(
@@ -56,6 +57,10 @@ class Nodes:
             self.created[m_node] = to_us(man["created"])
             if "pushed" in man:
                 self.pushed[m_node] = to_us(man["pushed"])
+        # why build time / revision could not be read (None: fine); snapshots before the column had none
+        self.problem = np.full(n, None, object)
+        if "problem" in man.columns and len(mkey):
+            self.problem[m_node] = man["problem"].astype(object).where(man["problem"].notna(), None).to_numpy()
         self.subject_code = np.full(n, -1, np.int64)
         has = m_subj >= 0
         self.subject_code[m_node[has]] = m_subj[has]

@@ -171,8 +171,6 @@ def find_rows(plan, candidates, image_ref: str):
 
 def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") -> list[str]:
     """Lines explaining the decision on IMAGE_REF; the last line is the decision."""
-    import pyarrow.parquet as pq
-
     store = Store(config.store)
     try:
         plan_id = store.resolve_plan(plan_ref)
@@ -180,9 +178,9 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
         raise ConfigError("--plan", str(e)) from None
     meta = store.plan_meta(plan_id)
     candidates = _candidates(config.registry, image_ref)
-    # plans are sorted by repository: reading only its row groups keeps explain fast on big plans
-    with store.fs.open(store.path("plans", plan_id, "plan.parquet"), "rb") as f:
-        table = pq.read_table(f, filters=[("repository", "in", sorted({c[0] for c in candidates}))])
+    # plans are sorted by repository: decoding only its row groups keeps explain fast on big plans
+    table = store.read_table(store.path("plans", plan_id, "plan.parquet"),
+                             filters=[("repository", "in", sorted({c[0] for c in candidates}))])
     plan = table.to_pandas()
     out = [f"plan {plan_id} from snapshot {meta.get('snapshot_id')} ({'complete' if meta.get('complete') else 'INCOMPLETE: deletes nothing'})"]
     try:

@@ -34,15 +34,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+#: Bounds that keep counts and windows inside the plan's int64 arithmetic (µs clocks, ranks).
+MAX_COUNT = 10**9
+MAX_WITHIN = timedelta(days=36_500)
+
+
 def _check_count(v: int | None) -> int | None:
     if v is not None and v < -1:
         raise ValueError(f"{v} is not a count (use -1 for all)")
+    if v is not None and v > MAX_COUNT:
+        raise ValueError(f"{v} is too large (at most {MAX_COUNT:,}, or -1 for all)")
     return v
+
+
+def _within(v):
+    if v is None:
+        return None
+    d = parse_duration(v)
+    if d > MAX_WITHIN:
+        raise ValueError(f"{v!r} is longer than 100 years")
+    return d
 
 
 #: `last`: a count, -1 for all; `in`: a Go duration such as 168h; `operator`: how the two combine.
 Count = Annotated[int | None, AfterValidator(_check_count)]
-Within = Annotated[timedelta | None, BeforeValidator(lambda v: None if v is None else parse_duration(v))]
+Within = Annotated[timedelta | None, BeforeValidator(_within)]
 Operator = Literal["And", "Or"]
 
 
@@ -116,7 +132,8 @@ class CleanupPolicy(_Strict):
     keepPolicies: list[KeepPolicy] | None = Field(
         None, description="werf keep policies; omitted = werf's defaults.")
     keepImagesBuiltWithinLastNHours: float = Field(
-        2, ge=0, allow_inf_nan=False, description="Keep images built within this many hours of the snapshot.")
+        2, ge=0, le=1_000_000, allow_inf_nan=False,   # a window past ~114 years overflows the plan's µs clock
+        description="Keep images built within this many hours of the snapshot.")
     disableKubernetesBasedPolicy: bool = Field(False, description="Do not keep images in use in Kubernetes (and do not scan clusters).")
     disableGitHistoryBasedPolicy: bool = Field(False, description="Do not apply git keep policies (no git source needed).")
     disableBuiltWithinLastNHoursPolicy: bool = Field(False, description="Do not keep freshly built images.")

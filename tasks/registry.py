@@ -27,6 +27,7 @@ from tasks.capabilities import Capabilities, probe_registry
 from tasks.config import LinkConfig, RegistryConfig, RegsweepConfig
 from tasks.distribution import RegistryClient, RetryPolicy
 from tasks.errors import ManifestUnknown, RegistryAuthError, RegistryError
+from tasks.notes import warn
 from tasks.progress import reporter
 from tasks.reference import repository_globs
 from tasks.schemas import CHILDREN, LINKS, MANIFESTS, TAGS
@@ -63,6 +64,7 @@ class _Facts:
     created: datetime | None
     revision: str | None
     revision_source: str | None
+    problem: str | None = None
 
 
 @dataclass
@@ -117,7 +119,7 @@ class Scanner:
             infos = await self.backend.list_tags(repo)
         except ManifestUnknown as e:
             # Gone since the catalog listed it, or a configured name never pushed: no tags to lose.
-            log.warning(f"{e}; recorded with no tags")
+            warn(log, f"{e}; recorded with no tags")
             return repo, []
         for info in infos:
             self._note(repo, info)
@@ -223,8 +225,9 @@ class Scanner:
             except ManifestUnknown:
                 return None
         m = oci.parse_manifest(body, media_type)
+        problem = m.error   # why the build time or revision could not be read: the image is kept
         if m.error:
-            log.warning(f"registry {self.client.name}/{repo}@{digest}: {m.error}; recorded as kind unknown")
+            warn(log, f"registry {self.client.name}/{repo}@{digest}: {m.error}; recorded as kind unknown")
         kind = m.kind
         size = len(body) + m.own_size
         created, revision, rev_source = oci.build_facts(m, None)
@@ -238,11 +241,12 @@ class Scanner:
         elif m.kind in (oci.IMAGE, oci.ARTIFACT) and m.has_image_config and not (created and revision):
             # The config only matters for the build time and revision; annotations that carry both
             # (buildx --annotation, werf) save its GET.
-            config = await self._config(repo, m.config.digest, digest)
+            config, problem = await self._config(repo, m.config.digest, digest)
             created, revision, rev_source = oci.build_facts(m, config)
         elif m.kind in (oci.INDEX, oci.ARTIFACT) and m.children:
             facts = await asyncio.gather(*(self._child(repo, digest, d) for d in m.children))
             size = len(body) + sum(f.size for f in facts)
+            problem = next((f.problem for f in facts if f.problem), None)
             if created is None:
                 created = max((f.created for f in facts if f.created), default=None)
             if revision is None:
@@ -260,9 +264,9 @@ class Scanner:
         self.result.manifests.append({
             "repository": repo, "digest": digest, "media_type": media_type, "kind": kind,
             "artifact_type": m.artifact_type, "size": size, "created": created, "revision": revision,
-            "subject": row_subject, "pushed": pushed, "last_pulled": last_pulled,
+            "subject": row_subject, "pushed": pushed, "last_pulled": last_pulled, "problem": problem,
         })
-        return _Facts(size, created, revision, rev_source)
+        return _Facts(size, created, revision, rev_source, problem)
 
     async def _child(self, repo: str, index_digest: str, d: oci.Descriptor) -> _Facts:
         self.result.children.append({"repository": repo, "index_digest": index_digest,
@@ -273,20 +277,23 @@ class Scanner:
             subject = d.annotations.get("vnd.docker.reference.digest")
         facts = await self.record(repo, d.digest, subject=subject)
         if facts is None:
-            log.warning(f"registry {self.client.name}/{repo}@{index_digest}: listed manifest {d.digest} is missing")
-            return _Facts(d.size, None, None, None)
+            problem = f"platform manifest {d.digest} is missing (HTTP 404)"
+            warn(log, f"registry {self.client.name}/{repo}@{index_digest}: {problem}")
+            return _Facts(d.size, None, None, None, problem)
         return facts
 
-    async def _config(self, repo: str, digest: str, manifest_digest: str) -> oci.ImageConfig | None:
+    async def _config(self, repo: str, digest: str, manifest_digest: str) -> tuple[oci.ImageConfig | None, str | None]:
+        """The image config, and the problem that kept it from being read (None when it was)."""
         try:
             _, body = await self._blob(repo, digest, manifest=False)
         except ManifestUnknown:
-            log.warning(f"registry {self.client.name}/{repo}@{manifest_digest}: config blob {digest} is missing")
-            return None
+            problem = f"config blob {digest} is missing (HTTP 404)"
+            warn(log, f"registry {self.client.name}/{repo}@{manifest_digest}: {problem}")
+            return None, problem
         cfg = oci.parse_config(body)
         if cfg.error:
-            log.warning(f"registry {self.client.name}/{repo}@{manifest_digest}: {cfg.error}")
-        return cfg
+            warn(log, f"registry {self.client.name}/{repo}@{manifest_digest}: {cfg.error}")
+        return cfg, cfg.error
 
     async def _referrers(self, repo: str, digest: str) -> None:
         if self.client.referrers_supported is False or (repo, digest) in self._referrers_done:

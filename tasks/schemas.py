@@ -43,6 +43,9 @@ MANIFESTS = pa.schema([
     pa.field("subject", pa.string()),                  # digest this artifact refers to (signature, SBOM, fallback index)
     pa.field("pushed", TS),                            # the registry's own push time, where its API reports one
     pa.field("last_pulled", TS),                       # the registry's last pull, where reported: information only, never a rule
+    # why build time / revision could not be read (config blob 404, unparsable manifest or config,
+    # a platform manifest missing); null when fine. Such an image counts as fresh: it is kept.
+    pa.field("problem", pa.string()),
 ])
 
 #: Index → platform manifest edges.

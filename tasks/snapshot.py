@@ -14,6 +14,7 @@ from typing import Any
 
 from tasks.config import ALL_SOURCES, RegsweepConfig, git_section_problem
 from tasks.errors import ConfigError, SourceError
+from tasks.notes import collecting
 from tasks.schemas import SOURCE_TABLES
 from tasks.store import SourceStatus, Store
 
@@ -47,14 +48,15 @@ def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime) -
     """Extract one source and write its tables into `staging`; never raises for a source failure."""
     store = Store(config.store)
     started = time.monotonic()
-    try:
-        module = importlib.import_module(SOURCE_MODULES[name])
-        tables = module.extract(config, store, now)
-        counts = store.write_source_tables(staging, tables, SOURCE_TABLES[name])
-    except SourceError as e:
-        return SourceStatus("failed", seconds=time.monotonic() - started, error=str(e))
+    with collecting() as notes:
+        try:
+            module = importlib.import_module(SOURCE_MODULES[name])
+            tables = module.extract(config, store, now)
+            counts = store.write_source_tables(staging, tables, SOURCE_TABLES[name])
+        except SourceError as e:
+            return SourceStatus("failed", seconds=time.monotonic() - started, error=str(e), notes=notes.to_json())
     rows = counts[next(iter(SOURCE_TABLES[name]))]
-    return SourceStatus("ok", rows=rows, seconds=time.monotonic() - started, tables=counts)
+    return SourceStatus("ok", rows=rows, seconds=time.monotonic() - started, tables=counts, notes=notes.to_json())
 
 
 def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[str, SourceStatus],
@@ -95,7 +97,11 @@ def summary_markdown(snapshot_id: str, meta: dict[str, Any], store: Store) -> st
     from tasks.capabilities import markdown_lines
 
     lines += markdown_lines(meta.get("registry_capabilities"))
-    lines += ["| source | status | rows | seconds | error |", "|---|---|---|---|---|"]
+    lines += ["| source | status | rows | seconds | retries | warnings | error |", "|---|---|---|---|---|---|---|"]
     for name, s in meta["sources"].items():
-        lines.append(f"| {name} | {s['status']} | {s['rows']} | {s['seconds']} | {s.get('error', '')} |")
+        lines.append(f"| {name} | {s['status']} | {s['rows']} | {s['seconds']} | {s.get('retries', {}).get('count', 0)} "
+                     f"| {s.get('warnings', {}).get('count', 0)} | {s.get('error', '')} |")
+    warned = [(name, m) for name, s in meta["sources"].items() for m in s.get("warnings", {}).get("messages", [])]
+    if warned:
+        lines += ["", "Warnings (first few per source):", ""] + [f"- {name}: {m}" for name, m in warned]
     return "\n".join(lines)

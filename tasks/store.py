@@ -53,6 +53,8 @@ class SourceStatus:
     seconds: float = 0.0
     error: str | None = None
     tables: dict[str, int] = field(default_factory=dict)
+    # what the source noticed (tasks/notes.py): {"warnings": {count, messages}, "retries": {count, messages}}
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"status": self.status, "rows": self.rows, "seconds": round(self.seconds, 3)}
@@ -60,6 +62,7 @@ class SourceStatus:
             d["error"] = self.error
         if self.tables:
             d["tables"] = self.tables
+        d.update(self.notes)
         return d
 
 
@@ -111,15 +114,27 @@ class Store:
         except OSError as e:
             raise self._fail("write", path, e) from None
 
-    def read_table(self, path: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+    def read_table(self, path: str, schema: pa.Schema | None = None, columns: list[str] | None = None,
+                   filters: list | None = None) -> pa.Table:
+        """A Parquet file (some columns, the row groups `filters` select) as a table.
+
+        Arrow reads from memory it owns: the file's bytes are read here and copied into an
+        Arrow buffer. Handed a Python file object (or Python-owned bytes), Arrow's scan threads
+        release it after `read_table` returns, which takes the GIL; one doing so while the
+        interpreter exits is ended mid-C++ frame and aborts the process ("terminate called
+        without an active exception", exit -6) after its work is done.
+        """
         try:
             with self.fs.open(path, "rb") as f:
-                t = pq.read_table(f, schema=schema, columns=columns)
+                data = f.read()
+            owned = pa.allocate_buffer(len(data))
+            memoryview(owned).cast("B")[:] = data
+            del data
+            return pq.read_table(pa.BufferReader(owned), schema=schema, columns=columns, filters=filters)
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowInvalid) as e:
             raise self._fail("read", path, e) from None
-        return t
 
     def write_json(self, path: str, data: Any) -> None:
         self._makedirs(path.rsplit("/", 1)[0])
@@ -248,6 +263,63 @@ class Store:
             self.fs.mv(tmp, final)
         except OSError as e:
             raise self._fail("write", final, e) from None
+
+    # -- exclusive objects (the sweep lock) ----------------------------------------------------------
+    @property
+    def atomic_create(self) -> bool:
+        """Whether `create_exclusive` is atomic here: a local disk (O_EXCL) or S3 (conditional writes)."""
+        return self.local or self._s3
+
+    @property
+    def _s3(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        return bool({"s3", "s3a"} & set(protocol))
+
+    def create_exclusive(self, path: str, data: bytes) -> str | None:
+        """Create `path` holding `data` only if it does not exist: FileExistsError if it does.
+
+        On S3 this is one conditional PUT (If-None-Match: *), so of two writers exactly one wins;
+        returns the object's ETag, which `delete_if` needs (None on a local disk, see tasks/lock.py).
+        Other object stores have no such write: there the check and the write are two steps.
+        """
+        self._makedirs(path.rsplit("/", 1)[0])
+        try:
+            if self._s3:
+                out = self.fs.pipe_file(path, data, mode="create")
+                return (out or {}).get("ETag")
+            if self.fs.exists(path):
+                raise FileExistsError(path)
+            self.fs.pipe_file(path, data)
+            return None
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise self._fail("create", path, e) from None
+
+    def read_versioned(self, path: str) -> tuple[bytes, str | None]:
+        """An object's bytes and the ETag of that very version (S3); FileNotFoundError when absent."""
+        self.fs.invalidate_cache(path)
+        try:
+            with self.fs.open(path, "rb") as f:
+                # s3fs pins its reads to the ETag it saw at open: bytes and tag are of one version
+                return f.read(), (getattr(f, "details", None) or {}).get("ETag")
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise self._fail("read", path, e) from None
+
+    def delete_if(self, path: str, etag: str | None) -> bool:
+        """Delete `path` only while it is still the version `etag` names (S3 If-Match); whether it was."""
+        self.fs.invalidate_cache(path)
+        try:
+            if self._s3 and etag:
+                bucket, key, _ = self.fs.split_path(path)
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+            else:
+                self.fs.rm(path)
+            return True
+        except OSError:  # gone already, or replaced by another writer: theirs now
+            return False
 
     # -- append-only logs (sweep journal) ---------------------------------------------------------
     def append_rows(self, log: str, table: pa.Table) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from tasks.capabilities import DENIED, NO, UNKNOWN, YES, Capabilities
 from tasks.errors import RegistryAuthError, RegistryError, RegistryUnreachable, UnsupportedOperation
+from tasks.notes import collecting
 from tasks.store import Store
 from tasks.sweep.journal import Event, Journal
 from tasks.sweep.loading import no_tag_delete
@@ -36,20 +37,22 @@ def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dr
 
     outcomes: list[Outcome] = []
     rep = reporter()
-    if intent.targets:
-        prot = recheck_cluster(config, intent.targets)
-        journal = None if dry_run else Journal(store, intent.plan_id)
-        if journal is not None:
-            journal.write([(o.repository, o.ref, SKIPPED, o.detail) for o in intent.skipped]
-                          + [(t.repository, t.ref, PLANNED, None) for t in intent.targets])
-        rep.start("sweep", f"{'checking' if dry_run else 'deleting'} {intent.deletions} targets in "
-                           f"{intent.registry}", intent.deletions)
-        outcomes = asyncio.run(_recheck_and_execute(config, intent, prot, journal, dry_run,
-                                                    lambda n: rep.advance("sweep", n)))
-        order = {t.key: i for i, t in enumerate(intent.targets)}
-        outcomes.sort(key=lambda o: order.get((o.repository, o.ref), -1))
+    with collecting() as notes:
+        if intent.targets:
+            prot = recheck_cluster(config, intent.targets)
+            journal = None if dry_run else Journal(store, intent.plan_id)
+            if journal is not None:
+                journal.write([(o.repository, o.ref, SKIPPED, o.detail) for o in intent.skipped]
+                              + [(t.repository, t.ref, PLANNED, None) for t in intent.targets])
+            rep.start("sweep", f"{'checking' if dry_run else 'deleting'} {intent.deletions} targets in "
+                               f"{intent.registry}", intent.deletions)
+            outcomes = asyncio.run(_recheck_and_execute(config, intent, prot, journal, dry_run,
+                                                        lambda n: rep.advance("sweep", n)))
+            order = {t.key: i for i, t in enumerate(intent.targets)}
+            outcomes.sort(key=lambda o: order.get((o.repository, o.ref), -1))
     report = SweepReport(plan_id=intent.plan_id, registry=intent.registry, dry_run=dry_run,
-                         outcomes=list(intent.skipped) + outcomes, done_before=len(intent.done_before))
+                         outcomes=list(intent.skipped) + outcomes, done_before=len(intent.done_before),
+                         notes=notes.to_json())
     if intent.targets:
         rep.finish("sweep", report.summary())
     return report

@@ -76,6 +76,8 @@ class SweepReport:
     dry_run: bool
     outcomes: list[Outcome]
     done_before: int = 0
+    # what the re-checks and deletions noticed (tasks/notes.py): warnings and retried requests
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def _count(self, status: str, tags: bool | None = None) -> int:
         return sum(1 for o in self.outcomes if o.status == status and (tags is None or o.is_tag == tags))
@@ -120,7 +122,7 @@ class SweepReport:
         return {"plan_id": self.plan_id, "registry": self.registry, "dry_run": self.dry_run,
                 "deleted": self.deleted, "tags_deleted": self.tags_deleted, "skipped": self.skipped,
                 "failed": self.failed, "bytes": self.bytes, "done_before": self.done_before,
-                "summary": self.summary(), "outcomes": [asdict(o) for o in self.outcomes]}
+                "summary": self.summary(), **self.notes, "outcomes": [asdict(o) for o in self.outcomes]}
 
     def markdown(self, limit: int = 500) -> str:
         lines = [f"# Sweep of plan `{self.plan_id}`" + (" (dry run)" if self.dry_run else ""), "",

@@ -9,7 +9,8 @@
     token_registry              Docker token auth against `token_issuer` (a loopback TokenIssuer);
                                 `.credentials` == (REGISTRY_USER, REGISTRY_PASSWORD)
     token_issuer                that issuer, its counters reset and expires_in restored for each test
-    fault_proxy                 a FaultProxy in front of `registry`; fault_proxy_factory(upstream) for others
+    fault_proxy                 a FaultProxy (tests/support/faults.py) in front of `registry`;
+                                fault_proxy_factory(upstream) for others (a registry, a KubeServer, a URL)
 
 READER_USER / READER_PASSWORD is a second account of htpasswd and token registries; on the token
 registry it is granted `pull` only, so pushes and deletes are refused as on a read-only robot account.
@@ -23,13 +24,11 @@ import itertools
 import json
 import os
 import re
-import socket
 import ssl
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -43,6 +42,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from testbed import LocalRegistry, TokenAuth, write_htpasswd
+from tests.support.faults import FaultProxy, FaultRule  # noqa: F401 - the proxy's home is tests/support/faults.py
+from tests.support.faults import Handler as _Handler
+from tests.support.faults import LoopbackServer as _LoopbackServer
 
 REGISTRY_USER = "regsweep-ci"
 REGISTRY_PASSWORD = "correct horse battery staple"
@@ -52,81 +54,6 @@ TOKEN_SERVICE = "regsweep-local-registry"
 TOKEN_ISSUER = "regsweep-test-token-issuer"
 
 _repo_counter = itertools.count()
-
-
-# --------------------------------------------------------------------------- small loopback servers
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request, client_address):
-        pass  # a client hanging up mid-request is expected in fault tests, not worth a traceback
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format, *args):
-        pass
-
-    def read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response_only(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body and self.command != "HEAD":
-            self.wfile.write(body)
-
-
-class _LoopbackServer:
-    """A threading HTTP server on a free 127.0.0.1 port, started and stopped with its owner."""
-
-    handler: type[_Handler]
-
-    def start(self):
-        handler = type("BoundHandler", (self.handler,), {"owner": self})
-        self._server = _QuietServer(("127.0.0.1", 0), handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
-                                        name=f"{type(self).__name__}:{self.port}")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 # --------------------------------------------------------------------------- token issuer
@@ -267,146 +194,6 @@ class TokenIssuer(_LoopbackServer):
             self.reply(200, body, {"Content-Type": "application/json"})
 
 
-# --------------------------------------------------------------------------- fault proxy
-
-
-@dataclass
-class FaultRule:
-    """Answer matching requests with `status` (or drop the connection) while `remaining` lasts."""
-
-    status: int | None
-    method: str | None
-    path: re.Pattern | None
-    remaining: int | None  # None = until cleared
-    retry_after: str | None = None
-    drop: bool = False
-    delay: float = 0.0
-    body: bytes = b""
-    hits: int = 0
-
-    def matches(self, method: str, path: str) -> bool:
-        return ((self.remaining is None or self.remaining > 0)
-                and (self.method is None or self.method == method)
-                and (self.path is None or self.path.search(path) is not None))
-
-
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-               "trailers", "transfer-encoding", "upgrade", "content-length", "content-encoding"}
-
-
-class FaultProxy(_LoopbackServer):
-    """A loopback HTTP proxy in front of a registry that injects faults by rule and counts requests.
-
-        proxy.inject(503, times=2, method="GET", path=r"/tags/list")   # next 2 matching → 503
-        proxy.inject(429, retry_after="1")                             # next request → 429 + Retry-After
-        proxy.inject(drop=True, path=r"/manifests/")                   # close the connection, no answer
-        proxy.inject(delay=2.0, times=None)                            # slow every request down
-        proxy.count("DELETE", r"/manifests/")                          # requests seen (faulted or not)
-
-    `path` is a regex searched in the request path including its query string. Rules are tried in
-    the order they were added; a request that no rule faults is forwarded to the upstream.
-    """
-
-    def __init__(self, upstream: str, *, verify: Any = True):
-        self.upstream = upstream.rstrip("/")
-        self.rules: list[FaultRule] = []
-        self.requests: list[tuple[str, str]] = []
-        self.faulted: list[tuple[str, str, str]] = []
-        self._lock = threading.Lock()
-        self._client = httpx.Client(verify=verify, timeout=60.0)
-
-    def stop(self) -> None:
-        super().stop()
-        self._client.close()
-
-    def inject(self, status: int | None = None, *, times: int | None = 1, method: str | None = None,
-               path: str | None = None, retry_after: str | int | None = None, drop: bool = False,
-               delay: float = 0.0, body: bytes | str | None = None) -> FaultRule:
-        """Add a rule; `times=None` keeps it until `clear()`. A delay alone forwards after sleeping."""
-        if status is None and not drop and not delay:
-            raise ValueError("inject needs a status, drop=True or a delay")
-        if body is None and status is not None:
-            body = json.dumps({"errors": [{"code": "UNAVAILABLE" if status >= 500 else "TOOMANYREQUESTS",
-                                           "message": "injected by FaultProxy"}]})
-        rule = FaultRule(status, method.upper() if method else None, re.compile(path) if path else None,
-                         times, str(retry_after) if retry_after is not None else None, drop, delay,
-                         body.encode() if isinstance(body, str) else (body or b""))
-        with self._lock:
-            self.rules.append(rule)
-        return rule
-
-    def clear(self) -> None:
-        """Remove every rule (counters are kept)."""
-        with self._lock:
-            self.rules.clear()
-
-    def count(self, method: str | None = None, path: str | None = None) -> int:
-        """Requests received whose method is `method` and whose path matches the regex `path`."""
-        pattern = re.compile(path) if path else None
-        with self._lock:
-            return sum(1 for m, p in self.requests
-                       if (method is None or m == method.upper()) and (pattern is None or pattern.search(p)))
-
-    def _take_rule(self, method: str, path: str) -> FaultRule | None:
-        with self._lock:
-            self.requests.append((method, path))
-            for rule in self.rules:
-                if rule.matches(method, path):
-                    if rule.remaining is not None:
-                        rule.remaining -= 1
-                    rule.hits += 1
-                    return rule
-        return None
-
-    class handler(_Handler):
-        def _any(self):
-            proxy: FaultProxy = self.owner
-            body = self.read_body()
-            rule = proxy._take_rule(self.command, self.path)
-            if rule is not None:
-                if rule.delay:
-                    time.sleep(rule.delay)
-                if rule.drop:
-                    with proxy._lock:
-                        proxy.faulted.append((self.command, self.path, "drop"))
-                    self.close_connection = True
-                    try:
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                    return
-                if rule.status is not None:
-                    with proxy._lock:
-                        proxy.faulted.append((self.command, self.path, str(rule.status)))
-                    headers = {"Content-Type": "application/json"}
-                    if rule.retry_after is not None:
-                        headers["Retry-After"] = rule.retry_after
-                    return self.reply(rule.status, rule.body, headers)
-            headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
-            # Distribution builds upload Locations from Host and the scheme it was reached by: keep
-            # both pointing at the proxy so follow-up requests come back through it.
-            headers.append(("X-Forwarded-Proto", "http"))
-            try:
-                upstream = proxy._client.request(self.command, proxy.upstream + self.path,
-                                                 headers=headers, content=body or None)
-            except httpx.TransportError as exc:
-                return self.reply(502, f"fault proxy: upstream unreachable: {exc}".encode())
-            self.send_response_only(upstream.status_code)
-            for key, value in upstream.headers.multi_items():
-                if key.lower() not in _HOP_BY_HOP:
-                    self.send_header(key, value)
-            content = upstream.content
-            if self.command == "HEAD":
-                self.send_header("Content-Length", upstream.headers.get("content-length", "0"))
-            else:
-                self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            if content and self.command != "HEAD":
-                self.wfile.write(content)
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
-
-
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -517,6 +304,8 @@ def fault_proxy_factory():
             if verify is None:
                 verify = ssl.create_default_context(cafile=upstream.ca_pem) if upstream.ca_pem else True
             upstream = upstream.url
+        elif not isinstance(upstream, str):
+            upstream = upstream.url   # a KubeServer, or any server with a `url`
         proxy = FaultProxy(upstream, verify=True if verify is None else verify).start()
         started.append(proxy)
         return proxy

@@ -7,6 +7,7 @@
     edit_plan        a stored plan with some tags' actions changed by hand, as a new plan
     old, fresh       push an image built in 2024 (planned delete) or now (kept as fresh)
     status, resolves_to  what the registry itself serves for a reference now
+    survivors        every tag (and platform manifest of a tagged index) the registry serves now
 """
 
 from __future__ import annotations
@@ -103,6 +104,19 @@ def resolves_to(client, repo: str, ref: str) -> str | None:
     """The digest the registry itself serves for `ref` now (None when it does not know it)."""
     r = client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT})
     return r.headers["docker-content-digest"] if r.status_code == 200 else None
+
+
+def survivors(client, repo: str) -> dict[str, str]:
+    """What the registry itself serves now: tag -> digest, and `<tag>/<arch>` -> each platform manifest."""
+    tags = client.get(f"/v2/{repo}/tags/list").json().get("tags") or []
+    out = {}
+    for tag in tags:
+        r = client.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT})
+        if r.status_code == 200:
+            out[tag] = r.headers["docker-content-digest"]
+            for child in r.json().get("manifests") or []:
+                out[f"{tag}/{(child.get('platform') or {}).get('architecture')}"] = child["digest"]
+    return out
 
 
 @pytest.fixture
