@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.config import RegistryConfig, RegsweepConfig
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, StoreError
 from tasks.schemas import PLAN, SOURCE_TABLES
 from tasks.store import Store, new_id
 from tasks.units import human_bytes, utcnow
@@ -212,15 +212,15 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
 def _registry_times(store: Store, snapshot_id: str | None, repos: list[str]) -> dict[tuple[str, str], str]:
     """`pushed …, last pulled …` per (repository, digest), where the registry's API reported them."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if not snapshot_id:
         return {}
     try:
-        with store.fs.open(store.path("snapshots", snapshot_id, "manifests.parquet"), "rb") as f:
-            t = pq.read_table(f, columns=["repository", "digest", "pushed", "last_pulled"],
-                              filters=[("repository", "in", repos)])
-    except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+        # Through the store: it hands Arrow memory Arrow owns (see Store.read_table).
+        t = store.read_table(store.path("snapshots", snapshot_id, "manifests.parquet"),
+                             columns=["repository", "digest", "pushed", "last_pulled"],
+                             filters=[("repository", "in", repos)])
+    except (OSError, StoreError, pa.ArrowInvalid, KeyError, ValueError):
         return {}   # no manifests table, or one from before the registry's times were recorded
     out = {}
     for r in t.to_pylist():

@@ -54,7 +54,9 @@ def e2e_worker(prefect_server, tmp_path_factory):
     worker.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open its event loop stays marked as
+# running in this thread, and every later test's `asyncio.run()` would fail.
+@pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium package")
