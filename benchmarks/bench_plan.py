@@ -188,7 +188,9 @@ def generate(store_url: str, tags: int, seed: int = 1) -> str:
                          "last_deployed": pd.Timestamp(NOW), "driver": "secret",
                          "image": (host + "/" + hp["repository"] + ":" + hp["tag"]).to_numpy(dtype=object)})
 
-    tables = {"tags": all_tags, "manifests": pd.concat(manifests, ignore_index=True),
+    # A Distribution registry reports no push or pull times, and every synthetic image reads fine.
+    manifests = pd.concat(manifests, ignore_index=True).assign(pushed=pd.NaT, last_pulled=pd.NaT, problem=None)
+    tables = {"tags": all_tags, "manifests": manifests,
               "children": pd.concat(children_rows, ignore_index=True), "links": links,
               "workloads": workloads, "helm": helm, "git_refs": git_refs, "git_commits": git_commits}
     store = Store(store_url)
