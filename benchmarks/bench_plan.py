@@ -188,6 +188,8 @@ def generate(store_url: str, tags: int, seed: int = 1) -> str:
                          "last_deployed": pd.Timestamp(NOW), "driver": "secret",
                          "image": (host + "/" + hp["repository"] + ":" + hp["tag"]).to_numpy(dtype=object)})
 
+    # Distribution reports no push or pull times, and every manifest here reads fine: null, as a real scan's.
+    manifests = [m.assign(pushed=pd.NaT, last_pulled=pd.NaT, problem=None) for m in manifests]
     tables = {"tags": all_tags, "manifests": pd.concat(manifests, ignore_index=True),
               "children": pd.concat(children_rows, ignore_index=True), "links": links,
               "workloads": workloads, "helm": helm, "git_refs": git_refs, "git_commits": git_commits}
