@@ -16,6 +16,7 @@ test-e2e: setup
 
 bench: setup
 	.venv/bin/python benchmarks/bench_registry.py
+	.venv/bin/python benchmarks/bench_latency.py
 	.venv/bin/python benchmarks/bench_cluster.py
 	.venv/bin/python benchmarks/bench_git.py
 	.venv/bin/python benchmarks/bench_plan.py

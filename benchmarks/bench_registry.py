@@ -52,12 +52,14 @@ def _tag(repo: str, i: int) -> str:
     return "sha-" + hashlib.sha1(f"{repo}-{i}".encode()).hexdigest()[:12]
 
 
-def populate(reg: LocalRegistry, repos: int, tags: int) -> None:
-    marker = reg.root / f"populated-{repos}x{tags}"
+def populate(reg: LocalRegistry, repos: int, tags: int, prefix: str = "bench/app") -> None:
+    """REPOS repositories `<prefix>NN` of TAGS tags each, every tag its own manifest and config
+    (the revision in a config label, so reading a tag takes its manifest and its config)."""
+    marker = reg.root / f"populated-{prefix.replace('/', '_')}-{repos}x{tags}"
     if marker.exists():
         return
     started = time.monotonic()
-    plan = {f"bench/app{r:02d}": [_tag(f"app{r:02d}", i) for i in range(tags)] for r in range(repos)}
+    plan = {f"{prefix}{r:02d}": [_tag(f"{prefix}{r:02d}", i) for i in range(tags)] for r in range(repos)}
     with reg.client(timeout=120) as c:
         push_repositories(c, plan, labels=lambda t: {"build": t, oci.ANN_REVISION: t[4:]}, workers=8)
     marker.write_text("ok")

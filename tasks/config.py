@@ -238,6 +238,19 @@ class SweepConfig(_Strict):
         return v
 
 
+class DaskConfig(_Strict):
+    address: str | None = Field(None, description="A running Dask scheduler to use (tcp://host:8786, e.g. a dask-kubernetes "
+                                "cluster's); default: a LocalCluster of worker processes started for the run.")
+    workers: int = Field(2, ge=1, le=256, description="Worker processes of the LocalCluster started when no address is given.")
+    batchRepositories: int = Field(50, ge=1, le=100_000, description="Repositories per registry-batch task.")
+
+
+class RunnerConfig(_Strict):
+    kind: Literal["single", "dask"] = Field("single", description="single: the registry scan runs in the snapshot's own "
+                                            "process; dask: it fans out as repository-batch tasks on a Dask cluster.")
+    dask: DaskConfig = Field(default_factory=DaskConfig, description="The Dask cluster, for kind: dask.")
+
+
 class RegsweepConfig(_Strict):
     """Everything one regsweep run needs; the YAML file maps onto it key for key."""
 
@@ -249,6 +262,7 @@ class RegsweepConfig(_Strict):
     helm: HelmConfig = Field(default_factory=HelmConfig)
     cleanup: CleanupPolicy = Field(default_factory=CleanupPolicy)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where the snapshot's registry scan runs.")
 
     def enabled_sources(self) -> list[str]:
         """Sources this configuration leaves something to do for (others are skipped, not failed)."""

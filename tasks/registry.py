@@ -373,11 +373,15 @@ async def scan_registry(registry: RegistryConfig, link: LinkConfig, cache: BlobC
     return result, backend.oci
 
 
-def extract(config: RegsweepConfig, store, now: datetime) -> dict[str, pa.Table]:
-    """The registry source: TAGS, MANIFESTS, CHILDREN and LINKS tables of the configured registry."""
+def extract(config: RegsweepConfig, store, now: datetime, *, cache_part: str | None = None) -> dict[str, pa.Table]:
+    """The registry source: TAGS, MANIFESTS, CHILDREN and LINKS tables of the configured registry.
+    A batch of a scaled-out scan (tasks/scaleout.py) writes what it used of the blob cache to
+    `cache_part` instead, for the snapshot to merge: batches never overwrite each other's cache."""
     cache = BlobCache(store.read_cache(CACHE_NAME))
     result, _ = asyncio.run(scan_registry(config.registry, config.link, cache))
-    if cache.changed:
+    if cache_part is not None:
+        store.write_table(cache_part, cache.table())
+    elif cache.changed:
         store.write_cache(CACHE_NAME, cache.table())
     return result.tables()
 

@@ -44,15 +44,18 @@ def preload_sources(chosen: dict[str, bool]) -> None:
             importlib.import_module(SOURCE_MODULES[name])
 
 
-def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime) -> SourceStatus:
-    """Extract one source and write its tables into `staging`; never raises for a source failure."""
+def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime, *, part: int | None = None,
+               options: dict[str, Any] | None = None) -> SourceStatus:
+    """Extract one source and write its tables into `staging`; never raises for a source failure.
+    A batch of a scaled-out source writes its tables as part `part` (Store.write_source_tables),
+    with `options` for its extract."""
     store = Store(config.store)
     started = time.monotonic()
     with collecting() as notes:
         try:
             module = importlib.import_module(SOURCE_MODULES[name])
-            tables = module.extract(config, store, now)
-            counts = store.write_source_tables(staging, tables, SOURCE_TABLES[name])
+            tables = module.extract(config, store, now, **(options or {}))
+            counts = store.write_source_tables(staging, tables, SOURCE_TABLES[name], part=part)
         except SourceError as e:
             return SourceStatus("failed", seconds=time.monotonic() - started, error=str(e), notes=notes.to_json())
     rows = counts[next(iter(SOURCE_TABLES[name]))]

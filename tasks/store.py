@@ -3,7 +3,8 @@
 Layout (every table readable by pandas, pyarrow, DuckDB and Spark):
 
     <store>/snapshots/<id>/snapshot.json      written last: its presence publishes the snapshot
-    <store>/snapshots/<id>/<table>.parquet    one per table of each source that succeeded
+    <store>/snapshots/<id>/<table>.parquet    one per table of each source that succeeded; a directory
+                                              of part-NNNNN.parquet files when a scan ran in batches
     <store>/plans/<id>/plan.json, plan.parquet
     <store>/cache/<name>.parquet              content-addressed caches (manifests by digest)
     <store>/journal/<plan id>/<n>.parquet     sweep journal, append-only (tasks/sweep/journal.py)
@@ -30,6 +31,7 @@ from typing import Any, Iterable
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tasks.errors import StoreError
@@ -116,7 +118,9 @@ class Store:
 
     def read_table(self, path: str, schema: pa.Schema | None = None, columns: list[str] | None = None,
                    filters: list | None = None) -> pa.Table:
-        """A Parquet file (some columns, the row groups `filters` select) as a table.
+        """A Parquet file (some columns, the row groups `filters` select) as a table; `path` may
+        also be a directory of part files (`<table>.parquet/part-NNNNN.parquet`, written by the
+        batches of a scaled-out scan), read as one dataset in part order.
 
         Arrow reads from memory it owns: the file's bytes are read here and copied into an
         Arrow buffer. Handed a Python file object (or Python-owned bytes), Arrow's scan threads
@@ -125,16 +129,36 @@ class Store:
         without an active exception", exit -6) after its work is done.
         """
         try:
-            with self.fs.open(path, "rb") as f:
-                data = f.read()
-            owned = pa.allocate_buffer(len(data))
-            memoryview(owned).cast("B")[:] = data
-            del data
-            return pq.read_table(pa.BufferReader(owned), schema=schema, columns=columns, filters=filters)
-        except FileNotFoundError:
-            raise
+            owned = self._owned(path)
+        except (FileNotFoundError, IsADirectoryError):
+            owned = None
+        except OSError as e:
+            raise self._fail("read", path, e) from None
+        # No file, or (on S3) the empty "directory" object of a prefix: a table in parts, if any.
+        parts = self.table_parts(path) if owned is None or owned.size == 0 else []
+        if owned is None and not parts:
+            raise FileNotFoundError(path)
+        try:
+            if not parts:
+                return pq.read_table(pa.BufferReader(owned), schema=schema, columns=columns, filters=filters)
+            # Every part is read the same owned way; the dataset makes them one table.
+            tables = [pq.read_table(pa.BufferReader(self._owned(p)), schema=schema) for p in parts]
+            dataset = ds.dataset(tables, schema=schema or tables[0].schema)
+            return dataset.to_table(columns=columns, filter=pq.filters_to_expression(filters) if filters else None)
         except (OSError, pa.ArrowInvalid) as e:
             raise self._fail("read", path, e) from None
+
+    def _owned(self, path: str) -> pa.Buffer:
+        with self.fs.open(path, "rb") as f:
+            data = f.read()
+        owned = pa.allocate_buffer(len(data))
+        memoryview(owned).cast("B")[:] = data
+        return owned
+
+    def table_parts(self, path: str) -> list[str]:
+        """The part files of a table written in parts, in order; [] when it is not one."""
+        return sorted(p for p in self._list(path) or [] if p.rsplit("/", 1)[-1].startswith("part-")
+                      and p.endswith(".parquet"))
 
     def write_json(self, path: str, data: Any) -> None:
         self._makedirs(path.rsplit("/", 1)[0])
@@ -205,13 +229,27 @@ class Store:
         self._makedirs(path)
         return path
 
-    def write_source_tables(self, staging: str, tables: dict[str, pa.Table], schemas: dict[str, pa.Schema]) -> dict[str, int]:
+    def write_source_tables(self, staging: str, tables: dict[str, pa.Table], schemas: dict[str, pa.Schema],
+                            part: int | None = None) -> dict[str, int]:
+        """Write a source's tables into `staging`: `<name>.parquet`, or with `part` one part file
+        `<name>.parquet/part-NNNNN.parquet` of a table that several batches write."""
         counts = {}
         for name, schema in schemas.items():
             t = conform(tables[name], schema)
-            self.write_table(f"{staging}/{name}.parquet", t)
+            path = f"{staging}/{name}.parquet" + (f"/part-{part:05d}.parquet" if part is not None else "")
+            self.write_table(path, t)
             counts[name] = t.num_rows
         return counts
+
+    def remove_tables(self, staging: str, names: Iterable[str]) -> None:
+        """Remove tables (whole, or every part) from a staging area: a source that failed leaves none."""
+        for name in names:
+            path = f"{staging}/{name}.parquet"
+            try:
+                if self.fs.exists(path):
+                    self.fs.rm(path, recursive=True)
+            except OSError as e:
+                raise self._fail("remove", path, e) from None
 
     def publish_snapshot(self, snapshot_id: str, meta: dict[str, Any]) -> str:
         """Write snapshot.json last and make the snapshot visible; returns its path."""

@@ -144,3 +144,14 @@ def test_an_infinite_fresh_window_is_a_configuration_error():
     with pytest.raises(ConfigError) as e:
         parse_config(with_(cleanup={"keepImagesBuiltWithinLastNHours": float("inf")}))
     assert e.value.key == "cleanup.keepImagesBuiltWithinLastNHours"
+
+
+def test_runner_is_single_process_unless_dask_is_chosen():
+    assert parse_config(BASE).runner.kind == "single"
+    dask = parse_config(with_(runner={"kind": "dask", "dask": {"workers": 3, "batchRepositories": 10}})).runner
+    assert (dask.kind, dask.dask.workers, dask.dask.batchRepositories, dask.dask.address) == ("dask", 3, 10, None)
+    for bad, key in (({"kind": "spark"}, "runner.kind"), ({"dask": {"batchRepositories": 0}}, "runner.dask.batchRepositories"),
+                     ({"dask": {"workers": 2, "threads": 4}}, "runner.dask.threads")):
+        with pytest.raises(ConfigError) as e:
+            parse_config(with_(runner=bad))
+        assert e.value.key == key
