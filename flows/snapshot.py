@@ -97,12 +97,14 @@ def snapshot_flow(
     fan_out = config.runner.kind == "dask" and chosen["registry"]
     futures = {name: extract_source.submit(name, config, staging, now.isoformat())
                for name, on in chosen.items() if on and not (fan_out and name == "registry")}
+    done: dict[str, SourceStatus] = {}
     if fan_out:
         # The other sources go on in this flow's threads meanwhile.
         runner = registry_batches_flow.with_options(task_runner=dask_runner(config))
-        fanned = runner(config, staging, snapshot_id, now.isoformat())
-    statuses = {name: (fanned if fan_out and name == "registry" else futures[name].result() if on
-                       else SourceStatus("skipped")) for name, on in chosen.items()}
+        done["registry"] = runner(config, staging, snapshot_id, now.isoformat())
+    for name, future in futures.items():
+        done[name] = future.result()
+    statuses = {name: done.get(name, SourceStatus("skipped")) for name in chosen}
     caps = probe_registry(config, staging) if statuses["registry"].status == "ok" else None
     meta = snapshot_meta(now, config, statuses, caps)
     store.publish_snapshot(snapshot_id, meta)
