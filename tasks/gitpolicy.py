@@ -26,6 +26,7 @@ Reference selection and the count limits are tasks/gitselect.py's, the graph tas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -100,23 +101,56 @@ def _reach(graph: CommitGraph, sel: Selection, order: list[int]) -> list[int]:
     return reach
 
 
+class GitHistory:
+    """The commit graph, the selected references and what each reaches: one snapshot's git side.
+
+    Built on first use and then shared: a plan evaluated in batches of repositories walks the
+    graph once for all of them (tasks/planbatches.py), not once per batch.
+    """
+
+    def __init__(self, refs: pd.DataFrame, commits: pd.DataFrame, policies: list[KeepPolicy], now_us: int):
+        self._inputs = (refs, commits, policies, now_us)
+
+    @cached_property
+    def graph(self) -> CommitGraph:
+        return CommitGraph(self._inputs[1])
+
+    @cached_property
+    def sel(self) -> Selection:
+        refs, _, policies, now_us = self._inputs
+        return select_references(refs, policies, now_us)
+
+    @cached_property
+    def topo_pos(self) -> np.ndarray:
+        order = self._order
+        topo_pos = np.empty(self.graph.n, dtype=np.int64)
+        topo_pos[np.asarray(order, dtype=np.int64)] = np.arange(self.graph.n)
+        return topo_pos
+
+    @cached_property
+    def reach(self) -> list[int]:
+        return _reach(self.graph, self.sel, self._order)
+
+    @cached_property
+    def _order(self) -> list[int]:
+        return self.graph.topo_order()
+
+
 def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, node: np.ndarray, commit, node_repo: np.ndarray,
-                 policies: list[KeepPolicy], now_us: int) -> GitOutcome:
+                 policies: list[KeepPolicy], now_us: int, history: GitHistory | None = None) -> GitOutcome:
     """Which linked nodes the git keep policies keep, and why the others are not kept.
 
     node: the node id of each link row; commit: its linked commit as recorded (a full or
     abbreviated sha; an Arrow or Python string column); node_repo: repository id of every node.
+    history: the same refs, commits, policies and time already made a GitHistory, shared
+    by several calls.
     """
     node = np.asarray(node, np.int64)
     out = GitOutcome(np.array([], dtype=np.int64))
     if not len(node):
         return out
-    graph = CommitGraph(commits)
-    sel = select_references(refs, policies, now_us)
-    order = graph.topo_order()
-    topo_pos = np.empty(graph.n, dtype=np.int64)
-    topo_pos[np.asarray(order, dtype=np.int64)] = np.arange(graph.n)
-    reach = _reach(graph, sel, order)
+    history = history or GitHistory(refs, commits, policies, now_us)
+    graph, sel, topo_pos, reach = history.graph, history.sel, history.topo_pos, history.reach
 
     cid = graph.resolve(commit)
     # A node whose every linked commit is missing (or ambiguous) is linked but unreachable.
