@@ -29,15 +29,10 @@ class PlanResult:
     deletions: list[dict[str, Any]]
 
 
-#: Columns no keep rule reads, left on disk by `load_snapshot`: at 10^6 tags they are a fifth of
-#: the plan's memory. (explain reads the registry's times itself, from the store.)
-UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
-
-
 def load_snapshot(store: Store, snapshot_id: str):
-    """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta."""
-    import pandas as pd
-    import pyarrow as pa
+    """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta:
+    what `tasks.evaluate.evaluate` takes whole (make_plan evaluates in batches instead)."""
+    from tasks.planbatches import UNEVALUATED, to_frame
 
     tables = {}
     for schemas in SOURCE_TABLES.values():
@@ -45,43 +40,84 @@ def load_snapshot(store: Store, snapshot_id: str):
             skip = UNEVALUATED.get(name, ())
             columns = [c for c in schema.names if c not in skip] if skip else None
             t = store.snapshot_table(snapshot_id, name, schema, columns)
-            # list columns stay Arrow-backed: no Python object per element
-            tables[name] = None if t is None else t.to_pandas(
-                types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
+            tables[name] = None if t is None else to_frame(t)
     return tables, store.snapshot_meta(snapshot_id)
 
 
-def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
-    """Evaluate a stored snapshot under the configured policy and publish the plan."""
+def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int | None = None) -> PlanResult:
+    """Evaluate a stored snapshot under the configured policy and publish the plan.
+
+    The plan is evaluated and written one batch of whole repositories at a time
+    (tasks/planbatches.py); its summary and largest deletions are gathered across batches.
+    batch_rows: rows per batch (planbatches.BATCH_ROWS by default).
+    """
     import pyarrow as pa
 
-    from tasks.completeness import snapshot_problems
-    from tasks.evaluate import evaluate, plan_summary
+    from tasks.planbatches import BATCH_ROWS, plan_batches, read_tables, shared_of
 
     store = Store(config.store)
     snapshot_id = store.resolve_snapshot(snapshot)
-    tables, smeta = load_snapshot(store, snapshot_id)
-    plan = evaluate(tables, smeta, config)
-    problems = snapshot_problems(smeta, tables, config)
+    smeta = store.snapshot_meta(snapshot_id)
+    tables = read_tables(store, snapshot_id)
+    shared = shared_of(tables, smeta, config)
     now = utcnow()
     plan_id = new_id(now)
-    meta = {
-        "snapshot_id": snapshot_id,
-        "snapshot_created_at": smeta.get("created_at"),
-        "registry": config.registry.url,
-        "policy": config.cleanup.digest(),
-        "cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
-        "created_at": now.isoformat(),
-        "complete": not problems,
-        "problems": problems,
-        **plan_summary(plan),
-    }
-    if smeta.get("registry_capabilities"):
-        meta["registry_capabilities"] = smeta["registry_capabilities"]
-    # no pandas metadata: readers get plain Arrow types whatever pandas they run
-    table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
-    store.publish_plan(plan_id, table, meta)
-    return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), deletion_rows(plan))
+    totals = _Totals()
+    with store.plan_writer(plan_id, PLAN) as writer:
+        for plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):
+            # no pandas metadata: readers get plain Arrow types whatever pandas they run
+            writer.write(pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None))
+            totals.add(plan)
+            del plan
+        meta = {
+            "snapshot_id": snapshot_id,
+            "snapshot_created_at": smeta.get("created_at"),
+            "registry": config.registry.url,
+            "policy": config.cleanup.digest(),
+            "cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
+            "created_at": now.isoformat(),
+            "complete": not shared.problems,
+            "problems": shared.problems,
+            **totals.summary(),
+        }
+        if smeta.get("registry_capabilities"):
+            meta["registry_capabilities"] = smeta["registry_capabilities"]
+        writer.publish(meta)
+    return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), totals.deletions())
+
+
+class _Totals:
+    """plan_summary and the largest deletions of a plan seen batch by batch (batches hold
+    disjoint repositories, so counts add up and per-repository figures are each one batch's)."""
+
+    def __init__(self):
+        self.parts: list[dict[str, Any]] = []
+        self.largest = []
+
+    def add(self, plan) -> None:
+        from tasks.evaluate import plan_summary
+
+        self.parts.append(plan_summary(plan))
+        dele = plan[plan["action"] == "delete"]
+        # only a batch's own largest can be among the plan's largest
+        self.largest.append(dele.sort_values(["size", "repository", "tag"], ascending=[False, True, True])
+                            .head(DELETIONS_SHOWN))
+
+    def summary(self) -> dict[str, Any]:
+        out = {"rows": 0, "tags": 0, "keep": 0, "delete": 0, "digests_deleted": 0, "bytes_reclaimable": 0,
+               "repositories": {}}
+        for part in self.parts:
+            for k in ("rows", "tags", "keep", "delete", "digests_deleted", "bytes_reclaimable"):
+                out[k] += part[k]
+            out["repositories"].update(part["repositories"])
+        return out
+
+    def deletions(self) -> list[dict[str, Any]]:
+        import pandas as pd
+
+        if not self.largest:
+            return []
+        return deletion_rows(pd.concat(self.largest, ignore_index=True))
 
 
 def deletion_rows(plan, cap: int = DELETIONS_SHOWN) -> list[dict[str, Any]]:
