@@ -24,6 +24,25 @@ def _flatten(parents: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return lengths, np.asarray(flat, dtype=object)
 
 
+_NIBBLE = np.full(256, 255, np.uint8)   # byte → its value as a lowercase hex digit; 255 for any other
+_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def _key(nib: np.ndarray, m: int) -> np.ndarray:
+    """The first m hex digits of each row of nibbles, left-aligned in a uint64."""
+    key = np.zeros(len(nib), np.uint64)
+    for j in range(m):
+        key = (key << np.uint64(4)) | nib[:, j]
+    return key << np.uint64(4 * (16 - m))
+
+
+def _fixed_width(arr: pa.Array, width: int) -> np.ndarray:
+    """A string array whose values are all `width` bytes long as a numpy bytes array (no copy)."""
+    data = arr.buffers()[2]
+    start = int(np.frombuffer(arr.buffers()[1], np.int64 if pa.types.is_large_string(arr.type) else np.int32)[arr.offset])
+    return np.frombuffer(data, dtype=f"S{width}", count=len(arr), offset=start)
+
+
 class CommitGraph:
     """Commits as integer ids (sorted by sha), committer dates and a CSR array of parents."""
 
@@ -46,7 +65,7 @@ class CommitGraph:
         self.indptr = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(np.bincount(owner, minlength=self.n), out=self.indptr[1:])
         self.parents = pid[np.argsort(owner, kind="stable")]
-        self._sha_s = self._sha_arrow = None
+        self._keys = None   # see _hex_keys
         self.short = [x[:7] for x in self.sha.tolist()]
 
     def resolve(self, commits) -> np.ndarray:
@@ -59,20 +78,71 @@ class CommitGraph:
         inverse = enc.indices.fill_null(-1).to_numpy().astype(np.int64)
         out = np.full(len(uniq) + 1, -1, dtype=np.int64)   # last slot: null
         if self.n and len(uniq):
-            if self._sha_arrow is None:
-                self._sha_arrow = pa.array(self.sha, pa.large_string())
-            exact = pc.index_in(uniq, value_set=self._sha_arrow).fill_null(-1).to_numpy().astype(np.int64)
-            out[:-1] = exact
-            lengths = pc.utf8_length(uniq).to_numpy()
-            todo = np.flatnonzero((exact < 0) & (lengths >= 4))
-            if len(todo):
-                if self._sha_s is None:
-                    self._sha_s = self.sha.astype("S")
-                pre = np.asarray(uniq.take(pa.array(todo)).to_pylist(), dtype="S")
-                lo = np.searchsorted(self._sha_s, pre, side="left")
-                hi = np.searchsorted(self._sha_s, np.char.add(pre, b"g"), side="left")  # 'g' sorts after hex
-                out[todo] = np.where(hi - lo == 1, lo, np.where(hi - lo > 1, -2, -1))
+            out[:-1] = self._resolve_hex(uniq) if self._hex_keys() is not None else self._resolve_strings(uniq)
         return out[inverse]
+
+    def _resolve_strings(self, uniq: pa.Array) -> np.ndarray:
+        """resolve() for any commit names: a hash lookup, then a binary search for prefixes."""
+        exact = pc.index_in(uniq, value_set=pa.array(self.sha, pa.large_string())).fill_null(-1).to_numpy()
+        out = exact.astype(np.int64)
+        lengths = pc.utf8_length(uniq).to_numpy()
+        todo = np.flatnonzero((exact < 0) & (lengths >= 4))
+        if len(todo):
+            sha_s = self.sha.astype("S")
+            pre = np.asarray(uniq.take(pa.array(todo)).to_pylist(), dtype="S")
+            lo = np.searchsorted(sha_s, pre, side="left")
+            hi = np.searchsorted(sha_s, np.char.add(pre, b"g"), side="left")  # 'g' sorts after hex
+            out[todo] = np.where(hi - lo == 1, lo, np.where(hi - lo > 1, -2, -1))
+        return out
+
+    def _hex_keys(self) -> np.ndarray | None:
+        """The shas' first 16 hex digits as sorted uint64 keys, when every sha is lowercase hex of
+        one length of at least 16 (git's are 40, or 64); None otherwise. Made once per graph."""
+        if self._keys is None:
+            self._keys = False
+            try:
+                sha_s = self.sha.astype("S")
+            except UnicodeEncodeError:
+                return None
+            width = sha_s.dtype.itemsize
+            nib = _NIBBLE[sha_s.view(np.uint8).reshape(self.n, width)] if width >= 16 else None
+            if nib is not None and (nib != 255).all():   # (a shorter sha is NUL-padded: not hex)
+                self._sha_bytes = sha_s.view(np.uint8).reshape(self.n, width)
+                self._keys = _key(nib, 16)
+        return self._keys if self._keys is not False else None
+
+    def _resolve_hex(self, uniq: pa.Array) -> np.ndarray:
+        """resolve() on hex shas: binary search on integer keys, values grouped by length, the
+        full bytes compared only for the (one, rarely more) candidates sharing a key. No hash
+        table per call: resolving batch after batch (tasks/planbatches.py) costs only its values."""
+        keys, sha_bytes = self._keys, self._sha_bytes
+        full = sha_bytes.shape[1]
+        out = np.full(len(uniq), -1, np.int64)
+        lengths = pc.binary_length(uniq).to_numpy()
+        for width in np.unique(lengths).tolist():
+            if width < 4 or width > full:
+                continue   # too short to abbreviate (git needs 4), too long to be a sha: absent
+            idx = np.flatnonzero(lengths == width)
+            vals = _fixed_width(uniq.take(pa.array(idx)), width).view(np.uint8).reshape(len(idx), width)
+            nib = _NIBBLE[vals]
+            hexes = (nib != 255).all(axis=1)
+            m = min(width, 16)
+            key = _key(nib, m)
+            lo = np.searchsorted(keys, key, side="left")
+            hi = np.searchsorted(keys, key | np.uint64((1 << (4 * (16 - m))) - 1), side="right")
+            count = hi - lo
+            res = np.where(count == 1, lo, np.where(count > 1, -2, -1))
+            if width > 16:
+                # the key is the first 16 digits only: compare the rest of the one candidate
+                one = np.flatnonzero(count == 1)
+                same = (sha_bytes[lo[one], :width] == vals[one]).all(axis=1)
+                res[one[~same]] = -1
+                for i in np.flatnonzero(count > 1).tolist():   # several shas share 16 digits: rare
+                    hits = [j for j in range(lo[i], hi[i]) if (sha_bytes[j, :width] == vals[i]).all()]
+                    res[i] = hits[0] if len(hits) == 1 else (-2 if hits else -1)
+            res[~hexes] = -1
+            out[idx] = res
+        return out
 
     def topo_order(self) -> list[int]:
         """Every commit after all of its children (Kahn's algorithm on the parent edges)."""

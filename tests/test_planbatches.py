@@ -140,3 +140,32 @@ def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp
     assert all(any("links has 3 rows" in t for t in r["reasons"]) for r in plan)
     tables, meta = load_snapshot(store, sid)
     assert plan == pa.Table.from_pandas(evaluate(tables, meta, cfg), schema=PLAN, preserve_index=False).to_pylist()
+
+
+def test_commit_lookup_by_integer_keys_agrees_with_string_lookup():
+    """Links resolve batch after batch through integer keys of the shas (tasks/commitgraph.py):
+    full, abbreviated, ambiguous, absent, upper-case and malformed values resolve as by strings."""
+    import random
+
+    import pandas as pd
+
+    from tasks.commitgraph import CommitGraph
+
+    rnd = random.Random(3)
+    hexd = "0123456789abcdef"
+    shas = ["".join(rnd.choice(hexd) for _ in range(40)) for _ in range(3000)]
+    # shas sharing their first 16 (and 20) digits: the key alone cannot tell them apart
+    shas += [shas[0][:16] + "".join(rnd.choice(hexd) for _ in range(24)) for _ in range(3)]
+    shas += [shas[1][:20] + "".join(rnd.choice(hexd) for _ in range(20)) for _ in range(2)]
+    graph = CommitGraph(pd.DataFrame({"commit": shas, "committed": NOW, "parents": [[] for _ in shas]}))
+    values = [s[:n] for s in rnd.sample(shas, 400) for n in (40, 7, 4, 12, 16, 17, 25)]
+    values += [shas[0][:16], shas[0][:18], shas[1][:20], shas[1][:24], shas[-1], shas[0][:3], shas[2].upper()[:9],
+               "zz" + shas[3][2:], shas[4] + "0", "main", "", "${GIT_COMMIT}", None, "deadbeef" * 5]
+    values += ["".join(rnd.choice(hexd) for _ in range(n)) for n in (4, 5, 6, 8, 40) for _ in range(50)]
+    uniq = pa.array([v.lower() for v in values if v is not None])
+    assert graph._hex_keys() is not None
+    by_keys, by_strings = graph._resolve_hex(uniq), graph._resolve_strings(uniq)
+    assert by_keys.tolist() == by_strings.tolist()
+    assert {-2, -1} <= set(by_keys.tolist()) and (by_keys >= 0).sum() > 2000
+    got = graph.resolve(pa.array(values, pa.large_string()))
+    assert got[values.index(shas[-1])] == graph.sha.tolist().index(shas[-1]) and got[values.index(None)] == -1
