@@ -132,6 +132,17 @@ class GitHistory:
         return _reach(self.graph, self.sel, self._order)
 
     @cached_property
+    def unkept_texts(self) -> np.ndarray:
+        """Per commit, why its images are not kept (a function of the commit alone): filled as needed."""
+        return np.full(self.graph.n, None, object)
+
+    @cached_property
+    def selected_reach(self) -> np.ndarray:
+        """Per commit, whether a selected reference reaches it."""
+        selected, reach = self.sel.mask, self.reach
+        return np.fromiter((bool(r & selected) for r in reach), bool, count=len(reach))
+
+    @cached_property
     def _order(self) -> list[int]:
         return self.graph.topo_order()
 
@@ -162,13 +173,13 @@ def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, node: np.ndarray, co
         out.kept = ambiguous
         return out
     links = LinkGroups.of(node[ok], cid[ok], node_repo, graph, topo_pos)
-    kept_nodes = _walk(sel, reach, links, out)
+    kept_nodes = _walk(sel, reach, links, out, history.selected_reach)
     out.kept = np.union1d(np.asarray(kept_nodes, dtype=np.int64), ambiguous)
-    _notes_for_unkept(out, sel, reach, graph, links)
+    _notes_for_unkept(out, sel, reach, graph, links, history.unkept_texts)
     return out
 
 
-def _walk(sel: Selection, reach: list[int], links: LinkGroups, out: GitOutcome) -> list[int]:
+def _walk(sel: Selection, reach: list[int], links: LinkGroups, out: GitOutcome, live_commit: np.ndarray) -> list[int]:
     """Visit (commit, repository) groups newest first; count slots per (reference, repository).
 
     Sets of references are bitsets. A group's digests are kept for each selected reference that
@@ -181,11 +192,7 @@ def _walk(sel: Selection, reach: list[int], links: LinkGroups, out: GitOutcome) 
     counts: list[dict[int, int] | None] = [None] * n_repo     # per repository: reference → images counted
     selected = sel.mask
     # only groups on commits some selected reference reaches can keep anything
-    group_commit = links.commit[links.starts]
-    uniq = np.unique(group_commit)
-    reached = np.zeros(int(uniq.max()) + 1 if len(uniq) else 0, bool)
-    reached[uniq] = np.fromiter((bool(reach[c] & selected) for c in uniq.tolist()), bool, count=len(uniq))
-    live = np.flatnonzero(reached[group_commit])
+    live = np.flatnonzero(live_commit[links.commit[links.starts]])
     multi = links.multi
     ranked_by: dict[int, int] = {}   # multi-commit node → references that ranked it at a newer commit
     kept: list[int] = []
@@ -332,7 +339,8 @@ def _keep_ambiguous(out: GitOutcome, node: np.ndarray, commit, cid: np.ndarray) 
     return np.unique(node[bad])
 
 
-def _notes_for_unkept(out: GitOutcome, sel: Selection, reach, graph: CommitGraph, links: LinkGroups) -> None:
+def _notes_for_unkept(out: GitOutcome, sel: Selection, reach, graph: CommitGraph, links: LinkGroups,
+                      known: np.ndarray) -> None:
     """Why git rules keep none of the linked, reachable nodes that are not kept.
 
     Rows are newest first; a node's note names its newest commit and the references reaching
@@ -350,8 +358,11 @@ def _notes_for_unkept(out: GitOutcome, sel: Selection, reach, graph: CommitGraph
     limits = _Limits(sel)
     # nodes on one commit: one text per commit
     inv, uc = pd.factorize(cid[single])
-    short, dates = graph.short, graph.date[uc].tolist()
-    texts = [_unkept_text(sel, reach[c], short[c], 1, d, limits) for c, d in zip(uc.tolist(), dates)]
+    short = graph.short
+    new = np.flatnonzero(known[uc] == None)  # noqa: E711 - elementwise on objects
+    known[uc[new]] = [_unkept_text(sel, reach[c], short[c], 1, d, limits)
+                      for c, d in zip(uc[new].tolist(), graph.date[uc[new]].tolist())]
+    texts = known[uc].tolist()
     out.notes.append((node[single], inv, texts))
     # nodes on several commits (content-based tags rebuilt on many commits)
     m_nodes, m_texts = [], []
