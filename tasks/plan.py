@@ -97,11 +97,18 @@ class _Totals:
     def add(self, plan) -> None:
         from tasks.evaluate import plan_summary
 
-        self.parts.append(plan_summary(plan))
-        dele = plan[plan["action"] == "delete"]
-        # only a batch's own largest can be among the plan's largest
-        self.largest.append(dele.sort_values(["size", "repository", "tag"], ascending=[False, True, True])
-                            .head(DELETIONS_SHOWN))
+        import numpy as np
+
+        # the reasons column is left out of the counting: it is the costly one to take rows of
+        self.parts.append(plan_summary(plan[["repository", "tag", "digest", "action", "size"]]))
+        # only a batch's own largest can be among the plan's largest: those at least as large as
+        # its DELETIONS_SHOWN-th largest (ties included), in plan order
+        size = plan["size"].to_numpy()
+        dele = np.flatnonzero(plan["action"].to_numpy(dtype=object) == "delete")
+        if len(dele) > DELETIONS_SHOWN:
+            floor = np.partition(size[dele], len(dele) - DELETIONS_SHOWN)[len(dele) - DELETIONS_SHOWN]
+            dele = dele[size[dele] >= floor]
+        self.largest.append(plan.iloc[dele])
 
     def summary(self) -> dict[str, Any]:
         out = {"rows": 0, "tags": 0, "keep": 0, "delete": 0, "digests_deleted": 0, "bytes_reclaimable": 0,
