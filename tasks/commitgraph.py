@@ -128,8 +128,11 @@ class CommitGraph:
             hexes = (nib != 255).all(axis=1)
             m = min(width, 16)
             key = _key(nib, m)
-            lo = np.searchsorted(keys, key, side="left")
-            hi = np.searchsorted(keys, key | np.uint64((1 << (4 * (16 - m))) - 1), side="right")
+            # searched in key order: each search starts where the last one ended
+            order = np.argsort(key)
+            lo, hi = np.empty(len(key), np.int64), np.empty(len(key), np.int64)
+            lo[order] = np.searchsorted(keys, key[order], side="left")
+            hi[order] = np.searchsorted(keys, key[order] | np.uint64((1 << (4 * (16 - m))) - 1), side="right")
             count = hi - lo
             res = np.where(count == 1, lo, np.where(count > 1, -2, -1))
             if width > 16:

@@ -63,12 +63,14 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     now = utcnow()
     plan_id = new_id(now)
     totals = _Totals()
-    with store.plan_writer(plan_id, PLAN) as writer:
+    # digests and tags are mostly distinct: dictionary pages would only be thrown away
+    with store.plan_writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer:
         for plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):
             # no pandas metadata: readers get plain Arrow types whatever pandas they run
-            writer.write(pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None))
-            totals.add(plan)
-            del plan
+            table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
+            writer.write(table)
+            totals.add(plan, table)
+            del plan, table
         meta = {
             "snapshot_id": snapshot_id,
             "snapshot_created_at": smeta.get("created_at"),
@@ -94,13 +96,11 @@ class _Totals:
         self.parts: list[dict[str, Any]] = []
         self.largest = []
 
-    def add(self, plan) -> None:
-        from tasks.evaluate import plan_summary
-
+    def add(self, plan, table) -> None:
+        """Count one batch: its plan as evaluated (pandas) and as written (Arrow)."""
         import numpy as np
 
-        # the reasons column is left out of the counting: it is the costly one to take rows of
-        self.parts.append(plan_summary(plan[["repository", "tag", "digest", "action", "size"]]))
+        self.parts.append(summary_of(table))
         # only a batch's own largest can be among the plan's largest: those at least as large as
         # its DELETIONS_SHOWN-th largest (ties included), in plan order
         size = plan["size"].to_numpy()
@@ -125,6 +125,28 @@ class _Totals:
         if not self.largest:
             return []
         return deletion_rows(pd.concat(self.largest, ignore_index=True))
+
+
+def summary_of(table) -> dict[str, Any]:
+    """tasks.evaluate.plan_summary of a plan as an Arrow table (PLAN schema), counted in Arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    delete = pc.equal(table["action"], "delete")
+    counts = pa.table({"repository": table["repository"], "tag": table["tag"], "delete": delete.cast(pa.int64())})
+    per = counts.group_by("repository").aggregate([("tag", "count"), ("delete", "count"), ("delete", "sum")])
+    # each deleted digest once (a digest's rows share its size)
+    uniq = table.filter(delete).group_by(["repository", "digest"]).aggregate([("size", "max")])
+    reclaim = uniq.group_by("repository").aggregate([("size_max", "sum")])
+    reclaim = dict(zip(reclaim["repository"].to_pylist(), reclaim["size_max_sum"].to_pylist()))
+    per = per.sort_by("repository")
+    repos = {r: {"tags": t, "delete": d, "keep": n - d, "bytes_reclaimable": int(reclaim.get(r, 0))}
+             for r, t, n, d in zip(per["repository"].to_pylist(), per["tag_count"].to_pylist(),
+                                   per["delete_count"].to_pylist(), per["delete_sum"].to_pylist())}
+    n_delete = sum(v["delete"] for v in repos.values())
+    return {"rows": table.num_rows, "tags": table.num_rows - table["tag"].null_count,
+            "keep": table.num_rows - n_delete, "delete": n_delete, "digests_deleted": uniq.num_rows,
+            "bytes_reclaimable": int(pc.sum(uniq["size_max"]).as_py() or 0), "repositories": repos}
 
 
 def deletion_rows(plan, cap: int = DELETIONS_SHOWN) -> list[dict[str, Any]]:

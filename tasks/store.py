@@ -279,9 +279,10 @@ class Store:
             writer.write(table)
             return writer.publish(meta)
 
-    def plan_writer(self, plan_id: str, schema: pa.Schema) -> "PlanWriter":
-        """A plan's Parquet written batch by batch, published (plan.json last) by `publish`."""
-        return PlanWriter(self, plan_id, schema)
+    def plan_writer(self, plan_id: str, schema: pa.Schema, dictionary: list[str] | None = None) -> "PlanWriter":
+        """A plan's Parquet written batch by batch, published (plan.json last) by `publish`;
+        `dictionary`: the only columns to dictionary-encode (all when None)."""
+        return PlanWriter(self, plan_id, schema, dictionary)
 
     def plan_meta(self, plan_id: str) -> dict[str, Any]:
         return self.read_json(self.path("plans", plan_id, "plan.json"))
@@ -405,7 +406,7 @@ class PlanWriter:
     area, so a plan never has to be whole in memory; `publish` then makes it visible as
     `Store.publish_plan` does. Leaving the `with` block unpublished removes what was written."""
 
-    def __init__(self, store: Store, plan_id: str, schema: pa.Schema):
+    def __init__(self, store: Store, plan_id: str, schema: pa.Schema, dictionary: list[str] | None = None):
         self.store, self.plan_id = store, plan_id
         self.final = store.path("plans", plan_id)
         self.staging = store.path("plans", f".staging-{plan_id}") if store.local else self.final
@@ -413,7 +414,8 @@ class PlanWriter:
         store._makedirs(self.staging)
         try:
             self._file = store.fs.open(path, "wb")
-            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd",
+                                            use_dictionary=True if dictionary is None else dictionary)
         except OSError as e:
             raise store._fail("write", path, e) from None
         self.rows = 0
