@@ -7,21 +7,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.codes import to_us
+from tasks.codes import large_strings, to_us
 
 
-def _flatten(parents: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(length per row, all values) of a list column, Arrow-backed or Python."""
+def _flatten(parents: pd.Series) -> tuple[np.ndarray, pa.Array]:
+    """(length per row, all values as Arrow strings) of a list column, Arrow-backed or Python."""
     if isinstance(parents.dtype, pd.ArrowDtype):
-        arr = pa.array(parents)
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
+        arr = _combined(pa.array(parents))
         lengths = pc.list_value_length(arr).fill_null(0).to_numpy().astype(np.int64)
-        return lengths, np.asarray(pc.list_flatten(arr).to_pylist(), dtype=object)
+        return lengths, large_strings(_combined(pc.list_flatten(arr)))
     vals = parents.to_numpy(dtype=object)
     lengths = np.fromiter((len(p) if p is not None else 0 for p in vals), dtype=np.int64, count=len(vals))
     flat = [x for p in vals if p is not None for x in p]
-    return lengths, np.asarray(flat, dtype=object)
+    return lengths, pa.array(flat, pa.large_string())
+
+
+def _combined(arr):
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
 
 
 _NIBBLE = np.full(256, 255, np.uint8)   # byte → its value as a lowercase hex digit; 255 for any other
@@ -47,26 +49,27 @@ class CommitGraph:
     """Commits as integer ids (sorted by sha), committer dates and a CSR array of parents."""
 
     def __init__(self, commits: pd.DataFrame):
+        # In Arrow (sort, lower-casing, the parent lookup): at 10^6 commits Python strings took seconds.
         commits = commits.drop_duplicates("commit")
-        sha = commits["commit"].astype(str).str.lower().to_numpy(dtype=object)
-        order = np.argsort(sha, kind="stable")
-        self.sha = sha[order]
-        self.n = len(self.sha)
-        self.index = pd.Index(self.sha, dtype=object)
+        sha = pc.utf8_lower(_combined(large_strings(commits["commit"])))
+        order = pc.sort_indices(sha).to_numpy()   # byte order: the order of Python's str sort
+        sha = sha.take(pa.array(order))
+        self.n = len(sha)
+        self.sha = sha.to_numpy(zero_copy_only=False)
         self.date = to_us(commits["committed"])[order] if self.n else np.array([], dtype="int64")
         lengths, flat = _flatten(commits["parents"])
         rank = np.empty(self.n, np.int64)
         rank[order] = np.arange(self.n)
         owner = rank[np.repeat(np.arange(self.n), lengths)]
-        pid = (self.index.get_indexer(pd.Index(flat, dtype=object).str.lower()) if len(flat)
-               else np.zeros(0, np.int64))
+        pid = (pc.index_in(pc.utf8_lower(flat), value_set=sha).fill_null(-1).to_numpy().astype(np.int64)
+               if len(flat) else np.zeros(0, np.int64))
         keep = pid >= 0   # parents outside the snapshot (shallow history) are simply absent
         owner, pid = owner[keep], pid[keep]
         self.indptr = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(np.bincount(owner, minlength=self.n), out=self.indptr[1:])
         self.parents = pid[np.argsort(owner, kind="stable")]
-        self._keys = None   # see _hex_keys
-        self.short = [x[:7] for x in self.sha.tolist()]
+        self._keys, self._sha_arrow = None, sha   # see _hex_keys
+        self.short = pc.utf8_slice_codeunits(sha, 0, 7).to_pylist()
 
     def resolve(self, commits) -> np.ndarray:
         """Commit ids for full or abbreviated shas (any string column): -1 absent, -2 ambiguous prefix."""
@@ -100,13 +103,13 @@ class CommitGraph:
         one length of at least 16 (git's are 40, or 64); None otherwise. Made once per graph."""
         if self._keys is None:
             self._keys = False
-            try:
-                sha_s = self.sha.astype("S")
-            except UnicodeEncodeError:
+            lengths = pc.binary_length(self._sha_arrow).to_numpy()
+            if not len(lengths) or (lengths != lengths[0]).any():
                 return None
-            width = sha_s.dtype.itemsize
+            width = int(lengths[0])
+            sha_s = _fixed_width(self._sha_arrow, width)
             nib = _NIBBLE[sha_s.view(np.uint8).reshape(self.n, width)] if width >= 16 else None
-            if nib is not None and (nib != 255).all():   # (a shorter sha is NUL-padded: not hex)
+            if nib is not None and (nib != 255).all():   # every sha: lowercase hex digits only
                 self._sha_bytes = sha_s.view(np.uint8).reshape(self.n, width)
                 self._keys = _key(nib, 16)
         return self._keys if self._keys is not False else None

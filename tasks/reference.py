@@ -123,7 +123,7 @@ def digest_of_image_id(image_id: str | None) -> str | None:
     return s if _valid_digest(s) else None
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 20)
 def _parse_or_none(ref: str) -> ImageRef | None:
     """parse_reference, None for an invalid reference; shared by every matcher (a plan made in
     batches of repositories reads the same workload images with one matcher per batch)."""
