@@ -9,6 +9,7 @@ the snapshot's probe of what the registry lets a sweep do (tasks/capabilities.py
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,13 +65,21 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     plan_id = new_id(now)
     totals = _Totals()
     # digests and tags are mostly distinct: dictionary pages would only be thrown away
-    with store.plan_writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer:
+    with store.plan_writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer, \
+            ThreadPoolExecutor(1) as background:
+        written = None
         for plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):
             # no pandas metadata: readers get plain Arrow types whatever pandas they run
             table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
-            writer.write(table)
-            totals.add(plan, table)
+            totals.add_largest(plan)
+            if written is not None:
+                written.result()   # one batch in flight: batches go to the file in order
+            # Parquet encoding and Arrow's counting release the GIL: on a second core they
+            # overlap the next batch's evaluation
+            written = background.submit(_write_and_count, writer, totals, table)
             del plan, table
+        if written is not None:
+            written.result()
         meta = {
             "snapshot_id": snapshot_id,
             "snapshot_created_at": smeta.get("created_at"),
@@ -88,6 +97,11 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), totals.deletions())
 
 
+def _write_and_count(writer, totals: "_Totals", table) -> None:
+    writer.write(table)
+    totals.parts.append(summary_of(table))
+
+
 class _Totals:
     """plan_summary and the largest deletions of a plan seen batch by batch (batches hold
     disjoint repositories, so counts add up and per-repository figures are each one batch's)."""
@@ -96,11 +110,10 @@ class _Totals:
         self.parts: list[dict[str, Any]] = []
         self.largest = []
 
-    def add(self, plan, table) -> None:
-        """Count one batch: its plan as evaluated (pandas) and as written (Arrow)."""
+    def add_largest(self, plan) -> None:
+        """Keep a batch's candidates for the largest deletions (its counts go to `parts`)."""
         import numpy as np
 
-        self.parts.append(summary_of(table))
         # only a batch's own largest can be among the plan's largest: those at least as large as
         # its DELETIONS_SHOWN-th largest (ties included), in plan order
         size = plan["size"].to_numpy()
