@@ -127,6 +127,16 @@ def snapshot(
     _run(body)
 
 
+def _reclaim_text(meta: dict) -> str:
+    """`12.3 MB reclaimable, 80.1 MB of image sizes`: the true figure first (README "Bytes")."""
+    from tasks.units import human_bytes
+
+    images = f"{human_bytes(meta['image_bytes_deleted'])} of image sizes"
+    if meta.get("bytes_reclaimable") is None:
+        return f"{images}; reclaimable unknown: snapshot has no blob table"
+    return f"{human_bytes(meta['bytes_reclaimable'])} reclaimable by garbage collection, {images}"
+
+
 def _cannot_delete(meta: dict, registry: str) -> str | None:
     """Why the registry cannot delete, as its probe recorded with the plan; None when it can."""
     from tasks.capabilities import Capabilities, cannot_delete
@@ -167,7 +177,7 @@ def plan(
                 raise ConfigError("--json", f"cannot write {json_path}: {e.strerror}") from None
             typer.echo(f"{n} rows written to {json_path}", err=True)
         typer.echo(f"plan {pid} of snapshot {sid}: {meta['keep']} keep, {meta['delete']} delete "
-                   f"({meta['bytes_reclaimable']:,} bytes reclaimable)", err=True)
+                   f"({_reclaim_text(meta)})", err=True)
         for problem in meta["problems"]:
             typer.echo(f"regsweep: warning: {problem}; this plan deletes nothing", err=True)
         refusal = _cannot_delete(meta, cfg.registry.url)

@@ -129,7 +129,8 @@ def instructions(server, registry_url: str, summary: dict, history, config: dict
         f"Ran through the deployments of deployments/prefect.yaml (work pool {POOL}, schedules paused):",
         f"  snapshot-hourly  {runs['snapshot'].state.name:9}  snapshot {meta['snapshot_id']}",
         f"  plan-daily       {runs['plan'].state.name:9}  plan {plan_id}: delete {meta['delete']} of "
-        f"{meta['rows']} rows, {human_bytes(meta['bytes_reclaimable'])}",
+        f"{meta['rows']} rows, {human_bytes(meta['bytes_reclaimable'] or 0)} reclaimable by GC "
+        f"({human_bytes(meta['image_bytes_deleted'])} of image sizes)",
         f"  sweep-approved   {'Paused':9}  waiting for your approval",
         "",
         "Approve (or reject) the sweep in the browser:",

@@ -348,7 +348,8 @@ def _rows(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: Reasons | Non
 
 
 def plan_summary(plan: pd.DataFrame) -> dict[str, Any]:
-    """Counts and bytes reclaimable, overall and per repository (each deleted digest once)."""
+    """Counts and the image bytes of deleted digests, overall and per repository (each deleted
+    digest once; shared layers counted in every image: tasks/footprint.py has the true bytes)."""
     action = plan["action"].to_numpy(dtype=object)
     dele = plan[action == "delete"]
     uniq = dele.drop_duplicates(["repository", "digest"])
@@ -356,8 +357,8 @@ def plan_summary(plan: pd.DataFrame) -> dict[str, Any]:
            .agg(tags=("tag", "count"), rows=("digest", "size"), delete=("delete", "sum")))
     reclaim = uniq.groupby("repository")["size"].sum()
     repos = {r: {"tags": int(v.tags), "delete": int(v.delete), "keep": int(v.rows - v.delete),
-                 "bytes_reclaimable": int(reclaim.get(r, 0))} for r, v in per.iterrows()}
+                 "image_bytes_deleted": int(reclaim.get(r, 0))} for r, v in per.iterrows()}
     return {"rows": int(len(plan)), "tags": int(plan["tag"].notna().sum()),
             "keep": int((action == "keep").sum()), "delete": int(len(dele)),
-            "digests_deleted": int(len(uniq)), "bytes_reclaimable": int(uniq["size"].sum()),
+            "digests_deleted": int(len(uniq)), "image_bytes_deleted": int(uniq["size"].sum()),
             "repositories": repos}

@@ -76,12 +76,31 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
         "problems": problems,
         **plan_summary(plan),
     }
+    meta.update(plan_bytes(store, snapshot_id, plan, meta["repositories"]))
     if smeta.get("registry_capabilities"):
         meta["registry_capabilities"] = smeta["registry_capabilities"]
     # no pandas metadata: readers get plain Arrow types whatever pandas they run
     table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
     store.publish_plan(plan_id, table, meta)
     return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), deletion_rows(plan))
+
+
+def plan_bytes(store: Store, snapshot_id: str, plan, repositories: dict[str, dict]) -> dict[str, Any]:
+    """plan.json's true byte figures (tasks/footprint.py): the snapshot's unique bytes and what the
+    plan's deletions free once the registry collects garbage, overall and per repository. None
+    where the snapshot recorded no blobs (taken before regsweep did). Fills in `repositories`."""
+    from tasks.footprint import COLUMNS, Footprint
+
+    fp = Footprint.of(store.snapshot_table(snapshot_id, "blobs", columns=COLUMNS))
+    if fp is None:
+        for v in repositories.values():
+            v["bytes_reclaimable"] = None
+        return {"unique_bytes": None, "bytes_reclaimable": None, "blobs_reclaimable": None}
+    dele = plan.loc[plan["action"] == "delete", ["repository", "digest"]].drop_duplicates()
+    rec = fp.reclaimable(dele["repository"].to_numpy(dtype=object), dele["digest"].to_numpy(dtype=object))
+    for repo, v in repositories.items():
+        v["bytes_reclaimable"] = rec.by_repository.get(repo, 0)
+    return {"unique_bytes": fp.unique_bytes, "bytes_reclaimable": rec.total, "blobs_reclaimable": rec.blobs}
 
 
 def deletion_rows(plan, cap: int = DELETIONS_SHOWN) -> list[dict[str, Any]]:
@@ -105,13 +124,28 @@ def summary_markdown(plan_id: str, meta: dict[str, Any], top: int = 20) -> str:
     lines += markdown_lines(meta.get("registry_capabilities"))
     lines += [f"- tags: {meta['tags']:,} (rows {meta['rows']:,})", f"- keep: {meta['keep']:,}",
               f"- delete: {meta['delete']:,} rows, {meta['digests_deleted']:,} digests",
-              f"- reclaimable: {human_bytes(meta['bytes_reclaimable'])} (before layer sharing and registry GC)", ""]
-    repos = sorted(meta["repositories"].items(), key=lambda kv: (-kv[1]["bytes_reclaimable"], kv[0]))[:top]
+              *bytes_lines(meta), ""]
+    repos = sorted(meta["repositories"].items(),
+                   key=lambda kv: (-(kv[1]["bytes_reclaimable"] or 0), -kv[1]["image_bytes_deleted"], kv[0]))[:top]
     if repos:
-        lines += ["| repository | tags | keep | delete | reclaimable |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {r} | {v['tags']} | {v['keep']} | {v['delete']} | {human_bytes(v['bytes_reclaimable'])} |"
-                  for r, v in repos]
+        lines += ["| repository | tags | keep | delete | image bytes deleted | reclaimable |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r} | {v['tags']} | {v['keep']} | {v['delete']} | {human_bytes(v['image_bytes_deleted'])} "
+                  f"| {_maybe_bytes(v['bytes_reclaimable'])} |" for r, v in repos]
     return "\n".join(lines)
+
+
+def _maybe_bytes(n: int | None) -> str:
+    return "unknown" if n is None else human_bytes(n)
+
+
+def bytes_lines(meta: dict[str, Any]) -> list[str]:
+    """The plan's three byte figures, each saying what it counts (README "Bytes")."""
+    return [f"- reclaimable: {_maybe_bytes(meta.get('bytes_reclaimable'))} — blobs that only deleted images use, "
+            f"freed by the registry's garbage collection" + ("" if meta.get("bytes_reclaimable") is not None
+                                                             else " (snapshot taken before regsweep recorded blobs)"),
+            f"- image bytes deleted: {human_bytes(meta['image_bytes_deleted'])} — the deleted images' sizes added up, "
+            f"shared layers counted in each",
+            f"- registry unique bytes: {_maybe_bytes(meta.get('unique_bytes'))} — every blob of the snapshot once"]
 
 
 def write_plan_json(store: Store, plan_id: str, path: str) -> int:

@@ -57,6 +57,14 @@ CHILDREN = pa.schema([
 #: Digest → commit links. source: annotation | label | tag-pattern. commit may be abbreviated.
 LINKS = pa.schema(_text("repository", "digest", "commit", "source"))
 
+#: What each manifest stores: its own body (kind manifest, blob = digest), its config and its layers,
+#: one row per distinct blob. Shared base layers appear under every manifest that uses them; count
+#: each blob digest once for what the registry really stores (tasks/footprint.py).
+BLOBS = pa.schema([
+    *_text("repository", "digest", "blob", "kind"),   # kind: manifest | config | layer
+    pa.field("size", pa.int64(), nullable=False),
+])
+
 # --- kubernetes source -----------------------------------------------------------------------
 
 #: One row per image reference in a workload. container_type: containers | initContainers |
@@ -100,7 +108,7 @@ GIT_COMMITS = pa.schema([
 
 #: Which tables each source writes.
 SOURCE_TABLES: dict[str, dict[str, pa.Schema]] = {
-    "registry": {"tags": TAGS, "manifests": MANIFESTS, "children": CHILDREN, "links": LINKS},
+    "registry": {"tags": TAGS, "manifests": MANIFESTS, "children": CHILDREN, "links": LINKS, "blobs": BLOBS},
     "kubernetes": {"workloads": WORKLOADS},
     "helm": {"helm": HELM},
     "git": {"git_refs": GIT_REFS, "git_commits": GIT_COMMITS},
