@@ -40,70 +40,92 @@ _ID_SLACK = timedelta(days=1)
 
 # ------------------------------------------------------------------ seen in use
 
-def sightings(store: Store, snapshot_id: str, meta: dict[str, Any]) -> pd.DataFrame:
-    """What one snapshot saw, one row per (image, image_id, source), SEEN_IN_USE columns but `text`
-    (`what` instead: the workload or revision). A source that did not succeed in that snapshot
-    contributes nothing: only its ok tables are facts."""
+def sightings(store: Store, snapshot_id: str, meta: dict[str, Any]) -> pa.Table:
+    """What one snapshot saw, one row per (image, image_id, source): `key` (the three joined),
+    image, image_id, source and `what` (the workload or revision). A source that did not succeed
+    in that snapshot contributes nothing: only its ok tables are facts."""
     sources = meta.get("sources") or {}
     parts = []
     if (sources.get("kubernetes") or {}).get("status") == "ok":
-        wl = store.snapshot_table(snapshot_id, "workloads", columns=[
+        w = store.snapshot_table(snapshot_id, "workloads", columns=[
             "context", "namespace", "kind", "name", "container", "container_type", "image", "image_id", "finished"])
-        if wl is not None:
-            w = wl.to_pandas()
-            w = w[~w["finished"].astype(bool).to_numpy()]
-            parts.append(pd.DataFrame({
-                "image": w["image"], "image_id": w["image_id"], "source": "kubernetes",
-                "what": (w["context"] + "/" + w["namespace"] + "/" + w["kind"] + "/" + w["name"] + " "
-                         + w["container_type"].map(_CTYPE).fillna("container") + " " + w["container"])}))
+        if w is not None:
+            w = w.filter(pc.invert(pc.fill_null(w["finished"], False)))
+            ctype = pa.scalar("container")
+            for key, label in _CTYPE.items():
+                ctype = pc.if_else(pc.equal(w["container_type"], key), label, ctype)
+            parts.append(_seen_rows(w["image"], w["image_id"], "kubernetes", _join(
+                w["context"], "/", w["namespace"], "/", w["kind"], "/", w["name"], " ", ctype, " ", w["container"])))
     if (sources.get("helm") or {}).get("status") == "ok":
-        hl = store.snapshot_table(snapshot_id, "helm", columns=["context", "namespace", "release", "revision", "image"])
-        if hl is not None:
-            h = hl.to_pandas()
-            parts.append(pd.DataFrame({
-                "image": h["image"], "image_id": None, "source": "helm",
-                "what": h["context"] + "/" + h["namespace"] + "/" + h["release"] + " revision " + h["revision"].astype(str)}))
-    cols = ["image", "image_id", "source", "what"]
+        h = store.snapshot_table(snapshot_id, "helm", columns=["context", "namespace", "release", "revision", "image"])
+        if h is not None:
+            parts.append(_seen_rows(h["image"], pa.nulls(h.num_rows, pa.string()), "helm", _join(
+                h["context"], "/", h["namespace"], "/", h["release"], " revision ", pc.cast(h["revision"], pa.string()))))
     if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-    df = pd.concat(parts, ignore_index=True)[cols].astype(object)
-    df["image_id"] = df["image_id"].where(df["image_id"].notna(), None)
+        return _SIGHTINGS.empty_table()
+    t = pa.concat_tables(parts).sort_by([("key", "ascending"), ("what", "ascending")])
     # one row per key, naming the first workload or revision in sort order (deterministic)
-    key = df["image_id"].fillna("")
-    order = np.lexsort((df["what"].to_numpy(dtype=object).astype(str), df["source"].to_numpy(dtype=object).astype(str),
-                        key.to_numpy(dtype=object).astype(str), df["image"].to_numpy(dtype=object).astype(str)))
-    df = df.iloc[order]
-    return df[~df.assign(_k=key).duplicated(["image", "_k", "source"])].reset_index(drop=True)
+    k = t["key"].to_numpy(zero_copy_only=False)
+    return t.filter(pa.array(np.r_[True, k[1:] != k[:-1]] if len(k) else np.zeros(0, bool)))
+
+
+_SIGHTINGS = pa.schema([pa.field(c, pa.string()) for c in ("key", "image", "image_id", "source", "what")])
+
+
+def _join(*parts) -> pa.ChunkedArray:
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _seen_rows(image, image_id, source: str, what) -> pa.Table:
+    key = _join(image, "\0", pc.fill_null(image_id, ""), "\0", source)
+    n = len(image)
+    return pa.table({"key": key, "image": image, "image_id": image_id,
+                     "source": pa.array([source] * n, pa.string()), "what": what}, schema=_SIGHTINGS)
 
 
 def seen_in_use(metas: dict[str, dict[str, Any]], frames, now: datetime, window: timedelta,
                 exclude: str | None = None) -> pd.DataFrame:
     """SEEN_IN_USE: every (image, image_id, source) the snapshots in `metas` with created_at in
-    [now - window, now] saw (`frames(snapshot_id)` gives their sightings), at its latest sighting.
-    `exclude` is the evaluated snapshot: what it sees is rule 1's and 2's, not history's."""
+    [now - window, now] saw (`frames(snapshot_id)`: their `sightings` as {column: object array}),
+    at its latest sighting. `exclude` is the evaluated snapshot: what it sees is rule 1's and
+    2's, not history's."""
     start = now - window
-    rows = []
+    chosen = []
     for sid, meta in metas.items():
-        at = parse_time(meta.get("created_at"))
-        if sid == exclude or at is None or not (start <= at <= now):
+        if sid == exclude or not _within(meta, start, now):
             continue
         f = frames(sid)
-        if len(f):
-            rows.append(f.assign(seen_at=int(at.timestamp() * US), snapshot=sid))
-    if not rows:
+        if len(f["key"]):
+            chosen.append((int(parse_time(meta["created_at"]).timestamp() * US), sid, f))
+    if not chosen:
         return SEEN_IN_USE.empty_table().to_pandas()
-    df = pd.concat(rows, ignore_index=True)
-    key = df["image_id"].fillna("")
-    # the latest sighting; between snapshots of one instant the larger id, so the choice is stable
-    df = df.assign(_k=key).sort_values(["image", "_k", "source", "seen_at", "snapshot"],
-                                       ascending=[True, True, True, False, False], kind="stable")
-    df = df[~df.duplicated(["image", "_k", "source"])].reset_index(drop=True)
-    codes, fmt = _age_texts(int(now.timestamp() * US) - df["seen_at"].to_numpy(np.int64))
-    ages = pd.Series(np.asarray(fmt, dtype=object)[codes] if len(fmt) else [], dtype=object, index=df.index)
-    text = ("seen " + df["source"].map(_WHAT) + " " + ages + " ago: " + df["what"] + " (snapshot " + df["snapshot"] + ")")
-    return pd.DataFrame({"image": df["image"], "image_id": df["image_id"], "source": df["source"],
-                         "seen_at": pd.to_datetime(df["seen_at"], unit="us", utc=True), "snapshot": df["snapshot"],
-                         "text": text})[SEEN_IN_USE.names]
+    # latest first; between snapshots of one instant the larger id, so the choice is stable
+    chosen.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    sizes = np.array([len(f["key"]) for *_, f in chosen], np.int64)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    rank = np.repeat(np.arange(len(chosen)), sizes)
+    codes = np.concatenate([f["code"] for *_, f in chosen]) if all("code" in f for *_, f in chosen) \
+        else pd.factorize(np.concatenate([f["key"] for *_, f in chosen]))[0]
+    order = np.lexsort((rank, codes))
+    pick = order[np.r_[True, codes[order][1:] != codes[order][:-1]]]
+    pick.sort()   # in the order sightings were listed: latest snapshot first
+    r = rank[pick]
+    # gather only the picked rows, snapshot by snapshot (picks of one snapshot are contiguous)
+    bounds = np.searchsorted(r, np.arange(len(chosen) + 1))
+    row = pick - starts[r]
+    col = {c: np.concatenate([chosen[k][2][c][row[bounds[k]:bounds[k + 1]]] for k in range(len(chosen))])
+           for c in ("image", "image_id", "source", "what")}
+    at = np.array([c[0] for c in chosen], np.int64)
+    sid = np.array([c[1] for c in chosen], dtype=object)
+    codes_age, fmt = _age_texts(int(now.timestamp() * US) - at)
+    head = np.array([f" {fmt[k]} ago: " for k in codes_age], dtype=object)
+    tail = np.array([f" (snapshot {x})" for x in sid], dtype=object)
+    label = pd.Series(col["source"]).map({k: f"seen {v}" for k, v in _WHAT.items()}).to_numpy(dtype=object)
+    text = label + head[r] + col["what"] + tail[r]
+    obj = lambda a: pd.Series(a, dtype=object)  # noqa: E731 - as _references reads them, no conversion
+    return pd.DataFrame({"image": obj(col["image"]), "image_id": obj(col["image_id"]),
+                         "source": obj(col["source"]), "seen_at": pd.to_datetime(at[r], unit="us", utc=True),
+                         "snapshot": obj(sid[r]), "text": obj(text)})[SEEN_IN_USE.names]
 
 
 # ------------------------------------------------------------------ first seen
@@ -201,7 +223,8 @@ class HistoryInputs:
         self.store = store
         self._ids: list[str] | None = None
         self._metas: dict[str, dict[str, Any]] = {}
-        self._frames: dict[str, pd.DataFrame] = {}
+        self._frames: dict[str, dict[str, np.ndarray]] = {}
+        self._keys = pd.Index([], dtype=object)   # every sighting key seen so far, coded by position
         self._first: pa.Table | None = None
         self._folded: set[str] = set()
 
@@ -220,6 +243,7 @@ class HistoryInputs:
         now = snapshot_now(self.meta(snapshot_id))
         lo, hi = now - window - _ID_SLACK, now + _ID_SLACK
         near = {sid: self.meta(sid) for sid in self.ids() if _id_time_between(sid, lo, hi)}
+        self._read_sightings([sid for sid, m in near.items() if _within(m, now - window, now) and sid != snapshot_id])
         return seen_in_use(near, self._sightings, now, window, exclude=snapshot_id)
 
     def first_seen(self, snapshot_id: str) -> pd.DataFrame:
@@ -240,10 +264,34 @@ class HistoryInputs:
             self._metas[snapshot_id] = self.store.snapshot_meta(snapshot_id)
         return self._metas[snapshot_id]
 
-    def _sightings(self, snapshot_id: str) -> pd.DataFrame:
-        if snapshot_id not in self._frames:
-            self._frames[snapshot_id] = sightings(self.store, snapshot_id, self.meta(snapshot_id))
+    def _sightings(self, snapshot_id: str) -> dict[str, np.ndarray]:
         return self._frames[snapshot_id]
+
+    def _read_sightings(self, snapshot_ids: list[str]) -> None:
+        """Read the sightings of snapshots not read yet, as object arrays with their keys coded
+        over this instance (`code`), so each window sorts integers; one coding pass per batch."""
+        todo = [sid for sid in snapshot_ids if sid not in self._frames]
+        if not todo:
+            return
+        frames = []
+        for sid in todo:
+            t = sightings(self.store, sid, self.meta(sid))
+            frames.append({c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names})
+        keys = np.concatenate([f["key"] for f in frames])
+        new = pd.unique(keys[self._keys.get_indexer(keys) < 0]) if len(self._keys) else pd.unique(keys)
+        if len(new):
+            self._keys = self._keys.append(pd.Index(new, dtype=object))
+        code = self._keys.get_indexer(keys).astype(np.int64)
+        at = 0
+        for sid, f in zip(todo, frames):
+            n = len(f["key"])
+            self._frames[sid] = {**f, "code": code[at:at + n]}
+            at += n
+
+
+def _within(meta: dict[str, Any], start: datetime, end: datetime) -> bool:
+    at = parse_time(meta.get("created_at"))
+    return at is not None and start <= at <= end
 
 
 def _id_time_between(snapshot_id: str, lo: datetime, hi: datetime) -> bool:
