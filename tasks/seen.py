@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -139,8 +139,9 @@ def _untimed(table: pa.Table) -> pa.Table:
 
 
 def update_first_seen(store: Store, snapshot_ids: list[str],
-                      meta=None) -> tuple[pa.Table, set[str]]:
-    """FIRST_SEEN_CACHE over `snapshot_ids` (every published snapshot) and the ids folded in.
+                      meta: Callable[[str], dict[str, Any]] | None = None) -> tuple[pa.Table, set[str]]:
+    """FIRST_SEEN_CACHE over `snapshot_ids` (every published snapshot) and the ids folded in;
+    `meta` reads a snapshot.json (default: the store's).
 
     The cache in the store is extended by the snapshots it does not hold yet, reading only their
     (repository, digest, created) columns, and written back. If a snapshot it folded in is gone

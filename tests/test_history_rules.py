@@ -9,6 +9,7 @@ the plan flow does (tasks/plan.py).
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import timedelta
 
@@ -164,18 +165,28 @@ def test_first_seen_forgets_a_snapshot_removed_from_the_store(tmp_path, registry
     """The first-seen cache is a function of the stored snapshots: remove the first one and the
     next one becomes "first seen"."""
     c, repo = registry_client, unique_repo
-    push_image(c, repo, "repro", config={"created": "1970-01-01T00:00:00Z", "config": {"Labels": {"x": repo}}})
+    repro = push_image(c, repo, "repro", config={"created": "1970-01-01T00:00:00Z", "config": {"Labels": {"x": repo}}})
+    old(c, repo, "old")   # has a build time: not recorded
     cfg = config(tmp_path, registry, repo, firstSeenAsBuildTime=True)
     t0 = utcnow() - timedelta(days=10)
     s1 = take_snapshot(cfg, now=t0)
     s2 = take_snapshot(cfg, now=t0 + timedelta(hours=4))
     s3 = take_snapshot(cfg, now=t0 + timedelta(hours=5))
-    assert plan(cfg, s3)[0]["repro"][0] == "delete"   # first seen 5h before s3 (the cache now holds s1)
+    assert plan(cfg, s3)[0]["repro"][0] == "delete"   # first seen 5h before s3
+    assert cached_first_seen(cfg) == ([(repo, repro, s1)], [s1, s2, s3])
 
     shutil.rmtree(tmp_path / "store" / "snapshots" / s1)
 
     rows, _ = plan(cfg, s3)
     assert rows["repro"] == ("keep", [f"first seen 1h ago (snapshot {s2}), no build time recorded (< 2h)"])
+    assert cached_first_seen(cfg) == ([(repo, repro, s2)], [s2, s3])
+
+
+def cached_first_seen(cfg):
+    """The store's first-seen cache: (repository, digest, snapshot) rows and the snapshots folded in."""
+    t = Store(cfg.store).read_cache("first-seen")
+    return ([(r["repository"], r["digest"], r["snapshot"]) for r in t.to_pylist()],
+            json.loads(t.schema.metadata[b"snapshots"]))
 
 
 def test_with_both_keys_off_plans_and_policy_hashes_are_as_before(tmp_path, registry, cluster_history):
