@@ -43,9 +43,9 @@ def snapshot(store: Store, i: int, manifests: int, workloads: int) -> str:
                                "created": pa.array(created, pa.timestamp("us", tz="UTC")), "revision": [None] * n,
                                "subject": [None] * n, "pushed": pa.nulls(n, pa.timestamp("us", tz="UTC")),
                                "last_pulled": pa.nulls(n, pa.timestamp("us", tz="UTC")), "problem": [None] * n}),
-        "children": SOURCE_TABLES["registry"]["children"].empty_table(),
-        "links": SOURCE_TABLES["registry"]["links"].empty_table(),
     }
+    # the registry's other tables (children, links, ...) empty
+    tables = {name: tables.get(name, schema.empty_table()) for name, schema in SOURCE_TABLES["registry"].items()}
     store.write_source_tables(staging, tables, SOURCE_TABLES["registry"])
     w = workloads
     store.write_source_tables(staging, {"workloads": pa.table({
