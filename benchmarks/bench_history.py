@@ -1,9 +1,9 @@
 """The history rules' inputs over a store of many snapshots (tasks/seen.py), in one run.
 
-    .venv/bin/python benchmarks/bench_history.py [--snapshots 2000] [--manifests 5000] [--workloads 2000]
+    .venv/bin/python benchmarks/bench_history.py [--snapshots 2000] [--manifests 5000] [--workloads 500] [--churn 0]
 
 Writes hourly snapshots through the real Store (manifests with a tenth untimed, a few new digests
-an hour; workloads and Helm rows), then times: the first-seen cache built cold over every
+an hour; workloads, `--churn` of them redeployed an hour, and Helm rows), then times: the first-seen cache built cold over every
 snapshot, extended by one new snapshot, and read with nothing new; `keepImagesSeenInUseWithin:
 168h` for one plan; and a replay of both keys over the newest 200 snapshots with one
 HistoryInputs. Prints seconds per step.
@@ -27,7 +27,8 @@ REGISTRY = "https://registry.example.com"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def snapshot(store: Store, i: int, manifests: int, workloads: int) -> str:
+def snapshot(store: Store, i: int, manifests: int, workloads: int, churn: int = 0) -> str:
+    """Snapshot `i` (hour i); `churn` workloads redeployed an hour (0: every one, every hour)."""
     now = T0 + timedelta(hours=i)
     sid = new_id(now)
     staging = store.staging_dir(sid)
@@ -48,17 +49,20 @@ def snapshot(store: Store, i: int, manifests: int, workloads: int) -> str:
     tables = {name: tables.get(name, schema.empty_table()) for name, schema in SOURCE_TABLES["registry"].items()}
     store.write_source_tables(staging, tables, SOURCE_TABLES["registry"])
     w = workloads
+    period = max(w // churn, 1) if churn else 1
+    version = [(i + period - k % period) // period for k in range(w)]   # deploys of workload k so far
+    image = [k + v * w for k, v in zip(range(w), version)]   # the build workload k runs (an absolute number)
     store.write_source_tables(staging, {"workloads": pa.table({
         "context": ["prod"] * w, "namespace": [f"ns{k % 20}" for k in range(w)], "kind": ["Deployment"] * w,
         "name": [f"app{k}" for k in range(w)], "container": ["app"] * w, "container_type": ["containers"] * w,
-        "image": [f"registry.example.com/{repo[k % n]}:t{(k + i) % n}" for k in range(w)],
-        "image_id": [f"registry.example.com/{repo[k % n]}@{d[(k + i) % n]}" for k in range(w)],
+        "image": [f"registry.example.com/team/app{j % 50}:b{j}" for j in image],
+        "image_id": [f"registry.example.com/team/app{j % 50}@sha256:{j:064x}" for j in image],
         "finished": [False] * w})}, SOURCE_TABLES["kubernetes"])
     store.write_source_tables(staging, {"helm": pa.table({
         "context": ["prod"] * w, "namespace": ["shop"] * w, "release": [f"r{k}" for k in range(w)],
         "revision": pa.array([i % 7 + 1] * w, pa.int32()), "status": ["deployed"] * w, "chart": ["app"] * w,
         "app_version": ["1"] * w, "last_deployed": pa.array([now] * w, pa.timestamp("us", tz="UTC")),
-        "driver": ["secret"] * w, "image": [f"registry.example.com/{repo[k % n]}:t{k}" for k in range(w)]})},
+        "driver": ["secret"] * w, "image": [f"registry.example.com/team/app{k % 50}:b{k}" for k in range(w)]})},
         SOURCE_TABLES["helm"])
     ok = {"registry": SourceStatus("ok"), "kubernetes": SourceStatus("ok"), "helm": SourceStatus("ok")}
     store.publish_snapshot(sid, {"created_at": now.isoformat(), "complete": True, "registry": REGISTRY,
@@ -77,16 +81,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--snapshots", type=int, default=2000)
     ap.add_argument("--manifests", type=int, default=5000)
-    ap.add_argument("--workloads", type=int, default=2000)
+    ap.add_argument("--workloads", type=int, default=500)
+    ap.add_argument("--churn", type=int, default=0, help="workloads redeployed an hour (0: all, every hour)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(tmp)
-        ids = timed(f"write {a.snapshots} snapshots", lambda: [snapshot(store, i, a.manifests, a.workloads)
+        ids = timed(f"write {a.snapshots} snapshots", lambda: [snapshot(store, i, a.manifests, a.workloads, a.churn)
                                                                   for i in range(a.snapshots)])
         both = CleanupPolicy.model_validate({"keepImagesSeenInUseWithin": "168h", "firstSeenAsBuildTime": True})
         fs = timed("first seen, cache cold (every snapshot folded)", lambda: HistoryInputs(store).first_seen(ids[-1]))
         print(f"  rows for the newest snapshot: {len(fs)}")
-        new = snapshot(store, a.snapshots, a.manifests, a.workloads)
+        new = snapshot(store, a.snapshots, a.manifests, a.workloads, a.churn)
         timed("first seen, one new snapshot folded", lambda: HistoryInputs(store).first_seen(new))
         timed("first seen, nothing new", lambda: HistoryInputs(store).first_seen(new))
         seen = timed("seen in use within 168h, one plan", lambda: HistoryInputs(store).seen_in_use(new, timedelta(hours=168)))
