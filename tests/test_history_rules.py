@@ -50,10 +50,9 @@ def plan(cfg, sid):
 
 @pytest.fixture
 def cluster_history(registry, registry_client, unique_repo, kube_env):
-    """Images `api` (run by a Deployment), `web` (in a Helm revision) and `never`, all built in 2024.
-
-    `take(at)` snapshots at a clock; `undeploy()` deletes the Deployment and the Helm release.
-    """
+    """Images `api` (run by a Deployment), `web` (in a Helm revision) and `never`, all built in 2024:
+    (repository, digests by tag, kubeconfig, undeploy), where `undeploy()` deletes the Deployment
+    and the Helm release's Secret."""
     c, repo = registry_client, unique_repo
     digests = {t: old(c, repo, t) for t in ("api", "web", "never")}
     server = kube_env.server()
