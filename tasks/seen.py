@@ -131,8 +131,8 @@ def seen_in_use(metas: dict[str, dict[str, Any]], frames, now: datetime, window:
 # ------------------------------------------------------------------ first seen
 
 def _untimed(table: pa.Table) -> pa.Table:
-    """Manifests with no trustworthy build time: none, or before 2013 (snapshots taken before
-    regsweep dropped such times recorded them)."""
+    """Manifests with no trustworthy build time. The registry source records none for a time
+    before 2013 (reproducible builds' 1970); one found in a table anyway counts as none too."""
     created = table["created"]
     trusted = pc.greater_equal(created, pa.scalar(TRUSTED_SINCE, TS))
     return table.filter(pc.invert(pc.fill_null(trusted, False)))
