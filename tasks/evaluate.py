@@ -7,10 +7,13 @@ A node is kept when any rule keeps it, and its reasons list every rule that did:
   1. in use      workload images (not finished Jobs) by digest (imageID, @sha256) and by tag;
                  a reference into another host keeps the same-named repository's image (fail closed)
   2. helm        every stored revision the Helm source recorded
+  2b. seen        (keepImagesSeenInUseWithin, regsweep's own) what earlier snapshots within the window
+                 saw in use or in Helm, matched as rule 1 matches (`tables["seen_in_use"]`, tasks/seen.py)
   3. git         werf keep policies over git history (tasks/gitpolicy.py)
   4. fresh       built (else pushed, by the registry's own time) within keepImagesBuiltWithinLastNHours
                  of the snapshot time; an image whose build time or revision could not be read
-                 (MANIFESTS `problem`) counts as fresh
+                 (MANIFESTS `problem`) counts as fresh; with firstSeenAsBuildTime an image with neither
+                 time is judged by the first snapshot that listed it (`tables["first_seen"]`)
   5. unlinked    digests linked to no commit, unless `unlinkedImages: delete`
   6. relatives   an index with a kept platform is kept whole with all its platforms; referrers
                  (signatures, SBOMs, the `sha256-<hex>` fallback index) follow their subject
@@ -34,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.codes import NAT, US, join_texts, large_strings, sort_ranks
+from tasks.codes import NAT, US, join_texts, large_strings, sort_ranks, to_us
 from tasks.completeness import snapshot_problems
 from tasks.config import RegsweepConfig
 from tasks.gitpolicy import evaluate_git
@@ -46,6 +49,7 @@ from tasks.schemas import PLAN
 from tasks.units import format_duration, parse_time
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
+SEEN = 7   # seen in use by earlier snapshots: listed after rule 2's reasons, as it is added after them
 _COMMIT_ID = r"^[0-9a-fA-F]{4,64}$"
 _CTYPE = {"containers": "container", "initContainers": "init container",
           "ephemeralContainers": "ephemeral container"}
@@ -124,6 +128,12 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
         h = h.assign(_text=("helm: " + h["context"] + "/" + h["namespace"] + "/" + h["release"] + " revision "
                             + h["revision"].astype(str) + " (" + h["status"].fillna("unknown").astype(str) + ")"))
         refs[HELM] = _references(h, "image", matcher, with_ids=False)
+    seen = tables.get("seen_in_use")
+    if not problems and cleanup.keepImagesSeenInUseWithin is not None and seen is not None:
+        # the sources this policy reads today decide which sightings count
+        counts = {"kubernetes": not cleanup.disableKubernetesBasedPolicy, "helm": config.helm.enabled}
+        seen = seen[seen["source"].map(counts).fillna(False).to_numpy(dtype=bool)]
+        refs[SEEN] = _references(seen.assign(_text=seen["text"]), "image", matcher, with_ids=True)
     nodes = Nodes(tables, tags, [r["digest"] for r in refs.values()] + [_subject_tags(tags)],
                    [r["repository"] for r in refs.values()], [r["tag"] for r in refs.values()])
     if problems:
@@ -143,7 +153,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
         uniq = pd.DataFrame({"node": node[ok], "text": text[ok]}).drop_duplicates().sort_values(["node", "text"])
         kept[uniq["node"].to_numpy()] = True
         R.add(uniq["node"].to_numpy(), uniq["text"].to_numpy(dtype=object), order)
-        R.add_common("not in use in any scanned workload" if order == IN_USE else "in no stored Helm revision")
+        R.add_common({IN_USE: "not in use in any scanned workload", HELM: "in no stored Helm revision"}.get(order)
+                     or f"not seen in use or in Helm within {format_duration(cleanup.keepImagesSeenInUseWithin)}")
 
     link_node = nodes.find(nodes.l_repo, nodes.l_dig)
     ok = link_node >= 0
@@ -161,7 +172,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
             R.add_coded(note_nodes, codes, table, GIT, keep=False)
 
     if not cleanup.disableBuiltWithinLastNHoursPolicy:
-        _fresh(nodes, kept, R, primary, now_us, cleanup.keepImagesBuiltWithinLastNHours)
+        _fresh(nodes, kept, R, primary, now_us, cleanup.keepImagesBuiltWithinLastNHours,
+               tables.get("first_seen") if cleanup.firstSeenAsBuildTime else None)
     _unreadable(nodes, kept, R, primary)
 
     _unlinked(nodes, kept, R, primary, link_node[ok], cleanup.unlinkedImages)
@@ -224,7 +236,8 @@ def _age_texts(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return codes, fmt
 
 
-def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float) -> None:
+def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float,
+           first_seen: pd.DataFrame | None = None) -> None:
     window = int(hours * 3600 * US)
     # Build time: the config's (or annotation's) `created`, else the registry's push time.
     by_push = (nodes.created == NAT) & (nodes.pushed != NAT)
@@ -240,7 +253,38 @@ def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float) -
             R.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt]
                         + [f"pushed {f}{suffix}, no build time recorded" for f in fmt], FRESH, keep=keep)
     kept[fresh] = True
-    R.add(np.flatnonzero(primary & ~have), "build time unknown", FRESH, keep=False)
+    untimed = primary & ~have
+    if first_seen is not None and untimed.any():
+        untimed &= ~_first_seen_fresh(nodes, kept, R, np.flatnonzero(untimed), first_seen, now_us, window)
+    R.add(np.flatnonzero(untimed), "build time unknown", FRESH, keep=False)
+
+
+def _first_seen_fresh(nodes: Nodes, kept, R: Reasons, ids: np.ndarray, first_seen: pd.DataFrame,
+                      now_us: int, window: int) -> np.ndarray:
+    """The fresh rule for images with no build or push time: the first snapshot that listed them
+    stands in as the build time. Returns which nodes (of all) it judged."""
+    want = pa.table({"node": pa.array(ids), "repository": nodes.REPO.take(pa.array(nodes.repo_code[ids])).cast(pa.string()),
+                     "digest": nodes.digests(ids).cast(pa.string())})
+    have = pa.table({"repository": pa.array(first_seen["repository"], pa.string()),
+                     "digest": pa.array(first_seen["digest"], pa.string()),
+                     "first_us": pa.array(to_us(first_seen["first_seen"]), pa.int64()),
+                     "snapshot": pa.array(first_seen["snapshot"], pa.string())})
+    j = want.join(have, ["repository", "digest"], join_type="inner").sort_by("node")
+    node = j["node"].to_numpy()
+    judged = np.zeros(nodes.n, bool)
+    judged[node] = True
+    if not len(node):
+        return judged
+    first = j["first_us"].to_numpy()
+    fresh = first > now_us - window
+    codes, fmt = _age_texts(now_us - first)
+    limit = format_duration(window)
+    texts = (pd.Series(np.asarray(fmt, dtype=object)[codes]).radd("first seen ")
+             + " ago (snapshot " + pd.Series(j["snapshot"].to_pylist(), dtype=object) + "), no build time recorded")
+    for sel, suffix, keep in ((fresh, f" (< {limit})", True), (~fresh, f" (not within {limit})", False)):
+        R.add(node[sel], (texts[sel] + suffix).to_numpy(dtype=object), FRESH, keep=keep)
+    kept[node[fresh]] = True
+    return judged
 
 
 def _unreadable(nodes: Nodes, kept, R: Reasons, primary) -> None:

@@ -61,6 +61,10 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
     store = Store(config.store)
     snapshot_id = store.resolve_snapshot(snapshot)
     tables, smeta = load_snapshot(store, snapshot_id)
+    if config.cleanup.uses_history:   # rules over earlier snapshots; none read otherwise
+        from tasks.seen import HistoryInputs
+
+        tables.update(HistoryInputs(store).for_snapshot(snapshot_id, config.cleanup))
     plan = evaluate(tables, smeta, config)
     problems = snapshot_problems(smeta, tables, config)
     now = utcnow()
@@ -70,7 +74,7 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
         "snapshot_created_at": smeta.get("created_at"),
         "registry": config.registry.url,
         "policy": config.cleanup.digest(),
-        "cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
+        "cleanup": config.cleanup.recorded(),
         "created_at": now.isoformat(),
         "complete": not problems,
         "problems": problems,

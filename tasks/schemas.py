@@ -114,6 +114,29 @@ SOURCE_TABLES: dict[str, dict[str, pa.Schema]] = {
     "git": {"git_refs": GIT_REFS, "git_commits": GIT_COMMITS},
 }
 
+# --- history (tasks/seen.py): what earlier snapshots saw, derived from them at plan time ---------
+
+#: Image references earlier snapshots saw, each at its latest sighting within the window.
+#: source: kubernetes (a workload, not a finished Job) | helm (a stored revision); text: the plan's reason.
+SEEN_IN_USE = pa.schema([
+    *_text("image"),
+    pa.field("image_id", pa.string()),                 # pod status imageID, if that snapshot knew it
+    *_text("source"),
+    pa.field("seen_at", TS, nullable=False),           # that snapshot's created_at
+    *_text("snapshot", "text"),
+])
+
+#: The first snapshot that listed each (repository, digest) with no trustworthy build time.
+FIRST_SEEN = pa.schema([
+    *_text("repository", "digest"),
+    pa.field("first_seen", TS, nullable=False),        # that snapshot's created_at
+    *_text("snapshot"),
+])
+
+#: The store's cache of FIRST_SEEN (`cache/first-seen.parquet`), per registry (`registry_key`);
+#: the schema metadata `snapshots` lists the snapshot ids folded in.
+FIRST_SEEN_CACHE = pa.schema([*_text("registry"), *FIRST_SEEN])
+
 # --- plan ------------------------------------------------------------------------------------
 
 #: One row per (repository, tag) of the snapshot (plus untagged relatives that go with a
