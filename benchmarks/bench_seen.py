@@ -1,6 +1,6 @@
 """The history rules' inputs over a store of many snapshots (tasks/seen.py), in one run.
 
-    .venv/bin/python benchmarks/bench_history.py [--snapshots 2000] [--manifests 5000] [--workloads 500] [--churn 0]
+    .venv/bin/python benchmarks/bench_seen.py [--snapshots 2000] [--manifests 5000] [--workloads 500] [--churn 0]
 
 Writes hourly snapshots through the real Store (manifests with a tenth untimed, a few new digests
 an hour; workloads, `--churn` of them redeployed an hour, and Helm rows), then times: the first-seen cache built cold over every
