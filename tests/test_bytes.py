@@ -94,7 +94,7 @@ class World:
         gone(web, signed, size(signed))
         sig = push_artifact(c, web, subject=signed, artifact_type=COSIGN)
         gone(web, sig, size(sig))
-        body, media_type = get_manifest(c, web, fallback_tag(signed))
+        body = get_manifest(c, web, fallback_tag(signed))[0]
         referrers = sha256_digest(body)
         self.bodies[(web, referrers)] = body
         self.deleted.add((web, referrers))
@@ -174,6 +174,14 @@ def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(world):
     assert sum(v["bytes_reclaimable"] for v in per.values()) == meta["bytes_reclaimable"]
     assert per["app/tools"]["bytes_reclaimable"] == 0 and per["app/tools"]["image_bytes_deleted"] == 0
     assert sum(v["image_bytes_deleted"] for v in per.values()) == meta["image_bytes_deleted"]
+
+    # a resumed sweep: what the rest frees, once the first part is gone, completes the total
+    from tasks.footprint import Footprint
+
+    fp, ordered = Footprint.load(world.store, sid), sorted(world.deleted)
+    first, rest = ordered[:4], ordered[4:]
+    split = [fp.reclaimable(*zip(*first)).total, fp.reclaimable(*zip(*rest), gone=first).total]
+    assert sum(split) == meta["bytes_reclaimable"] and all(split)
 
     # the approval form: the same two figures, by the same function, each saying what it counts
     intent = prepare(world.cfg, world.store, plan_id)
