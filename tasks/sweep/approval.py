@@ -2,9 +2,9 @@
 
 Written for the form's narrow column: totals (both byte figures: freed by garbage collection, and
 image sizes added up) and the plan's age first, then per repository what goes and why (counts,
-bytes, every reason class with its count, the largest and the oldest
-items), then each repository's deletions by tag; digests and every row are in the plan's own
-artifact, which the form links to.
+bytes, every reason class with its count, the largest and the oldest items), then each
+repository's deletions by tag; digests and every row are in the plan's own artifact, which the
+form links to.
 """
 
 from __future__ import annotations
