@@ -391,12 +391,16 @@ def _rows(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: Reasons | Non
     return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
 
 
-def plan_summary(plan: pd.DataFrame) -> dict[str, Any]:
+def plan_summary(plan: pd.DataFrame, children: pd.DataFrame | None = None) -> dict[str, Any]:
     """Counts and the image bytes of deleted digests, overall and per repository (each deleted
-    digest once; shared layers counted in every image: tasks/footprint.py has the true bytes)."""
+    image once, an index with its platforms; shared layers counted in every image:
+    tasks/footprint.py has the true bytes). `children` is the snapshot's CHILDREN table."""
+    from tasks.footprint import image_sizes
+
     action = plan["action"].to_numpy(dtype=object)
     dele = plan[action == "delete"]
     uniq = dele.drop_duplicates(["repository", "digest"])
+    uniq = uniq.assign(size=image_sizes(uniq, children))
     per = (plan.assign(delete=action == "delete").groupby("repository", sort=True)
            .agg(tags=("tag", "count"), rows=("digest", "size"), delete=("delete", "sum")))
     reclaim = uniq.groupby("repository")["size"].sum()

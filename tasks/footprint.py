@@ -13,15 +13,22 @@ Three byte figures, never to be confused (README "Bytes"):
 
 Blobs of repositories outside `registry.repositories` and of untagged manifests no tag reaches are
 not in a snapshot, so a blob they share may be counted as reclaimable that the collector keeps.
+
+The plan (tasks/plan.py), the sweep's approval form and its report (tasks/sweep/) all ask
+`load` + `Footprint.reclaimable`: one figure, one function.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from tasks.store import Store
 
 COLUMNS = ["repository", "digest", "blob", "size"]
 
@@ -62,6 +69,11 @@ class Footprint:
         """None when the snapshot has no BLOBS table (taken before regsweep recorded blobs)."""
         return None if blobs is None else cls(blobs)
 
+    @classmethod
+    def load(cls, store: "Store", snapshot_id: str) -> Footprint | None:
+        """The snapshot's footprint; None for a snapshot without a BLOBS table."""
+        return cls.of(store.snapshot_table(snapshot_id, "blobs", columns=COLUMNS))
+
     @property
     def unique_bytes(self) -> int:
         return int(self.blob_size.sum())
@@ -86,13 +98,19 @@ class Footprint:
         keys = r[ok].astype(np.int64) * max(len(self.digests), 1) + d[ok]
         return np.isin(self.row_key, keys)
 
-    def reclaimable(self, repositories, digests) -> Reclaim:
-        """What deleting these (repository, digest) manifests frees once the registry collects."""
-        gone = self.deleted_rows(repositories, digests)
+    def reclaimable(self, repositories, digests, *, gone: Iterable[tuple[str, str]] = ()) -> Reclaim:
+        """What deleting these (repository, digest) manifests frees once the registry collects.
+
+        `gone` are manifests deleted earlier (a resumed sweep's finished targets): they hold no
+        blob, and what only they used is not counted again."""
+        gone_before = list(gone)
+        earlier = (self.deleted_rows([r for r, _ in gone_before], [d for _, d in gone_before])
+                   if gone_before else np.zeros(len(self.row_key), bool))
+        gone = self.deleted_rows(repositories, digests) & ~earlier
         if not gone.any():
             return Reclaim(0, 0, {})
         stays = np.zeros(self.n_blobs, bool)
-        stays[self.blob_code[~gone]] = True
+        stays[self.blob_code[~gone & ~earlier]] = True
         freed = np.zeros(self.n_blobs, bool)
         freed[self.blob_code[gone]] = True
         freed &= ~stays
@@ -108,3 +126,27 @@ class Footprint:
         names = self.repos.to_pylist()
         by_repo = {names[order[k]]: int(v) for k, v in enumerate(by_rank[:len(self.repos)].tolist()) if v}
         return Reclaim(int(self.blob_size[ids].sum()), len(ids), by_repo)
+
+
+def image_sizes(deleted, children) -> np.ndarray:
+    """The image size each deleted (repository, digest, size) row adds to "image bytes": its
+    MANIFESTS size, but 0 for a platform manifest whose index is deleted too, since an index's
+    size already includes its platforms (as the sweep's targets count it: tasks/sweep/targets.py)."""
+    import pandas as pd
+
+    size = deleted["size"].fillna(0).to_numpy(dtype=np.int64)
+    if children is None or not len(children) or not len(deleted):
+        return size
+    keys = pd.MultiIndex.from_arrays([deleted["repository"], deleted["digest"]])
+    index_gone = pd.MultiIndex.from_arrays([children["repository"], children["index_digest"]]).isin(keys)
+    platforms = pd.MultiIndex.from_arrays([children["repository"][index_gone], children["child_digest"][index_gone]])
+    return np.where(keys.isin(platforms), 0, size)
+
+
+def reclaim_of(fp: Footprint | None, deleted: Iterable[tuple[str, str]],
+               gone: Iterable[tuple[str, str]] = ()) -> Reclaim | None:
+    """`fp.reclaimable` of (repository, digest) pairs; None without a footprint (unknown)."""
+    if fp is None:
+        return None
+    keys = list(deleted)
+    return fp.reclaimable([r for r, _ in keys], [d for _, d in keys], gone=gone)

@@ -14,7 +14,7 @@ from typing import Any
 
 from tasks.config import RegistryConfig, RegsweepConfig
 from tasks.errors import ConfigError, StoreError
-from tasks.schemas import PLAN, SOURCE_TABLES
+from tasks.schemas import INFORMATIONAL, PLAN, SOURCE_TABLES
 from tasks.store import Store, new_id
 from tasks.units import human_bytes, utcnow
 
@@ -35,13 +35,16 @@ UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links
 
 
 def load_snapshot(store: Store, snapshot_id: str):
-    """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta."""
+    """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta; the
+    INFORMATIONAL ones (BLOBS) stay on disk: `plan_bytes` reads them as Arrow, not as frames."""
     import pandas as pd
     import pyarrow as pa
 
     tables = {}
     for schemas in SOURCE_TABLES.values():
         for name, schema in schemas.items():
+            if name in INFORMATIONAL:
+                continue
             skip = UNEVALUATED.get(name, ())
             columns = [c for c in schema.names if c not in skip] if skip else None
             t = store.snapshot_table(snapshot_id, name, schema, columns)
@@ -78,7 +81,7 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
         "created_at": now.isoformat(),
         "complete": not problems,
         "problems": problems,
-        **plan_summary(plan),
+        **plan_summary(plan, tables.get("children")),
     }
     meta.update(plan_bytes(store, snapshot_id, plan, meta["repositories"]))
     if smeta.get("registry_capabilities"):
@@ -93,9 +96,9 @@ def plan_bytes(store: Store, snapshot_id: str, plan, repositories: dict[str, dic
     """plan.json's true byte figures (tasks/footprint.py): the snapshot's unique bytes and what the
     plan's deletions free once the registry collects garbage, overall and per repository. None
     where the snapshot recorded no blobs (taken before regsweep did). Fills in `repositories`."""
-    from tasks.footprint import COLUMNS, Footprint
+    from tasks.footprint import Footprint
 
-    fp = Footprint.of(store.snapshot_table(snapshot_id, "blobs", columns=COLUMNS))
+    fp = Footprint.load(store, snapshot_id)
     if fp is None:
         for v in repositories.values():
             v["bytes_reclaimable"] = None

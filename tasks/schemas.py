@@ -106,6 +106,10 @@ GIT_COMMITS = pa.schema([
     pa.field("parents", pa.list_(pa.string()), nullable=False),
 ])
 
+#: Tables no keep rule reads (byte figures only): the plan's evaluation does not load them, and a
+#: snapshot taken before regsweep wrote them is still complete (its byte figures are unknown).
+INFORMATIONAL = frozenset({"blobs"})
+
 #: Which tables each source writes.
 SOURCE_TABLES: dict[str, dict[str, pa.Schema]] = {
     "registry": {"tags": TAGS, "manifests": MANIFESTS, "children": CHILDREN, "links": LINKS, "blobs": BLOBS},
