@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from pydantic import ValidationError
 
@@ -91,7 +92,6 @@ class SnapshotResult:
     created_at: str
     current: Outcome
     candidate: Outcome
-    candidate_deleted: pa.Table   # repository, tag, digest
     needed: pa.Table              # NEEDED
 
 
@@ -136,48 +136,93 @@ def _load(store: Store, sid: str) -> dict[str, Any]:
     return tables
 
 
-def _decide(tables, meta, config: RegsweepConfig, sid: str, extra_tables: ExtraTables, footprint):
+class _Reclaimer:
+    """Footprint.reclaimable's total, asked twice per snapshot: the (repository, digest) of each
+    BLOBS row is sorted once, so each policy's deletions cost a search, not a hash of 10^5 strings."""
+
+    def __init__(self, fp):
+        self.fp = fp
+        self.keys, self.row = np.unique(fp.row_key, return_inverse=True)
+
+    def total(self, repositories: pa.Array, digests: pa.Array) -> int:
+        fp = self.fp
+        r = pc.index_in(repositories, value_set=fp.repos).fill_null(-1).to_numpy(zero_copy_only=False)
+        d = pc.index_in(digests, value_set=fp.digests).fill_null(-1).to_numpy(zero_copy_only=False)
+        ok = (r >= 0) & (d >= 0)
+        keys = r[ok].astype(np.int64) * max(len(fp.digests), 1) + d[ok]
+        pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        mark = np.zeros(len(self.keys), bool)
+        if len(self.keys):
+            mark[pos[self.keys[pos] == keys]] = True
+        gone = mark[self.row]
+        # blobs only deleted manifests reference (as Footprint.reclaimable counts them)
+        stays = np.zeros(fp.n_blobs, bool)
+        stays[fp.blob_code[~gone]] = True
+        freed = np.zeros(fp.n_blobs, bool)
+        freed[fp.blob_code[gone]] = True
+        return int(fp.blob_size[freed & ~stays].sum())
+
+
+def _decide(tables, meta, config: RegsweepConfig, sid: str, extra_tables: ExtraTables, reclaimer):
     from tasks.evaluate import evaluate
 
     d = evaluate({**tables, **extra_tables(sid, config.cleanup)}, meta, config, reasons=False)
-    gone = pa.concat_tables([d.deleted_tags.select(["repository", "digest"]), d.deleted_untagged])
     reclaim = None
-    if footprint is not None:
-        gone = gone.group_by(["repository", "digest"]).aggregate([])
-        reclaim = footprint.reclaimable(gone["repository"].to_numpy(zero_copy_only=False),
-                                        gone["digest"].to_numpy(zero_copy_only=False)).total
+    if reclaimer is not None:
+        reclaim = reclaimer.total(pa.concat_arrays([d.deleted_tags["repository"].combine_chunks(),
+                                                    d.deleted_untagged["repository"].combine_chunks()]),
+                                  pa.concat_arrays([d.deleted_tags["digest"].combine_chunks(),
+                                                    d.deleted_untagged["digest"].combine_chunks()]))
     return Outcome(d.delete, reclaim), d
 
 
-def evaluate_chunk(store_url: str, sids: list[str], current: RegsweepConfig, candidate: RegsweepConfig,
-                   extra_tables: ExtraTables = no_extra_tables) -> list[SnapshotResult]:
-    """Both policies over some snapshots (one worker's share); caches the current policy's results."""
+def _tag_keys(t: pa.Table) -> np.ndarray:
+    """A 64-bit hash per (repository, tag, digest) row, to tell deletions already seen."""
+    joined = pc.binary_join_element_wise(t["repository"], t["tag"], t["digest"], "\x00")
+    return pd.util.hash_array(joined.to_numpy(zero_copy_only=False).astype(object), categorize=False)
+
+
+def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: RegsweepConfig, candidate: RegsweepConfig,
+                   extra_tables: ExtraTables = no_extra_tables) -> tuple[list[SnapshotResult], pa.Table]:
+    """Both policies over consecutive snapshots (one worker's share; `offset` is the first one's
+    index among all); caches the current policy's results. Returns each snapshot's figures and
+    needs, and the candidate's deletions the first time each (repository, tag, digest) is
+    deleted in this share (column `s`: the snapshot's index), for the regrets."""
     from tasks.footprint import Footprint
 
     store = Store(store_url)
     key = policy_key(current)
-    out = []
-    for sid in sids:
+    out, first, seen = [], [], np.zeros(0, np.uint64)
+    for i, sid in enumerate(sids):
         meta = store.snapshot_meta(sid)
         name = f"whatif-{CACHE_VERSION}-{sid}-{key}"
         cached = store.read_cache(name)
         tables = _load(store, sid)
         fp = Footprint.of(tables["blobs"])
-        cand, cd = _decide(tables, meta, candidate, sid, extra_tables, fp)
+        reclaimer = _Reclaimer(fp) if fp is not None else None
+        cand, cd = _decide(tables, meta, candidate, sid, extra_tables, reclaimer)
         if cached is not None and cached.schema.metadata and b"delete" in cached.schema.metadata:
             md = cached.schema.metadata
             rec = md[b"reclaimable_bytes"].decode()
             cur = Outcome(int(md[b"delete"]), int(rec) if rec else None)
             cur_needed = cached.select(NEEDED.names).replace_schema_metadata(None)
         else:
-            cur, d = _decide(tables, meta, current, sid, extra_tables, fp)
+            cur, d = _decide(tables, meta, current, sid, extra_tables, reclaimer)
             cur_needed = d.needed.cast(NEEDED)
             store.write_cache(name, cur_needed.replace_schema_metadata(
                 {"delete": str(cur.delete), "reclaimable_bytes": "" if cur.reclaimable_bytes is None else str(cur.reclaimable_bytes)}))
         needed = pa.concat_tables([cur_needed, cd.needed.cast(NEEDED)])
-        out.append(SnapshotResult(sid, meta["created_at"], cur, cand, cd.deleted_tags, needed))
-        del tables, fp
-    return out
+        out.append(SnapshotResult(sid, meta["created_at"], cur, cand, needed))
+        dels = cd.deleted_tags
+        if dels.num_rows:
+            h = _tag_keys(dels)
+            new = ~np.isin(h, seen)
+            if new.any():
+                first.append(dels.filter(pa.array(new)).append_column("s", pa.array(np.full(int(new.sum()), offset + i, np.int32))))
+                seen = np.union1d(seen, h[new])
+        del tables, fp, reclaimer
+    schema = pa.schema([("repository", pa.string()), ("tag", pa.string()), ("digest", pa.string()), ("s", pa.int32())])
+    return out, pa.concat_tables([f.cast(schema) for f in first]) if first else schema.empty_table()
 
 
 # ------------------------------------------------------------------ all snapshots
@@ -194,25 +239,25 @@ def whatif(config: RegsweepConfig, candidate: CleanupPolicy, since: datetime | N
     cand_cfg = config.model_copy(update={"cleanup": candidate})
     # contiguous chunks (a chunk's snapshots are read in order); several per worker to balance
     n_chunks = min(len(sids), workers * 4) if workers > 1 and len(sids) > 4 else 1
-    chunks = [sids[i * len(sids) // n_chunks:(i + 1) * len(sids) // n_chunks] for i in range(n_chunks)] if sids else []
+    bounds = [i * len(sids) // n_chunks for i in range(n_chunks + 1)] if sids else [0]
+    chunks, offsets = [sids[a:b] for a, b in zip(bounds, bounds[1:])], bounds[:-1]
     if n_chunks > 1:
         # spawn: the caller may be a Prefect flow with threads, which fork does not carry safely
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            parts = list(pool.map(evaluate_chunk, [config.store] * n_chunks, chunks, [config] * n_chunks,
+            parts = list(pool.map(evaluate_chunk, [config.store] * n_chunks, chunks, offsets, [config] * n_chunks,
                                   [cand_cfg] * n_chunks, [extra_tables] * n_chunks))
     else:
-        parts = [evaluate_chunk(config.store, c, config, cand_cfg, extra_tables) for c in chunks]
-    results = [r for part in parts for r in part]
-    return WhatIf(results, regrets(results))
+        parts = [evaluate_chunk(config.store, c, o, config, cand_cfg, extra_tables) for c, o in zip(chunks, offsets)]
+    results = [r for part, _ in parts for r in part]
+    return WhatIf(results, regrets(results, pa.concat_tables([f for _, f in parts]) if parts else None))
 
 
-def regrets(results: list[SnapshotResult]) -> pd.DataFrame:
-    """Each (repository, tag, digest) the candidate deleted at S and a later snapshot needed."""
-    if not results:
+def regrets(results: list[SnapshotResult], dels: pa.Table | None) -> pd.DataFrame:
+    """Each (repository, tag, digest) the candidate deleted at S (`dels`: first deletions per
+    share, column `s` the snapshot's index) and a later snapshot needed."""
+    if not results or dels is None:
         return pd.DataFrame(columns=REGRET_COLUMNS)
     ids = [r.id for r in results]
-    dels = pa.concat_tables([r.candidate_deleted.append_column("s", pa.array([i] * r.candidate_deleted.num_rows, pa.int32()))
-                             for i, r in enumerate(results)])
     need = pa.concat_tables([r.needed.append_column("t", pa.array([i] * r.needed.num_rows, pa.int32()))
                              for i, r in enumerate(results)])
     if not dels.num_rows or not need.num_rows:
