@@ -29,6 +29,7 @@ reasons column (tasks/reasons.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +44,7 @@ from tasks.config import RegsweepConfig
 from tasks.gitpolicy import evaluate_git
 from tasks.nodes import K_ARTIFACT, K_MISSING, K_REFERRERS, K_UNKNOWN, KINDS, Nodes
 from tasks.oci import tag_subject
-from tasks.reasons import Reasons
+from tasks.reasons import NoReasons, Reasons
 from tasks.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
 from tasks.schemas import PLAN
 from tasks.units import format_duration, parse_time
@@ -104,8 +105,10 @@ def _subject_tags(tags: pd.DataFrame) -> pa.Array:
     return pa.array(vals, pa.large_string())
 
 
-def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig) -> pd.DataFrame:
-    """The plan (PLAN schema) for one snapshot under one policy: pure, deterministic."""
+def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig, *,
+             reasons: bool = True) -> pd.DataFrame:
+    """The plan (PLAN schema) for one snapshot under one policy: pure, deterministic. With
+    `reasons=False` the bare Decision instead (the what-if's 730 evaluations need no texts)."""
     now_us = int(snapshot_now(meta).timestamp() * US)
     cleanup = config.cleanup
     tags = tables.get("tags")
@@ -137,9 +140,11 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     nodes = Nodes(tables, tags, [r["digest"] for r in refs.values()] + [_subject_tags(tags)],
                    [r["repository"] for r in refs.values()], [r["tag"] for r in refs.values()])
     if problems:
+        if not reasons:
+            return _decision(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), NoReasons(nodes.n))
         return _rows(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), None, problems)
 
-    R = Reasons(nodes.n)
+    R = Reasons(nodes.n) if reasons else NoReasons(nodes.n, record=(IN_USE, HELM))
     kept = np.zeros(nodes.n, bool)
     followers = _followers(nodes, nodes.x_dig[-1])
     kind = nodes.kind
@@ -189,6 +194,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
 
     _relatives(nodes, kept, R, followers)
     untagged = ~nodes.tagged & ~kept & (kind != K_MISSING)
+    if not reasons:
+        return _decision(nodes, kept, untagged, R)
     return _rows(nodes, kept, untagged, R)
 
 
@@ -389,6 +396,36 @@ def _rows(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: Reasons | Non
         "created": pa.array(np.where(created == NAT, 0, created), pa.int64(), mask=created == NAT).cast(PLAN.field("created").type),
     }, schema=PLAN)
     return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a plan decides without its reason texts (tasks/whatif.py): the deleted tags, the
+    deleted untagged relatives, and the images the in-use and Helm rules kept, with the first
+    text of each (what a later snapshot says needed an image)."""
+
+    deleted_tags: pa.Table      # repository, tag, digest
+    deleted_untagged: pa.Table  # repository, digest
+    needed: pa.Table            # repository, digest, why
+
+    @property
+    def delete(self) -> int:
+        """Rows the plan would mark delete (plan.json `delete`)."""
+        return self.deleted_tags.num_rows + self.deleted_untagged.num_rows
+
+
+def _decision(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: NoReasons) -> Decision:
+    """The Decision: `_rows` without ordering or reasons."""
+    t = np.flatnonzero(~kept[nodes.tag_node])
+    tn = nodes.tag_node[t]
+    u = np.flatnonzero(untagged)
+    repo = lambda ids: nodes.REPO.take(pa.array(nodes.repo_code[ids])).cast(pa.string())  # noqa: E731
+    tags = pa.table({"repository": repo(tn), "tag": nodes.TAG.take(pa.array(nodes.t_tag[t])).cast(pa.string())
+                     if len(t) else pa.array([], pa.string()), "digest": nodes.digests(tn).cast(pa.string())})
+    node, text = R.recorded()
+    needed = pa.table({"repository": repo(node), "digest": nodes.digests(node).cast(pa.string()),
+                       "why": pa.array(text, pa.string())})
+    return Decision(tags, pa.table({"repository": repo(u), "digest": nodes.digests(u).cast(pa.string())}), needed)
 
 
 def plan_summary(plan: pd.DataFrame, children: pd.DataFrame | None = None) -> dict[str, Any]:

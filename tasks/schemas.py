@@ -162,3 +162,27 @@ JOURNAL = pa.schema([
     *_text("event"),
     pa.field("detail", pa.string()),
 ])
+
+# --- history (store caches, tasks/history.py and tasks/whatif.py) ------------------------------
+
+#: A snapshot's growth summary: one row per repository, and one with a null repository for the
+#: whole registry (its unique bytes count a blob two repositories share once). unique_bytes is
+#: null for a snapshot taken before regsweep recorded blobs.
+HISTORY_SUMMARY = pa.schema([
+    pa.field("repository", pa.string()),
+    pa.field("tags", pa.int64(), nullable=False),
+    pa.field("manifests", pa.int64(), nullable=False),
+    pa.field("image_bytes", pa.int64(), nullable=False),
+    pa.field("unique_bytes", pa.int64()),
+])
+
+#: Tags added, removed and moved (same tag, another digest) per repository between two snapshots.
+HISTORY_DIFF = pa.schema([
+    *_text("repository"),
+    pa.field("added", pa.int64(), nullable=False),
+    pa.field("removed", pa.int64(), nullable=False),
+    pa.field("moved", pa.int64(), nullable=False),
+])
+
+#: Images a snapshot's in-use and Helm rules kept, with the first text that kept each.
+NEEDED = pa.schema(_text("repository", "digest", "why"))
