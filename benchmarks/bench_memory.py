@@ -8,7 +8,7 @@ and layer. Then, each in a fresh process:
 
   (a) baseline:  the same imports and configuration, no scan;
   (b) registry:  the registry source as a snapshot runs it (`run_source("registry", ...)`: the
-                 scan, the four tables built and written to a store, the blob cache written).
+                 scan, the five tables built and written to a store, the blob cache written).
 
 It prints each process's peak RSS (getrusage ru_maxrss of the child) and (b) − (a) per tag.
 Bound: peak RSS of (b) ≤ 160 MiB + 8 kB per tag (B_FIXED + B_PER_TAG × tags): under 1 GiB at

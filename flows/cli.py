@@ -127,6 +127,16 @@ def snapshot(
     _run(body)
 
 
+def _reclaim_text(meta: dict) -> str:
+    """`12.3 MB reclaimable, 80.1 MB of image sizes`: the true figure first (README "Bytes")."""
+    from tasks.units import human_bytes
+
+    images = f"{human_bytes(meta['image_bytes_deleted'])} of image sizes"
+    if meta.get("bytes_reclaimable") is None:
+        return f"{images}; reclaimable unknown: snapshot has no blob table"
+    return f"{human_bytes(meta['bytes_reclaimable'])} reclaimable by garbage collection, {images}"
+
+
 def _cannot_delete(meta: dict, registry: str) -> str | None:
     """Why the registry cannot delete, as its probe recorded with the plan; None when it can."""
     from tasks.capabilities import Capabilities, cannot_delete
@@ -167,7 +177,7 @@ def plan(
                 raise ConfigError("--json", f"cannot write {json_path}: {e.strerror}") from None
             typer.echo(f"{n} rows written to {json_path}", err=True)
         typer.echo(f"plan {pid} of snapshot {sid}: {meta['keep']} keep, {meta['delete']} delete "
-                   f"({meta['bytes_reclaimable']:,} bytes reclaimable)", err=True)
+                   f"({_reclaim_text(meta)})", err=True)
         for problem in meta["problems"]:
             typer.echo(f"regsweep: warning: {problem}; this plan deletes nothing", err=True)
         refusal = _cannot_delete(meta, cfg.registry.url)
@@ -200,18 +210,64 @@ def history(
     config: ConfigOpt,
     since: Annotated[Optional[str], typer.Option(help="Only snapshots at or after this date (YYYY-MM-DD or ISO 8601).")] = None,
     chart: Annotated[Optional[str], typer.Option(help="Also write a PNG chart of growth to this path.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Repositories in the top-by-growth table and chart.")] = 10,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Also write the report as JSON to this path.")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Report registry growth from every snapshot in the store."""
+    """Report registry growth from every snapshot in the store: sizes, churn, growth per day, projection."""
     set_cli_defaults(verbose)
 
     def body():
         cfg, when = _config(config), _since(since)   # bad usage is exit 2 before Prefect starts
         from flows.history import history_flow
-        from tasks.history import render_text
+        from tasks.history import render_text, to_json
 
-        df = history_flow(config=cfg, since=when, chart=chart)
-        typer.echo(render_text(df))
+        report = history_flow(config=cfg, since=when, chart=chart, top=top).growth
+        if json_path:
+            _write_json(json_path, to_json(report, top))
+        typer.echo(render_text(report, top))
+        if chart:
+            typer.echo(f"chart written to {chart}", err=True)
+
+    _run(body)
+
+
+def _write_json(path: str, data) -> None:
+    import json
+
+    from tasks.errors import ConfigError
+
+    try:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+    except OSError as e:
+        raise ConfigError("--json", f"cannot write {path}: {e.strerror}") from None
+
+
+@app.command()
+def whatif(
+    config: ConfigOpt,
+    policy: Annotated[str, typer.Option("--policy", help="A werf.yaml or regsweep config whose `cleanup:` section is the candidate.")],
+    since: Annotated[Optional[str], typer.Option(help="Only snapshots at or after this date (YYYY-MM-DD or ISO 8601).")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Also write the result as JSON to this path.")] = None,
+    chart: Annotated[Optional[str], typer.Option(help="Also write a PNG of current vs candidate to this path.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Replay a candidate cleanup policy over every complete snapshot next to the current one:
+    deletions, reclaimable bytes, and regrets (tags it would have deleted that a later snapshot needed)."""
+    set_cli_defaults(verbose)
+
+    def body():
+        from tasks.whatif import load_policy
+
+        cfg, when, candidate = _config(config), _since(since), load_policy(policy)
+        from flows.history import history_flow
+        from tasks.whatif import render_text
+
+        result = history_flow(config=cfg, since=when, candidate=candidate, whatif_chart=chart, growth=False).whatif
+        if json_path:
+            _write_json(json_path, result.to_json())
+        typer.echo(render_text(result))
         if chart:
             typer.echo(f"chart written to {chart}", err=True)
 

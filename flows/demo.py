@@ -107,7 +107,7 @@ def instructions(server, registry_url: str, summary: dict, history, config: dict
     from tasks.history import growth, render_text
     from tasks.plan import explain
     from tasks.store import Store
-    from tasks.units import human_bytes
+    from tasks.sweep.report import bytes_text
 
     cfg = load_config(config_path)
     store = Store(cfg.store)
@@ -129,7 +129,7 @@ def instructions(server, registry_url: str, summary: dict, history, config: dict
         f"Ran through the deployments of deployments/prefect.yaml (work pool {POOL}, schedules paused):",
         f"  snapshot-hourly  {runs['snapshot'].state.name:9}  snapshot {meta['snapshot_id']}",
         f"  plan-daily       {runs['plan'].state.name:9}  plan {plan_id}: delete {meta['delete']} of "
-        f"{meta['rows']} rows, {human_bytes(meta['bytes_reclaimable'])}",
+        f"{meta['rows']} rows, {bytes_text(meta['image_bytes_deleted'], meta['bytes_reclaimable'])}",
         f"  sweep-approved   {'Paused':9}  waiting for your approval",
         "",
         "Approve (or reject) the sweep in the browser:",

@@ -7,10 +7,13 @@ A node is kept when any rule keeps it, and its reasons list every rule that did:
   1. in use      workload images (not finished Jobs) by digest (imageID, @sha256) and by tag;
                  a reference into another host keeps the same-named repository's image (fail closed)
   2. helm        every stored revision the Helm source recorded
+  2b. seen        (keepImagesSeenInUseWithin, regsweep's own) what earlier snapshots within the window
+                 saw in use or in Helm, matched as rule 1 matches (`tables["seen_in_use"]`, tasks/seen.py)
   3. git         werf keep policies over git history (tasks/gitpolicy.py)
   4. fresh       built (else pushed, by the registry's own time) within keepImagesBuiltWithinLastNHours
                  of the snapshot time; an image whose build time or revision could not be read
-                 (MANIFESTS `problem`) counts as fresh
+                 (MANIFESTS `problem`) counts as fresh; with firstSeenAsBuildTime an image with neither
+                 time is judged by the first snapshot that listed it (`tables["first_seen"]`)
   5. unlinked    digests linked to no commit, unless `unlinkedImages: delete`
   6. relatives   an index with a kept platform is kept whole with all its platforms; referrers
                  (signatures, SBOMs, the `sha256-<hex>` fallback index) follow their subject
@@ -26,6 +29,7 @@ reasons column (tasks/reasons.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +38,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.codes import NAT, US, join_texts, large_strings, sort_ranks
+from tasks.codes import NAT, US, join_texts, large_strings, sort_ranks, to_us
 from tasks.completeness import snapshot_problems
 from tasks.config import RegsweepConfig
 from tasks.gitpolicy import evaluate_git
 from tasks.nodes import K_ARTIFACT, K_MISSING, K_REFERRERS, K_UNKNOWN, KINDS, Nodes
 from tasks.oci import tag_subject
-from tasks.reasons import Reasons
+from tasks.reasons import NoReasons, Reasons
 from tasks.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
 from tasks.schemas import PLAN
 from tasks.units import format_duration, parse_time
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
     from tasks.planbatches import Shared
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
+SEEN = 7   # seen in use by earlier snapshots: listed after rule 2's reasons, as it is added after them
 _COMMIT_ID = r"^[0-9a-fA-F]{4,64}$"
 _CTYPE = {"containers": "container", "initContainers": "init container",
           "ephemeralContainers": "ephemeral container"}
@@ -104,8 +109,9 @@ def _subject_tags(tags: pd.DataFrame) -> pa.Array:
 
 
 def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig,
-             shared: Shared | None = None) -> pd.DataFrame:
-    """The plan (PLAN schema) for one snapshot under one policy: pure, deterministic.
+             shared: Shared | None = None, *, reasons: bool = True) -> pd.DataFrame:
+    """The plan (PLAN schema) for one snapshot under one policy: pure, deterministic. With
+    `reasons=False` the bare Decision instead (the what-if's 730 evaluations need no texts).
 
     shared: when `tables` hold one batch of the snapshot's repositories (tasks/planbatches.py),
     what only the whole snapshot tells: its completeness problems and its git history."""
@@ -131,12 +137,20 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
         h = h.assign(_text=("helm: " + h["context"] + "/" + h["namespace"] + "/" + h["release"] + " revision "
                             + h["revision"].astype(str) + " (" + h["status"].fillna("unknown").astype(str) + ")"))
         refs[HELM] = _references(h, "image", matcher, with_ids=False)
+    seen = tables.get("seen_in_use")
+    if not problems and cleanup.keepImagesSeenInUseWithin is not None and seen is not None:
+        # the sources this policy reads today decide which sightings count
+        counts = {"kubernetes": not cleanup.disableKubernetesBasedPolicy, "helm": config.helm.enabled}
+        seen = seen[seen["source"].map(counts).fillna(False).to_numpy(dtype=bool)]
+        refs[SEEN] = _references(seen.assign(_text=seen["text"]), "image", matcher, with_ids=True)
     nodes = Nodes(tables, tags, [r["digest"] for r in refs.values()] + [_subject_tags(tags)],
                    [r["repository"] for r in refs.values()], [r["tag"] for r in refs.values()])
     if problems:
+        if not reasons:
+            return _decision(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), NoReasons(nodes.n))
         return _rows(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), None, problems)
 
-    R = Reasons(nodes.n)
+    R = Reasons(nodes.n) if reasons else NoReasons(nodes.n, record=(IN_USE, HELM))
     kept = np.zeros(nodes.n, bool)
     followers = _followers(nodes, nodes.x_dig[-1])
     kind = nodes.kind
@@ -150,7 +164,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
         uniq = pd.DataFrame({"node": node[ok], "text": text[ok]}).drop_duplicates().sort_values(["node", "text"])
         kept[uniq["node"].to_numpy()] = True
         R.add(uniq["node"].to_numpy(), uniq["text"].to_numpy(dtype=object), order)
-        R.add_common("not in use in any scanned workload" if order == IN_USE else "in no stored Helm revision")
+        R.add_common({IN_USE: "not in use in any scanned workload", HELM: "in no stored Helm revision"}.get(order)
+                     or f"not seen in use or in Helm within {format_duration(cleanup.keepImagesSeenInUseWithin)}")
 
     link_node = nodes.find(nodes.l_repo, nodes.l_dig)
     ok = link_node >= 0
@@ -168,7 +183,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
             R.add_coded(note_nodes, codes, table, GIT, keep=False)
 
     if not cleanup.disableBuiltWithinLastNHoursPolicy:
-        _fresh(nodes, kept, R, primary, now_us, cleanup.keepImagesBuiltWithinLastNHours)
+        _fresh(nodes, kept, R, primary, now_us, cleanup.keepImagesBuiltWithinLastNHours,
+               tables.get("first_seen") if cleanup.firstSeenAsBuildTime else None)
     _unreadable(nodes, kept, R, primary)
 
     _unlinked(nodes, kept, R, primary, link_node[ok], cleanup.unlinkedImages)
@@ -184,6 +200,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
 
     _relatives(nodes, kept, R, followers)
     untagged = ~nodes.tagged & ~kept & (kind != K_MISSING)
+    if not reasons:
+        return _decision(nodes, kept, untagged, R)
     return _rows(nodes, kept, untagged, R)
 
 
@@ -231,7 +249,8 @@ def _age_texts(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return codes, fmt
 
 
-def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float) -> None:
+def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float,
+           first_seen: pd.DataFrame | None = None) -> None:
     window = int(hours * 3600 * US)
     # Build time: the config's (or annotation's) `created`, else the registry's push time.
     by_push = (nodes.created == NAT) & (nodes.pushed != NAT)
@@ -247,7 +266,38 @@ def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float) -
             R.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt]
                         + [f"pushed {f}{suffix}, no build time recorded" for f in fmt], FRESH, keep=keep)
     kept[fresh] = True
-    R.add(np.flatnonzero(primary & ~have), "build time unknown", FRESH, keep=False)
+    untimed = primary & ~have
+    if first_seen is not None and untimed.any():
+        untimed &= ~_first_seen_fresh(nodes, kept, R, np.flatnonzero(untimed), first_seen, now_us, window)
+    R.add(np.flatnonzero(untimed), "build time unknown", FRESH, keep=False)
+
+
+def _first_seen_fresh(nodes: Nodes, kept, R: Reasons, ids: np.ndarray, first_seen: pd.DataFrame,
+                      now_us: int, window: int) -> np.ndarray:
+    """The fresh rule for images with no build or push time: the first snapshot that listed them
+    stands in as the build time. Returns which nodes (of all) it judged."""
+    want = pa.table({"node": pa.array(ids), "repository": nodes.REPO.take(pa.array(nodes.repo_code[ids])).cast(pa.string()),
+                     "digest": nodes.digests(ids).cast(pa.string())})
+    have = pa.table({"repository": pa.array(first_seen["repository"], pa.string()),
+                     "digest": pa.array(first_seen["digest"], pa.string()),
+                     "first_us": pa.array(to_us(first_seen["first_seen"]), pa.int64()),
+                     "snapshot": pa.array(first_seen["snapshot"], pa.string())})
+    j = want.join(have, ["repository", "digest"], join_type="inner").sort_by("node")
+    node = j["node"].to_numpy()
+    judged = np.zeros(nodes.n, bool)
+    judged[node] = True
+    if not len(node):
+        return judged
+    first = j["first_us"].to_numpy()
+    fresh = first > now_us - window
+    codes, fmt = _age_texts(now_us - first)
+    limit = format_duration(window)
+    texts = (pd.Series(np.asarray(fmt, dtype=object)[codes]).radd("first seen ")
+             + " ago (snapshot " + pd.Series(j["snapshot"].to_pylist(), dtype=object) + "), no build time recorded")
+    for sel, suffix, keep in ((fresh, f" (< {limit})", True), (~fresh, f" (not within {limit})", False)):
+        R.add(node[sel], (texts[sel] + suffix).to_numpy(dtype=object), FRESH, keep=keep)
+    kept[node[fresh]] = True
+    return judged
 
 
 def _unreadable(nodes: Nodes, kept, R: Reasons, primary) -> None:
@@ -354,17 +404,52 @@ def _rows(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: Reasons | Non
     return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
 
 
-def plan_summary(plan: pd.DataFrame) -> dict[str, Any]:
-    """Counts and bytes reclaimable, overall and per repository (each deleted digest once)."""
+@dataclass(frozen=True)
+class Decision:
+    """What a plan decides without its reason texts (tasks/whatif.py): the deleted tags, the
+    deleted untagged relatives, and the images the in-use and Helm rules kept, with the first
+    text of each (what a later snapshot says needed an image)."""
+
+    deleted_tags: pa.Table      # repository, tag, digest
+    deleted_untagged: pa.Table  # repository, digest
+    needed: pa.Table            # repository, digest, why
+
+    @property
+    def delete(self) -> int:
+        """Rows the plan would mark delete (plan.json `delete`)."""
+        return self.deleted_tags.num_rows + self.deleted_untagged.num_rows
+
+
+def _decision(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: NoReasons) -> Decision:
+    """The Decision: `_rows` without ordering or reasons."""
+    t = np.flatnonzero(~kept[nodes.tag_node])
+    tn = nodes.tag_node[t]
+    u = np.flatnonzero(untagged)
+    repo = lambda ids: nodes.REPO.take(pa.array(nodes.repo_code[ids])).cast(pa.string())  # noqa: E731
+    tags = pa.table({"repository": repo(tn), "tag": nodes.TAG.take(pa.array(nodes.t_tag[t])).cast(pa.string())
+                     if len(t) else pa.array([], pa.string()), "digest": nodes.digests(tn).cast(pa.string())})
+    node, text = R.recorded()
+    needed = pa.table({"repository": repo(node), "digest": nodes.digests(node).cast(pa.string()),
+                       "why": pa.array(text, pa.string())})
+    return Decision(tags, pa.table({"repository": repo(u), "digest": nodes.digests(u).cast(pa.string())}), needed)
+
+
+def plan_summary(plan: pd.DataFrame, children: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Counts and the image bytes of deleted digests, overall and per repository (each deleted
+    image once, an index with its platforms; shared layers counted in every image:
+    tasks/footprint.py has the true bytes). `children` is the snapshot's CHILDREN table."""
+    from tasks.footprint import image_sizes
+
     action = plan["action"].to_numpy(dtype=object)
     dele = plan[action == "delete"]
     uniq = dele.drop_duplicates(["repository", "digest"])
+    uniq = uniq.assign(size=image_sizes(uniq, children))
     per = (plan.assign(delete=action == "delete").groupby("repository", sort=True)
            .agg(tags=("tag", "count"), rows=("digest", "size"), delete=("delete", "sum")))
     reclaim = uniq.groupby("repository")["size"].sum()
     repos = {r: {"tags": int(v.tags), "delete": int(v.delete), "keep": int(v.rows - v.delete),
-                 "bytes_reclaimable": int(reclaim.get(r, 0))} for r, v in per.iterrows()}
+                 "image_bytes_deleted": int(reclaim.get(r, 0))} for r, v in per.iterrows()}
     return {"rows": int(len(plan)), "tags": int(plan["tag"].notna().sum()),
             "keep": int((action == "keep").sum()), "delete": int(len(dele)),
-            "digests_deleted": int(len(uniq)), "bytes_reclaimable": int(uniq["size"].sum()),
+            "digests_deleted": int(len(uniq)), "image_bytes_deleted": int(uniq["size"].sum()),
             "repositories": repos}

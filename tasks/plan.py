@@ -15,7 +15,7 @@ from typing import Any
 
 from tasks.config import RegistryConfig, RegsweepConfig
 from tasks.errors import ConfigError, StoreError
-from tasks.schemas import PLAN, SOURCE_TABLES
+from tasks.schemas import INFORMATIONAL, PLAN, SOURCE_TABLES
 from tasks.store import Store, new_id
 from tasks.units import human_bytes, utcnow
 
@@ -32,12 +32,15 @@ class PlanResult:
 
 def load_snapshot(store: Store, snapshot_id: str):
     """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta:
-    what `tasks.evaluate.evaluate` takes whole (make_plan evaluates in batches instead)."""
+    what `tasks.evaluate.evaluate` takes whole (make_plan evaluates in batches instead). The
+    INFORMATIONAL ones (BLOBS) stay on disk: `plan_bytes` reads them as Arrow, not as frames."""
     from tasks.planbatches import UNEVALUATED, to_frame
 
     tables = {}
     for schemas in SOURCE_TABLES.values():
         for name, schema in schemas.items():
+            if name in INFORMATIONAL:
+                continue
             skip = UNEVALUATED.get(name, ())
             columns = [c for c in schema.names if c not in skip] if skip else None
             t = store.snapshot_table(snapshot_id, name, schema, columns)
@@ -60,6 +63,10 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     snapshot_id = store.resolve_snapshot(snapshot)
     smeta = store.snapshot_meta(snapshot_id)
     tables = read_tables(store, snapshot_id)
+    if config.cleanup.uses_history:   # rules over earlier snapshots; none read otherwise
+        from tasks.seen import HistoryInputs
+
+        tables.update(HistoryInputs(store).for_snapshot(snapshot_id, config.cleanup))
     shared = shared_of(tables, smeta, config)
     now = utcnow()
     plan_id = new_id(now)
@@ -68,16 +75,16 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     with store.plan_writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer, \
             ThreadPoolExecutor(1) as background:
         written = None
-        for plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):
+        for batch, plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):
             # no pandas metadata: readers get plain Arrow types whatever pandas they run
             table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
-            totals.add_largest(plan)
+            totals.add_deleted(plan)
             if written is not None:
                 written.result()   # one batch in flight: batches go to the file in order
             # Parquet encoding and Arrow's counting release the GIL: on a second core they
             # overlap the next batch's evaluation
-            written = background.submit(_write_and_count, writer, totals, table)
-            del plan, table
+            written = background.submit(_write_and_count, writer, totals, table, batch.get("children"))
+            del batch, plan, table
         if written is not None:
             written.result()
         meta = {
@@ -85,49 +92,63 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
             "snapshot_created_at": smeta.get("created_at"),
             "registry": config.registry.url,
             "policy": config.cleanup.digest(),
-            "cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
+            "cleanup": config.cleanup.recorded(),
             "created_at": now.isoformat(),
             "complete": not shared.problems,
             "problems": shared.problems,
             **totals.summary(),
         }
+        meta.update(plan_bytes(store, snapshot_id, totals.deleted_digests(), meta["repositories"]))
         if smeta.get("registry_capabilities"):
             meta["registry_capabilities"] = smeta["registry_capabilities"]
         writer.publish(meta)
     return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), totals.deletions())
 
 
-def _write_and_count(writer, totals: "_Totals", table) -> None:
+def _write_and_count(writer, totals: "_Totals", table, children) -> None:
     writer.write(table)
-    totals.parts.append(summary_of(table))
+    totals.parts.append(summary_of(table, children))
 
 
 class _Totals:
-    """plan_summary and the largest deletions of a plan seen batch by batch (batches hold
-    disjoint repositories, so counts add up and per-repository figures are each one batch's)."""
+    """plan_summary, the deleted digests and the largest deletions of a plan seen batch by batch
+    (batches hold disjoint repositories: counts add up, per-repository figures are one batch's)."""
+
+    COUNTS = ("rows", "tags", "keep", "delete", "digests_deleted", "image_bytes_deleted")
 
     def __init__(self):
         self.parts: list[dict[str, Any]] = []
         self.largest = []
+        self.deleted = []
 
-    def add_largest(self, plan) -> None:
-        """Keep a batch's candidates for the largest deletions (its counts go to `parts`)."""
+    def add_deleted(self, plan) -> None:
+        """Keep a batch's deleted digests (true bytes need them all: layers are shared across
+        repositories) and its candidates for the largest deletions (its counts go to `parts`)."""
         import numpy as np
 
+        dele = np.flatnonzero(plan["action"].to_numpy(dtype=object) == "delete")
+        self.deleted.append(plan[["repository", "digest"]].iloc[dele].drop_duplicates())
         # only a batch's own largest can be among the plan's largest: those at least as large as
         # its DELETIONS_SHOWN-th largest (ties included), in plan order
         size = plan["size"].to_numpy()
-        dele = np.flatnonzero(plan["action"].to_numpy(dtype=object) == "delete")
         if len(dele) > DELETIONS_SHOWN:
             floor = np.partition(size[dele], len(dele) - DELETIONS_SHOWN)[len(dele) - DELETIONS_SHOWN]
             dele = dele[size[dele] >= floor]
         self.largest.append(plan.iloc[dele])
 
+    def deleted_digests(self):
+        """Every deleted (repository, digest) as plan rows `plan_bytes` reads."""
+        import pandas as pd
+
+        if not self.deleted:
+            return pd.DataFrame({"repository": [], "digest": [], "action": []})
+        return pd.concat(self.deleted, ignore_index=True).assign(action="delete")
+
     def summary(self) -> dict[str, Any]:
-        out = {"rows": 0, "tags": 0, "keep": 0, "delete": 0, "digests_deleted": 0, "bytes_reclaimable": 0,
-               "repositories": {}}
+        out: dict[str, Any] = {k: 0 for k in self.COUNTS}
+        out["repositories"] = {}
         for part in self.parts:
-            for k in ("rows", "tags", "keep", "delete", "digests_deleted", "bytes_reclaimable"):
+            for k in self.COUNTS:
                 out[k] += part[k]
             out["repositories"].update(part["repositories"])
         return out
@@ -140,26 +161,48 @@ class _Totals:
         return deletion_rows(pd.concat(self.largest, ignore_index=True))
 
 
-def summary_of(table) -> dict[str, Any]:
-    """tasks.evaluate.plan_summary of a plan as an Arrow table (PLAN schema), counted in Arrow."""
+def summary_of(table, children=None) -> dict[str, Any]:
+    """tasks.evaluate.plan_summary of a plan as an Arrow table (PLAN schema), counted in Arrow;
+    `children`: the CHILDREN rows of its repositories (image bytes count an index's platforms once)."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    from tasks.footprint import image_sizes
 
     delete = pc.equal(table["action"], "delete")
     counts = pa.table({"repository": table["repository"], "tag": table["tag"], "delete": delete.cast(pa.int64())})
     per = counts.group_by("repository").aggregate([("tag", "count"), ("delete", "count"), ("delete", "sum")])
     # each deleted digest once (a digest's rows share its size)
     uniq = table.filter(delete).group_by(["repository", "digest"]).aggregate([("size", "max")])
-    reclaim = uniq.group_by("repository").aggregate([("size_max", "sum")])
-    reclaim = dict(zip(reclaim["repository"].to_pylist(), reclaim["size_max_sum"].to_pylist()))
+    uniq = uniq.select(["repository", "digest", "size_max"]).rename_columns(["repository", "digest", "size"]).to_pandas()
+    uniq["size"] = image_sizes(uniq, children)
+    reclaim = uniq.groupby("repository")["size"].sum()
     per = per.sort_by("repository")
-    repos = {r: {"tags": t, "delete": d, "keep": n - d, "bytes_reclaimable": int(reclaim.get(r, 0))}
+    repos = {r: {"tags": t, "delete": d, "keep": n - d, "image_bytes_deleted": int(reclaim.get(r, 0))}
              for r, t, n, d in zip(per["repository"].to_pylist(), per["tag_count"].to_pylist(),
                                    per["delete_count"].to_pylist(), per["delete_sum"].to_pylist())}
     n_delete = sum(v["delete"] for v in repos.values())
     return {"rows": table.num_rows, "tags": table.num_rows - table["tag"].null_count,
-            "keep": table.num_rows - n_delete, "delete": n_delete, "digests_deleted": uniq.num_rows,
-            "bytes_reclaimable": int(pc.sum(uniq["size_max"]).as_py() or 0), "repositories": repos}
+            "keep": table.num_rows - n_delete, "delete": n_delete, "digests_deleted": len(uniq),
+            "image_bytes_deleted": int(uniq["size"].sum()), "repositories": repos}
+
+
+def plan_bytes(store: Store, snapshot_id: str, plan, repositories: dict[str, dict]) -> dict[str, Any]:
+    """plan.json's true byte figures (tasks/footprint.py): the snapshot's unique bytes and what the
+    plan's deletions free once the registry collects garbage, overall and per repository. None
+    where the snapshot recorded no blobs (taken before regsweep did). Fills in `repositories`."""
+    from tasks.footprint import Footprint
+
+    fp = Footprint.load(store, snapshot_id)
+    if fp is None:
+        for v in repositories.values():
+            v["bytes_reclaimable"] = None
+        return {"unique_bytes": None, "bytes_reclaimable": None, "blobs_reclaimable": None}
+    dele = plan.loc[plan["action"] == "delete", ["repository", "digest"]].drop_duplicates()
+    rec = fp.reclaimable(dele["repository"].to_numpy(dtype=object), dele["digest"].to_numpy(dtype=object))
+    for repo, v in repositories.items():
+        v["bytes_reclaimable"] = rec.by_repository.get(repo, 0)
+    return {"unique_bytes": fp.unique_bytes, "bytes_reclaimable": rec.total, "blobs_reclaimable": rec.blobs}
 
 
 def deletion_rows(plan, cap: int = DELETIONS_SHOWN) -> list[dict[str, Any]]:
@@ -183,13 +226,28 @@ def summary_markdown(plan_id: str, meta: dict[str, Any], top: int = 20) -> str:
     lines += markdown_lines(meta.get("registry_capabilities"))
     lines += [f"- tags: {meta['tags']:,} (rows {meta['rows']:,})", f"- keep: {meta['keep']:,}",
               f"- delete: {meta['delete']:,} rows, {meta['digests_deleted']:,} digests",
-              f"- reclaimable: {human_bytes(meta['bytes_reclaimable'])} (before layer sharing and registry GC)", ""]
-    repos = sorted(meta["repositories"].items(), key=lambda kv: (-kv[1]["bytes_reclaimable"], kv[0]))[:top]
+              *bytes_lines(meta), ""]
+    repos = sorted(meta["repositories"].items(),
+                   key=lambda kv: (-(kv[1]["bytes_reclaimable"] or 0), -kv[1]["image_bytes_deleted"], kv[0]))[:top]
     if repos:
-        lines += ["| repository | tags | keep | delete | reclaimable |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {r} | {v['tags']} | {v['keep']} | {v['delete']} | {human_bytes(v['bytes_reclaimable'])} |"
-                  for r, v in repos]
+        lines += ["| repository | tags | keep | delete | image bytes deleted | reclaimable |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r} | {v['tags']} | {v['keep']} | {v['delete']} | {human_bytes(v['image_bytes_deleted'])} "
+                  f"| {_maybe_bytes(v['bytes_reclaimable'])} |" for r, v in repos]
     return "\n".join(lines)
+
+
+def _maybe_bytes(n: int | None) -> str:
+    return "unknown" if n is None else human_bytes(n)
+
+
+def bytes_lines(meta: dict[str, Any]) -> list[str]:
+    """The plan's three byte figures, each saying what it counts (README "Bytes")."""
+    return [f"- reclaimable: {_maybe_bytes(meta.get('bytes_reclaimable'))} — blobs that only deleted images use, "
+            f"freed by the registry's garbage collection" + ("" if meta.get("bytes_reclaimable") is not None
+                                                             else " (snapshot taken before regsweep recorded blobs)"),
+            f"- image bytes deleted: {human_bytes(meta['image_bytes_deleted'])} — the deleted images' sizes added up, "
+            f"shared layers counted in each",
+            f"- registry unique bytes: {_maybe_bytes(meta.get('unique_bytes'))} — every blob of the snapshot once"]
 
 
 def write_plan_json(store: Store, plan_id: str, path: str) -> int:

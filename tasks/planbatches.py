@@ -30,7 +30,7 @@ from tasks.codes import US
 from tasks.completeness import snapshot_problems
 from tasks.config import RegsweepConfig
 from tasks.gitpolicy import GitHistory
-from tasks.schemas import SOURCE_TABLES
+from tasks.schemas import INFORMATIONAL, SOURCE_TABLES
 from tasks.store import Store
 
 #: Rows of the repository-keyed tables per batch (a repository larger than this is one batch).
@@ -67,6 +67,8 @@ def read_tables(store: Store, snapshot_id: str) -> dict[str, pa.Table | pd.DataF
     tables: dict[str, pa.Table | pd.DataFrame | None] = {}
     for schemas in SOURCE_TABLES.values():
         for name, schema in schemas.items():
+            if name in INFORMATIONAL:
+                continue   # BLOBS: read by plan_bytes (tasks/footprint.py) as it needs them
             skip = UNEVALUATED.get(name, ())
             columns = [c for c in schema.names if c not in skip] if skip else None
             t = store.snapshot_table(snapshot_id, name, schema, columns)
@@ -92,16 +94,19 @@ def shared_of(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConf
 
 
 def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConfig,
-                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None) -> Iterator[pd.DataFrame]:
+                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None
+                 ) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
     """The plan of a snapshot (tables as `read_tables` gives them, or any mix of Arrow and
-    pandas), one batch of whole repositories at a time, in plan order (by repository)."""
+    pandas), one batch of whole repositories at a time, in plan order (by repository): the
+    batch's tables and their plan."""
     from tasks.evaluate import evaluate
 
     shared = shared or shared_of(tables, meta, config)
     keyed = {n: t for n, t in tables.items() if isinstance(t, pa.Table) and "repository" in t.column_names}
     repos, ranks = _repository_ranks(keyed)
     if not len(repos):
-        yield evaluate({n: to_frame(_plain(t)) if n in keyed else t for n, t in tables.items()}, meta, config, shared)
+        whole = {n: to_frame(_plain(t)) if n in keyed else t for n, t in tables.items()}
+        yield whole, evaluate(whole, meta, config, shared)
         return
     weight = np.zeros(len(repos), np.int64)
     for r in ranks.values():
@@ -136,7 +141,7 @@ def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepC
                 batch[name] = t[t["repository"].isin(names.to_pylist())].reset_index(drop=True)
             else:
                 batch[name] = t
-        yield evaluate(batch, meta, config, shared)
+        yield batch, evaluate(batch, meta, config, shared)
         del batch
 
 

@@ -1,4 +1,6 @@
-"""werf's `cleanup:` section as a typed policy model, plus regsweep's `unlinkedImages`.
+"""werf's `cleanup:` section as a typed policy model, plus regsweep's own keys: `unlinkedImages`
+and the two rules only stored history makes possible (`keepImagesSeenInUseWithin`,
+`firstSeenAsBuildTime`, tasks/seen.py).
 
 The YAML is accepted verbatim (camelCase keys). werf lets the last policy that selects a
 reference decide its imagesPerReference; regsweep keeps the union of every policy instead, so
@@ -139,13 +141,39 @@ class CleanupPolicy(_Strict):
     disableBuiltWithinLastNHoursPolicy: bool = Field(False, description="Do not keep freshly built images.")
     unlinkedImages: Literal["keep", "delete"] = Field(
         "keep", description="Images linked to no commit: keep (default) or delete.")
+    # regsweep's own, read from stored snapshots (tasks/seen.py); off by default
+    keepImagesSeenInUseWithin: Within = Field(
+        None, description="Keep images that any stored snapshot within this duration of the snapshot "
+                          "saw in use in a workload or in a Helm revision, e.g. 168h (default: off).")
+    firstSeenAsBuildTime: bool = Field(
+        False, description="Where an image records no trustworthy build time (none, or before 2013) and the "
+                           "registry no push time, the first snapshot that listed it stands in as its build "
+                           "time for keepImagesBuiltWithinLastNHours.")
 
     @property
     def effective_keep_policies(self) -> list[KeepPolicy]:
         """The policies in force: werf's defaults when `keepPolicies` is absent or empty (as in werf)."""
         return list(self.keepPolicies) if self.keepPolicies else default_keep_policies()
 
+    @property
+    def uses_history(self) -> bool:
+        """Whether a plan needs earlier snapshots besides the evaluated one (tasks/seen.py)."""
+        return self.keepImagesSeenInUseWithin is not None or self.firstSeenAsBuildTime
+
+    def recorded(self) -> dict:
+        """The policy as plans record it. Keys added after plans were first hashed appear only when
+        set, so a configuration that does not use them keeps its hash (and old plans stay valid)."""
+        out = self.model_dump(mode="json", by_alias=True)
+        for key, default in _ADDED_KEYS.items():
+            if out.get(key) == default:
+                del out[key]
+        return out
+
     def digest(self) -> str:
         """A stable hash naming this policy in plans."""
-        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        blob = json.dumps(self.recorded(), sort_keys=True)
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+#: Keys added after policy hashes were first stored, with their defaults (see `recorded`).
+_ADDED_KEYS = {"keepImagesSeenInUseWithin": None, "firstSeenAsBuildTime": False}

@@ -110,3 +110,35 @@ class Reasons:
         table = pa.concat_arrays(self.table) if self.table else pa.array([], pa.large_string())
         values = table.take(pa.array(codes)).cast(pa.string())
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), values)
+
+
+class NoReasons:
+    """A Reasons that keeps no texts (the what-if's decide-only evaluation), except those of the
+    rules named in `record`: node and first text each, for `recorded()`."""
+
+    def __init__(self, n: int, record: tuple[int, ...] = ()):
+        self.n = n
+        self.record = record
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, nodes, texts, order: int, keep: bool = True) -> None:
+        if keep and order in self.record and len(nodes):
+            nodes = np.asarray(nodes, dtype=np.int64)
+            texts = np.full(len(nodes), texts, object) if isinstance(texts, str) else np.asarray(texts, dtype=object)
+            self.parts.append((nodes, texts))
+
+    def add_coded(self, nodes, codes, table: list[str], order: int, keep: bool = True) -> None:
+        pass
+
+    def add_common(self, text: str) -> None:
+        pass
+
+    def recorded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(node, text): each recorded node once, with its first text in rule order."""
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, object)
+        node = np.concatenate([p[0] for p in self.parts])
+        text = np.concatenate([p[1] for p in self.parts])
+        _, first = np.unique(node, return_index=True)
+        first.sort()
+        return node[first], text[first]

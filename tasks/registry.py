@@ -1,7 +1,7 @@
 """The registry source: reads every tag of the selected repositories into snapshot tables.
 
 `extract` scans the configured registry through its backend (tasks/backends/: the Distribution
-API, or a native API chosen by `registry.api`) into the TAGS, MANIFESTS, CHILDREN and LINKS
+API, or a native API chosen by `registry.api`) into the TAGS, MANIFESTS, CHILDREN, LINKS and BLOBS
 tables (tasks/schemas.py); `probe_capabilities` then probes what the registry lets regsweep do
 (tasks/capabilities.py) for snapshot.json.
 Manifests and image configs come from the store's `BlobCache` when an earlier scan read them, so
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Awaitable, Callable, Iterable
@@ -30,7 +31,7 @@ from tasks.errors import ManifestUnknown, RegistryAuthError, RegistryError
 from tasks.notes import warn
 from tasks.progress import reporter
 from tasks.reference import repository_globs
-from tasks.schemas import CHILDREN, LINKS, MANIFESTS, TAGS
+from tasks.schemas import BLOBS, CHILDREN, LINKS, MANIFESTS, TAGS, from_rows
 
 log = logging.getLogger("regsweep.registry")
 
@@ -73,6 +74,17 @@ class ScanResult:
     manifests: list[dict] = field(default_factory=list)
     children: list[dict] = field(default_factory=list)
     links: set[tuple[str, str, str, str]] = field(default_factory=set)
+    # (repository, digest, blob, kind, size) tuples, digests interned: shared base layers would
+    # otherwise cost a string per image at 10^5 tags (benchmarks/bench_memory.py)
+    blobs: list[tuple[str, str, str, str, int]] = field(default_factory=list)
+
+    def add_blobs(self, repo: str, digest: str, body_size: int, m: oci.Manifest) -> None:
+        """The manifest's own body, its config and its layers, each distinct blob once."""
+        rows = {digest: ("manifest", body_size)}
+        for kind, d in ([("config", m.config)] if m.config else []) + [("layer", d) for d in m.layers]:
+            if oci.is_digest(d.digest):
+                rows.setdefault(d.digest, (kind, d.size))
+        self.blobs.extend((repo, digest, sys.intern(b), kind, size) for b, (kind, size) in rows.items())
 
     def tables(self) -> dict[str, pa.Table]:
         link_rows = [dict(zip(("repository", "digest", "commit", "source"), t)) for t in sorted(self.links)]
@@ -85,6 +97,7 @@ class ScanResult:
             "manifests": pa.Table.from_pylist(manifests, schema=MANIFESTS),
             "children": pa.Table.from_pylist(children, schema=CHILDREN),
             "links": pa.Table.from_pylist(link_rows, schema=LINKS),
+            "blobs": from_rows(sorted(self.blobs), BLOBS),
         }
 
 
@@ -261,6 +274,7 @@ class Scanner:
                 commit = commit.lower()  # git prints shas in lower case; evaluation compares strings
             self.result.links.add((repo, digest, commit, rev_source or "annotation"))
         pushed, last_pulled = self.times.get(key, (None, None))
+        self.result.add_blobs(repo, digest, len(body), m)
         self.result.manifests.append({
             "repository": repo, "digest": digest, "media_type": media_type, "kind": kind,
             "artifact_type": m.artifact_type, "size": size, "created": created, "revision": revision,
@@ -374,7 +388,7 @@ async def scan_registry(registry: RegistryConfig, link: LinkConfig, cache: BlobC
 
 
 def extract(config: RegsweepConfig, store, now: datetime, *, cache_part: str | None = None) -> dict[str, pa.Table]:
-    """The registry source: TAGS, MANIFESTS, CHILDREN and LINKS tables of the configured registry.
+    """The registry source: TAGS, MANIFESTS, CHILDREN, LINKS and BLOBS tables of the configured registry.
     A batch of a scaled-out scan (tasks/scaleout.py) writes what it used of the blob cache to
     `cache_part` instead, for the snapshot to merge: batches never overwrite each other's cache."""
     cache = BlobCache(store.read_cache(CACHE_NAME))

@@ -57,6 +57,14 @@ CHILDREN = pa.schema([
 #: Digest → commit links. source: annotation | label | tag-pattern. commit may be abbreviated.
 LINKS = pa.schema(_text("repository", "digest", "commit", "source"))
 
+#: What each manifest stores: its own body (kind manifest, blob = digest), its config and its layers,
+#: one row per distinct blob. Shared base layers appear under every manifest that uses them; count
+#: each blob digest once for what the registry really stores (tasks/footprint.py).
+BLOBS = pa.schema([
+    *_text("repository", "digest", "blob", "kind"),   # kind: manifest | config | layer
+    pa.field("size", pa.int64(), nullable=False),
+])
+
 # --- kubernetes source -----------------------------------------------------------------------
 
 #: One row per image reference in a workload. container_type: containers | initContainers |
@@ -98,13 +106,40 @@ GIT_COMMITS = pa.schema([
     pa.field("parents", pa.list_(pa.string()), nullable=False),
 ])
 
+#: Tables no keep rule reads (byte figures only): the plan's evaluation does not load them, and a
+#: snapshot taken before regsweep wrote them is still complete (its byte figures are unknown).
+INFORMATIONAL = frozenset({"blobs"})
+
 #: Which tables each source writes.
 SOURCE_TABLES: dict[str, dict[str, pa.Schema]] = {
-    "registry": {"tags": TAGS, "manifests": MANIFESTS, "children": CHILDREN, "links": LINKS},
+    "registry": {"tags": TAGS, "manifests": MANIFESTS, "children": CHILDREN, "links": LINKS, "blobs": BLOBS},
     "kubernetes": {"workloads": WORKLOADS},
     "helm": {"helm": HELM},
     "git": {"git_refs": GIT_REFS, "git_commits": GIT_COMMITS},
 }
+
+# --- history (tasks/seen.py): what earlier snapshots saw, derived from them at plan time ---------
+
+#: Image references earlier snapshots saw, each at its latest sighting within the window.
+#: source: kubernetes (a workload, not a finished Job) | helm (a stored revision); text: the plan's reason.
+SEEN_IN_USE = pa.schema([
+    *_text("image"),
+    pa.field("image_id", pa.string()),                 # pod status imageID, if that snapshot knew it
+    *_text("source"),
+    pa.field("seen_at", TS, nullable=False),           # that snapshot's created_at
+    *_text("snapshot", "text"),
+])
+
+#: The first snapshot that listed each (repository, digest) with no trustworthy build time.
+FIRST_SEEN = pa.schema([
+    *_text("repository", "digest"),
+    pa.field("first_seen", TS, nullable=False),        # that snapshot's created_at
+    *_text("snapshot"),
+])
+
+#: The store's cache of FIRST_SEEN (`cache/first-seen.parquet`), per registry (`registry_key`);
+#: the schema metadata `snapshots` lists the snapshot ids folded in.
+FIRST_SEEN_CACHE = pa.schema([*_text("registry"), *FIRST_SEEN])
 
 # --- plan ------------------------------------------------------------------------------------
 
@@ -127,3 +162,27 @@ JOURNAL = pa.schema([
     *_text("event"),
     pa.field("detail", pa.string()),
 ])
+
+# --- history (store caches, tasks/history.py and tasks/whatif.py) ------------------------------
+
+#: A snapshot's growth summary: one row per repository, and one with a null repository for the
+#: whole registry (its unique bytes count a blob two repositories share once). unique_bytes is
+#: null for a snapshot taken before regsweep recorded blobs.
+HISTORY_SUMMARY = pa.schema([
+    pa.field("repository", pa.string()),
+    pa.field("tags", pa.int64(), nullable=False),
+    pa.field("manifests", pa.int64(), nullable=False),
+    pa.field("image_bytes", pa.int64(), nullable=False),
+    pa.field("unique_bytes", pa.int64()),
+])
+
+#: Tags added, removed and moved (same tag, another digest) per repository between two snapshots.
+HISTORY_DIFF = pa.schema([
+    *_text("repository"),
+    pa.field("added", pa.int64(), nullable=False),
+    pa.field("removed", pa.int64(), nullable=False),
+    pa.field("moved", pa.int64(), nullable=False),
+])
+
+#: Images a snapshot's in-use and Helm rules kept, with the first text that kept each.
+NEEDED = pa.schema(_text("repository", "digest", "why"))

@@ -6,7 +6,8 @@ Layout (every table readable by pandas, pyarrow, DuckDB and Spark):
     <store>/snapshots/<id>/<table>.parquet    one per table of each source that succeeded; a directory
                                               of part-NNNNN.parquet files when a scan ran in batches
     <store>/plans/<id>/plan.json, plan.parquet
-    <store>/cache/<name>.parquet              content-addressed caches (manifests by digest)
+    <store>/cache/<name>.parquet              caches: manifests by digest (tasks/blobcache.py), first
+                                              sightings of untimed digests (tasks/seen.py)
     <store>/journal/<plan id>/<n>.parquet     sweep journal, append-only (tasks/sweep/journal.py)
     <store>/locks/sweep-<registry>.lock       one sweep per registry (tasks/lock.py)
 

@@ -62,8 +62,16 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         # werf durations are strings; a bare number is ambiguous (seconds? hours?), refuse it
         raise ValueError(f"duration {value!r} needs a unit, e.g. '{value}h'")
+    text = str(value).strip()
     try:
-        d = durationpy.from_str(str(value).strip())
+        if text.startswith("P"):
+            # ISO 8601 (`P7D`): how pydantic writes a duration to JSON, so a configuration that went
+            # through Prefect's stored parameters (a deployment run, the UI form) reads back
+            from pydantic import TypeAdapter
+
+            d = TypeAdapter(timedelta).validate_python(text)
+        else:
+            d = durationpy.from_str(text)
     except Exception:
         raise ValueError(f"{value!r} is not a duration (expected e.g. '12h', '90m', '1h30m')") from None
     if d < timedelta(0):

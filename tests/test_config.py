@@ -155,3 +155,20 @@ def test_runner_is_single_process_unless_dask_is_chosen():
         with pytest.raises(ConfigError) as e:
             parse_config(with_(runner=bad))
         assert e.value.key == key
+
+
+def test_a_configuration_survives_prefects_stored_parameters():
+    """Deployment runs and the UI form hand the flow its config as JSON, where pydantic writes
+    durations in ISO 8601 (`P7D`): every duration key must read back to the same policy."""
+    from tasks.config import RegsweepConfig
+
+    cfg = parse_config(with_(cleanup={
+        "keepPolicies": [{"references": {"branch": "/.*/", "limit": {"in": "168h", "last": 5}},
+                          "imagesPerReference": {"last": 2, "in": "36h30m"}}],
+        "keepImagesSeenInUseWithin": "72h"}, sweep={"maxPlanAge": "12h"}))
+    again = RegsweepConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again == cfg
+    assert again.cleanup.digest() == cfg.cleanup.digest()
+    with pytest.raises(ConfigError) as e:
+        parse_config(with_(cleanup={"keepImagesSeenInUseWithin": "P7X"}))
+    assert e.value.key == "cleanup.keepImagesSeenInUseWithin"

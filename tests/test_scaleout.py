@@ -47,6 +47,9 @@ def same_tables(single_store: str, sid_single: str, dask_store: str, sid_dask: s
         ta, tb = a.snapshot_table(sid_single, name), b.snapshot_table(sid_dask, name)
         assert tb.schema.equals(ta.schema), name
         assert tb.to_pylist() == ta.to_pylist(), name        # row by row, in order
+    # blobs included: every manifest's body, config and layers (the world has an index and a signature)
+    kinds = set(a.snapshot_table(sid_single, "blobs").column("kind").to_pylist())
+    assert kinds == {"manifest", "config", "layer"}
 
 
 def test_dask_fan_out_writes_part_files_with_the_single_scans_rows(prefect_harness, registry, world, tmp_path):

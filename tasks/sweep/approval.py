@@ -1,9 +1,10 @@
 """The text a human approves a sweep from (Prefect's approval form, and the intent artifact).
 
-Written for the form's narrow column: totals and the plan's age first, then per repository what
-goes and why (counts, bytes, every reason class with its count, the largest and the oldest
-items), then each repository's deletions by tag; digests and every row are in the plan's own
-artifact, which the form links to.
+Written for the form's narrow column: totals (both byte figures: freed by garbage collection, and
+image sizes added up) and the plan's age first, then per repository what goes and why (counts,
+bytes, every reason class with its count, the largest and the oldest items), then each
+repository's deletions by tag; digests and every row are in the plan's own artifact, which the
+form links to.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def render(intent: "Intent", *, plan_link: str | None = None, deletions_link: st
     lone = len(intent.targets) - len(manifests)
     repos = sorted({t.repository for t in intent.targets})
     lines = [f"## Approve deleting {len(intent.targets)} items from {intent.registry}?", "",
-             f"**{len(manifests)} manifests ({human_bytes(intent.bytes)})"
+             f"**{len(manifests)} manifests ({_freed(intent.bytes_reclaimable)})"
              + (f" and {lone} lone tags" if lone else "") + "** in "
              + (f"{len(repos)} repositories." if len(repos) > 1 else "one repository."), "",
+             *_bytes_lines(intent),
              f"- plan `{intent.plan_id}`, made {_age(intent.plan_created, now)}",
              f"- from snapshot `{intent.snapshot_id}`, taken {_age(intent.snapshot_created, now)}"]
     links = [f"[{what}]({url})" for what, url in (("the plan's summary", plan_link),
@@ -131,6 +133,20 @@ def render(intent: "Intent", *, plan_link: str | None = None, deletions_link: st
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _freed(n: int | None) -> str:
+    return f"{human_bytes(n)} freed by garbage collection" if n is not None else "bytes freed unknown"
+
+
+def _bytes_lines(intent: "Intent") -> list[str]:
+    """The two byte figures of the targets, each saying what it counts (README "Bytes")."""
+    freed = intent.bytes_reclaimable
+    return [f"- freed by garbage collection: **{'unknown' if freed is None else human_bytes(freed)}**, "
+            + ("the blobs no kept image uses, each once" if freed is not None
+               else "the snapshot recorded no blobs (taken before regsweep did)"),
+            f"- image sizes added up: {human_bytes(intent.bytes)}, a layer shared by several images "
+            "counted in each"]
+
+
 def _common_reasons(intent: "Intent") -> list[str]:
     """Reasons every target shares (stated once, not per repository)."""
     sets = [set(intent.reasons.get((t.repository, t.digest), ())) for t in intent.targets]
@@ -146,7 +162,8 @@ def _repository(intent: "Intent", repo: str, common: list[str], limit: int, now:
     ms = [t for t in ts if not t.is_tag]
     tags = sum(len(t.tags) for t in ts)
     size = sum(t.size for t in ms)
-    lines = [f"### {repo}", "", f"{len(ms)} manifests, {tags} tags, {human_bytes(size)}", ""]
+    freed = "" if intent.reclaim is None else f", {human_bytes(intent.reclaim.by_repository.get(repo, 0))} freed by GC"
+    lines = [f"### {repo}", "", f"{len(ms)} manifests, {tags} tags, {human_bytes(size)} of image sizes{freed}", ""]
     classes = Counter(reason_class(r) for t in ts for r in dict.fromkeys(intent.reasons.get((repo, t.digest), ()))
                       if r not in common)
     if classes:

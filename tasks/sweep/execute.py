@@ -53,9 +53,25 @@ def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dr
     report = SweepReport(plan_id=intent.plan_id, registry=intent.registry, dry_run=dry_run,
                          outcomes=list(intent.skipped) + outcomes, done_before=len(intent.done_before),
                          notes=notes.to_json())
+    report.bytes_reclaimable = _reclaimed(store, intent, report)
     if intent.targets:
         rep.finish("sweep", report.summary())
     return report
+
+
+def _reclaimed(store: Store, intent: Intent, report: SweepReport) -> int | None:
+    """What garbage collection frees of the manifests that went: the plan's and the approval
+    form's function (tasks/footprint.py), over what this run deleted."""
+    from tasks.footprint import Footprint, reclaim_of
+
+    if intent.reclaim is None:
+        return None   # the snapshot recorded no blobs
+    gone = report.gone()
+    if not gone:
+        return 0
+    done = [(t.repository, t.digest) for t in intent.done_before if not t.is_tag]
+    rec = reclaim_of(Footprint.load(store, intent.snapshot_id), gone, gone=done)
+    return None if rec is None else rec.total
 
 
 async def _recheck_and_execute(config: "RegsweepConfig", intent: Intent, prot: Protection, journal: Journal | None,

@@ -36,6 +36,9 @@ class Intent:
     cluster_recheck: str = ""           # how the clusters are looked at again before deleting ("" = not)
     capabilities: Any = None           # tasks.capabilities.Capabilities recorded with the plan, if any
     refusal: str | None = None         # why the registry cannot delete these targets at all, if it cannot
+    # what garbage collection frees once `targets` are gone (tasks/footprint.py, as the plan counts
+    # it); None when the snapshot recorded no blobs
+    reclaim: Any = None                # tasks.footprint.Reclaim | None
 
     @property
     def deletions(self) -> int:
@@ -43,7 +46,13 @@ class Intent:
 
     @property
     def bytes(self) -> int:
+        """The targets' image sizes added up (a shared layer counted in each image)."""
         return sum(t.size for t in self.targets if not t.is_tag)
+
+    @property
+    def bytes_reclaimable(self) -> int | None:
+        """What garbage collection frees after these targets go; None when unknown."""
+        return None if self.reclaim is None else self.reclaim.total
 
     def markdown(self, *, plan_link: str | None = None, deletions_link: str | None = None) -> str:
         """What will be deleted and why, per repository (tasks/sweep/approval.py)."""
@@ -78,6 +87,9 @@ class SweepReport:
     done_before: int = 0
     # what the re-checks and deletions noticed (tasks/notes.py): warnings and retried requests
     notes: dict[str, Any] = field(default_factory=dict)
+    # what garbage collection frees of what went (tasks/footprint.py); None when the snapshot
+    # recorded no blobs
+    bytes_reclaimable: int | None = None
 
     def _count(self, status: str, tags: bool | None = None) -> int:
         return sum(1 for o in self.outcomes if o.status == status and (tags is None or o.is_tag == tags))
@@ -105,12 +117,18 @@ class SweepReport:
 
     @property
     def bytes(self) -> int:
+        """The image sizes of what went, added up (a shared layer counted in each image)."""
         return sum(o.size for o in self.outcomes if o.status == self._gone and not o.is_tag)
 
+    def gone(self) -> list[tuple[str, str]]:
+        """(repository, digest) of each manifest that went (or, dry, would go)."""
+        return [(o.repository, o.digest) for o in self.outcomes if o.status == self._gone and not o.is_tag]
+
     def summary(self) -> str:
-        """The CLI's last line: `deleted 12 manifests (34.5 MB), skipped 2, failed 0`."""
+        """The CLI's last line: `deleted 12 manifests (34.5 MB of image sizes, 3.1 MB freed by
+        garbage collection), skipped 2, failed 0`."""
         what = f"{self.deleted} manifests" + (f" and {self.tags_deleted} tags" if self.tags_deleted else "")
-        what += f" ({human_bytes(self.bytes)})"
+        what += f" ({bytes_text(self.bytes, self.bytes_reclaimable)})"
         if self.dry_run:
             return f"dry run: would delete {what}, skipped {self.skipped}"
         line = f"deleted {what}, skipped {self.skipped}, failed {self.failed}"
@@ -121,15 +139,19 @@ class SweepReport:
     def to_json(self) -> dict[str, Any]:
         return {"plan_id": self.plan_id, "registry": self.registry, "dry_run": self.dry_run,
                 "deleted": self.deleted, "tags_deleted": self.tags_deleted, "skipped": self.skipped,
-                "failed": self.failed, "bytes": self.bytes, "done_before": self.done_before,
+                "failed": self.failed, "bytes": self.bytes, "image_bytes": self.bytes,
+                "bytes_reclaimable": self.bytes_reclaimable, "done_before": self.done_before,
                 "summary": self.summary(), **self.notes, "outcomes": [asdict(o) for o in self.outcomes]}
 
     def markdown(self, limit: int = 500) -> str:
         lines = [f"# Sweep of plan `{self.plan_id}`" + (" (dry run)" if self.dry_run else ""), "",
                  f"Registry {self.registry}: **{self.summary()}**.", ""]
         if not self.dry_run and self.deleted:
-            lines += ["Distribution frees the disk space only when its garbage collection runs "
-                      "(`registry garbage-collect`, with the registry read-only or stopped).", ""]
+            freed = ("" if self.bytes_reclaimable is None else
+                     f" ({human_bytes(self.bytes_reclaimable)}: the blobs only these manifests used, each once)")
+            lines += [f"Distribution frees the disk space{freed} only when its garbage collection runs "
+                      "(`registry garbage-collect`, with the registry read-only or stopped); the image "
+                      "sizes count a layer shared by several images in each.", ""]
         rows = sorted(self.outcomes, key=lambda o: ({FAILED: 0, SKIPPED: 1}.get(o.status, 2), o.repository, o.ref))
         if rows:
             lines += ["| status | repository | tags | digest | kind | size | detail |", "|---|---|---|---|---|---:|---|"]
@@ -140,6 +162,12 @@ class SweepReport:
             if len(rows) > limit:
                 lines.append(f"| … | {len(rows) - limit} more | | | | | |")
         return "\n".join(lines)
+
+
+def bytes_text(image_bytes: int, reclaimable: int | None) -> str:
+    """`34.5 MB of image sizes, 3.1 MB freed by garbage collection` (README "Bytes")."""
+    gc = "unknown" if reclaimable is None else human_bytes(reclaimable)
+    return f"{human_bytes(image_bytes)} of image sizes, {gc} freed by garbage collection"
 
 
 def raise_if_failed(report: SweepReport) -> None:

@@ -140,6 +140,19 @@ class KubeServer:
     def extend(self, objs: Iterable[dict]) -> None:
         self.add(*objs)
 
+    def remove(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an object, as `kubectl delete` would (a workload scaled down and removed)."""
+        plural = PLURAL_OF_KIND[kind]
+        with self._lock:
+            entries = self._objects[plural].get(namespace, [])
+            kept = [e for e in entries if e.key != f"{namespace}/{name}"]
+            if len(kept) == len(entries):
+                raise KeyError(f"no {kind} {namespace}/{name}")
+            self._objects[plural][namespace] = kept
+            self._sorted[plural] = None
+            self._rv += 1
+            self._page_cache.clear()
+
     def _all(self, plural: str, namespace: str | None) -> list[_Entry]:
         if namespace is not None:
             entries = self._objects[plural].get(namespace, [])

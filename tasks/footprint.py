@@ -1,0 +1,152 @@
+"""What a registry really stores, and what a plan would really free: bytes from the BLOBS table.
+
+Three byte figures, never to be confused (README "Bytes"):
+
+  image bytes        the sum of image sizes (manifest + config + layers, an index with its
+                     platforms): what `docker images` would add up. A base layer shared by a
+                     thousand images counts a thousand times.
+  unique bytes       every blob (manifest body, config, layer) counted once across the scanned
+                     repositories: what the registry's storage holds for them.
+  reclaimable bytes  the blobs that deleted manifests reference and no manifest that stays
+                     references, anywhere in the scanned repositories: what the registry's
+                     garbage collector frees after the sweep.
+
+Blobs of repositories outside `registry.repositories` and of untagged manifests no tag reaches are
+not in a snapshot, so a blob they share may be counted as reclaimable that the collector keeps.
+
+The plan (tasks/plan.py), the sweep's approval form and its report (tasks/sweep/) all ask
+`load` + `Footprint.reclaimable`: one figure, one function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from tasks.store import Store
+
+COLUMNS = ["repository", "digest", "blob", "size"]
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """Bytes a set of deleted manifests frees; each freed blob is attributed to one repository
+    (the first by name among those whose deletions reference it), so the parts add up to the total."""
+
+    total: int
+    blobs: int
+    by_repository: dict[str, int] = field(default_factory=dict)
+
+
+def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    enc = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
+
+
+class Footprint:
+    """One snapshot's BLOBS table as integer codes: built once, asked many times (the what-if asks
+    it for every policy of every snapshot)."""
+
+    def __init__(self, blobs: pa.Table):
+        blobs = blobs.select(COLUMNS)
+        self.repo_code, self.repos = _codes(blobs["repository"])
+        dig_code, self.digests = _codes(blobs["digest"])
+        self.blob_code, _ = _codes(blobs["blob"])
+        self.n_blobs = int(self.blob_code.max()) + 1 if len(self.blob_code) else 0
+        size = blobs["size"].to_numpy()
+        self.blob_size = np.zeros(self.n_blobs, np.int64)
+        self.blob_size[self.blob_code] = size
+        # one integer per (repository, manifest digest): the row's node
+        self.row_key = self.repo_code * max(len(self.digests), 1) + dig_code
+
+    @classmethod
+    def of(cls, blobs: pa.Table | None) -> Footprint | None:
+        """None when the snapshot has no BLOBS table (taken before regsweep recorded blobs)."""
+        return None if blobs is None else cls(blobs)
+
+    @classmethod
+    def load(cls, store: "Store", snapshot_id: str) -> Footprint | None:
+        """The snapshot's footprint; None for a snapshot without a BLOBS table."""
+        return cls.of(store.snapshot_table(snapshot_id, "blobs", columns=COLUMNS))
+
+    @property
+    def unique_bytes(self) -> int:
+        return int(self.blob_size.sum())
+
+    def unique_bytes_by_repository(self) -> dict[str, int]:
+        """Per repository, each of its blobs once (a blob two repositories share counts in both)."""
+        if not self.n_blobs:
+            return {}
+        pairs = np.unique(self.repo_code * self.n_blobs + self.blob_code)
+        repo = pairs // self.n_blobs
+        sums = np.bincount(repo, weights=self.blob_size[pairs % self.n_blobs], minlength=len(self.repos))
+        return {name: int(v) for name, v in zip(self.repos.to_pylist(), sums.tolist())}
+
+    def deleted_rows(self, repositories, digests) -> np.ndarray:
+        """Which BLOBS rows belong to one of the given (repository, digest) manifests."""
+        if not len(self.row_key):
+            return np.zeros(0, bool)
+        r = pc.index_in(pa.array(repositories, pa.string()), value_set=self.repos).fill_null(-1)
+        d = pc.index_in(pa.array(digests, pa.string()), value_set=self.digests).fill_null(-1)
+        r, d = r.to_numpy(zero_copy_only=False), d.to_numpy(zero_copy_only=False)
+        ok = (r >= 0) & (d >= 0)
+        keys = r[ok].astype(np.int64) * max(len(self.digests), 1) + d[ok]
+        return np.isin(self.row_key, keys)
+
+    def reclaimable(self, repositories, digests, *, gone: Iterable[tuple[str, str]] = ()) -> Reclaim:
+        """What deleting these (repository, digest) manifests frees once the registry collects.
+
+        `gone` are manifests deleted earlier (a resumed sweep's finished targets): they hold no
+        blob, and what only they used is not counted again."""
+        gone_before = list(gone)
+        earlier = (self.deleted_rows([r for r, _ in gone_before], [d for _, d in gone_before])
+                   if gone_before else np.zeros(len(self.row_key), bool))
+        gone = self.deleted_rows(repositories, digests) & ~earlier
+        if not gone.any():
+            return Reclaim(0, 0, {})
+        stays = np.zeros(self.n_blobs, bool)
+        stays[self.blob_code[~gone & ~earlier]] = True
+        freed = np.zeros(self.n_blobs, bool)
+        freed[self.blob_code[gone]] = True
+        freed &= ~stays
+        rows = np.flatnonzero(gone & freed[self.blob_code])
+        # attribute each freed blob to the first repository (by name) whose deletions reference it
+        rank = np.empty(len(self.repos), np.int64)
+        rank[np.argsort(np.asarray(self.repos.to_pylist(), dtype=object))] = np.arange(len(self.repos))
+        owner = np.full(self.n_blobs, len(self.repos), np.int64)
+        np.minimum.at(owner, self.blob_code[rows], rank[self.repo_code[rows]])
+        ids = np.flatnonzero(freed)
+        by_rank = np.bincount(owner[ids], weights=self.blob_size[ids], minlength=len(self.repos) + 1)
+        order = np.argsort(rank)
+        names = self.repos.to_pylist()
+        by_repo = {names[order[k]]: int(v) for k, v in enumerate(by_rank[:len(self.repos)].tolist()) if v}
+        return Reclaim(int(self.blob_size[ids].sum()), len(ids), by_repo)
+
+
+def image_sizes(deleted, children) -> np.ndarray:
+    """The image size each deleted (repository, digest, size) row adds to "image bytes": its
+    MANIFESTS size, but 0 for a platform manifest whose index is deleted too, since an index's
+    size already includes its platforms (as the sweep's targets count it: tasks/sweep/targets.py)."""
+    import pandas as pd
+
+    size = deleted["size"].fillna(0).to_numpy(dtype=np.int64)
+    if children is None or not len(children) or not len(deleted):
+        return size
+    keys = pd.MultiIndex.from_arrays([deleted["repository"], deleted["digest"]])
+    index_gone = pd.MultiIndex.from_arrays([children["repository"], children["index_digest"]]).isin(keys)
+    platforms = pd.MultiIndex.from_arrays([children["repository"][index_gone], children["child_digest"][index_gone]])
+    return np.where(keys.isin(platforms), 0, size)
+
+
+def reclaim_of(fp: Footprint | None, deleted: Iterable[tuple[str, str]],
+               gone: Iterable[tuple[str, str]] = ()) -> Reclaim | None:
+    """`fp.reclaimable` of (repository, digest) pairs; None without a footprint (unknown)."""
+    if fp is None:
+        return None
+    keys = list(deleted)
+    return fp.reclaimable([r for r, _ in keys], [d for _, d in keys], gone=gone)

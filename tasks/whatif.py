@@ -1,0 +1,347 @@
+"""What-if: a candidate cleanup policy replayed over every complete snapshot, next to the current one.
+
+Each snapshot is evaluated at its own time (a plan is a pure function of snapshot and policy) by
+the decide-only evaluation (`evaluate(..., reasons=False)`: no reason texts, no plan files), its
+tables read once for both policies. The current policy's per-snapshot result is cached in the store,
+keyed by (snapshot id, policy hash): snapshots never change once published.
+
+Regrets: a tag the candidate would delete at snapshot S whose image (repository, digest) a LATER
+snapshot shows in use in a cluster or named by a Helm revision: a rollback or redeploy that would
+have failed. Each (repository, tag, digest) is reported once: the first S that would delete it and
+the first later snapshot that needed it, with that snapshot's in-use or Helm text. The later
+snapshot's needs are what either policy's in-use and Helm rules saw there (a policy that disables
+the Kubernetes rule still has its regrets judged by the clusters the snapshots recorded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+from pydantic import ValidationError
+
+from tasks.config import RegsweepConfig, config_error_from
+from tasks.errors import ConfigError
+from tasks.policy import CleanupPolicy
+from tasks.schemas import NEEDED, SOURCE_TABLES
+from tasks.store import Store, iter_ids_since
+
+UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
+WORKERS = 2
+CACHE_VERSION = "v1"
+
+
+def load_policy(path: str | Path) -> CleanupPolicy:
+    """The `cleanup:` section of a werf.yaml (any of its documents) or a regsweep config."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError("--policy", f"cannot read {path}: {e.strerror}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    except yaml.YAMLError as e:
+        raise ConfigError("--policy", f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    section = next((d["cleanup"] for d in docs if "cleanup" in d), None)
+    if section is None:
+        raise ConfigError("--policy", f"{path} has no `cleanup:` section")
+    if not isinstance(section, dict):
+        raise ConfigError("cleanup", f"in {path}: must be a mapping")
+    try:
+        return CleanupPolicy.model_validate(section)
+    except ValidationError as e:
+        raise config_error_from(e, prefix="cleanup") from None
+
+
+def policy_key(config: RegsweepConfig) -> str:
+    """Everything besides the snapshot a decision depends on: the cleanup section, which registry
+    (and aliases) images are matched against, whether Helm counts, which sources must be there."""
+    blob = json.dumps({"cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
+                       "registry": config.registry.url, "aliases": list(config.registry.aliases or []),
+                       "helm": config.helm.enabled, "sources": config.enabled_sources()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Outcome:
+    delete: int
+    reclaimable_bytes: int | None
+
+
+@dataclass
+class SnapshotResult:
+    id: str
+    created_at: str
+    current: Outcome
+    candidate: Outcome
+    needed: pa.Table              # NEEDED
+
+
+@dataclass
+class WhatIf:
+    snapshots: list[SnapshotResult]
+    regrets: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REGRET_COLUMNS))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"snapshots": [{"id": s.id, "created_at": s.created_at,
+                               "current": vars(s.current), "candidate": vars(s.candidate)} for s in self.snapshots],
+                "regrets": self.regrets[REGRET_COLUMNS].to_dict(orient="records")}
+
+    def frame(self) -> pd.DataFrame:
+        """One row per snapshot: deletions and reclaimable bytes under each policy."""
+        return pd.DataFrame({"snapshot": [s.id for s in self.snapshots],
+                             "created_at": pd.to_datetime([s.created_at for s in self.snapshots], utc=True, format="ISO8601"),
+                             "current_delete": [s.current.delete for s in self.snapshots],
+                             "candidate_delete": [s.candidate.delete for s in self.snapshots],
+                             "current_reclaimable": pd.array([s.current.reclaimable_bytes for s in self.snapshots], "Int64"),
+                             "candidate_reclaimable": pd.array([s.candidate.reclaimable_bytes for s in self.snapshots], "Int64")})
+
+
+REGRET_COLUMNS = ["repository", "tag", "digest", "deleted_at", "needed_at", "why"]
+
+
+# ------------------------------------------------------------------ one snapshot
+
+def _load(store: Store, sid: str) -> dict[str, Any]:
+    """The snapshot's tables as the evaluation reads them; blobs stay Arrow (only the footprint,
+    and the completeness check's row count, read them)."""
+    tables: dict[str, Any] = {}
+    for schemas in SOURCE_TABLES.values():
+        for name, schema in schemas.items():
+            skip = UNEVALUATED.get(name, ())
+            columns = [c for c in schema.names if c not in skip] if name != "blobs" else ["repository", "digest", "blob", "size"]
+            t = store.snapshot_table(sid, name, schema, columns)
+            if t is None or name == "blobs":
+                tables[name] = t
+            else:
+                tables[name] = t.to_pandas(types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
+    return tables
+
+
+class _Reclaimer:
+    """Footprint.reclaimable's total, asked twice per snapshot: the (repository, digest) of each
+    BLOBS row is sorted once, so each policy's deletions cost a search, not a hash of 10^5 strings."""
+
+    def __init__(self, fp):
+        self.fp = fp
+        self.keys, self.row = np.unique(fp.row_key, return_inverse=True)
+
+    def total(self, repositories: pa.Array, digests: pa.Array) -> int:
+        fp = self.fp
+        r = pc.index_in(repositories, value_set=fp.repos).fill_null(-1).to_numpy(zero_copy_only=False)
+        d = pc.index_in(digests, value_set=fp.digests).fill_null(-1).to_numpy(zero_copy_only=False)
+        ok = (r >= 0) & (d >= 0)
+        keys = r[ok].astype(np.int64) * max(len(fp.digests), 1) + d[ok]
+        pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        mark = np.zeros(len(self.keys), bool)
+        if len(self.keys):
+            mark[pos[self.keys[pos] == keys]] = True
+        gone = mark[self.row]
+        # blobs only deleted manifests reference (as Footprint.reclaimable counts them)
+        stays = np.zeros(fp.n_blobs, bool)
+        stays[fp.blob_code[~gone]] = True
+        freed = np.zeros(fp.n_blobs, bool)
+        freed[fp.blob_code[gone]] = True
+        return int(fp.blob_size[freed & ~stays].sum())
+
+
+def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, reclaimer):
+    """One policy's decision at one snapshot; `inputs` (a tasks.seen.HistoryInputs, or None when
+    neither policy reads history) adds what the history-only keep rules read, as `make_plan` does."""
+    from tasks.evaluate import evaluate
+
+    extra = inputs.for_snapshot(sid, config.cleanup) if inputs is not None else {}
+    d = evaluate({**tables, **extra}, meta, config, reasons=False)
+    reclaim = None
+    if reclaimer is not None:
+        reclaim = reclaimer.total(pa.concat_arrays([d.deleted_tags["repository"].combine_chunks(),
+                                                    d.deleted_untagged["repository"].combine_chunks()]),
+                                  pa.concat_arrays([d.deleted_tags["digest"].combine_chunks(),
+                                                    d.deleted_untagged["digest"].combine_chunks()]))
+    return Outcome(d.delete, reclaim), d
+
+
+def _tag_keys(t: pa.Table) -> np.ndarray:
+    """A 64-bit hash per (repository, tag, digest) row, to tell deletions already seen."""
+    joined = pc.binary_join_element_wise(t["repository"], t["tag"], t["digest"], "\x00")
+    return pd.util.hash_array(joined.to_numpy(zero_copy_only=False).astype(object), categorize=False)
+
+
+def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: RegsweepConfig,
+                   candidate: RegsweepConfig) -> tuple[list[SnapshotResult], pa.Table]:
+    """Both policies over consecutive snapshots (one worker's share; `offset` is the first one's
+    index among all); caches the current policy's results. Returns each snapshot's figures and
+    needs, and the candidate's deletions the first time each (repository, tag, digest) is
+    deleted in this share (column `s`: the snapshot's index), for the regrets."""
+    from tasks.footprint import Footprint
+    from tasks.seen import HistoryInputs
+
+    store = Store(store_url)
+    # one per share: its snapshots are consecutive, so each window's tables are read once
+    inputs = HistoryInputs(store) if current.cleanup.uses_history or candidate.cleanup.uses_history else None
+    key = policy_key(current)
+    out, first, seen = [], [], np.zeros(0, np.uint64)
+    for i, sid in enumerate(sids):
+        meta = store.snapshot_meta(sid)
+        name = f"whatif-{CACHE_VERSION}-{sid}-{key}"
+        cached = store.read_cache(name)
+        tables = _load(store, sid)
+        fp = Footprint.of(tables["blobs"])
+        reclaimer = _Reclaimer(fp) if fp is not None else None
+        cand, cd = _decide(tables, meta, candidate, sid, inputs, reclaimer)
+        if cached is not None and cached.schema.metadata and b"delete" in cached.schema.metadata:
+            md = cached.schema.metadata
+            rec = md[b"reclaimable_bytes"].decode()
+            cur = Outcome(int(md[b"delete"]), int(rec) if rec else None)
+            cur_needed = cached.select(NEEDED.names).replace_schema_metadata(None)
+        else:
+            cur, d = _decide(tables, meta, current, sid, inputs, reclaimer)
+            cur_needed = d.needed.cast(NEEDED)
+            store.write_cache(name, cur_needed.replace_schema_metadata(
+                {"delete": str(cur.delete), "reclaimable_bytes": "" if cur.reclaimable_bytes is None else str(cur.reclaimable_bytes)}))
+        needed = pa.concat_tables([cur_needed, cd.needed.cast(NEEDED)])
+        out.append(SnapshotResult(sid, meta["created_at"], cur, cand, needed))
+        dels = cd.deleted_tags
+        if dels.num_rows:
+            h = _tag_keys(dels)
+            new = ~np.isin(h, seen)
+            if new.any():
+                first.append(dels.filter(pa.array(new)).append_column("s", pa.array(np.full(int(new.sum()), offset + i, np.int32))))
+                seen = np.union1d(seen, h[new])
+        del tables, fp, reclaimer
+    schema = pa.schema([("repository", pa.string()), ("tag", pa.string()), ("digest", pa.string()), ("s", pa.int32())])
+    return out, pa.concat_tables([f.cast(schema) for f in first]) if first else schema.empty_table()
+
+
+# ------------------------------------------------------------------ all snapshots
+
+def complete_snapshots(store: Store, since: datetime | None) -> list[str]:
+    return [s for s in iter_ids_since(store.list_snapshots(), since) if store.snapshot_meta(s).get("complete")]
+
+
+def whatif(config: RegsweepConfig, candidate: CleanupPolicy, since: datetime | None = None,
+           workers: int = WORKERS) -> WhatIf:
+    """The candidate and the current policy over every complete snapshot (since), with regrets."""
+    store = Store(config.store)
+    sids = complete_snapshots(store, since)
+    cand_cfg = config.model_copy(update={"cleanup": candidate})
+    if sids and (config.cleanup.firstSeenAsBuildTime or candidate.firstSeenAsBuildTime):
+        # bring the first-seen cache up to date once, before the workers read it
+        from tasks.seen import HistoryInputs
+
+        HistoryInputs(store).first_seen(sids[-1])
+    # contiguous chunks (a chunk's snapshots are read in order); several per worker to balance
+    n_chunks = min(len(sids), workers * 4) if workers > 1 and len(sids) > 4 else 1
+    bounds = [i * len(sids) // n_chunks for i in range(n_chunks + 1)] if sids else [0]
+    chunks, offsets = [sids[a:b] for a, b in zip(bounds, bounds[1:])], bounds[:-1]
+    if n_chunks > 1:
+        # spawn: the caller may be a Prefect flow with threads, which fork does not carry safely
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            parts = list(pool.map(evaluate_chunk, [config.store] * n_chunks, chunks, offsets, [config] * n_chunks,
+                                  [cand_cfg] * n_chunks))
+    else:
+        parts = [evaluate_chunk(config.store, c, o, config, cand_cfg) for c, o in zip(chunks, offsets)]
+    results = [r for part, _ in parts for r in part]
+    return WhatIf(results, regrets(results, pa.concat_tables([f for _, f in parts]) if parts else None))
+
+
+def regrets(results: list[SnapshotResult], dels: pa.Table | None) -> pd.DataFrame:
+    """Each (repository, tag, digest) the candidate deleted at S (`dels`: first deletions per
+    share, column `s` the snapshot's index) and a later snapshot needed."""
+    if not results or dels is None:
+        return pd.DataFrame(columns=REGRET_COLUMNS)
+    ids = [r.id for r in results]
+    need = pa.concat_tables([r.needed.append_column("t", pa.array([i] * r.needed.num_rows, pa.int32()))
+                             for i, r in enumerate(results)])
+    if not dels.num_rows or not need.num_rows:
+        return pd.DataFrame(columns=REGRET_COLUMNS)
+    # the first snapshot that deletes each tag; only images some snapshot needed can be regrets
+    first = dels.group_by(["repository", "tag", "digest"]).aggregate([("s", "min")]).rename_columns(
+        ["repository", "tag", "digest", "s"])
+    j = first.join(need.select(["repository", "digest", "t"]), ["repository", "digest"]).to_pandas()
+    j = j[j["t"] > j["s"]]
+    if j.empty:
+        return pd.DataFrame(columns=REGRET_COLUMNS)
+    j = j.groupby(["repository", "tag", "digest", "s"], as_index=False)["t"].min()
+    # the later snapshot's own words: its first in-use/Helm text for that image
+    why = need.to_pandas().drop_duplicates(["repository", "digest", "t"])
+    j = j.merge(why, on=["repository", "digest", "t"], how="left")
+    names = np.asarray(ids, dtype=object)
+    j["deleted_at"] = names[j["s"].to_numpy(np.int64)]
+    j["needed_at"] = names[j["t"].to_numpy(np.int64)]
+    return j.sort_values(["s", "repository", "tag"]).reset_index(drop=True)[REGRET_COLUMNS]
+
+
+# ------------------------------------------------------------------ output
+
+def render_text(result: WhatIf) -> str:
+    """The per-snapshot table, then the regrets (what stdout shows)."""
+    from tasks.units import human_bytes
+
+    if not result.snapshots:
+        return "no complete snapshots"
+    df = result.frame()
+    fmt = lambda v: "-" if pd.isna(v) else human_bytes(int(v))  # noqa: E731
+    shown = pd.DataFrame({"snapshot": df["snapshot"], "created_at": df["created_at"].dt.strftime("%Y-%m-%d %H:%M"),
+                          "current_delete": df["current_delete"], "candidate_delete": df["candidate_delete"],
+                          "current_reclaimable": df["current_reclaimable"].map(fmt),
+                          "candidate_reclaimable": df["candidate_reclaimable"].map(fmt)})
+    lines = [shown.to_string(index=False), ""]
+    r = result.regrets
+    lines.append(f"regrets: {len(r)}" + (" (the candidate would have deleted these, and a later snapshot needed them)"
+                                         if len(r) else ""))
+    lines += [f"{x.repository}:{x.tag} {x.digest} deleted at {x.deleted_at}, needed at {x.needed_at}: {x.why}"
+              for x in r.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def render_markdown(result: WhatIf) -> str:
+    lines = ["# What-if: candidate policy vs current", "", "```", render_text(result), "```"]
+    return "\n".join(lines)
+
+
+def render_chart(result: WhatIf, path: str | Path) -> Path:
+    """Deletions and reclaimable bytes per snapshot under each policy, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = result.frame()
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6), dpi=100, sharex=True)
+    a1.plot(df["created_at"], df["current_delete"], label="current", color="tab:blue")
+    a1.plot(df["created_at"], df["candidate_delete"], label="candidate", color="tab:orange")
+    a1.set_ylabel("deletions")
+    a1.legend()
+    a2.plot(df["created_at"], df["current_reclaimable"].astype(float) / 1e9, label="current", color="tab:blue")
+    a2.plot(df["created_at"], df["candidate_reclaimable"].astype(float) / 1e9, label="candidate", color="tab:orange")
+    a2.set_ylabel("reclaimable GB")
+    regret_at = set(result.regrets["deleted_at"]) if len(result.regrets) else set()
+    for t in df.loc[df["snapshot"].isin(regret_at), "created_at"]:
+        a1.axvline(t, color="tab:red", alpha=0.4)
+    a1.set_title(f"Current vs candidate policy ({len(result.regrets)} regrets, red)")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_json(result: WhatIf, path: str) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(result.to_json(), f, indent=1)
+    except OSError as e:
+        raise ConfigError("--json", f"cannot write {path}: {e.strerror}") from None
