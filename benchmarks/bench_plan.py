@@ -253,8 +253,8 @@ def measure(store_url: str, snapshot: str, policy: str, what: str, batch_rows: i
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     if what == "read":
-        rows = sum(store.snapshot_table(snapshot, name).num_rows for schemas in SOURCE_TABLES.values()
-                   for name in schemas)
+        tables = [store.snapshot_table(snapshot, name) for schemas in SOURCE_TABLES.values() for name in schemas]
+        rows = sum(t.num_rows for t in tables if t is not None)   # (snapshots of older versions lack BLOBS)
         out = {"time": time.perf_counter() - t0, "rows": rows}
     else:
         result = make_plan(config, snapshot, batch_rows)
