@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,9 @@ from tasks.reasons import NoReasons, Reasons
 from tasks.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
 from tasks.schemas import PLAN
 from tasks.units import format_duration, parse_time
+
+if TYPE_CHECKING:
+    from tasks.planbatches import Shared
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
 SEEN = 7   # seen in use by earlier snapshots: listed after rule 2's reasons, as it is added after them
@@ -105,10 +108,13 @@ def _subject_tags(tags: pd.DataFrame) -> pa.Array:
     return pa.array(vals, pa.large_string())
 
 
-def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig, *,
-             reasons: bool = True) -> pd.DataFrame:
+def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig,
+             shared: Shared | None = None, *, reasons: bool = True) -> pd.DataFrame:
     """The plan (PLAN schema) for one snapshot under one policy: pure, deterministic. With
-    `reasons=False` the bare Decision instead (the what-if's 730 evaluations need no texts)."""
+    `reasons=False` the bare Decision instead (the what-if's 730 evaluations need no texts).
+
+    shared: when `tables` hold one batch of the snapshot's repositories (tasks/planbatches.py),
+    what only the whole snapshot tells: its completeness problems and its git history."""
     now_us = int(snapshot_now(meta).timestamp() * US)
     cleanup = config.cleanup
     tags = tables.get("tags")
@@ -116,7 +122,7 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
         tags = pd.DataFrame({"repository": pd.Series(dtype=object), "tag": pd.Series(dtype=object),
                              "digest": pd.Series(dtype=object), "gone": pd.Series(dtype=bool)})
     tags = tags[~tags["gone"].astype(bool).to_numpy() & tags["digest"].notna().to_numpy()].reset_index(drop=True)
-    problems = snapshot_problems(meta, tables, config)
+    problems = snapshot_problems(meta, tables, config) if shared is None else shared.problems
     matcher = RegistryMatcher(config.registry.url, config.registry.aliases)
 
     refs = {}
@@ -170,7 +176,7 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     if not cleanup.disableGitHistoryBasedPolicy and tables.get("git_commits") is not None and ok.any():
         out = evaluate_git(tables["git_refs"], tables["git_commits"], link_node[ok],
                            large_strings(nodes.links_commit).filter(pa.array(ok)), nodes.repo_code,
-                           cleanup.effective_keep_policies, now_us)
+                           cleanup.effective_keep_policies, now_us, None if shared is None else shared.git)
         kept[out.kept] = True
         R.add(out.keep_node, out.keep_text, GIT)
         for note_nodes, codes, table in out.notes:

@@ -26,6 +26,7 @@ Reference selection and the count limits are tasks/gitselect.py's, the graph tas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -100,23 +101,67 @@ def _reach(graph: CommitGraph, sel: Selection, order: list[int]) -> list[int]:
     return reach
 
 
+class GitHistory:
+    """The commit graph, the selected references and what each reaches: one snapshot's git side.
+
+    Built on first use and then shared: a plan evaluated in batches of repositories walks the
+    graph once for all of them (tasks/planbatches.py), not once per batch.
+    """
+
+    def __init__(self, refs: pd.DataFrame, commits: pd.DataFrame, policies: list[KeepPolicy], now_us: int):
+        self._inputs = (refs, commits, policies, now_us)
+
+    @cached_property
+    def graph(self) -> CommitGraph:
+        return CommitGraph(self._inputs[1])
+
+    @cached_property
+    def sel(self) -> Selection:
+        refs, _, policies, now_us = self._inputs
+        return select_references(refs, policies, now_us)
+
+    @cached_property
+    def topo_pos(self) -> np.ndarray:
+        order = self._order
+        topo_pos = np.empty(self.graph.n, dtype=np.int64)
+        topo_pos[np.asarray(order, dtype=np.int64)] = np.arange(self.graph.n)
+        return topo_pos
+
+    @cached_property
+    def reach(self) -> list[int]:
+        return _reach(self.graph, self.sel, self._order)
+
+    @cached_property
+    def unkept_texts(self) -> np.ndarray:
+        """Per commit, why its images are not kept (a function of the commit alone): filled as needed."""
+        return np.full(self.graph.n, None, object)
+
+    @cached_property
+    def selected_reach(self) -> np.ndarray:
+        """Per commit, whether a selected reference reaches it."""
+        selected, reach = self.sel.mask, self.reach
+        return np.fromiter((bool(r & selected) for r in reach), bool, count=len(reach))
+
+    @cached_property
+    def _order(self) -> list[int]:
+        return self.graph.topo_order()
+
+
 def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, node: np.ndarray, commit, node_repo: np.ndarray,
-                 policies: list[KeepPolicy], now_us: int) -> GitOutcome:
+                 policies: list[KeepPolicy], now_us: int, history: GitHistory | None = None) -> GitOutcome:
     """Which linked nodes the git keep policies keep, and why the others are not kept.
 
     node: the node id of each link row; commit: its linked commit as recorded (a full or
     abbreviated sha; an Arrow or Python string column); node_repo: repository id of every node.
+    history: the same refs, commits, policies and time already made a GitHistory, shared
+    by several calls.
     """
     node = np.asarray(node, np.int64)
     out = GitOutcome(np.array([], dtype=np.int64))
     if not len(node):
         return out
-    graph = CommitGraph(commits)
-    sel = select_references(refs, policies, now_us)
-    order = graph.topo_order()
-    topo_pos = np.empty(graph.n, dtype=np.int64)
-    topo_pos[np.asarray(order, dtype=np.int64)] = np.arange(graph.n)
-    reach = _reach(graph, sel, order)
+    history = history or GitHistory(refs, commits, policies, now_us)
+    graph, sel, topo_pos, reach = history.graph, history.sel, history.topo_pos, history.reach
 
     cid = graph.resolve(commit)
     # A node whose every linked commit is missing (or ambiguous) is linked but unreachable.
@@ -128,13 +173,13 @@ def evaluate_git(refs: pd.DataFrame, commits: pd.DataFrame, node: np.ndarray, co
         out.kept = ambiguous
         return out
     links = LinkGroups.of(node[ok], cid[ok], node_repo, graph, topo_pos)
-    kept_nodes = _walk(sel, reach, links, out)
+    kept_nodes = _walk(sel, reach, links, out, history.selected_reach)
     out.kept = np.union1d(np.asarray(kept_nodes, dtype=np.int64), ambiguous)
-    _notes_for_unkept(out, sel, reach, graph, links)
+    _notes_for_unkept(out, sel, reach, graph, links, history.unkept_texts)
     return out
 
 
-def _walk(sel: Selection, reach: list[int], links: LinkGroups, out: GitOutcome) -> list[int]:
+def _walk(sel: Selection, reach: list[int], links: LinkGroups, out: GitOutcome, live_commit: np.ndarray) -> list[int]:
     """Visit (commit, repository) groups newest first; count slots per (reference, repository).
 
     Sets of references are bitsets. A group's digests are kept for each selected reference that
@@ -147,11 +192,7 @@ def _walk(sel: Selection, reach: list[int], links: LinkGroups, out: GitOutcome) 
     counts: list[dict[int, int] | None] = [None] * n_repo     # per repository: reference → images counted
     selected = sel.mask
     # only groups on commits some selected reference reaches can keep anything
-    group_commit = links.commit[links.starts]
-    uniq = np.unique(group_commit)
-    reached = np.zeros(int(uniq.max()) + 1 if len(uniq) else 0, bool)
-    reached[uniq] = np.fromiter((bool(reach[c] & selected) for c in uniq.tolist()), bool, count=len(uniq))
-    live = np.flatnonzero(reached[group_commit])
+    live = np.flatnonzero(live_commit[links.commit[links.starts]])
     multi = links.multi
     ranked_by: dict[int, int] = {}   # multi-commit node → references that ranked it at a newer commit
     kept: list[int] = []
@@ -298,7 +339,8 @@ def _keep_ambiguous(out: GitOutcome, node: np.ndarray, commit, cid: np.ndarray) 
     return np.unique(node[bad])
 
 
-def _notes_for_unkept(out: GitOutcome, sel: Selection, reach, graph: CommitGraph, links: LinkGroups) -> None:
+def _notes_for_unkept(out: GitOutcome, sel: Selection, reach, graph: CommitGraph, links: LinkGroups,
+                      known: np.ndarray) -> None:
     """Why git rules keep none of the linked, reachable nodes that are not kept.
 
     Rows are newest first; a node's note names its newest commit and the references reaching
@@ -316,8 +358,11 @@ def _notes_for_unkept(out: GitOutcome, sel: Selection, reach, graph: CommitGraph
     limits = _Limits(sel)
     # nodes on one commit: one text per commit
     inv, uc = pd.factorize(cid[single])
-    short, dates = graph.short, graph.date[uc].tolist()
-    texts = [_unkept_text(sel, reach[c], short[c], 1, d, limits) for c, d in zip(uc.tolist(), dates)]
+    short = graph.short
+    new = np.flatnonzero(known[uc] == None)  # noqa: E711 - elementwise on objects
+    known[uc[new]] = [_unkept_text(sel, reach[c], short[c], 1, d, limits)
+                      for c, d in zip(uc[new].tolist(), graph.date[uc[new]].tolist())]
+    texts = known[uc].tolist()
     out.notes.append((node[single], inv, texts))
     # nodes on several commits (content-based tags rebuilt on many commits)
     m_nodes, m_texts = [], []

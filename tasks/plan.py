@@ -9,6 +9,7 @@ the snapshot's probe of what the registry lets a sweep do (tasks/capabilities.py
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,16 +30,11 @@ class PlanResult:
     deletions: list[dict[str, Any]]
 
 
-#: Columns no keep rule reads, left on disk by `load_snapshot`: at 10^6 tags they are a fifth of
-#: the plan's memory. (explain reads the registry's times itself, from the store.)
-UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
-
-
 def load_snapshot(store: Store, snapshot_id: str):
-    """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta; the
+    """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta:
+    what `tasks.evaluate.evaluate` takes whole (make_plan evaluates in batches instead). The
     INFORMATIONAL ones (BLOBS) stay on disk: `plan_bytes` reads them as Arrow, not as frames."""
-    import pandas as pd
-    import pyarrow as pa
+    from tasks.planbatches import UNEVALUATED, to_frame
 
     tables = {}
     for schemas in SOURCE_TABLES.values():
@@ -48,48 +44,147 @@ def load_snapshot(store: Store, snapshot_id: str):
             skip = UNEVALUATED.get(name, ())
             columns = [c for c in schema.names if c not in skip] if skip else None
             t = store.snapshot_table(snapshot_id, name, schema, columns)
-            # list columns stay Arrow-backed: no Python object per element
-            tables[name] = None if t is None else t.to_pandas(
-                types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
+            tables[name] = None if t is None else to_frame(t)
     return tables, store.snapshot_meta(snapshot_id)
 
 
-def make_plan(config: RegsweepConfig, snapshot: str = "latest") -> PlanResult:
-    """Evaluate a stored snapshot under the configured policy and publish the plan."""
+def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int | None = None) -> PlanResult:
+    """Evaluate a stored snapshot under the configured policy and publish the plan.
+
+    The plan is evaluated and written one batch of whole repositories at a time
+    (tasks/planbatches.py); its summary and largest deletions are gathered across batches.
+    batch_rows: rows per batch (planbatches.BATCH_ROWS by default).
+    """
     import pyarrow as pa
 
-    from tasks.completeness import snapshot_problems
-    from tasks.evaluate import evaluate, plan_summary
+    from tasks.planbatches import BATCH_ROWS, plan_batches, read_tables, shared_of
 
     store = Store(config.store)
     snapshot_id = store.resolve_snapshot(snapshot)
-    tables, smeta = load_snapshot(store, snapshot_id)
+    smeta = store.snapshot_meta(snapshot_id)
+    tables = read_tables(store, snapshot_id)
     if config.cleanup.uses_history:   # rules over earlier snapshots; none read otherwise
         from tasks.seen import HistoryInputs
 
         tables.update(HistoryInputs(store).for_snapshot(snapshot_id, config.cleanup))
-    plan = evaluate(tables, smeta, config)
-    problems = snapshot_problems(smeta, tables, config)
+    shared = shared_of(tables, smeta, config)
     now = utcnow()
     plan_id = new_id(now)
-    meta = {
-        "snapshot_id": snapshot_id,
-        "snapshot_created_at": smeta.get("created_at"),
-        "registry": config.registry.url,
-        "policy": config.cleanup.digest(),
-        "cleanup": config.cleanup.recorded(),
-        "created_at": now.isoformat(),
-        "complete": not problems,
-        "problems": problems,
-        **plan_summary(plan, tables.get("children")),
-    }
-    meta.update(plan_bytes(store, snapshot_id, plan, meta["repositories"]))
-    if smeta.get("registry_capabilities"):
-        meta["registry_capabilities"] = smeta["registry_capabilities"]
-    # no pandas metadata: readers get plain Arrow types whatever pandas they run
-    table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
-    store.publish_plan(plan_id, table, meta)
-    return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), deletion_rows(plan))
+    totals = _Totals()
+    # digests and tags are mostly distinct: dictionary pages would only be thrown away
+    with store.plan_writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer, \
+            ThreadPoolExecutor(1) as background:
+        written = None
+        for batch, plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):
+            # no pandas metadata: readers get plain Arrow types whatever pandas they run
+            table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
+            totals.add_deleted(plan)
+            if written is not None:
+                written.result()   # one batch in flight: batches go to the file in order
+            # Parquet encoding and Arrow's counting release the GIL: on a second core they
+            # overlap the next batch's evaluation
+            written = background.submit(_write_and_count, writer, totals, table, batch.get("children"))
+            del batch, plan, table
+        if written is not None:
+            written.result()
+        meta = {
+            "snapshot_id": snapshot_id,
+            "snapshot_created_at": smeta.get("created_at"),
+            "registry": config.registry.url,
+            "policy": config.cleanup.digest(),
+            "cleanup": config.cleanup.recorded(),
+            "created_at": now.isoformat(),
+            "complete": not shared.problems,
+            "problems": shared.problems,
+            **totals.summary(),
+        }
+        meta.update(plan_bytes(store, snapshot_id, totals.deleted_digests(), meta["repositories"]))
+        if smeta.get("registry_capabilities"):
+            meta["registry_capabilities"] = smeta["registry_capabilities"]
+        writer.publish(meta)
+    return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), totals.deletions())
+
+
+def _write_and_count(writer, totals: "_Totals", table, children) -> None:
+    writer.write(table)
+    totals.parts.append(summary_of(table, children))
+
+
+class _Totals:
+    """plan_summary, the deleted digests and the largest deletions of a plan seen batch by batch
+    (batches hold disjoint repositories: counts add up, per-repository figures are one batch's)."""
+
+    COUNTS = ("rows", "tags", "keep", "delete", "digests_deleted", "image_bytes_deleted")
+
+    def __init__(self):
+        self.parts: list[dict[str, Any]] = []
+        self.largest = []
+        self.deleted = []
+
+    def add_deleted(self, plan) -> None:
+        """Keep a batch's deleted digests (true bytes need them all: layers are shared across
+        repositories) and its candidates for the largest deletions (its counts go to `parts`)."""
+        import numpy as np
+
+        dele = np.flatnonzero(plan["action"].to_numpy(dtype=object) == "delete")
+        self.deleted.append(plan[["repository", "digest"]].iloc[dele].drop_duplicates())
+        # only a batch's own largest can be among the plan's largest: those at least as large as
+        # its DELETIONS_SHOWN-th largest (ties included), in plan order
+        size = plan["size"].to_numpy()
+        if len(dele) > DELETIONS_SHOWN:
+            floor = np.partition(size[dele], len(dele) - DELETIONS_SHOWN)[len(dele) - DELETIONS_SHOWN]
+            dele = dele[size[dele] >= floor]
+        self.largest.append(plan.iloc[dele])
+
+    def deleted_digests(self):
+        """Every deleted (repository, digest) as plan rows `plan_bytes` reads."""
+        import pandas as pd
+
+        if not self.deleted:
+            return pd.DataFrame({"repository": [], "digest": [], "action": []})
+        return pd.concat(self.deleted, ignore_index=True).assign(action="delete")
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: 0 for k in self.COUNTS}
+        out["repositories"] = {}
+        for part in self.parts:
+            for k in self.COUNTS:
+                out[k] += part[k]
+            out["repositories"].update(part["repositories"])
+        return out
+
+    def deletions(self) -> list[dict[str, Any]]:
+        import pandas as pd
+
+        if not self.largest:
+            return []
+        return deletion_rows(pd.concat(self.largest, ignore_index=True))
+
+
+def summary_of(table, children=None) -> dict[str, Any]:
+    """tasks.evaluate.plan_summary of a plan as an Arrow table (PLAN schema), counted in Arrow;
+    `children`: the CHILDREN rows of its repositories (image bytes count an index's platforms once)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tasks.footprint import image_sizes
+
+    delete = pc.equal(table["action"], "delete")
+    counts = pa.table({"repository": table["repository"], "tag": table["tag"], "delete": delete.cast(pa.int64())})
+    per = counts.group_by("repository").aggregate([("tag", "count"), ("delete", "count"), ("delete", "sum")])
+    # each deleted digest once (a digest's rows share its size)
+    uniq = table.filter(delete).group_by(["repository", "digest"]).aggregate([("size", "max")])
+    uniq = uniq.select(["repository", "digest", "size_max"]).rename_columns(["repository", "digest", "size"]).to_pandas()
+    uniq["size"] = image_sizes(uniq, children)
+    reclaim = uniq.groupby("repository")["size"].sum()
+    per = per.sort_by("repository")
+    repos = {r: {"tags": t, "delete": d, "keep": n - d, "image_bytes_deleted": int(reclaim.get(r, 0))}
+             for r, t, n, d in zip(per["repository"].to_pylist(), per["tag_count"].to_pylist(),
+                                   per["delete_count"].to_pylist(), per["delete_sum"].to_pylist())}
+    n_delete = sum(v["delete"] for v in repos.values())
+    return {"rows": table.num_rows, "tags": table.num_rows - table["tag"].null_count,
+            "keep": table.num_rows - n_delete, "delete": n_delete, "digests_deleted": len(uniq),
+            "image_bytes_deleted": int(uniq["size"].sum()), "repositories": repos}
 
 
 def plan_bytes(store: Store, snapshot_id: str, plan, repositories: dict[str, dict]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ image compares equal. Repository globs (`registry.repositories`) are read here t
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
@@ -121,6 +123,16 @@ def digest_of_image_id(image_id: str | None) -> str | None:
     return s if _valid_digest(s) else None
 
 
+@functools.lru_cache(maxsize=1 << 20)
+def _parse_or_none(ref: str) -> ImageRef | None:
+    """parse_reference, None for an invalid reference; shared by every matcher (a plan made in
+    batches of repositories reads the same workload images with one matcher per batch)."""
+    try:
+        return parse_reference(ref)
+    except ValueError:
+        return None
+
+
 class RegistryMatcher:
     """Decides whether an image reference points into one registry (its URL host or aliases)."""
 
@@ -144,11 +156,7 @@ class RegistryMatcher:
             return self._parsed[ref]
         except KeyError:
             pass
-        try:
-            result = parse_reference(ref)
-        except ValueError:
-            result = None
-        self._parsed[ref] = result
+        result = self._parsed[ref] = _parse_or_none(ref)
         return result
 
     def match(self, ref: str) -> ImageRef | None:
