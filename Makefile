@@ -20,6 +20,8 @@ bench: setup
 	.venv/bin/python benchmarks/bench_cluster.py
 	.venv/bin/python benchmarks/bench_git.py
 	.venv/bin/python benchmarks/bench_plan.py
+	.venv/bin/python benchmarks/bench_history.py
+	.venv/bin/python benchmarks/bench_seen.py
 	.venv/bin/python benchmarks/bench_sweep.py
 	.venv/bin/python benchmarks/bench_cli.py
 	.venv/bin/python benchmarks/bench_memory.py
