@@ -22,6 +22,20 @@ def evaluate_plan(config: RegsweepConfig, snapshot: str) -> PlanResult:
     return make_plan(config, snapshot)
 
 
+@task(name="cache-whatif", task_run_name="cache-whatif-{snapshot_id}")
+def cache_whatif(config: RegsweepConfig, snapshot_id: str) -> None:
+    """The current policy's decide-only result at this snapshot, cached for `regsweep whatif`
+    (tasks/whatif.py): the snapshot never changes, so a what-if need not evaluate it again."""
+    from tasks.errors import StoreError
+    from tasks.whatif import cache_current
+
+    try:
+        cache_current(config, snapshot_id)
+    except (StoreError, OSError) as e:
+        # a cache is derivable: without it a what-if only takes longer; the plan stands
+        print(f"what-if cache of snapshot {snapshot_id} not written: {e}")
+
+
 @flow(name="regsweep-plan", log_prints=True)
 def plan_flow(
     config: RegsweepConfig,
@@ -30,6 +44,7 @@ def plan_flow(
     """Decide keep or delete for every tag of a snapshot; return the plan id."""
     result = evaluate_plan(config, snapshot)
     meta = result.meta
+    cache_whatif(config, meta["snapshot_id"])
     create_markdown_artifact(result.markdown, key=PLAN_ARTIFACT, description=f"Plan {result.plan_id}")
     create_table_artifact(result.deletions, key=DELETIONS_ARTIFACT,
                           description=f"Plan {result.plan_id}: the {len(result.deletions)} largest of "
