@@ -106,9 +106,10 @@ def _subject_tags(tags: pd.DataFrame) -> pa.Array:
 
 
 def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig, *,
-             reasons: bool = True) -> pd.DataFrame:
+             reasons: bool = True, matcher: RegistryMatcher | None = None) -> pd.DataFrame:
     """The plan (PLAN schema) for one snapshot under one policy: pure, deterministic. With
-    `reasons=False` the bare Decision instead (the what-if's 730 evaluations need no texts)."""
+    `reasons=False` the bare Decision instead (the what-if's 730 evaluations need no texts).
+    `matcher` (for config.registry) may be shared by many evaluations: its parse cache then is."""
     now_us = int(snapshot_now(meta).timestamp() * US)
     cleanup = config.cleanup
     tags = tables.get("tags")
@@ -117,7 +118,7 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
                              "digest": pd.Series(dtype=object), "gone": pd.Series(dtype=bool)})
     tags = tags[~tags["gone"].astype(bool).to_numpy() & tags["digest"].notna().to_numpy()].reset_index(drop=True)
     problems = snapshot_problems(meta, tables, config)
-    matcher = RegistryMatcher(config.registry.url, config.registry.aliases)
+    matcher = matcher or RegistryMatcher(config.registry.url, config.registry.aliases)
 
     refs = {}
     if not problems and not cleanup.disableKubernetesBasedPolicy and tables.get("workloads") is not None:
@@ -254,7 +255,7 @@ def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float,
     limit = format_duration(window)
     for ids, suffix, keep in ((np.flatnonzero(fresh), f" ago (< {limit})", True),
                               (np.flatnonzero(have & ~fresh), f" ago (not within {limit})", False)):
-        if len(ids):
+        if len(ids) and R.wants_text:   # decide-only: the ages are only texts
             codes, fmt = _age_texts(now_us - when[ids])
             codes = np.where(by_push[ids], codes + len(fmt), codes)
             R.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt]
@@ -284,13 +285,15 @@ def _first_seen_fresh(nodes: Nodes, kept, R: Reasons, ids: np.ndarray, first_see
         return judged
     first = j["first_us"].to_numpy()
     fresh = first > now_us - window
+    kept[node[fresh]] = True
+    if not R.wants_text:   # decide-only: only which nodes were judged and kept matters
+        return judged
     codes, fmt = _age_texts(now_us - first)
     limit = format_duration(window)
     texts = (pd.Series(np.asarray(fmt, dtype=object)[codes]).radd("first seen ")
              + " ago (snapshot " + pd.Series(j["snapshot"].to_pylist(), dtype=object) + "), no build time recorded")
     for sel, suffix, keep in ((fresh, f" (< {limit})", True), (~fresh, f" (not within {limit})", False)):
         R.add(node[sel], (texts[sel] + suffix).to_numpy(dtype=object), FRESH, keep=keep)
-    kept[node[fresh]] = True
     return judged
 
 

@@ -214,8 +214,8 @@ class FootprintIndex:
         lo, hi = self.node_start[pos], self.node_start[pos + 1]
         n = hi - lo
         rows = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))
-        blobs, hits = np.unique(self.row_blob[rows], return_counts=True)
-        return int(self.blob_size[blobs[hits == self.refs[blobs]]].sum())
+        hits = np.bincount(self.row_blob[rows], minlength=len(self.blob_size))
+        return int(self.blob_size[(hits > 0) & (hits == self.refs)].sum())
 
 
 def index_name(snapshot_id: str) -> str:

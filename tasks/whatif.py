@@ -131,14 +131,15 @@ def _load(store: Store, sid: str) -> dict[str, Any]:
     return tables
 
 
-def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index):
+def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index, matcher=None):
     """One policy's decision at one snapshot; `inputs` (a tasks.seen.HistoryInputs, or None when
     neither policy reads history) adds what the history-only keep rules read, as `make_plan` does;
-    `index` (the snapshot's FootprintIndex, None without BLOBS) gives the reclaimable bytes."""
+    `index` (the snapshot's FootprintIndex, None without BLOBS) gives the reclaimable bytes;
+    `matcher` a RegistryMatcher for config.registry shared across evaluations (parsed once)."""
     from tasks.evaluate import evaluate
 
     extra = inputs.for_snapshot(sid, config.cleanup) if inputs is not None else {}
-    d = evaluate({**tables, **extra}, meta, config, reasons=False)
+    d = evaluate({**tables, **extra}, meta, config, reasons=False, matcher=matcher)
     reclaim = None
     if index is not None:
         reclaim = index.total(pa.concat_arrays([d.deleted_tags["repository"].combine_chunks(),
@@ -201,9 +202,13 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
     needs, and the candidate's deletions the first time each (repository, tag, digest) is
     deleted in this share (column `s`: the snapshot's index), for the regrets."""
     from tasks.footprint import load_index
+    from tasks.reference import RegistryMatcher
     from tasks.seen import HistoryInputs
 
     store = Store(store_url)
+    # both policies match images against the same registry: consecutive snapshots name mostly
+    # the same images, so each reference is parsed once per share
+    matcher = RegistryMatcher(current.registry.url, current.registry.aliases)
     # one per share: its snapshots are consecutive, so each window's tables are read once
     inputs = HistoryInputs(store) if current.cleanup.uses_history or candidate.cleanup.uses_history else None
     key = policy_key(current)
@@ -213,11 +218,11 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
         cached = read_current(store, sid, key)
         tables = _load(store, sid)
         index = load_index(store, sid)   # cached by the snapshot flow, else built and cached now
-        cand, cd = _decide(tables, meta, candidate, sid, inputs, index)
+        cand, cd = _decide(tables, meta, candidate, sid, inputs, index, matcher)
         if cached is not None:
             cur, cur_needed = cached
         else:
-            cur, d = _decide(tables, meta, current, sid, inputs, index)
+            cur, d = _decide(tables, meta, current, sid, inputs, index, matcher)
             cur_needed = write_current(store, sid, key, cur, d.needed)
         needed = pa.concat_tables([cur_needed, cd.needed.cast(NEEDED)])
         out.append(SnapshotResult(sid, meta["created_at"], cur, cand, needed))
