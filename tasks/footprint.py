@@ -206,11 +206,14 @@ class FootprintIndex:
         r = pc.index_in(repositories, value_set=self.repos).fill_null(-1).to_numpy(zero_copy_only=False)
         d = pc.index_in(digests, value_set=self.digests).fill_null(-1).to_numpy(zero_copy_only=False)
         ok = (r >= 0) & (d >= 0)
-        keys = np.unique(r[ok].astype(np.int64) * max(len(self.digests), 1) + d[ok])
-        pos = np.minimum(np.searchsorted(self.node_key, keys), max(len(self.node_key) - 1, 0))
-        pos = pos[self.node_key[pos] == keys] if len(self.node_key) else pos[:0]
-        if not len(pos):
+        keys = r[ok].astype(np.int64) * max(len(self.digests), 1) + d[ok]
+        if not len(keys) or not len(self.node_key):
             return 0
+        pos = np.minimum(np.searchsorted(self.node_key, keys), len(self.node_key) - 1)
+        # each deleted manifest once (a digest under several deleted tags), without sorting
+        mark = np.zeros(len(self.node_key), bool)
+        mark[pos[self.node_key[pos] == keys]] = True
+        pos = np.flatnonzero(mark)
         lo, hi = self.node_start[pos], self.node_start[pos + 1]
         n = hi - lo
         rows = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))

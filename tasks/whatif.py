@@ -189,18 +189,17 @@ def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
     return out
 
 
-def _tag_keys(t: pa.Table) -> np.ndarray:
-    """A 64-bit hash per (repository, tag, digest) row, to tell deletions already seen."""
-    joined = pc.binary_join_element_wise(t["repository"], t["tag"], t["digest"], "\x00")
-    return pd.util.hash_array(joined.to_numpy(zero_copy_only=False).astype(object), categorize=False)
+def _tag_keys(t: pa.Table) -> pa.Array:
+    """One string per (repository, tag, digest) row, to tell deletions already made."""
+    return pc.binary_join_element_wise(t["repository"], t["tag"], t["digest"], "\x00").combine_chunks()
 
 
 def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: RegsweepConfig,
                    candidate: RegsweepConfig) -> tuple[list[SnapshotResult], pa.Table]:
     """Both policies over consecutive snapshots (one worker's share; `offset` is the first one's
     index among all); caches the current policy's results. Returns each snapshot's figures and
-    needs, and the candidate's deletions the first time each (repository, tag, digest) is
-    deleted in this share (column `s`: the snapshot's index), for the regrets."""
+    needs, and the candidate's deletions at each snapshot that the share's previous snapshot did
+    not delete (column `s`: the snapshot's index), for the regrets."""
     from tasks.footprint import load_index
     from tasks.reference import RegistryMatcher
     from tasks.seen import HistoryInputs
@@ -212,7 +211,7 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
     # one per share: its snapshots are consecutive, so each window's tables are read once
     inputs = HistoryInputs(store) if current.cleanup.uses_history or candidate.cleanup.uses_history else None
     key = policy_key(current)
-    out, first, seen = [], [], np.zeros(0, np.uint64)
+    out, first, before = [], [], None
     for i, sid in enumerate(sids):
         meta = store.snapshot_meta(sid)
         cached = read_current(store, sid, key)
@@ -228,11 +227,17 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
         out.append(SnapshotResult(sid, meta["created_at"], cur, cand, needed))
         dels = cd.deleted_tags
         if dels.num_rows:
-            h = _tag_keys(dels)
-            new = ~np.isin(h, seen)
-            if new.any():
-                first.append(dels.filter(pa.array(new)).append_column("s", pa.array(np.full(int(new.sum()), offset + i, np.int32))))
-                seen = np.union1d(seen, h[new])
+            # what the previous snapshot deleted too is no first deletion (consecutive snapshots
+            # delete mostly the same tags); a tag deleted again after a gap is, and `regrets` keeps
+            # each tag's earliest
+            keys = _tag_keys(dels)
+            new = pc.invert(pc.is_in(keys, value_set=before)) if before is not None else None
+            fresh = dels if new is None else dels.filter(new)
+            if fresh.num_rows:
+                first.append(fresh.append_column("s", pa.array(np.full(fresh.num_rows, offset + i, np.int32))))
+            before = keys
+        else:
+            before = None
         del tables, index
     schema = pa.schema([("repository", pa.string()), ("tag", pa.string()), ("digest", pa.string()), ("s", pa.int32())])
     return out, pa.concat_tables([f.cast(schema) for f in first]) if first else schema.empty_table()
@@ -271,8 +276,8 @@ def whatif(config: RegsweepConfig, candidate: CleanupPolicy, since: datetime | N
 
 
 def regrets(results: list[SnapshotResult], dels: pa.Table | None) -> pd.DataFrame:
-    """Each (repository, tag, digest) the candidate deleted at S (`dels`: first deletions per
-    share, column `s` the snapshot's index) and a later snapshot needed."""
+    """Each (repository, tag, digest) the candidate deleted at S (`dels`: deletions not made at
+    the previous snapshot too, column `s` the snapshot's index) and a later snapshot needed."""
     if not results or dels is None:
         return pd.DataFrame(columns=REGRET_COLUMNS)
     ids = [r.id for r in results]
