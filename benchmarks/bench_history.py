@@ -11,11 +11,16 @@ a commit of a linear git history (12 commits a day, ~6,800 in all) with 30 branc
 tags; 500 workload references (by tag, by digest, some with imageIDs) and 300 Helm rows name
 recent images. Digests are random hex.
 
-Each measurement runs in a fresh subprocess (peak RSS of it and of its pool's workers):
-  peer      pyarrow reads the columns the growth report reads, of every snapshot
-  growth    tasks.history.growth_report, cold (no cache) then warm
-  whatif    tasks.whatif.whatif with a tighter candidate (git: 5 branches, 1 image each; no
-            Kubernetes rule), cold (the current policy's cache removed) then warm
+Each measurement runs in a fresh subprocess (peak RSS of it and of its pool's workers), through
+the functions `regsweep history` and `regsweep whatif` call:
+  (c) peer      pyarrow reads the same columns of every snapshot (the growth report's; a cold what-if's)
+  (b) cold      no caches at all (snapshots taken before this release): tasks.history.growth_report,
+                then tasks.whatif.whatif with a tighter candidate (git: 5 branches, 1 image each; no
+                Kubernetes rule); each makes and caches what it lacks
+  (a) steady    the caches the flows write, primed by calling what they call per snapshot (the
+                snapshot flow's summary_markdown, the plan flow's tasks.whatif.cache_current; their
+                cost is reported per snapshot as moved to the flows), then growth and what-if
+                `--repeats` times each (median)
 Goals: growth <= 10 s, what-if <= 60 s, <= 4 GB.
 """
 
@@ -182,25 +187,62 @@ CANDIDATE = {"keepPolicies": [{"references": {"branch": "/.*/", "limit": {"last"
              "keepImagesBuiltWithinLastNHours": 2, "disableKubernetesBasedPolicy": True}
 
 
+def _prime_chunk(store_url: str, sids: list[str]) -> tuple[float, float]:
+    """What the flows do per snapshot, for these snapshots in order: the snapshot flow's artifact
+    (`summary_markdown`, which writes the summary, the diff with the previous snapshot and the
+    FootprintIndex) and the plan flow's `cache_whatif` task body (`cache_current`). Returns the
+    seconds spent in each."""
+    from tasks.snapshot import summary_markdown
+    from tasks.store import Store
+    from tasks.whatif import cache_current
+
+    store, cfg = Store(store_url), config(store_url)
+    snap = plan = 0.0
+    for sid in sids:
+        t = time.perf_counter()
+        summary_markdown(sid, store.snapshot_meta(sid), store)
+        t1 = time.perf_counter()
+        cache_current(cfg, sid)
+        snap, plan = snap + t1 - t, plan + time.perf_counter() - t1
+    return snap, plan
+
+
 def measure(what: str, store_url: str) -> dict:
     """One measurement, in this fresh process."""
     t0 = time.perf_counter()
     extra: dict = {}
-    if what == "peer":
+    if what in ("peer", "peer-whatif"):
         import pyarrow.dataset as ds
 
+        from tasks.schemas import SOURCE_TABLES
         from tasks.store import Store
+        from tasks.whatif import UNEVALUATED
 
         store = Store(store_url)
+        if what == "peer":       # the columns the growth report reads
+            read = (("tags", ["repository", "tag", "digest", "gone"]), ("manifests", ["repository", "digest", "size", "subject"]),
+                    ("blobs", ["repository", "digest", "blob", "size"]))
+        else:                    # the columns a cold what-if reads: every evaluated table, and BLOBS for the footprint
+            read = [(n, [c for c in sch.names if c not in UNEVALUATED.get(n, ())]) for schemas in SOURCE_TABLES.values()
+                    for n, sch in schemas.items() if n != "children"] + [("blobs", ["repository", "digest", "blob", "size"])]
         rows = 0
-        for table, cols in (("tags", ["repository", "tag", "digest", "gone"]),
-                            ("manifests", ["repository", "digest", "size", "subject"]),
-                            ("blobs", ["repository", "digest", "blob", "size"])):
+        for table, cols in read:
             paths = [store.path("snapshots", s, f"{table}.parquet") for s in store.list_snapshots()]
             for batch in ds.dataset(paths, format="parquet").to_batches(columns=cols):
                 rows += batch.num_rows
         extra["rows"] = rows
+    elif what == "prime":
+        from tasks.store import Store
+
+        sids = Store(store_url).list_snapshots()
+        # contiguous halves: each snapshot's diff reads its predecessor, as the snapshot flow does
+        chunks = [sids[:len(sids) // 2], sids[len(sids) // 2:]]
+        with ProcessPoolExecutor(2) as pool:
+            parts = list(pool.map(_prime_chunk, [store_url] * 2, chunks))
+        extra = {"snapshot_flow_ms": round(1000 * sum(p[0] for p in parts) / len(sids)),
+                 "plan_flow_ms": round(1000 * sum(p[1] for p in parts) / len(sids))}
     elif what == "growth":
+        # what `regsweep history` calls (flows/history.py read_growth)
         from tasks.history import growth_report
         from tasks.store import Store
 
@@ -208,13 +250,18 @@ def measure(what: str, store_url: str) -> dict:
         extra = {"snapshots": len(g.snapshots), "tags_last": int(g.snapshots["tags"].iloc[-1]),
                  "moved": g.totals["moved"], "unique_last": g.totals["unique_bytes"]}
     elif what == "whatif":
+        # what `regsweep whatif` calls (flows/history.py replay_candidate)
+        import hashlib
+
         from tasks.policy import CleanupPolicy
         from tasks.whatif import whatif
 
         r = whatif(config(store_url), CleanupPolicy.model_validate(CANDIDATE))
         extra = {"snapshots": len(r.snapshots), "regrets": len(r.regrets),
                  "current_delete_last": r.snapshots[-1].current.delete,
-                 "candidate_delete_last": r.snapshots[-1].candidate.delete}
+                 "candidate_delete_last": r.snapshots[-1].candidate.delete,
+                 # the same JSON whatever was cached
+                 "json_sha": hashlib.sha256(json.dumps(r.to_json(), sort_keys=True, default=str).encode()).hexdigest()[:12]}
     wall = time.perf_counter() - t0
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
@@ -227,9 +274,13 @@ def _run(what: str, store_dir: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _clear(store_dir: Path, prefix: str) -> None:
-    for p in (store_dir / "cache").glob(f"{prefix}*"):
-        p.unlink()
+def _clear(store_dir: Path, *prefixes: str) -> None:
+    for prefix in prefixes:
+        for p in (store_dir / "cache").glob(f"{prefix}*"):
+            p.unlink()
+
+
+CACHES = ("history-", "whatif-", "footprint-")
 
 
 def main() -> None:
@@ -237,6 +288,8 @@ def main() -> None:
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "regsweep-bench-history"))
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--tags", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each steady-state measurement (median shown)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the fully cold runs (minutes)")
     ap.add_argument("--measure", nargs=2, metavar=("WHAT", "STORE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -253,28 +306,51 @@ def main() -> None:
               flush=True)
     print(f"load: {os.getloadavg()[0]:.2f} (1 min)", flush=True)
     gib = 2 ** 30
-    show = lambda r, label: print(f"{label:<14} {r['wall']:7.1f} s  peak RSS {r['rss'] / gib:5.2f} GiB"  # noqa: E731
+    show = lambda r, label: print(f"{label:<22} {r['wall']:7.1f} s  peak RSS {r['rss'] / gib:5.2f} GiB"  # noqa: E731
                                   f" (workers {r['worker_rss'] / gib:4.2f} GiB)  "
                                   + "  ".join(f"{k}={v}" for k, v in r.items() if k not in ("what", "wall", "rss", "worker_rss")),
                                   flush=True)
-    peer = _run("peer", store_dir)
-    show(peer, "peer read")
-    _clear(store_dir, "history-")
-    cold = _run("growth", store_dir)
-    show(cold, "growth cold")
-    warm = _run("growth", store_dir)
-    show(warm, "growth warm")
-    _clear(store_dir, "whatif-")
-    wcold = _run("whatif", store_dir)
-    show(wcold, "whatif cold")
-    wwarm = _run("whatif", store_dir)
-    show(wwarm, "whatif warm")
-    print(f"\ngrowth warm / peer read: {warm['wall'] / peer['wall']:.2f}; growth cold / peer read: {cold['wall'] / peer['wall']:.2f}")
-    for label, r, goal in (("growth (warm)", warm, 10), ("growth (cold)", cold, 10), ("what-if (warm)", wwarm, 60),
-                           ("what-if (cold)", wcold, 60)):
+    median = lambda rs: sorted(rs, key=lambda r: r["wall"])[len(rs) // 2]  # noqa: E731
+    results = {}
+    print("(c) peer: pyarrow reading the same columns of every snapshot", flush=True)
+    results["peer"] = _run("peer", store_dir)
+    show(results["peer"], "peer read (growth)")
+    if not args.no_cold:
+        results["peer-whatif"] = _run("peer-whatif", store_dir)
+        show(results["peer-whatif"], "peer read (what-if)")
+        print("(b) fully cold: no caches (snapshots taken before this release)", flush=True)
+        _clear(store_dir, *CACHES)
+        results["growth cold"] = _run("growth", store_dir)
+        show(results["growth cold"], "growth cold")
+        _clear(store_dir, *CACHES)
+        results["whatif cold"] = _run("whatif", store_dir)
+        show(results["whatif cold"], "what-if cold")
+    print("(a) steady state: caches written as the snapshot and plan flows write them", flush=True)
+    _clear(store_dir, *CACHES)
+    prime = _run("prime", store_dir)
+    show(prime, "priming (flows' share)")
+    print(f"moved to the snapshot/plan flow: {prime['snapshot_flow_ms'] + prime['plan_flow_ms']} ms per snapshot "
+          f"(snapshot flow {prime['snapshot_flow_ms']} ms: summary, diff, FootprintIndex; plan flow "
+          f"{prime['plan_flow_ms']} ms: the current policy's decide-only result)", flush=True)
+    for what, label in (("growth", "growth steady"), ("whatif", "what-if steady")):
+        runs = []
+        for k in range(args.repeats):
+            runs.append(_run(what, store_dir))
+            show(runs[-1], f"{label} #{k + 1}")
+        results[label] = median(runs)
+    print()
+    for label, goal in (("growth steady", 10), ("what-if steady", 60), ("growth cold", 10), ("whatif cold", 60)):
+        r = results.get(label)
+        if r is None:
+            continue
         mem = max(r["rss"], r["worker_rss"])
         ok = r["wall"] <= goal and mem <= 4 * gib
-        print(f"{label}: goal <= {goal} s and <= 4 GB: {'met' if ok else 'MISSED'} ({r['wall']:.1f} s, {mem / gib:.2f} GiB)")
+        print(f"{label} (median of {args.repeats if 'steady' in label else 1}): goal <= {goal} s and <= 4 GB: "
+              f"{'met' if ok else 'MISSED'} ({r['wall']:.1f} s, {mem / gib:.2f} GiB)"
+              + ("" if "steady" in label else "  [cold: reported, not judged]"))
+    if "whatif cold" in results:
+        same = results["whatif cold"]["json_sha"] == results["what-if steady"]["json_sha"]
+        print(f"what-if JSON identical cold and steady: {same}")
 
 
 if __name__ == "__main__":

@@ -109,12 +109,17 @@ def _subject_tags(tags: pd.DataFrame) -> pa.Array:
 
 
 def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig,
-             shared: Shared | None = None, *, reasons: bool = True) -> pd.DataFrame:
+             shared: Shared | None = None, *, reasons: bool = True,
+             matcher: RegistryMatcher | None = None, needed: list[pa.Table] | None = None) -> pd.DataFrame:
     """The plan (PLAN schema) for one snapshot under one policy: pure, deterministic. With
     `reasons=False` the bare Decision instead (the what-if's 730 evaluations need no texts).
 
     shared: when `tables` hold one batch of the snapshot's repositories (tasks/planbatches.py),
-    what only the whole snapshot tells: its completeness problems and its git history."""
+    what only the whole snapshot tells: its completeness problems and its git history.
+    matcher (for config.registry) may be shared by many evaluations: its parse cache then is.
+    needed: a list the full plan appends its Decision's `needed` table to (the images the in-use
+    and Helm rules kept, as the decide-only mode gives them), so a plan can cache what the
+    what-if would otherwise evaluate again."""
     now_us = int(snapshot_now(meta).timestamp() * US)
     cleanup = config.cleanup
     tags = tables.get("tags")
@@ -123,7 +128,7 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
                              "digest": pd.Series(dtype=object), "gone": pd.Series(dtype=bool)})
     tags = tags[~tags["gone"].astype(bool).to_numpy() & tags["digest"].notna().to_numpy()].reset_index(drop=True)
     problems = snapshot_problems(meta, tables, config) if shared is None else shared.problems
-    matcher = RegistryMatcher(config.registry.url, config.registry.aliases)
+    matcher = matcher or RegistryMatcher(config.registry.url, config.registry.aliases)
 
     refs = {}
     if not problems and not cleanup.disableKubernetesBasedPolicy and tables.get("workloads") is not None:
@@ -151,6 +156,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
         return _rows(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), None, problems)
 
     R = Reasons(nodes.n) if reasons else NoReasons(nodes.n, record=(IN_USE, HELM))
+    # the decide-only mode's record of what the in-use and Helm rules kept, beside the full texts
+    recorder = NoReasons(nodes.n, record=(IN_USE, HELM)) if reasons and needed is not None else R
     kept = np.zeros(nodes.n, bool)
     followers = _followers(nodes, nodes.x_dig[-1])
     kind = nodes.kind
@@ -164,6 +171,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
         uniq = pd.DataFrame({"node": node[ok], "text": text[ok]}).drop_duplicates().sort_values(["node", "text"])
         kept[uniq["node"].to_numpy()] = True
         R.add(uniq["node"].to_numpy(), uniq["text"].to_numpy(dtype=object), order)
+        if recorder is not R:
+            recorder.add(uniq["node"].to_numpy(), uniq["text"].to_numpy(dtype=object), order)
         R.add_common({IN_USE: "not in use in any scanned workload", HELM: "in no stored Helm revision"}.get(order)
                      or f"not seen in use or in Helm within {format_duration(cleanup.keepImagesSeenInUseWithin)}")
 
@@ -202,6 +211,8 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     untagged = ~nodes.tagged & ~kept & (kind != K_MISSING)
     if not reasons:
         return _decision(nodes, kept, untagged, R)
+    if recorder is not R:
+        needed.append(_needed(nodes, recorder))
     return _rows(nodes, kept, untagged, R)
 
 
@@ -260,7 +271,7 @@ def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float,
     limit = format_duration(window)
     for ids, suffix, keep in ((np.flatnonzero(fresh), f" ago (< {limit})", True),
                               (np.flatnonzero(have & ~fresh), f" ago (not within {limit})", False)):
-        if len(ids):
+        if len(ids) and R.wants_text:   # decide-only: the ages are only texts
             codes, fmt = _age_texts(now_us - when[ids])
             codes = np.where(by_push[ids], codes + len(fmt), codes)
             R.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt]
@@ -290,13 +301,15 @@ def _first_seen_fresh(nodes: Nodes, kept, R: Reasons, ids: np.ndarray, first_see
         return judged
     first = j["first_us"].to_numpy()
     fresh = first > now_us - window
+    kept[node[fresh]] = True
+    if not R.wants_text:   # decide-only: only which nodes were judged and kept matters
+        return judged
     codes, fmt = _age_texts(now_us - first)
     limit = format_duration(window)
     texts = (pd.Series(np.asarray(fmt, dtype=object)[codes]).radd("first seen ")
              + " ago (snapshot " + pd.Series(j["snapshot"].to_pylist(), dtype=object) + "), no build time recorded")
     for sel, suffix, keep in ((fresh, f" (< {limit})", True), (~fresh, f" (not within {limit})", False)):
         R.add(node[sel], (texts[sel] + suffix).to_numpy(dtype=object), FRESH, keep=keep)
-    kept[node[fresh]] = True
     return judged
 
 
@@ -428,10 +441,15 @@ def _decision(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: NoReasons
     repo = lambda ids: nodes.REPO.take(pa.array(nodes.repo_code[ids])).cast(pa.string())  # noqa: E731
     tags = pa.table({"repository": repo(tn), "tag": nodes.TAG.take(pa.array(nodes.t_tag[t])).cast(pa.string())
                      if len(t) else pa.array([], pa.string()), "digest": nodes.digests(tn).cast(pa.string())})
-    node, text = R.recorded()
-    needed = pa.table({"repository": repo(node), "digest": nodes.digests(node).cast(pa.string()),
-                       "why": pa.array(text, pa.string())})
-    return Decision(tags, pa.table({"repository": repo(u), "digest": nodes.digests(u).cast(pa.string())}), needed)
+    return Decision(tags, pa.table({"repository": repo(u), "digest": nodes.digests(u).cast(pa.string())}),
+                    _needed(nodes, R))
+
+
+def _needed(nodes: Nodes, recorder: NoReasons) -> pa.Table:
+    """(repository, digest, why): each image the in-use and Helm rules kept, with its first text."""
+    node, text = recorder.recorded()
+    return pa.table({"repository": nodes.REPO.take(pa.array(nodes.repo_code[node])).cast(pa.string()),
+                     "digest": nodes.digests(node).cast(pa.string()), "why": pa.array(text, pa.string())})
 
 
 def plan_summary(plan: pd.DataFrame, children: pd.DataFrame | None = None) -> dict[str, Any]:

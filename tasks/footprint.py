@@ -150,3 +150,94 @@ def reclaim_of(fp: Footprint | None, deleted: Iterable[tuple[str, str]],
         return None
     keys = list(deleted)
     return fp.reclaimable([r for r, _ in keys], [d for _, d in keys], gone=gone)
+
+
+# ------------------------------------------------------------------ the compact per-snapshot index
+
+INDEX_VERSION = "v1"
+#: One row holding the whole index as lists: a snapshot's BLOBS table is written once and never
+#: changes, so its integer form is a derivable cache (`cache/footprint-v1-<id>`).
+INDEX_SCHEMA = pa.schema([
+    pa.field("repos", pa.list_(pa.string()), nullable=False),
+    pa.field("digests", pa.list_(pa.string()), nullable=False),
+    pa.field("node_key", pa.list_(pa.int64()), nullable=False),     # sorted: repo code * len(digests) + digest code
+    pa.field("node_start", pa.list_(pa.int64()), nullable=False),   # CSR offsets into row_blob, len(node_key) + 1
+    pa.field("row_blob", pa.list_(pa.int32()), nullable=False),     # each BLOBS row's blob code, rows by node
+    pa.field("blob_size", pa.list_(pa.int64()), nullable=False),
+])
+
+
+class FootprintIndex:
+    """A snapshot's BLOBS as a CSR (manifest node -> blob codes, per-blob row counts): the
+    what-if's reclaimable total touches only the deleted manifests' rows, and reading it back
+    decodes no BLOBS strings besides each manifest's digest once."""
+
+    def __init__(self, repos: pa.Array, digests: pa.Array, node_key: np.ndarray, node_start: np.ndarray,
+                 row_blob: np.ndarray, blob_size: np.ndarray):
+        self.repos, self.digests = repos, digests
+        self.node_key, self.node_start, self.row_blob, self.blob_size = node_key, node_start, row_blob, blob_size
+        # a blob is freed when every BLOBS row naming it belongs to a deleted manifest
+        self.refs = np.bincount(row_blob, minlength=len(blob_size))
+
+    @classmethod
+    def of(cls, fp: Footprint) -> FootprintIndex:
+        order = np.argsort(fp.row_key, kind="stable")
+        keys, counts = np.unique(fp.row_key[order], return_counts=True)
+        start = np.zeros(len(keys) + 1, np.int64)
+        np.cumsum(counts, out=start[1:])
+        return cls(fp.repos.cast(pa.string()), fp.digests.cast(pa.string()), keys, start,
+                   fp.blob_code[order].astype(np.int32), fp.blob_size)
+
+    def to_table(self) -> pa.Table:
+        one = lambda a, t: pa.array([a], pa.list_(t))  # noqa: E731
+        return pa.table([pa.array([self.repos.to_pylist()], pa.list_(pa.string())),
+                         pa.ListArray.from_arrays(pa.array([0, len(self.digests)], pa.int32()), self.digests),
+                         one(self.node_key, pa.int64()), one(self.node_start, pa.int64()),
+                         one(self.row_blob, pa.int32()), one(self.blob_size, pa.int64())], schema=INDEX_SCHEMA)
+
+    @classmethod
+    def from_table(cls, t: pa.Table) -> FootprintIndex:
+        v = lambda c: t[c].combine_chunks().values  # noqa: E731
+        n = lambda c: v(c).to_numpy(zero_copy_only=False)  # noqa: E731
+        return cls(v("repos"), v("digests"), n("node_key"), n("node_start"), n("row_blob"), n("blob_size"))
+
+    def total(self, repositories: pa.Array, digests: pa.Array) -> int:
+        """Reclaimable bytes (as `Footprint.reclaimable(...).total`) of deleting these manifests."""
+        r = pc.index_in(repositories, value_set=self.repos).fill_null(-1).to_numpy(zero_copy_only=False)
+        d = pc.index_in(digests, value_set=self.digests).fill_null(-1).to_numpy(zero_copy_only=False)
+        ok = (r >= 0) & (d >= 0)
+        keys = r[ok].astype(np.int64) * max(len(self.digests), 1) + d[ok]
+        if not len(keys) or not len(self.node_key):
+            return 0
+        pos = np.minimum(np.searchsorted(self.node_key, keys), len(self.node_key) - 1)
+        # each deleted manifest once (a digest under several deleted tags), without sorting
+        mark = np.zeros(len(self.node_key), bool)
+        mark[pos[self.node_key[pos] == keys]] = True
+        pos = np.flatnonzero(mark)
+        lo, hi = self.node_start[pos], self.node_start[pos + 1]
+        n = hi - lo
+        rows = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))
+        hits = np.bincount(self.row_blob[rows], minlength=len(self.blob_size))
+        return int(self.blob_size[(hits > 0) & (hits == self.refs)].sum())
+
+
+def index_name(snapshot_id: str) -> str:
+    return f"footprint-{INDEX_VERSION}-{snapshot_id}"
+
+
+def write_index(store: "Store", snapshot_id: str, fp: Footprint | None) -> FootprintIndex | None:
+    """Cache the snapshot's FootprintIndex (the snapshot flow does, from the footprint it builds
+    for the summary anyway); None for a snapshot without BLOBS."""
+    if fp is None:
+        return None
+    idx = FootprintIndex.of(fp)
+    store.write_cache(index_name(snapshot_id), idx.to_table())
+    return idx
+
+
+def load_index(store: "Store", snapshot_id: str) -> FootprintIndex | None:
+    """The snapshot's FootprintIndex: from the cache, else built from BLOBS and cached (first use)."""
+    t = store.read_cache(index_name(snapshot_id))
+    if t is not None and t.schema.equals(INDEX_SCHEMA) and t.num_rows == 1:
+        return FootprintIndex.from_table(t)
+    return write_index(store, snapshot_id, Footprint.load(store, snapshot_id))

@@ -50,9 +50,10 @@ def _counted(meta: dict) -> bool:
     return st is None or st.get("status") == "ok"
 
 
-def summarize(store: Store, sid: str, tags: pa.Table | None) -> pa.Table:
-    """HISTORY_SUMMARY of one snapshot; no rows when its registry tables are not there."""
-    from tasks.footprint import COLUMNS, Footprint
+def summarize(store: Store, sid: str, tags: pa.Table | None, index: bool = False) -> pa.Table:
+    """HISTORY_SUMMARY of one snapshot; no rows when its registry tables are not there. With
+    `index` also caches the snapshot's FootprintIndex (for the what-if) from the same footprint."""
+    from tasks.footprint import COLUMNS, Footprint, write_index
 
     manifests = store.snapshot_table(sid, "manifests", columns=["repository", "digest", "size", "subject"])
     if tags is None or manifests is None or not _counted(store.snapshot_meta(sid)):
@@ -76,6 +77,8 @@ def summarize(store: Store, sid: str, tags: pa.Table | None) -> pa.Table:
 
     tags_n, man_n, img = per(n_tags, "tag_count"), per(n_man, "digest_count"), per(sizes, "size_max_sum")
     uniq = fp.unique_bytes_by_repository() if fp is not None else None
+    if index:
+        write_index(store, sid, fp)
     return pa.Table.from_pydict({
         "repository": [None, *repos],
         "tags": [int(tags_n.sum()), *tags_n.tolist()],
@@ -105,8 +108,10 @@ def _diff_name(prev: str, sid: str) -> str:
     return f"history-{CACHE_VERSION}-diff-{prev}-{sid}"
 
 
-def summarize_chunk(store_url: str, items: list[tuple[str, str | None]]) -> list[tuple[str, pa.Table, pa.Table | None]]:
-    """Summaries and diffs for consecutive (id, previous id) pairs; cached as they are made."""
+def summarize_chunk(store_url: str, items: list[tuple[str, str | None]],
+                    index: bool = False) -> list[tuple[str, pa.Table, pa.Table | None]]:
+    """Summaries and diffs for consecutive (id, previous id) pairs; cached as they are made (with
+    `index`, each summarized snapshot's FootprintIndex too)."""
     store = Store(store_url)
     out = []
     last: tuple[str | None, pa.Table | None] = (None, None)
@@ -116,7 +121,7 @@ def summarize_chunk(store_url: str, items: list[tuple[str, str | None]]) -> list
         tags = None
         if summary is None:
             tags = _tags(store, sid)
-            summary = summarize(store, sid, tags)
+            summary = summarize(store, sid, tags, index)
             store.write_cache(_summary_name(sid), summary)
         if prev and d is None and summary.num_rows:
             tags = tags if tags is not None else _tags(store, sid)
@@ -263,8 +268,11 @@ def growth(store: Store, since: datetime | None = None) -> pd.DataFrame:
 
 def snapshot_summary(store: Store, snapshot_id: str) -> dict:
     """Counts for one snapshot (the snapshot flow's artifact); None counts when its registry
-    source failed or was skipped."""
-    (_, summary, _), = summarize_chunk(store.url, [(snapshot_id, None)])
+    source failed or was skipped. Caches what the growth report and the what-if read of it while
+    its tables are at hand: its summary, its diff with the previous snapshot, its FootprintIndex."""
+    ids = store.list_snapshots()
+    at = ids.index(snapshot_id) if snapshot_id in ids else 0
+    (_, summary, _), = summarize_chunk(store.url, [(snapshot_id, ids[at - 1] if at else None)], index=True)
     row = {"snapshot": snapshot_id, "repositories": None, "tags": None, "manifests": None, "bytes": None,
            "unique_bytes": None}
     if summary.num_rows:

@@ -9,6 +9,7 @@ the snapshot's probe of what the registry lets a sweep do (tasks/capabilities.py
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from tasks.errors import ConfigError, StoreError
 from tasks.schemas import INFORMATIONAL, PLAN, SOURCE_TABLES
 from tasks.store import Store, new_id
 from tasks.units import human_bytes, utcnow
+
+log = logging.getLogger("regsweep.plan")
 
 DELETIONS_SHOWN = 1000
 
@@ -71,11 +74,12 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     now = utcnow()
     plan_id = new_id(now)
     totals = _Totals()
+    needed: list[pa.Table] = []
     # digests and tags are mostly distinct: dictionary pages would only be thrown away
     with store.plan_writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer, \
             ThreadPoolExecutor(1) as background:
         written = None
-        for batch, plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):
+        for batch, plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared, needed):
             # no pandas metadata: readers get plain Arrow types whatever pandas they run
             table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
             totals.add_deleted(plan)
@@ -102,7 +106,25 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
         if smeta.get("registry_capabilities"):
             meta["registry_capabilities"] = smeta["registry_capabilities"]
         writer.publish(meta)
+    _cache_for_whatif(store, config, snapshot_id, meta, needed)
     return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), totals.deletions())
+
+
+def _cache_for_whatif(store: Store, config: RegsweepConfig, snapshot_id: str, meta: dict[str, Any],
+                      needed: list) -> None:
+    """The what-if's entry for the current policy at this snapshot (tasks/whatif.py), from this
+    very evaluation: a steady-state what-if then evaluates only its candidate. A cache is
+    derivable, so failing to write it only makes the next what-if slower."""
+    import pyarrow as pa
+
+    from tasks.schemas import NEEDED
+    from tasks.whatif import Outcome, policy_key, write_current
+
+    try:
+        write_current(store, snapshot_id, policy_key(config), Outcome(meta["delete"], meta["bytes_reclaimable"]),
+                      pa.concat_tables([t.cast(NEEDED) for t in needed]) if needed else NEEDED.empty_table())
+    except (StoreError, OSError) as e:
+        log.warning("what-if cache of snapshot %s not written: %s", snapshot_id, e)
 
 
 def _write_and_count(writer, totals: "_Totals", table, children) -> None:

@@ -94,11 +94,11 @@ def shared_of(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConf
 
 
 def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConfig,
-                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None
-                 ) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None,
+                 needed: list[pa.Table] | None = None) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
     """The plan of a snapshot (tables as `read_tables` gives them, or any mix of Arrow and
     pandas), one batch of whole repositories at a time, in plan order (by repository): the
-    batch's tables and their plan."""
+    batch's tables and their plan. `needed` collects each batch's in-use/Helm images (evaluate)."""
     from tasks.evaluate import evaluate
 
     shared = shared or shared_of(tables, meta, config)
@@ -106,7 +106,7 @@ def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepC
     repos, ranks = _repository_ranks(keyed)
     if not len(repos):
         whole = {n: to_frame(_plain(t)) if n in keyed else t for n, t in tables.items()}
-        yield whole, evaluate(whole, meta, config, shared)
+        yield whole, evaluate(whole, meta, config, shared, needed=needed)
         return
     weight = np.zeros(len(repos), np.int64)
     for r in ranks.values():
@@ -141,7 +141,7 @@ def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepC
                 batch[name] = t[t["repository"].isin(names.to_pylist())].reset_index(drop=True)
             else:
                 batch[name] = t
-        yield batch, evaluate(batch, meta, config, shared)
+        yield batch, evaluate(batch, meta, config, shared, needed=needed)
         del batch
 
 

@@ -19,6 +19,8 @@ class Reasons:
     Parts are added in rule order, so a stable sort by node keeps each node's reasons in order.
     """
 
+    wants_text = True   # rules may skip building texts when False (NoReasons)
+
     def __init__(self, n: int):
         self.n = n
         self.table: list[pa.Array] = []
@@ -115,6 +117,10 @@ class Reasons:
 class NoReasons:
     """A Reasons that keeps no texts (the what-if's decide-only evaluation), except those of the
     rules named in `record`: node and first text each, for `recorded()`."""
+
+    # Only the recorded rules' texts are kept (IN_USE, HELM: they always build theirs); other rules
+    # skip formatting texts nobody reads.
+    wants_text = False
 
     def __init__(self, n: int, record: tuple[int, ...] = ()):
         self.n = n

@@ -2,8 +2,11 @@
 
 Each snapshot is evaluated at its own time (a plan is a pure function of snapshot and policy) by
 the decide-only evaluation (`evaluate(..., reasons=False)`: no reason texts, no plan files), its
-tables read once for both policies. The current policy's per-snapshot result is cached in the store,
-keyed by (snapshot id, policy hash): snapshots never change once published.
+tables read once for both policies. Snapshots never change once published, so per-snapshot work is
+cached in the store where the data is first at hand: the current policy's result (keyed by
+snapshot id and policy hash) by every plan (tasks/plan.py), the snapshot's BLOBS as an
+integer CSR (tasks/footprint.py FootprintIndex) by the snapshot flow; a what-if makes and caches
+whichever is missing (snapshots taken before this release), so all caches stay derivable.
 
 Regrets: a tag the candidate would delete at snapshot S whose image (repository, digest) a LATER
 snapshot shows in use in a cluster or named by a Helm revision: a rollback or redeploy that would
@@ -34,7 +37,7 @@ from pydantic import ValidationError
 from tasks.config import RegsweepConfig, config_error_from
 from tasks.errors import ConfigError
 from tasks.policy import CleanupPolicy
-from tasks.schemas import NEEDED, SOURCE_TABLES
+from tasks.schemas import INFORMATIONAL, NEEDED, SOURCE_TABLES
 from tasks.store import Store, iter_ids_since
 
 UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
@@ -114,112 +117,128 @@ REGRET_COLUMNS = ["repository", "tag", "digest", "deleted_at", "needed_at", "why
 # ------------------------------------------------------------------ one snapshot
 
 def _load(store: Store, sid: str) -> dict[str, Any]:
-    """The snapshot's tables as the evaluation reads them; blobs stay Arrow (only the footprint,
-    and the completeness check's row count, read them)."""
+    """The snapshot's tables as the evaluation reads them. BLOBS is not read: no keep rule reads
+    it (INFORMATIONAL), and the reclaimable bytes come from the snapshot's FootprintIndex."""
     tables: dict[str, Any] = {}
     for schemas in SOURCE_TABLES.values():
         for name, schema in schemas.items():
+            if name in INFORMATIONAL:
+                continue
             skip = UNEVALUATED.get(name, ())
-            columns = [c for c in schema.names if c not in skip] if name != "blobs" else ["repository", "digest", "blob", "size"]
-            t = store.snapshot_table(sid, name, schema, columns)
-            if t is None or name == "blobs":
-                tables[name] = t
-            else:
-                tables[name] = t.to_pandas(types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
+            t = store.snapshot_table(sid, name, schema, [c for c in schema.names if c not in skip])
+            tables[name] = None if t is None else t.to_pandas(
+                types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
     return tables
 
 
-class _Reclaimer:
-    """Footprint.reclaimable's total, asked twice per snapshot: the (repository, digest) of each
-    BLOBS row is sorted once, so each policy's deletions cost a search, not a hash of 10^5 strings."""
-
-    def __init__(self, fp):
-        self.fp = fp
-        self.keys, self.row = np.unique(fp.row_key, return_inverse=True)
-
-    def total(self, repositories: pa.Array, digests: pa.Array) -> int:
-        fp = self.fp
-        r = pc.index_in(repositories, value_set=fp.repos).fill_null(-1).to_numpy(zero_copy_only=False)
-        d = pc.index_in(digests, value_set=fp.digests).fill_null(-1).to_numpy(zero_copy_only=False)
-        ok = (r >= 0) & (d >= 0)
-        keys = r[ok].astype(np.int64) * max(len(fp.digests), 1) + d[ok]
-        pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
-        mark = np.zeros(len(self.keys), bool)
-        if len(self.keys):
-            mark[pos[self.keys[pos] == keys]] = True
-        gone = mark[self.row]
-        # blobs only deleted manifests reference (as Footprint.reclaimable counts them)
-        stays = np.zeros(fp.n_blobs, bool)
-        stays[fp.blob_code[~gone]] = True
-        freed = np.zeros(fp.n_blobs, bool)
-        freed[fp.blob_code[gone]] = True
-        return int(fp.blob_size[freed & ~stays].sum())
-
-
-def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, reclaimer):
+def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index, matcher=None):
     """One policy's decision at one snapshot; `inputs` (a tasks.seen.HistoryInputs, or None when
-    neither policy reads history) adds what the history-only keep rules read, as `make_plan` does."""
+    neither policy reads history) adds what the history-only keep rules read, as `make_plan` does;
+    `index` (the snapshot's FootprintIndex, None without BLOBS) gives the reclaimable bytes;
+    `matcher` a RegistryMatcher for config.registry shared across evaluations (parsed once)."""
     from tasks.evaluate import evaluate
 
     extra = inputs.for_snapshot(sid, config.cleanup) if inputs is not None else {}
-    d = evaluate({**tables, **extra}, meta, config, reasons=False)
+    d = evaluate({**tables, **extra}, meta, config, reasons=False, matcher=matcher)
     reclaim = None
-    if reclaimer is not None:
-        reclaim = reclaimer.total(pa.concat_arrays([d.deleted_tags["repository"].combine_chunks(),
-                                                    d.deleted_untagged["repository"].combine_chunks()]),
-                                  pa.concat_arrays([d.deleted_tags["digest"].combine_chunks(),
-                                                    d.deleted_untagged["digest"].combine_chunks()]))
+    if index is not None:
+        reclaim = index.total(pa.concat_arrays([d.deleted_tags["repository"].combine_chunks(),
+                                                d.deleted_untagged["repository"].combine_chunks()]),
+                              pa.concat_arrays([d.deleted_tags["digest"].combine_chunks(),
+                                                d.deleted_untagged["digest"].combine_chunks()]))
     return Outcome(d.delete, reclaim), d
 
 
-def _tag_keys(t: pa.Table) -> np.ndarray:
-    """A 64-bit hash per (repository, tag, digest) row, to tell deletions already seen."""
-    joined = pc.binary_join_element_wise(t["repository"], t["tag"], t["digest"], "\x00")
-    return pd.util.hash_array(joined.to_numpy(zero_copy_only=False).astype(object), categorize=False)
+def cache_name(sid: str, key: str) -> str:
+    return f"whatif-{CACHE_VERSION}-{sid}-{key}"
+
+
+def read_current(store: Store, sid: str, key: str) -> tuple[Outcome, pa.Table] | None:
+    """A policy's cached result at a snapshot (its Outcome and NEEDED rows), if cached."""
+    cached = store.read_cache(cache_name(sid, key))
+    if cached is None or not cached.schema.metadata or b"delete" not in cached.schema.metadata:
+        return None
+    md = cached.schema.metadata
+    rec = md[b"reclaimable_bytes"].decode()
+    return Outcome(int(md[b"delete"]), int(rec) if rec else None), cached.select(NEEDED.names).replace_schema_metadata(None)
+
+
+def write_current(store: Store, sid: str, key: str, outcome: Outcome, needed: pa.Table) -> pa.Table:
+    needed = needed.cast(NEEDED)
+    store.write_cache(cache_name(sid, key), needed.replace_schema_metadata(
+        {"delete": str(outcome.delete),
+         "reclaimable_bytes": "" if outcome.reclaimable_bytes is None else str(outcome.reclaimable_bytes)}))
+    return needed
+
+
+def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
+    """The configured policy's decide-only result at a snapshot, cached as `whatif` reads it. The
+    plan writes the same entry from its own evaluation (tasks/plan.py); this makes it for a
+    snapshot planned before, or never. Also caches the snapshot's FootprintIndex if missing."""
+    from tasks.footprint import load_index
+
+    store = Store(config.store)
+    inputs = None
+    if config.cleanup.uses_history:
+        from tasks.seen import HistoryInputs
+
+        inputs = HistoryInputs(store)
+    out, d = _decide(_load(store, snapshot_id), store.snapshot_meta(snapshot_id), config, snapshot_id, inputs,
+                     load_index(store, snapshot_id))
+    write_current(store, snapshot_id, policy_key(config), out, d.needed)
+    return out
+
+
+def _tag_keys(t: pa.Table) -> pa.Array:
+    """One string per (repository, tag, digest) row, to tell deletions already made."""
+    return pc.binary_join_element_wise(t["repository"], t["tag"], t["digest"], "\x00").combine_chunks()
 
 
 def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: RegsweepConfig,
                    candidate: RegsweepConfig) -> tuple[list[SnapshotResult], pa.Table]:
     """Both policies over consecutive snapshots (one worker's share; `offset` is the first one's
     index among all); caches the current policy's results. Returns each snapshot's figures and
-    needs, and the candidate's deletions the first time each (repository, tag, digest) is
-    deleted in this share (column `s`: the snapshot's index), for the regrets."""
-    from tasks.footprint import Footprint
+    needs, and the candidate's deletions at each snapshot that the share's previous snapshot did
+    not delete (column `s`: the snapshot's index), for the regrets."""
+    from tasks.footprint import load_index
+    from tasks.reference import RegistryMatcher
     from tasks.seen import HistoryInputs
 
     store = Store(store_url)
+    # both policies match images against the same registry: consecutive snapshots name mostly
+    # the same images, so each reference is parsed once per share
+    matcher = RegistryMatcher(current.registry.url, current.registry.aliases)
     # one per share: its snapshots are consecutive, so each window's tables are read once
     inputs = HistoryInputs(store) if current.cleanup.uses_history or candidate.cleanup.uses_history else None
     key = policy_key(current)
-    out, first, seen = [], [], np.zeros(0, np.uint64)
+    out, first, before = [], [], None
     for i, sid in enumerate(sids):
         meta = store.snapshot_meta(sid)
-        name = f"whatif-{CACHE_VERSION}-{sid}-{key}"
-        cached = store.read_cache(name)
+        cached = read_current(store, sid, key)
         tables = _load(store, sid)
-        fp = Footprint.of(tables["blobs"])
-        reclaimer = _Reclaimer(fp) if fp is not None else None
-        cand, cd = _decide(tables, meta, candidate, sid, inputs, reclaimer)
-        if cached is not None and cached.schema.metadata and b"delete" in cached.schema.metadata:
-            md = cached.schema.metadata
-            rec = md[b"reclaimable_bytes"].decode()
-            cur = Outcome(int(md[b"delete"]), int(rec) if rec else None)
-            cur_needed = cached.select(NEEDED.names).replace_schema_metadata(None)
+        index = load_index(store, sid)   # cached by the snapshot flow, else built and cached now
+        cand, cd = _decide(tables, meta, candidate, sid, inputs, index, matcher)
+        if cached is not None:
+            cur, cur_needed = cached
         else:
-            cur, d = _decide(tables, meta, current, sid, inputs, reclaimer)
-            cur_needed = d.needed.cast(NEEDED)
-            store.write_cache(name, cur_needed.replace_schema_metadata(
-                {"delete": str(cur.delete), "reclaimable_bytes": "" if cur.reclaimable_bytes is None else str(cur.reclaimable_bytes)}))
+            cur, d = _decide(tables, meta, current, sid, inputs, index, matcher)
+            cur_needed = write_current(store, sid, key, cur, d.needed)
         needed = pa.concat_tables([cur_needed, cd.needed.cast(NEEDED)])
         out.append(SnapshotResult(sid, meta["created_at"], cur, cand, needed))
         dels = cd.deleted_tags
         if dels.num_rows:
-            h = _tag_keys(dels)
-            new = ~np.isin(h, seen)
-            if new.any():
-                first.append(dels.filter(pa.array(new)).append_column("s", pa.array(np.full(int(new.sum()), offset + i, np.int32))))
-                seen = np.union1d(seen, h[new])
-        del tables, fp, reclaimer
+            # what the previous snapshot deleted too is no first deletion (consecutive snapshots
+            # delete mostly the same tags); a tag deleted again after a gap is, and `regrets` keeps
+            # each tag's earliest
+            keys = _tag_keys(dels)
+            new = pc.invert(pc.is_in(keys, value_set=before)) if before is not None else None
+            fresh = dels if new is None else dels.filter(new)
+            if fresh.num_rows:
+                first.append(fresh.append_column("s", pa.array(np.full(fresh.num_rows, offset + i, np.int32))))
+            before = keys
+        else:
+            before = None
+        del tables, index
     schema = pa.schema([("repository", pa.string()), ("tag", pa.string()), ("digest", pa.string()), ("s", pa.int32())])
     return out, pa.concat_tables([f.cast(schema) for f in first]) if first else schema.empty_table()
 
@@ -257,8 +276,8 @@ def whatif(config: RegsweepConfig, candidate: CleanupPolicy, since: datetime | N
 
 
 def regrets(results: list[SnapshotResult], dels: pa.Table | None) -> pd.DataFrame:
-    """Each (repository, tag, digest) the candidate deleted at S (`dels`: first deletions per
-    share, column `s` the snapshot's index) and a later snapshot needed."""
+    """Each (repository, tag, digest) the candidate deleted at S (`dels`: deletions not made at
+    the previous snapshot too, column `s` the snapshot's index) and a later snapshot needed."""
     if not results or dels is None:
         return pd.DataFrame(columns=REGRET_COLUMNS)
     ids = [r.id for r in results]

@@ -22,6 +22,7 @@ from tasks.plan import deletion_rows, load_snapshot, make_plan
 from tasks.planbatches import plan_batches, read_tables
 from tasks.schemas import PLAN, SOURCE_TABLES
 from tasks.store import SourceStatus, Store
+from tasks.whatif import policy_key, read_current
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, digest
 
 H = "registry.example.com"
@@ -128,6 +129,13 @@ def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_pat
         got["repositories"] = {r: {k: v[k] for k in summary["repositories"].get(r, v)} for r, v in got["repositories"].items()}
         assert got == summary
         assert result.deletions == deletion_rows(whole)
+        # the what-if's entry the plan writes from its batches is the decide-only whole evaluation's
+        decided = evaluate(tables, meta, cfg, reasons=False)
+        cached = read_current(store, sid, policy_key(cfg))
+        assert cached is not None and cached[0].delete == decided.delete == result.meta["delete"]
+        key = ["repository", "digest"]
+        assert cached[1].sort_by([(k, "ascending") for k in key]).to_pylist() == \
+            decided.needed.sort_by([(k, "ascending") for k in key]).to_pylist() != []
 
 
 def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp_path):

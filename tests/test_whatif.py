@@ -175,3 +175,60 @@ def test_whatif_bad_policy_is_one_line_exit_2(tmp_path, run_cli, content, key):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"regsweep: error: {key}:"), r.stderr
     assert r.stdout == ""
+
+
+def test_caches_the_flows_write_give_the_whatif_the_same_answer(history, tmp_path, run_cli):
+    """Steady state: the snapshot flow's summary (summary, diff, FootprintIndex) and the plan
+    flow's cache of the current policy give a what-if the very JSON it computes with no caches."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+
+    from tasks.footprint import Footprint, index_name, load_index
+    from tasks.history import _diff_name
+    from tasks.snapshot import summary_markdown
+    from tasks.whatif import cache_name, policy_key, read_current
+
+    cfg, ids, im, _ = history
+    store = Store(cfg.store)
+    candidate = load_policy(_candidate(tmp_path))
+    cache = store.path("cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    cold = whatif(cfg, candidate, workers=1).to_json()
+
+    shutil.rmtree(cache)
+    for sid in ids:   # what the snapshot flow does once a snapshot is published
+        summary_markdown(sid, store.snapshot_meta(sid), store)
+        r = run_cli("plan", "--config", tmp_path / "regsweep.yaml", "--snapshot", sid)
+        assert r.returncode == 0, r.stderr
+    key = policy_key(cfg)
+    plans = {store.plan_meta(p)["snapshot_id"]: store.plan_meta(p) for p in store.list_plans()}
+    for prev, sid in zip([None, *ids], ids):
+        assert os.path.exists(store.path("cache", index_name(sid) + ".parquet"))
+        if prev:
+            assert os.path.exists(store.path("cache", _diff_name(prev, sid) + ".parquet"))
+        # the plan flow's decide-only entry agrees with the full plan it published
+        outcome, needed = read_current(store, sid, key)
+        assert (outcome.delete, outcome.reclaimable_bytes) == (plans[sid]["delete"], plans[sid]["bytes_reclaimable"])
+        # the index frees what the footprint frees, for any set of deleted manifests
+        m = store.snapshot_table(sid, "manifests", columns=["repository", "digest"])
+        for pick in (np.arange(m.num_rows), np.arange(m.num_rows)[::2], np.arange(0)):
+            sel = m.take(pa.array(pick, pa.int64()))
+            assert load_index(store, sid).total(sel["repository"].combine_chunks(), sel["digest"].combine_chunks()) == \
+                Footprint.load(store, sid).reclaimable(sel["repository"].to_pylist(), sel["digest"].to_pylist()).total
+    assert cold["snapshots"][1]["current"] == {"delete": plans[ids[1]]["delete"],
+                                               "reclaimable_bytes": plans[ids[1]]["bytes_reclaimable"]}
+
+    written = {sid: os.stat(store.path("cache", cache_name(sid, key) + ".parquet")).st_mtime_ns for sid in ids}
+    steady = whatif(cfg, candidate, workers=1).to_json()
+    assert steady == cold and len(cold["regrets"]) == 1
+    # the current policy was read from the plan flow's entries, not evaluated and written again
+    assert {sid: os.stat(store.path("cache", cache_name(sid, key) + ".parquet")).st_mtime_ns for sid in ids} == written
+
+
+def _candidate(tmp_path):
+    werf = tmp_path / "candidate.yaml"
+    werf.write_text("cleanup:\n  disableKubernetesBasedPolicy: true\n  disableGitHistoryBasedPolicy: true\n"
+                    "  keepImagesBuiltWithinLastNHours: 1\n  unlinkedImages: delete\n")
+    return werf
