@@ -104,7 +104,7 @@ def instructions(server, registry_url: str, summary: dict, history, config: dict
                  runs: dict) -> list[str]:
     """What a newcomer reads: where everything is, what to click, what explain and history say."""
     from tasks.config import load_config
-    from tasks.history import growth, render_text
+    from tasks.history import growth_report, render_text
     from tasks.plan import explain
     from tasks.store import Store
     from tasks.sweep.report import bytes_text
@@ -146,7 +146,7 @@ def instructions(server, registry_url: str, summary: dict, history, config: dict
         lines += [f"  $ .venv/bin/regsweep explain --config {rel} {ref}"]
         lines += [f"    {line}" for line in explain(cfg, ref, plan_id)[1:]]
     lines += [f"  $ PREFECT_API_URL={server.api_url} .venv/bin/regsweep history --config {rel}"]
-    lines += [f"    {line}" for line in render_text(growth(store)).splitlines()]
+    lines += [f"    {line}" for line in render_text(growth_report(store)).splitlines()]
     return lines
 
 

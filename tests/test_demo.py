@@ -84,7 +84,8 @@ def test_make_demo_pauses_a_sweep_on_its_server_and_stops_everything(tmp_path):
         for line in ("regsweep demo is up; Ctrl-C stops all of it.", "click \"Resume\"",
                      "switch \"Approve these deletions\" on", "regsweep explain --config var/demo/regsweep.yaml",
                      "regsweep history --config var/demo/regsweep.yaml", "keep demo/web:sha-", "delete demo/api:sha-",
-                     "in use: prod/prod/Deployment/web", "helm: prod/prod/web revision 3 (deployed)"):
+                     "in use: prod/prod/Deployment/web", "helm: prod/prod/web revision 3 (deployed)",
+                     "unique_bytes"):   # the growth table the history command prints
             assert line in text, line
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url[0]}/api/health", timeout=5)
