@@ -334,19 +334,27 @@ def parse_config(data: Any) -> RegsweepConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> RegsweepConfig:
-    """Read and validate a YAML configuration file."""
+def read_yaml_documents(path: str | Path, option: str) -> list:
+    """Every YAML document of a file; errors name the command-line option the path came from."""
     p = Path(path).expanduser()
     try:
         text = p.read_text()
     except OSError as e:
-        raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from None
+        raise ConfigError(option, f"cannot read {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return list(yaml.safe_load_all(text))
     except yaml.YAMLError as e:
-        raise ConfigError("--config", f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(option, f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def load_config(path: str | Path) -> RegsweepConfig:
+    """Read and validate a YAML configuration file."""
+    docs = [d for d in read_yaml_documents(path, "--config") if d is not None]
+    if len(docs) > 1:
+        raise ConfigError("--config", f"{path} holds {len(docs)} YAML documents; a configuration is one")
+    data = docs[0] if docs else None
     cfg = parse_config(data if data is not None else {})
-    return _anchor_paths(cfg, p.parent)
+    return _anchor_paths(cfg, Path(path).expanduser().parent)
 
 
 def _anchor_paths(cfg: RegsweepConfig, base: Path) -> RegsweepConfig:

@@ -331,15 +331,32 @@ def to_json(report: Growth, top: int = 10) -> dict:
             "repositories": clean(report.repositories.head(top))}
 
 
-def render_chart(report: Growth, path: str | Path, top: int = 10) -> Path:
-    """Bytes per top-N repository over time, and the registry's unique vs reclaimable bytes, as a PNG."""
+def two_panel_figure(height: float):
+    """A figure of two stacked panels over time, drawn without a display (Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(2, 1, figsize=(9, height), dpi=100, sharex=True)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out dates, write the PNG and free the figure (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def render_chart(report: Growth, path: str | Path, top: int = 10) -> Path:
+    """Bytes per top-N repository over time, and the registry's unique vs reclaimable bytes, as a PNG."""
     df = report.snapshots.dropna(subset=["tags"])
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7), dpi=100, sharex=True)
+    fig, (a1, a2) = two_panel_figure(7)
     for name in report.repositories["repository"].head(top):
         a1.plot(report.series.index, report.series[name].to_numpy(float) / 1e9, label=name)
     a1.set_ylabel(f"{report.basis} GB per repository")
@@ -352,9 +369,4 @@ def render_chart(report: Growth, path: str | Path, top: int = 10) -> Path:
     a2.plot(rec["created_at"], rec["reclaimable_bytes"].astype(float) / 1e9, marker="s", label="reclaimable (plans)")
     a2.set_ylabel("GB")
     a2.legend(fontsize="small")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

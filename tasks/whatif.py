@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 from pydantic import ValidationError
 
-from tasks.config import RegsweepConfig, config_error_from
+from tasks.config import RegsweepConfig, config_error_from, read_yaml_documents
 from tasks.errors import ConfigError
+from tasks.history import save_figure, two_panel_figure
 from tasks.policy import CleanupPolicy
 from tasks.schemas import INFORMATIONAL, NEEDED, SOURCE_TABLES
 from tasks.store import Store, iter_ids_since
@@ -47,15 +47,7 @@ CACHE_VERSION = "v1"
 
 def load_policy(path: str | Path) -> CleanupPolicy:
     """The `cleanup:` section of a werf.yaml (any of its documents) or a regsweep config."""
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError("--policy", f"cannot read {path}: {e.strerror}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
-    except yaml.YAMLError as e:
-        raise ConfigError("--policy", f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    docs = [d for d in read_yaml_documents(path, "--policy") if isinstance(d, dict)]
     section = next((d["cleanup"] for d in docs if "cleanup" in d), None)
     if section is None:
         raise ConfigError("--policy", f"{path} has no `cleanup:` section")
@@ -332,13 +324,8 @@ def render_markdown(result: WhatIf) -> str:
 
 def render_chart(result: WhatIf, path: str | Path) -> Path:
     """Deletions and reclaimable bytes per snapshot under each policy, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     df = result.frame()
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6), dpi=100, sharex=True)
+    fig, (a1, a2) = two_panel_figure(6)
     a1.plot(df["created_at"], df["current_delete"], label="current", color="tab:blue")
     a1.plot(df["created_at"], df["candidate_delete"], label="candidate", color="tab:orange")
     a1.set_ylabel("deletions")
@@ -350,12 +337,7 @@ def render_chart(result: WhatIf, path: str | Path) -> Path:
     for t in df.loc[df["snapshot"].isin(regret_at), "created_at"]:
         a1.axvline(t, color="tab:red", alpha=0.4)
     a1.set_title(f"Current vs candidate policy ({len(result.regrets)} regrets, red)")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_json(result: WhatIf, path: str) -> None:

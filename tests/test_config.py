@@ -101,6 +101,10 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("registry: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    two = tmp_path / "two.yaml"
+    two.write_text("registry: {url: http://127.0.0.1:1}\n---\nregistry: {url: http://127.0.0.1:2}\n")
+    with pytest.raises(ConfigError, match="holds 2 YAML documents; a configuration is one"):
+        load_config(two)
 
 
 def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path, run_cli):
