@@ -238,6 +238,15 @@ def bench_config(store_url: str, policy: str):
                          "git": {"path": "/unused"}, "cleanup": cleanup})
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes, since its exec: VmHWM. Not ru_maxrss, which
+    Linux carries across exec from the parent that spawned us (the parent that just generated a
+    snapshot would lend the measurement its own peak)."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib * 1024
+
+
 def measure(store_url: str, snapshot: str, policy: str, what: str, batch_rows: int | None) -> dict:
     """One measurement in this (fresh) process: the plan as `regsweep plan` makes it, or the read."""
     from tasks.schemas import SOURCE_TABLES
@@ -261,7 +270,7 @@ def measure(store_url: str, snapshot: str, policy: str, what: str, batch_rows: i
         out = {"time": time.perf_counter() - t0, "tags": result.meta["tags"], "delete": result.meta["delete"]}
         store.fs.rm(store.path("plans", result.plan_id), recursive=True)   # plans of 5M tags are large
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    out["rss"] = usage.ru_maxrss * 1024
+    out["rss"] = peak_rss()
     # all threads' CPU: a shared machine stretches wall time, less so CPU time
     out["cpu"] = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
     return out
