@@ -21,6 +21,7 @@ from tasks.config import load_config
 from tasks.oci import fallback_tag, sha256_digest
 from tasks.store import Store, new_id
 from tasks.sweep.approval import render
+from tasks.sweep.execute import delete_targets
 from tasks.sweep.loading import prepare
 from tasks.units import human_bytes
 from testbed import get_manifest, push_artifact, push_image, push_index
@@ -241,3 +242,20 @@ def test_a_snapshot_without_a_blobs_table_gives_unknown_reclaimable_and_nothing_
     head = render(intent).split("### ")[0]
     assert "freed by garbage collection: **unknown**" in head
     assert f"image sizes added up: {human_bytes(meta['image_bytes_deleted'])}" in head
+
+
+def test_a_blobs_table_unreadable_after_the_deletions_leaves_the_figure_unknown_not_the_report(world):
+    """The deletions have happened: a store that cannot give the blobs now costs the byte figure
+    (unknown, with a warning), never the report of what was deleted."""
+    plan_id = make_plan(world.cfg, take_snapshot(world.cfg))
+    intent = prepare(world.cfg, world.store, plan_id)
+    assert intent.bytes_reclaimable is not None
+    blobs = Path(world.store.path("snapshots", intent.snapshot_id, "blobs.parquet"))
+    blobs.write_bytes(b"not parquet")
+    report = delete_targets(world.cfg, world.store, intent)
+    assert report.deleted == len(world.deleted) and report.failed == 0
+    assert report.bytes_reclaimable is None
+    assert "unknown freed by garbage collection" in report.summary()
+    assert any("reclaimable bytes unknown" in m and "blobs.parquet" in m for m in report.notes["warnings"]["messages"])
+    for repo, tag in (("app/api", "new"), ("app/tools", "keep")):
+        assert get_manifest(world.client, repo, tag) is not None

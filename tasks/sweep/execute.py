@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Callable
 
 from tasks.capabilities import DENIED, NO, UNKNOWN, YES, Capabilities
-from tasks.errors import RegistryAuthError, RegistryError, RegistryUnreachable, UnsupportedOperation
-from tasks.notes import collecting
+from tasks.errors import RegistryAuthError, RegistryError, RegistryUnreachable, StoreError, UnsupportedOperation
+from tasks.notes import collecting, warn
 from tasks.store import Store
 from tasks.sweep.journal import Event, Journal
-from tasks.sweep.loading import no_tag_delete
+from tasks.sweep.loading import no_tag_delete, reclaim_after
 from tasks.sweep.recheck import Protection, merge_digests, recheck_cluster, recheck_registry
 from tasks.sweep.report import Intent, SweepReport
 from tasks.sweep.targets import DONE, FAILED, PLANNED, SKIPPED, STARTED, WOULD_DELETE, Outcome, Target
@@ -26,6 +27,9 @@ from tasks.sweep.targets import DONE, FAILED, PLANNED, SKIPPED, STARTED, WOULD_D
 if TYPE_CHECKING:
     from tasks.backends import Backend
     from tasks.config import RegsweepConfig, SweepConfig
+
+log = logging.getLogger("regsweep.sweep")
+
 
 def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dry_run: bool = False) -> SweepReport:
     """Re-check and delete an approved intent (or, dry, report what would go).
@@ -50,10 +54,10 @@ def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dr
                                                         lambda n: rep.advance("sweep", n)))
             order = {t.key: i for i, t in enumerate(intent.targets)}
             outcomes.sort(key=lambda o: order.get((o.repository, o.ref), -1))
-    report = SweepReport(plan_id=intent.plan_id, registry=intent.registry, dry_run=dry_run,
-                         outcomes=list(intent.skipped) + outcomes, done_before=len(intent.done_before),
-                         notes=notes.to_json())
-    report.bytes_reclaimable = _reclaimed(store, intent, report)
+        report = SweepReport(plan_id=intent.plan_id, registry=intent.registry, dry_run=dry_run,
+                             outcomes=list(intent.skipped) + outcomes, done_before=len(intent.done_before))
+        report.bytes_reclaimable = _reclaimed(store, intent, report)
+    report.notes = notes.to_json()
     if intent.targets:
         rep.finish("sweep", report.summary())
     return report
@@ -61,16 +65,18 @@ def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dr
 
 def _reclaimed(store: Store, intent: Intent, report: SweepReport) -> int | None:
     """What garbage collection frees of the manifests that went: the plan's and the approval
-    form's function (tasks/footprint.py), over what this run deleted."""
-    from tasks.footprint import Footprint, reclaim_of
-
+    form's function (tasks/footprint.py), over what this run deleted. Unknown (None) rather than
+    a failed report when the store cannot give the blobs now: the deletions have happened."""
     if intent.reclaim is None:
         return None   # the snapshot recorded no blobs
     gone = report.gone()
     if not gone:
         return 0
-    done = [(t.repository, t.digest) for t in intent.done_before if not t.is_tag]
-    rec = reclaim_of(Footprint.load(store, intent.snapshot_id), gone, gone=done)
+    try:
+        rec = reclaim_after(store, intent, gone)
+    except StoreError as e:
+        warn(log, f"reclaimable bytes unknown: {e}")
+        return None
     return None if rec is None else rec.total
 
 

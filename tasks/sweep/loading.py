@@ -158,18 +158,17 @@ def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest", *,
         caps = _probe_now(config, remaining[0].repository)
     if caps is not None:
         _apply_capabilities(intent, caps)
-    intent.reclaim = _reclaim(store, intent)
+    intent.reclaim = reclaim_after(store, intent, [(t.repository, t.digest) for t in intent.targets if not t.is_tag])
     return intent
 
 
-def _reclaim(store: Store, intent: Intent):
-    """What garbage collection frees once the intent's targets (the ones left after the checks
-    above) are gone: the plan's own function (tasks/footprint.py) over exactly these targets."""
+def reclaim_after(store: Store, intent: Intent, deleted: list[tuple[str, str]]):
+    """What garbage collection frees once these (repository, digest) manifests are gone, besides
+    those an earlier run of the sweep deleted: the plan's own function (tasks/footprint.py)."""
     from tasks.footprint import Footprint, reclaim_of
 
     done = [(t.repository, t.digest) for t in intent.done_before if not t.is_tag]
-    return reclaim_of(Footprint.load(store, intent.snapshot_id),
-                      [(t.repository, t.digest) for t in intent.targets if not t.is_tag], gone=done)
+    return reclaim_of(Footprint.load(store, intent.snapshot_id), deleted, gone=done)
 
 
 def _probe_now(config: "RegsweepConfig", repository: str) -> Capabilities:
