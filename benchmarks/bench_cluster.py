@@ -9,7 +9,7 @@ ReplicaSets, Pods with status imageIDs, StatefulSets, DaemonSets, Jobs, CronJobs
 `--revisions` Helm release revisions stored by the Secret driver exactly as Helm encodes them.
 Objects are serialised once and pages cached, so serving costs little.
 
-Each regsweep run is a fresh process calling `tasks.cluster.extract` / `tasks.helm.extract`
+Each regsweep run is a fresh process calling `tasks.sources.kubernetes.workloads.extract` / `tasks.sources.kubernetes.helm.extract`
 through the real client and a real kubeconfig; it reports wall time and its peak RSS growth
 over the baseline after imports (ru_maxrss). The peer fetches the very same pages (same
 limit/continue/labelSelector) with plain httpx, reading bodies without parsing them: the
@@ -144,7 +144,7 @@ def fetch_raw(url: str, lists: list[tuple[str, dict]], page_size: int) -> tuple[
 
 
 def peer_lists() -> dict[str, list[tuple[str, dict]]]:
-    from tasks.cluster import WORKLOAD_KINDS
+    from tasks.sources.kubernetes.workloads import WORKLOAD_KINDS
     from tests.support.kube import RESOURCES
 
     workloads = [(f"{RESOURCES[k.plural][0]}/{k.plural}", {}) for k in WORKLOAD_KINDS]
@@ -165,10 +165,14 @@ def _status_kb(field: str) -> int:
 def child(source: str, kubeconfig: str, page_size: int) -> None:
     from datetime import datetime, timezone
 
-    from tasks import cluster, helm, kube
-    from tasks.config import parse_config
-    from tasks.schemas import HELM, WORKLOADS, from_rows
-    from tasks.store import Store
+    from tasks.sources.kubernetes import workloads as cluster
+
+    from tasks.sources.kubernetes import helm
+
+    from tasks.sources.kubernetes import client as kube
+    from tasks.config.models import parse_config
+    from tasks.store.schemas import HELM, WORKLOADS, from_rows
+    from tasks.store.store import Store
 
     cfg = parse_config({"store": tempfile.mkdtemp(), "registry": {"url": f"https://{REGISTRY}"},
                         "kubernetes": {"kubeconfig": kubeconfig, "pageSize": page_size, "timeout": 60}})

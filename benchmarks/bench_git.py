@@ -7,7 +7,7 @@ Generates (once, cached in DIR; generation is not measured) a clone-like reposit
 merged back), annotated and lightweight tags. Then, median of RUNS, each in a fresh
 subprocess so peak RSS is the extraction's own:
 
-  - regsweep: tasks.git.extract() into the GIT_REFS and GIT_COMMITS Arrow tables;
+  - regsweep: tasks.sources.git.extract() into the GIT_REFS and GIT_COMMITS Arrow tables;
   - peer:     `git log --all --format='%H %ct %P' > /dev/null` on the same repository,
               i.e. what any tool that reads the commit graph through git pays at least.
 
@@ -126,9 +126,9 @@ _CHILD = r"""
 import json, resource, sys, time
 from datetime import datetime, timezone
 sys.path.insert(0, sys.argv[1])
-from tasks.config import RegsweepConfig
-from tasks.store import Store
-from tasks import git
+from tasks.config.models import RegsweepConfig
+from tasks.store.store import Store
+from tasks.sources import git
 t = time.perf_counter()
 import pandas  # pyarrow imports it on first use; the snapshot flow's process has it loaded already
 pandas_secs = time.perf_counter() - t
@@ -144,7 +144,7 @@ print(json.dumps({"seconds": secs, "pandas_import": pandas_secs, "rss_mb": resou
 _BASELINE = r"""
 import json, resource, sys
 sys.path.insert(0, sys.argv[1])
-import pandas, pyarrow, pygit2, tasks.config, tasks.store
+import pandas, pyarrow, pygit2, tasks.config.models, tasks.store.store
 print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

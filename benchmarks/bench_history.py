@@ -14,11 +14,11 @@ recent images. Digests are random hex.
 Each measurement runs in a fresh subprocess (peak RSS of it and of its pool's workers), through
 the functions `regsweep history` and `regsweep whatif` call:
   (c) peer      pyarrow reads the same columns of every snapshot (the growth report's; a cold what-if's)
-  (b) cold      no caches at all (snapshots taken before this release): tasks.history.growth_report,
-                then tasks.whatif.whatif with a tighter candidate (git: 5 branches, 1 image each; no
+  (b) cold      no caches at all (snapshots taken before this release): tasks.history.growth.growth_report,
+                then tasks.history.whatif.whatif with a tighter candidate (git: 5 branches, 1 image each; no
                 Kubernetes rule); each makes and caches what it lacks
   (a) steady    the caches the flows write, primed by calling what they call per snapshot (the
-                snapshot flow's summary_markdown, the plan flow's tasks.whatif.cache_current; their
+                snapshot flow's summary_markdown, the plan flow's tasks.history.whatif.cache_current; their
                 cost is reported per snapshot as moved to the flows), then growth and what-if
                 `--repeats` times each (median)
 Goals: growth <= 10 s, what-if <= 60 s, <= 4 GB.
@@ -151,8 +151,8 @@ _world: World | None = None
 
 def _write_days(store_url: str, days: int, tags: int, which: list[int]) -> None:
     global _world
-    from tasks.schemas import SOURCE_TABLES
-    from tasks.store import SourceStatus, Store, new_id
+    from tasks.store.schemas import SOURCE_TABLES
+    from tasks.store.store import SourceStatus, Store, new_id
 
     _world = _world or World(days, tags)
     store = Store(store_url)
@@ -177,7 +177,7 @@ def generate(store_dir: Path, days: int, tags: int) -> None:
 
 
 def config(store_url: str):
-    from tasks.config import parse_config
+    from tasks.config.models import parse_config
 
     return parse_config({"store": store_url, "registry": {"url": REGISTRY}, "git": {"path": "/unused"},
                          "helm": {"enabled": True}, "cleanup": {"keepImagesBuiltWithinLastNHours": 2}})
@@ -192,9 +192,9 @@ def _prime_chunk(store_url: str, sids: list[str]) -> tuple[float, float]:
     (`summary_markdown`, which writes the summary, the diff with the previous snapshot and the
     FootprintIndex) and the plan flow's `cache_whatif` task body (`cache_current`). Returns the
     seconds spent in each."""
-    from tasks.snapshot import summary_markdown
-    from tasks.store import Store
-    from tasks.whatif import cache_current
+    from tasks.snapshot.take import summary_markdown
+    from tasks.store.store import Store
+    from tasks.history.whatif import cache_current
 
     store, cfg = Store(store_url), config(store_url)
     snap = plan = 0.0
@@ -214,9 +214,9 @@ def measure(what: str, store_url: str) -> dict:
     if what in ("peer", "peer-whatif"):
         import pyarrow.dataset as ds
 
-        from tasks.schemas import SOURCE_TABLES
-        from tasks.store import Store
-        from tasks.whatif import UNEVALUATED
+        from tasks.store.schemas import SOURCE_TABLES
+        from tasks.store.store import Store
+        from tasks.history.whatif import UNEVALUATED
 
         store = Store(store_url)
         if what == "peer":       # the columns the growth report reads
@@ -232,7 +232,7 @@ def measure(what: str, store_url: str) -> dict:
                 rows += batch.num_rows
         extra["rows"] = rows
     elif what == "prime":
-        from tasks.store import Store
+        from tasks.store.store import Store
 
         sids = Store(store_url).list_snapshots()
         # contiguous halves: each snapshot's diff reads its predecessor, as the snapshot flow does
@@ -243,8 +243,8 @@ def measure(what: str, store_url: str) -> dict:
                  "plan_flow_ms": round(1000 * sum(p[1] for p in parts) / len(sids))}
     elif what == "growth":
         # what `regsweep history` calls (flows/history.py read_growth)
-        from tasks.history import growth_report
-        from tasks.store import Store
+        from tasks.history.growth import growth_report
+        from tasks.store.store import Store
 
         g = growth_report(Store(store_url))
         extra = {"snapshots": len(g.snapshots), "tags_last": int(g.snapshots["tags"].iloc[-1]),
@@ -253,8 +253,8 @@ def measure(what: str, store_url: str) -> dict:
         # what `regsweep whatif` calls (flows/history.py replay_candidate)
         import hashlib
 
-        from tasks.policy import CleanupPolicy
-        from tasks.whatif import whatif
+        from tasks.config.policy import CleanupPolicy
+        from tasks.history.whatif import whatif
 
         r = whatif(config(store_url), CleanupPolicy.model_validate(CANDIDATE))
         extra = {"snapshots": len(r.snapshots), "regrets": len(r.regrets),

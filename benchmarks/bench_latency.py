@@ -15,7 +15,7 @@ of round trip (± JITTER/2) to every request. Then, for each shape, in one run:
   plain scanner: a bare httpx.AsyncClient that lists the tags and GETs every manifest and config,
       one pool of C workers over all tags, at each of --concurrencies (one run each); the best C;
   and RUNS times, interleaved so all see the same machine load:
-  (1) regsweep cold: tasks.registry.extract() into a fresh store, registry.concurrency = best C;
+  (1) regsweep cold: tasks.sources.registry.extract() into a fresh store, registry.concurrency = best C;
   (2) the plain scanner at best C;
   (3) regsweep rescan: extract() again on the unchanged registry (the store's blob cache);
   (4) skopeo: `skopeo list-tags` + `skopeo inspect --no-tags` per tag as a script would loop,
@@ -49,10 +49,10 @@ import httpx  # noqa: E402
 
 from bench_registry import median, populate, skopeo_peer  # noqa: E402
 from tasks import oci  # noqa: E402
-from tasks.blobcache import BlobCache  # noqa: E402
-from tasks.config import parse_config  # noqa: E402
-from tasks.registry import extract, scan_registry  # noqa: E402
-from tasks.store import Store  # noqa: E402
+from tasks.sources.blobcache import BlobCache  # noqa: E402
+from tasks.config.models import parse_config  # noqa: E402
+from tasks.sources.registry import extract, scan_registry  # noqa: E402
+from tasks.store.store import Store  # noqa: E402
 from testbed import LocalRegistry  # noqa: E402
 
 SHAPES = {"a": ("lat/small", 20, 250), "b": ("lat/big", 1, 10_000)}

@@ -42,10 +42,10 @@ REPO = "bench/many"
 CHILD = r"""
 import json, sys, time
 from datetime import datetime, timezone
-from tasks.config import parse_config
-from tasks.snapshot import run_source
-from tasks.store import Store, new_id
-import tasks.registry  # noqa: F401 - the baseline imports what the scan imports
+from tasks.config.models import parse_config
+from tasks.snapshot.take import run_source
+from tasks.store.store import Store, new_id
+import tasks.sources.registry  # noqa: F401 - the baseline imports what the scan imports
 mode, url, store, concurrency = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = parse_config({"store": store, "registry": {"url": url, "repositories": [sys.argv[5]],
                                                   "concurrency": concurrency}})

@@ -12,8 +12,8 @@ linked to a commit by annotation and by an abbreviated `sha-<commit>` tag. Other
 every count with the tags. Tables are sorted by repository, as the registry source writes them.
 
 Each measurement runs in a fresh subprocess (so peak RSS is its own):
-  plan  `tasks.plan.make_plan`: reads the snapshot, evaluates it one batch of repositories at a
-        time (tasks/planbatches.py) and writes the plan to the store (removed again afterwards);
+  plan  `tasks.plan.make.make_plan`: reads the snapshot, evaluates it one batch of repositories at a
+        time (tasks/plan/batches.py) and writes the plan to the store (removed again afterwards);
   read  the peer: reading every table of the snapshot into Arrow, what any consumer pays.
 Prints medians of RUNS (wall time, and the CPU time of the process: on a shared machine the
 steadier figure), the ratio plan / read, time per tag relative to the base size (the
@@ -58,8 +58,8 @@ def generate(store_url: str, tags: int, seed: int = 1) -> str:
     import numpy as np
     import pandas as pd
 
-    from tasks.schemas import SOURCE_TABLES
-    from tasks.store import Store, SourceStatus
+    from tasks.store.schemas import SOURCE_TABLES
+    from tasks.store.store import Store, SourceStatus
 
     rng = np.random.default_rng(seed)
     scale = tags / 1_000_000
@@ -197,11 +197,11 @@ def generate(store_url: str, tags: int, seed: int = 1) -> str:
     tables = {"tags": all_tags, "manifests": manifests,
               "children": pd.concat(children_rows, ignore_index=True), "links": links,
               "workloads": workloads, "helm": helm, "git_refs": git_refs, "git_commits": git_commits}
-    # sorted as the registry source writes them (tasks/registry.py): by repository, then key
+    # sorted as the registry source writes them (tasks/sources/registry.py): by repository, then key
     for name, keys in SORT_KEYS.items():
         tables[name] = tables[name].sort_values(keys, kind="stable", ignore_index=True)
     store = Store(store_url)
-    from tasks.store import new_id
+    from tasks.store.store import new_id
     sid = new_id(NOW)
     staging = store.staging_dir(sid)
     statuses = {}
@@ -229,7 +229,7 @@ WERF_DEFAULTS = [
 
 
 def bench_config(store_url: str, policy: str):
-    from tasks.config import parse_config
+    from tasks.config.models import parse_config
 
     cleanup = {"keepImagesBuiltWithinLastNHours": 2}
     if policy == "stress":
@@ -249,14 +249,14 @@ def peak_rss() -> int:
 
 def measure(store_url: str, snapshot: str, policy: str, what: str, batch_rows: int | None) -> dict:
     """One measurement in this (fresh) process: the plan as `regsweep plan` makes it, or the read."""
-    from tasks.schemas import SOURCE_TABLES
-    from tasks.store import Store
+    from tasks.store.schemas import SOURCE_TABLES
+    from tasks.store.store import Store
 
     store = Store(store_url)
     if what != "read":
-        import tasks.evaluate  # noqa: F401 - imports are not the plan's time (nor the read's)
-        import tasks.planbatches  # noqa: F401
-        from tasks.plan import make_plan
+        import tasks.plan.evaluate  # noqa: F401 - imports are not the plan's time (nor the read's)
+        import tasks.plan.batches  # noqa: F401
+        from tasks.plan.make import make_plan
 
         config = bench_config(store_url, policy)
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -294,7 +294,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--policy", choices=["defaults", "stress"], default="defaults")
-    ap.add_argument("--batch-rows", type=int, default=None, help="rows per batch (tasks.planbatches.BATCH_ROWS)")
+    ap.add_argument("--batch-rows", type=int, default=None, help="rows per batch (tasks.plan.batches.BATCH_ROWS)")
     ap.add_argument("--base", type=int, default=None, help="size whose time per tag is 1.0 (default: the smallest run)")
     ap.add_argument("--measure", nargs=3, metavar=("STORE", "SNAPSHOT", "WHAT"), help=argparse.SUPPRESS)
     args = ap.parse_args()

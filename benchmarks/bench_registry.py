@@ -7,7 +7,7 @@ Fills (once, kept in DIR; filling is not measured) a local Distribution 2.8 regi
 (testbed/) with REPOS repositories × TAGS tags, every tag its own image (own
 manifest, own config). Then, in one run, median of RUNS each:
 
-  (a) regsweep cold: tasks.registry.extract() into a fresh store (no cache): every tag's
+  (a) regsweep cold: tasks.sources.registry.extract() into a fresh store (no cache): every tag's
       manifest and config read, tables built;
   (b) skopeo:        `skopeo list-tags` per repository + `skopeo inspect --no-tags` per tag, in a
       loop as a script would; inspect is run on a sample of tags and extrapolated per tag;
@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from tasks import oci  # noqa: E402
-from tasks.blobcache import CACHE_NAME, BlobCache  # noqa: E402
-from tasks.config import parse_config  # noqa: E402
-from tasks.registry import extract, scan_registry  # noqa: E402
-from tasks.store import Store  # noqa: E402
+from tasks.sources.blobcache import CACHE_NAME, BlobCache  # noqa: E402
+from tasks.config.models import parse_config  # noqa: E402
+from tasks.sources.registry import extract, scan_registry  # noqa: E402
+from tasks.store.store import Store  # noqa: E402
 from testbed import LocalRegistry, push_repositories  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The history rules' inputs over a store of many snapshots (tasks/seen.py), in one run.
+"""The history rules' inputs over a store of many snapshots (tasks/plan/history_rules.py), in one run.
 
     .venv/bin/python benchmarks/bench_seen.py [--snapshots 2000] [--manifests 5000] [--workloads 500] [--churn 0]
 
@@ -18,10 +18,10 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 
-from tasks.policy import CleanupPolicy
-from tasks.schemas import SOURCE_TABLES
-from tasks.seen import HistoryInputs
-from tasks.store import SourceStatus, Store, new_id
+from tasks.config.policy import CleanupPolicy
+from tasks.store.schemas import SOURCE_TABLES
+from tasks.plan.history_rules import HistoryInputs
+from tasks.store.store import SourceStatus, Store, new_id
 
 REGISTRY = "https://registry.example.com"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -38,11 +38,11 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
 import httpx  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from tasks.config import parse_config  # noqa: E402
+from tasks.config.models import parse_config  # noqa: E402
 from testbed import LocalRegistry, push_raw_manifest, push_tags  # noqa: E402
-from tasks.schemas import PLAN  # noqa: E402
-from tasks.snapshot import run_source, snapshot_meta  # noqa: E402
-from tasks.store import SourceStatus, Store, new_id, utcnow  # noqa: E402
+from tasks.store.schemas import PLAN  # noqa: E402
+from tasks.snapshot.take import run_source, snapshot_meta  # noqa: E402
+from tasks.store.store import SourceStatus, Store, new_id, utcnow  # noqa: E402
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 REPOS = 4

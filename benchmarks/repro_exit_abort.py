@@ -4,7 +4,7 @@
 
 Each run is a fresh `python` that reads one Parquet file with a row filter (as `regsweep
 explain` reads a plan) and exits at once. `python-file` hands `pyarrow.parquet.read_table` an
-fsspec file object, as tasks/store.py did; `store` goes through `Store.read_table`. With the
+fsspec file object, as tasks/store/store.py did; `store` goes through `Store.read_table`. With the
 Python file, Arrow's scan threads drop their last reference to it (or to Python-owned bytes)
 after `read_table` has returned; that takes the GIL, and a thread doing so while the
 interpreter is finalizing is ended with pthread_exit inside a C++ destructor, which calls
@@ -33,7 +33,7 @@ CHILD = {
         "print(t.num_rows)\n"),
     "store": (
         "import sys\n"
-        "from tasks.store import Store\n"
+        "from tasks.store.store import Store\n"
         "t = Store(sys.argv[2]).read_table(sys.argv[1], filters=[('repository', 'in', ['r1'])])\n"
         "print(t.num_rows)\n"),
 }
@@ -45,8 +45,8 @@ def write_sample(directory: Path) -> Path:
 
     import pyarrow as pa
 
-    from tasks.schemas import PLAN
-    from tasks.store import Store
+    from tasks.store.schemas import PLAN
+    from tasks.store.store import Store
 
     rows = [{"repository": f"r{i % 2}", "tag": f"t{i}", "digest": f"sha256:{i:064x}", "kind": "image",
              "action": "delete" if i % 3 else "keep", "reasons": ["unlinked", f"built {i}d ago"],

@@ -28,7 +28,7 @@ def _fail(message: str, code: int) -> None:
 
 def _run(fn, *args, **kwargs):
     """Run a command body, mapping regsweep's typed errors to a message and an exit code."""
-    from tasks.errors import RegsweepError
+    from tasks.common.errors import RegsweepError
 
     try:
         return fn(*args, **kwargs)
@@ -45,15 +45,15 @@ def _run(fn, *args, **kwargs):
 
 
 def _config(path: str):
-    from tasks.config import load_config
+    from tasks.config.models import load_config
 
     return load_config(path)
 
 
 def _sources(option: str | None) -> list[str] | None:
     """--sources as a list of source names (None: every enabled one)."""
-    from tasks.config import ALL_SOURCES
-    from tasks.errors import ConfigError
+    from tasks.config.models import ALL_SOURCES
+    from tasks.common.errors import ConfigError
 
     chosen = [s.strip() for s in option.split(",") if s.strip()] if option else None
     for s in chosen or []:
@@ -66,7 +66,7 @@ def _since(option: str | None):
     """--since as an aware datetime (a date alone is midnight UTC)."""
     from datetime import datetime, timezone
 
-    from tasks.errors import ConfigError
+    from tasks.common.errors import ConfigError
 
     if not option:
         return None
@@ -87,28 +87,28 @@ def snapshot(
     set_cli_defaults(verbose)
 
     def body():
-        from tasks.config import ALL_SOURCES
+        from tasks.config.models import ALL_SOURCES
 
         cfg = _config(config)
         chosen = _sources(sources)
-        from tasks.snapshot import check_sources, select_sources
+        from tasks.snapshot.take import check_sources, select_sources
 
         selected = select_sources(cfg, chosen)
         check_sources(cfg, selected)
         if selected["kubernetes"] or selected["helm"]:
-            from tasks.kubedump import preflight as cluster_preflight
+            from tasks.sources.kubernetes.dumps import preflight as cluster_preflight
 
             # a typo in a context name or a dump's file name is exit 2, not an incomplete snapshot
             cluster_preflight(cfg, selected)
         if "registry" in (chosen or ALL_SOURCES):
-            from tasks.registry import preflight
+            from tasks.sources.registry import preflight
 
             # Wrong credentials are the user's to fix (exit 2, one line): learn it from one request
             # before starting Prefect, rather than publishing a snapshot that says so.
             preflight(cfg.registry)
         from flows.snapshot import snapshot_flow
-        from tasks.errors import SnapshotIncomplete
-        from tasks.progress import terminal_progress
+        from tasks.common.errors import SnapshotIncomplete
+        from tasks.common.progress import terminal_progress
 
         try:
             with terminal_progress():
@@ -119,7 +119,7 @@ def snapshot(
             typer.echo(f"regsweep: snapshot {e.snapshot_id} is incomplete; no plan made from it will delete anything", err=True)
             typer.echo(e.snapshot_id)
             raise typer.Exit(1)
-        from tasks.store import Store
+        from tasks.store.store import Store
 
         typer.echo(f"snapshot written to {Store(cfg.store).path('snapshots', sid)}", err=True)
         typer.echo(sid)
@@ -129,7 +129,7 @@ def snapshot(
 
 def _reclaim_text(meta: dict) -> str:
     """`12.3 MB reclaimable, 80.1 MB of image sizes`: the true figure first (README "Bytes")."""
-    from tasks.units import human_bytes
+    from tasks.common.units import human_bytes
 
     images = f"{human_bytes(meta['image_bytes_deleted'])} of image sizes"
     if meta.get("bytes_reclaimable") is None:
@@ -139,7 +139,7 @@ def _reclaim_text(meta: dict) -> str:
 
 def _cannot_delete(meta: dict, registry: str) -> str | None:
     """Why the registry cannot delete, as its probe recorded with the plan; None when it can."""
-    from tasks.capabilities import Capabilities, cannot_delete
+    from tasks.registry.capabilities import Capabilities, cannot_delete
 
     caps = Capabilities.from_json(meta.get("registry_capabilities"))
     return cannot_delete(caps, registry) if caps else None
@@ -156,8 +156,8 @@ def plan(
     set_cli_defaults(verbose)
 
     def body():
-        from tasks.errors import ConfigError, StoreError
-        from tasks.store import Store
+        from tasks.common.errors import ConfigError, StoreError
+        from tasks.store.store import Store
 
         cfg = _config(config)
         store = Store(cfg.store)
@@ -166,7 +166,7 @@ def plan(
         except StoreError as e:
             raise ConfigError("--snapshot", str(e)) from None
         from flows.plan import plan_flow
-        from tasks.plan import write_plan_json
+        from tasks.plan.make import write_plan_json
 
         pid = plan_flow(config=cfg, snapshot=sid)
         meta = store.plan_meta(pid)
@@ -197,7 +197,7 @@ def explain(
     """Why a tag is kept or deleted, with every reason; prints the decision last."""
 
     def body():
-        from tasks.plan import explain as explain_ref
+        from tasks.plan.make import explain as explain_ref
 
         for line in explain_ref(_config(config), image_ref, plan):  # reads the stored plan: no Prefect
             typer.echo(line)
@@ -220,7 +220,7 @@ def history(
     def body():
         cfg, when = _config(config), _since(since)   # bad usage is exit 2 before Prefect starts
         from flows.history import history_flow
-        from tasks.history import render_text, to_json
+        from tasks.history.growth import render_text, to_json
 
         report = history_flow(config=cfg, since=when, chart=chart, top=top).growth
         if json_path:
@@ -235,7 +235,7 @@ def history(
 def _write_json(path: str, data) -> None:
     import json
 
-    from tasks.errors import ConfigError
+    from tasks.common.errors import ConfigError
 
     try:
         with open(path, "w") as f:
@@ -258,11 +258,11 @@ def whatif(
     set_cli_defaults(verbose)
 
     def body():
-        from tasks.whatif import load_policy
+        from tasks.history.whatif import load_policy
 
         cfg, when, candidate = _config(config), _since(since), load_policy(policy)
         from flows.history import history_flow
-        from tasks.whatif import render_text
+        from tasks.history.whatif import render_text
 
         result = history_flow(config=cfg, since=when, candidate=candidate, whatif_chart=chart, growth=False).whatif
         if json_path:
@@ -290,8 +290,8 @@ def sweep(
     set_cli_defaults(verbose)
 
     def body():
-        from tasks.errors import ConfigError, PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
-        from tasks.store import Store
+        from tasks.common.errors import ConfigError, PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
+        from tasks.store.store import Store
 
         cfg = _config(config)
         try:  # an unknown plan id is bad usage, as in `plan --snapshot`: say so before starting Prefect
@@ -299,7 +299,7 @@ def sweep(
         except StoreError as e:
             raise ConfigError("--plan", str(e)) from None
         from flows.sweep import sweep_flow
-        from tasks.progress import terminal_progress
+        from tasks.common.progress import terminal_progress
 
         try:
             with terminal_progress():

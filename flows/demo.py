@@ -103,10 +103,10 @@ def run_cycle(server) -> dict:
 def instructions(server, registry_url: str, summary: dict, history, config: dict, config_path: Path,
                  runs: dict) -> list[str]:
     """What a newcomer reads: where everything is, what to click, what explain and history say."""
-    from tasks.config import load_config
-    from tasks.history import growth_report, render_text
-    from tasks.plan import explain
-    from tasks.store import Store
+    from tasks.config.models import load_config
+    from tasks.history.growth import growth_report, render_text
+    from tasks.plan.make import explain
+    from tasks.store.store import Store
     from tasks.sweep.report import bytes_text
 
     cfg = load_config(config_path)

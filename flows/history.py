@@ -1,5 +1,5 @@
 """History flow: registry growth over every snapshot in the store and, given a candidate cleanup
-policy, the what-if next to the current policy (tasks/history.py, tasks/whatif.py)."""
+policy, the what-if next to the current policy (tasks/history/growth.py, tasks/history/whatif.py)."""
 
 # No `from __future__ import annotations`: a deployment run rebuilds the parameter model from the
 # flow signature in another process, where string annotations do not resolve. See flows/sweep.py.
@@ -12,10 +12,12 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
-from tasks import history, whatif
-from tasks.config import RegsweepConfig
-from tasks.policy import CleanupPolicy
-from tasks.store import Store
+from tasks.history import growth as history
+
+from tasks.history import whatif
+from tasks.config.models import RegsweepConfig
+from tasks.config.policy import CleanupPolicy
+from tasks.store.store import Store
 
 
 @dataclass

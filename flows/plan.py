@@ -9,8 +9,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
-from tasks.config import RegsweepConfig
-from tasks.plan import PlanResult, make_plan
+from tasks.config.models import RegsweepConfig
+from tasks.plan.make import PlanResult, make_plan
 
 # The keys of the plan's artifacts, which the sweep's approval form links to.
 PLAN_ARTIFACT, DELETIONS_ARTIFACT = PLAN_ARTIFACTS = ("regsweep-plan", "regsweep-plan-deletions")

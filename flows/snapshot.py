@@ -1,6 +1,6 @@
 """Snapshot flow: extract every enabled source in parallel into one published snapshot; with
 `runner.kind: dask` the registry source fans out as repository-batch tasks on a Dask cluster
-(tasks/scaleout.py)."""
+(tasks/snapshot/scaleout.py)."""
 
 # No `from __future__ import annotations`: a deployment run rebuilds the parameter model from the
 # flow signature in another process, where string annotations do not resolve. See flows/sweep.py.
@@ -12,11 +12,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from tasks.config import RegsweepConfig
-from tasks.errors import SnapshotIncomplete
-from tasks.snapshot import (check_sources, preload_sources, run_source, select_sources, snapshot_meta,
+from tasks.config.models import RegsweepConfig
+from tasks.common.errors import SnapshotIncomplete
+from tasks.snapshot.take import (check_sources, preload_sources, run_source, select_sources, snapshot_meta,
                             staged_repositories, summary_markdown)
-from tasks.store import SourceStatus, Store, new_id, utcnow
+from tasks.store.store import SourceStatus, Store, new_id, utcnow
 
 
 @task(name="extract-source", task_run_name="extract-{name}")
@@ -27,8 +27,8 @@ def extract_source(name: str, config: RegsweepConfig, staging: str, now_iso: str
 
 @task(name="probe-registry")
 def probe_registry(config: RegsweepConfig, staging: str) -> dict | None:
-    """What the registry lets regsweep do (tasks/capabilities.py), probed in a repository just scanned."""
-    from tasks.registry import probe_capabilities
+    """What the registry lets regsweep do (tasks/registry/capabilities.py), probed in a repository just scanned."""
+    from tasks.sources.registry import probe_capabilities
 
     return probe_capabilities(config.registry, staged_repositories(Store(config.store), staging))
 
@@ -38,7 +38,7 @@ def scan_registry_batch(config: RegsweepConfig, staging: str, snapshot_id: str, 
                         repositories: list[str], now_iso: str) -> SourceStatus:
     from datetime import datetime
 
-    from tasks.scaleout import scan_batch
+    from tasks.snapshot.scaleout import scan_batch
 
     return scan_batch(config, staging, snapshot_id, part, repositories, datetime.fromisoformat(now_iso))
 
@@ -64,8 +64,8 @@ def registry_batches_flow(config: RegsweepConfig, staging: str, snapshot_id: str
     """The registry source fanned out: one task per batch of repositories, each writing its part files."""
     import time
 
-    from tasks.errors import SourceError
-    from tasks.scaleout import batches, empty_tables, finish, list_repositories, merge_statuses
+    from tasks.common.errors import SourceError
+    from tasks.snapshot.scaleout import batches, empty_tables, finish, list_repositories, merge_statuses
 
     store, started = Store(config.store), time.monotonic()
     try:

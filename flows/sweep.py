@@ -21,11 +21,11 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from flows.plan import DELETIONS_ARTIFACT, PLAN_ARTIFACT, PLAN_ARTIFACTS
-from tasks.config import RegsweepConfig, SweepConfig
-from tasks.errors import SweepNotApproved
-from tasks.lock import sweep_lock
-from tasks.units import parse_duration
-from tasks.store import Store
+from tasks.config.models import RegsweepConfig, SweepConfig
+from tasks.common.errors import SweepNotApproved
+from tasks.sweep.lock import sweep_lock
+from tasks.common.units import parse_duration
+from tasks.store.store import Store
 from tasks.sweep import (Intent, SweepReport, check_deletable, check_up_front_approval, delete_targets, prepare,
                          raise_if_failed)
 

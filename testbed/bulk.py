@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import httpx
 
-from tasks.oci import sha256_digest
+from tasks.oci.manifest import sha256_digest
 from testbed.push import (DEFAULT_LAYER, PushedManifest, build_image, complete_upload, expect_status, push_blob,
                           put_manifest)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tasks.oci import ANN_CREATED, ANN_REVISION
+from tasks.oci.manifest import ANN_CREATED, ANN_REVISION
 from testbed.kube import helm_release, helm_secret, kubectl_list, manifest, pod, pod_spec, workload
 from testbed.push import push_artifact, push_image, push_index, rfc3339, tag_manifest
 

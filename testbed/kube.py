@@ -2,7 +2,7 @@
 
 For tests (tests/support/kube.py re-exports these), benchmarks and `make demo`. The builders make
 objects in the API's shape; `kubectl_list` wraps them the way `kubectl get A,B -A -o json` prints
-them, the offline input of tasks/kubedump.py.
+them, the offline input of tasks/sources/kubernetes/dumps.py.
 
 The Helm encoders mirror helm/helm pkg/storage/driver: `encodeRelease` (util.go) is
 json.Marshal → gzip (BestCompression) → base64.StdEncoding; the Secret driver stores that

@@ -3,7 +3,7 @@
 Every helper takes an `httpx.Client` whose `base_url` is the registry URL (`LocalRegistry.client()`
 builds one, authenticating where the registry wants it) and returns what it pushed as a
 `PushedManifest`: the digest, a `str`, that remembers its bytes, size and media type. Media types,
-digests and the referrers fallback tag are regsweep's own (tasks/oci.py), so the testbed writes
+digests and the referrers fallback tag are regsweep's own (tasks/oci/manifest.py), so the testbed writes
 what the product reads. Bulk pushes of many tags are in testbed/bulk.py.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import httpx
 
-from tasks.oci import (ACCEPT, DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, OCI_CONFIG, OCI_EMPTY, OCI_INDEX,
+from tasks.oci.manifest import (ACCEPT, DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, OCI_CONFIG, OCI_EMPTY, OCI_INDEX,
                        OCI_MANIFEST, fallback_tag, sha256_digest)
 
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

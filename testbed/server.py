@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import httpx
 import yaml
 
-from tasks.auth import ChallengeAuth, Credentials
+from tasks.registry.auth import ChallengeAuth, Credentials
 from testbed.client import sync_client
 
 

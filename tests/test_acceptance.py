@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from tasks.oci import fallback_tag
+from tasks.oci.manifest import fallback_tag
 from testbed import MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest
 from tests.support.gitrepo import RepoBuilder
 from tests.support.kube import helm_release, helm_secret, manifest, pod, workload

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-from tasks.config import load_config
-from tasks.store import Store
+from tasks.config.models import load_config
+from tasks.store.store import Store
 from tasks.sweep.approval import reason_class, render
 from tasks.sweep.loading import prepare
 from testbed import push_artifact, push_image, push_index

@@ -16,12 +16,12 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
-from tasks.blobcache import BlobCache
-from tasks.config import parse_config
-from tasks.distribution import RetryPolicy
-from tasks.registry import scan_registry
-from tasks.store import Store
-from tasks.units import utcnow
+from tasks.sources.blobcache import BlobCache
+from tasks.config.models import parse_config
+from tasks.registry.distribution import RetryPolicy
+from tasks.sources.registry import scan_registry
+from tasks.store.store import Store
+from tasks.common.units import utcnow
 from testbed import LocalRegistry, push_image
 from tests.support.rigs import API_TOKEN, TOKEN_ENV
 from tests.support.sweeps import edit_plan, make_plan, take_snapshot
@@ -232,7 +232,7 @@ def test_token_reaches_no_output_and_no_stored_file(run_cli, request, tmp_path, 
 def test_push_time_stands_in_for_a_missing_build_time_and_last_pull_is_only_shown(request, tmp_path, monkeypatch):
     from datetime import timedelta
 
-    from tasks.plan import explain
+    from tasks.plan.make import explain
     from tests.support.rigs import make_rig
 
     rig = make_rig("harbor", request, tmp_path, monkeypatch)   # Harbor reports push and pull times
@@ -265,7 +265,7 @@ def test_push_time_stands_in_for_a_missing_build_time_and_last_pull_is_only_show
 
 @pytest.mark.parametrize("api", ["gitlab", "harbor", "github", "dockerhub"])
 def test_credentials_that_may_not_delete_are_found_by_the_probe(api, request, sweep, tmp_path, monkeypatch):
-    from tasks.errors import SweepFailed
+    from tasks.common.errors import SweepFailed
     from tests.support.rigs import make_rig
 
     rig = make_rig(api, request, tmp_path, monkeypatch)

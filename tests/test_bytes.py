@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import load_config
-from tasks.oci import fallback_tag, sha256_digest
-from tasks.store import Store, new_id
+from tasks.config.models import load_config
+from tasks.oci.manifest import fallback_tag, sha256_digest
+from tasks.store.store import Store, new_id
 from tasks.sweep.approval import render
 from tasks.sweep.execute import delete_targets
 from tasks.sweep.loading import prepare
-from tasks.units import human_bytes
+from tasks.common.units import human_bytes
 from testbed import get_manifest, push_artifact, push_image, push_index
 from tests.support.sweeps import OLD, make_plan, take_snapshot
 
@@ -177,7 +177,7 @@ def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(world):
     assert sum(v["image_bytes_deleted"] for v in per.values()) == meta["image_bytes_deleted"]
 
     # a resumed sweep: what the rest frees, once the first part is gone, completes the total
-    from tasks.footprint import Footprint
+    from tasks.snapshot.footprint import Footprint
 
     fp, ordered = Footprint.load(world.store, sid), sorted(world.deleted)
     first, rest = ordered[:4], ordered[4:]

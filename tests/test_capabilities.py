@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.capabilities import Capabilities
-from tasks.config import load_config, parse_config
-from tasks.errors import SweepFailed
-from tasks.store import Store
+from tasks.registry.capabilities import Capabilities
+from tasks.config.models import load_config, parse_config
+from tasks.common.errors import SweepFailed
+from tasks.store.store import Store
 from testbed import LocalRegistry, tag_manifest
 from tests.support.registry import READER_PASSWORD, READER_USER
 from tests.support.sweeps import edit_plan, journal_events, make_plan, old, status, take_snapshot, write_config
@@ -133,7 +133,7 @@ def test_capabilities_read_back_from_json_and_summarise():
     ({"api": "github", "github": {"owner": "o", "token": "s3cret"}}, "registry.github.token", "unknown key"),
 ])
 def test_registry_api_settings_are_checked(registry, key, words):
-    from tasks.errors import ConfigError
+    from tasks.common.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
         parse_config({"registry": {"url": "https://ghcr.io", **registry}})

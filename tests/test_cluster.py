@@ -10,11 +10,13 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.config import new_client_from_config
 
-from tasks import cluster, kube
-from tasks.config import parse_config
-from tasks.errors import ClusterError
-from tasks.snapshot import run_source
-from tasks.store import Store
+from tasks.sources.kubernetes import workloads as cluster
+
+from tasks.sources.kubernetes import client as kube
+from tasks.config.models import parse_config
+from tasks.common.errors import ClusterError
+from tasks.snapshot.take import run_source
+from tasks.store.store import Store
 from tests.support.kube import pod, workload
 
 TOKEN = "sekret-token-5f0c2d"

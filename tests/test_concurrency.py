@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import load_config
-from tasks.errors import SweepLocked
-from tasks.lock import lock_path, sweep_lock
-from tasks.store import Store
+from tasks.config.models import load_config
+from tasks.common.errors import SweepLocked
+from tasks.sweep.lock import lock_path, sweep_lock
+from tasks.store.store import Store
 from tests.support.sweeps import journal_events, old, plan_of, status, write_config
 
 REGSWEEP = Path(sys.executable).parent / "regsweep"

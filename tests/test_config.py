@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from tasks.config import load_config, parse_config
-from tasks.errors import ConfigError
+from tasks.config.models import load_config, parse_config
+from tasks.common.errors import ConfigError
 
 BASE = {"registry": {"url": "http://127.0.0.1:5000"}}
 
@@ -164,7 +164,7 @@ def test_runner_is_single_process_unless_dask_is_chosen():
 def test_a_configuration_survives_prefects_stored_parameters():
     """Deployment runs and the UI form hand the flow its config as JSON, where pydantic writes
     durations in ISO 8601 (`P7D`): every duration key must read back to the same policy."""
-    from tasks.config import RegsweepConfig
+    from tasks.config.models import RegsweepConfig
 
     cfg = parse_config(with_(cleanup={
         "keepPolicies": [{"references": {"branch": "/.*/", "limit": {"in": "168h", "last": 5}},

@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.config import RegsweepConfig, config_error_from, load_config, parse_config
-from tasks.errors import ConfigError
-from tasks.units import parse_duration
+from tasks.config.models import RegsweepConfig, config_error_from, load_config, parse_config
+from tasks.common.errors import ConfigError
+from tasks.common.units import parse_duration
 
 FUZZ = settings(derandomize=True, max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

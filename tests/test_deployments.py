@@ -93,8 +93,8 @@ def test_the_kubernetes_variant_runs_the_same_flows_in_cluster_with_the_rbac_ser
 
 
 def test_the_cluster_role_grants_exactly_the_reads_the_sources_make():
-    from tasks.cluster import WORKLOAD_KINDS
-    from tasks.kube import CONFIGMAPS, SECRETS
+    from tasks.sources.kubernetes.workloads import WORKLOAD_KINDS
+    from tasks.sources.kubernetes.client import CONFIGMAPS, SECRETS
 
     docs = {d["kind"]: d for d in yaml.safe_load_all(RBAC_YAML.read_text())}
     granted: dict[tuple[str, str], set[str]] = {}

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tasks.store import Store
+from tasks.store.store import Store
 from tests.support.e2e import E2E_POOL, ROOT, on_server
 from tests.support.kube import kubectl_list, workload
 from tests.support.sweeps import fresh, old, status

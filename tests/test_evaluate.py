@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from tasks.config import parse_config
-from tasks.evaluate import evaluate
-from tasks.schemas import SOURCE_TABLES
+from tasks.config.models import parse_config
+from tasks.plan.evaluate import evaluate
+from tasks.store.schemas import SOURCE_TABLES
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 REGISTRY = "https://registry.example.com"
@@ -405,8 +405,8 @@ def test_replay_same_snapshot_and_policy_gives_the_identical_plan():
 
 
 def test_replay_through_the_store_gives_the_identical_plan(tmp_path):
-    from tasks.plan import make_plan
-    from tasks.store import SourceStatus, Store
+    from tasks.plan.make import make_plan
+    from tasks.store.store import SourceStatus, Store
 
     s = _busy_snapshot()
     cfg = config(store=str(tmp_path / "store"))
@@ -430,5 +430,5 @@ def test_replay_through_the_store_gives_the_identical_plan(tmp_path):
     # and the stored plan is what evaluating the tables in memory gives
     import pyarrow as pa
 
-    from tasks.schemas import PLAN
+    from tasks.store.schemas import PLAN
     assert a.to_pylist() == pa.Table.from_pandas(plan_of(s, cfg), schema=PLAN, preserve_index=False).to_pylist()

@@ -13,10 +13,10 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from tasks import git as git_source
-from tasks.config import parse_config
-from tasks.evaluate import evaluate
-from tasks.store import Store
+from tasks.sources import git as git_source
+from tasks.config.models import parse_config
+from tasks.plan.evaluate import evaluate
+from tasks.store.store import Store
 from tests.support.gitrepo import RepoBuilder
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, decisions, reasons
 

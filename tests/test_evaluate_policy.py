@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import parse_config
-from tasks.errors import ConfigError
+from tasks.config.models import parse_config
+from tasks.common.errors import ConfigError
 
 BASE = {"registry": {"url": "http://127.0.0.1:5000"}}
 P = "cleanup.keepPolicies[0]"

@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
-from tasks.config import load_config
-from tasks.errors import PlanRefused, RegsweepError, SweepFailed
-from tasks.store import Store
+from tasks.config.models import load_config
+from tasks.common.errors import PlanRefused, RegsweepError, SweepFailed
+from tasks.store.store import Store
 from testbed import push_image, push_index
 from tests.support.faults import FaultProxy
 from tests.support.kube import KubeServer, workload, write_kubeconfig

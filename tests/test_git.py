@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pygit2
 import pytest
 
-from tasks import git
-from tasks.config import RegsweepConfig, parse_config
-from tasks.errors import ConfigError, GitError
-from tasks.schemas import GIT_COMMITS, GIT_REFS
-from tasks.snapshot import run_source
-from tasks.store import Store
+from tasks.sources import git
+from tasks.config.models import RegsweepConfig, parse_config
+from tasks.common.errors import ConfigError, GitError
+from tasks.store.schemas import GIT_COMMITS, GIT_REFS
+from tasks.snapshot.take import run_source
+from tasks.store.store import Store
 from tests.support.gitrepo import RepoBuilder, shallow_clone
 
 UTC = timezone.utc

@@ -10,10 +10,10 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
-from tasks import helm
-from tasks.config import parse_config
-from tasks.errors import HelmError
-from tasks.store import Store
+from tasks.sources.kubernetes import helm
+from tasks.config.models import parse_config
+from tasks.common.errors import HelmError
+from tasks.store.store import Store
 from tests.support.kube import (encode_release, helm_configmap, helm_release, helm_secret, manifest, pod_spec,
                                 workload)
 
@@ -182,7 +182,7 @@ def test_a_release_that_cannot_be_decoded_fails_naming_it(one, tmp_path, driver,
 
 
 def test_listing_failure_is_a_cluster_error_naming_the_kind(one, tmp_path):
-    from tasks.errors import ClusterError
+    from tasks.common.errors import ClusterError
 
     server, kubeconfig = one
     server.forbid("configmaps", namespace="shop")

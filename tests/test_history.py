@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from tasks.history import growth
-from tasks.schemas import CHILDREN, LINKS, MANIFESTS, TAGS
-from tasks.store import Store, new_id
+from tasks.history.growth import growth
+from tasks.store.schemas import CHILDREN, LINKS, MANIFESTS, TAGS
+from tasks.store.store import Store, new_id
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

@@ -4,7 +4,7 @@
 Real components: images pushed to the real Distribution, workloads and Helm Secrets served by
 the loopback Kubernetes API server and changed between snapshots, snapshots taken by the real
 extractors at chosen clocks (tests/support/sweeps.py `take_snapshot`), plans made and stored as
-the plan flow does (tasks/plan.py).
+the plan flow does (tasks/plan/make.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from datetime import timedelta
 
 import pytest
 
-from tasks.config import parse_config
-from tasks.plan import make_plan
-from tasks.policy import CleanupPolicy
-from tasks.store import Store
-from tasks.units import utcnow
+from tasks.config.models import parse_config
+from tasks.plan.make import make_plan
+from tasks.config.policy import CleanupPolicy
+from tasks.store.store import Store
+from tasks.common.units import utcnow
 from testbed import push_image, tag_manifest
 from tests.support.kube import helm_release, helm_secret, manifest, pod, workload
 from tests.support.sweeps import old, take_snapshot

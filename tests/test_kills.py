@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import load_config
+from tasks.config.models import load_config
 from testbed import push_artifact, push_image, push_index
 from tests.support.sweeps import journal_events, plan_of, survivors, utcnow, write_config
 

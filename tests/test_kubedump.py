@@ -7,10 +7,12 @@ import json
 import pytest
 import yaml
 
-from tasks import cluster, helm
-from tasks.config import load_config, parse_config
-from tasks.errors import ClusterError, HelmError
-from tasks.store import Store
+from tasks.sources.kubernetes import workloads as cluster
+
+from tasks.sources.kubernetes import helm
+from tasks.config.models import load_config, parse_config
+from tasks.common.errors import ClusterError, HelmError
+from tasks.store.store import Store
 from tests.support.kube import (helm_configmap, helm_release, helm_secret, kubectl_list, manifest, pod, pod_spec,
                                 workload)
 from tests.support.sweeps import old, plan_of, status, write_config
@@ -167,7 +169,7 @@ def test_the_sweeps_cluster_recheck_rereads_the_dumps(sweep, registry, registry_
 
 
 def test_a_dump_broken_before_the_sweep_deletes_nothing(sweep, registry, registry_client, unique_repo, tmp_path):
-    from tasks.errors import SweepFailed
+    from tasks.common.errors import SweepFailed
 
     c, repo = registry_client, unique_repo
     d = old(c, repo, "v1")

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import yaml
 
-from tasks.oci import fallback_tag
+from tasks.oci.manifest import fallback_tag
 from testbed import push_artifact, push_image, push_index
 
 PATTERN = "^sha-(?P<commit>[0-9a-f]{7,40})$"

@@ -1,10 +1,10 @@
 """A plan evaluated in batches of repositories is the plan evaluated whole, row for row.
 
-make_plan evaluates a stored snapshot one batch of whole repositories at a time (tasks/planbatches.py),
+make_plan evaluates a stored snapshot one batch of whole repositories at a time (tasks/plan/batches.py),
 sharing the git history across batches. Here one snapshot with every rule in play — git policies
 over a real repository, in-use workloads (by tag, digest, imageID, another host), Helm revisions,
 multi-platform indexes, signatures and `sha256-` fallback tags, unknown and missing manifests, a
-digest shared by two repositories — is planned whole (tasks.evaluate.evaluate) and in batches of
+digest shared by two repositories — is planned whole (tasks.plan.evaluate.evaluate) and in batches of
 one repository, through the store, with its tables sorted by repository or not.
 """
 
@@ -15,14 +15,14 @@ from datetime import timedelta
 import pyarrow as pa
 import pytest
 
-from tasks import git as git_source
-from tasks.config import parse_config
-from tasks.evaluate import evaluate, plan_summary
-from tasks.plan import deletion_rows, load_snapshot, make_plan
-from tasks.planbatches import plan_batches, read_tables
-from tasks.schemas import PLAN, SOURCE_TABLES
-from tasks.store import SourceStatus, Store
-from tasks.whatif import policy_key, read_current
+from tasks.sources import git as git_source
+from tasks.config.models import parse_config
+from tasks.plan.evaluate import evaluate, plan_summary
+from tasks.plan.make import deletion_rows, load_snapshot, make_plan
+from tasks.plan.batches import plan_batches, read_tables
+from tasks.store.schemas import PLAN, SOURCE_TABLES
+from tasks.store.store import SourceStatus, Store
+from tasks.history.whatif import policy_key, read_current
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, digest
 
 H = "registry.example.com"
@@ -154,13 +154,13 @@ def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp
 
 
 def test_commit_lookup_by_integer_keys_agrees_with_string_lookup():
-    """Links resolve batch after batch through integer keys of the shas (tasks/commitgraph.py):
+    """Links resolve batch after batch through integer keys of the shas (tasks/plan/git/graph.py):
     full, abbreviated, ambiguous, absent, upper-case and malformed values resolve as by strings."""
     import random
 
     import pandas as pd
 
-    from tasks.commitgraph import CommitGraph
+    from tasks.plan.git.graph import CommitGraph
 
     rnd = random.Random(3)
     hexd = "0123456789abcdef"

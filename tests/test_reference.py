@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.reference import (ImageRef, RegistryMatcher, digest_of_image_id, match_images, normalize_host,
+from tasks.oci.reference import (ImageRef, RegistryMatcher, digest_of_image_id, match_images, normalize_host,
                              parse_reference)
 
 D = "sha256:" + "ab" * 32

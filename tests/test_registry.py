@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from tasks import oci
-from tasks.config import parse_config
-from tasks.errors import ManifestUnknown, UnsupportedOperation
+from tasks.oci import manifest as oci
+from tasks.config.models import parse_config
+from tasks.common.errors import ManifestUnknown, UnsupportedOperation
 from testbed import ImageSpec, push_artifact, push_image, push_images, push_index, push_tags, tag_manifest
-from tasks.blobcache import CACHE_NAME, BlobCache
-from tasks.distribution import RegistryClient, RetryPolicy
-from tasks.registry import extract, scan_registry
-from tasks.schemas import SOURCE_TABLES
-from tasks.store import Store
+from tasks.sources.blobcache import CACHE_NAME, BlobCache
+from tasks.registry.distribution import RegistryClient, RetryPolicy
+from tasks.sources.registry import extract, scan_registry
+from tasks.store.schemas import SOURCE_TABLES
+from tasks.store.store import Store
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
@@ -352,7 +352,7 @@ def test_delete_disabled_registry_is_unsupported(fresh_registry):
 
 
 def test_repository_globs_stay_within_a_path_segment():
-    from tasks.registry import repository_globs
+    from tasks.sources.registry import repository_globs
 
     rx = repository_globs(["team/*", "ops/**", "app?", "lib/[!x]*"])
     picked = [n for n in ("team/api", "team/api/cache", "ops/a/b/c", "ops", "app1", "app12", "lib/y1", "lib/x1")

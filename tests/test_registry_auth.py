@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.auth import ChallengeAuth, Credentials, docker_config_credentials, resolve_credentials
-from tasks.config import parse_config
-from tasks.errors import RegistryAuthError, RegistryUnreachable
+from tasks.registry.auth import ChallengeAuth, Credentials, docker_config_credentials, resolve_credentials
+from tasks.config.models import parse_config
+from tasks.common.errors import RegistryAuthError, RegistryUnreachable
 from testbed import push_image, push_tags
-from tasks.blobcache import BlobCache
-from tasks.distribution import RegistryClient, RetryPolicy
-from tasks.registry import scan_registry
+from tasks.sources.blobcache import BlobCache
+from tasks.registry.distribution import RegistryClient, RetryPolicy
+from tasks.sources.registry import scan_registry
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER
 
 FAST = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
@@ -290,7 +290,7 @@ def test_tls_fails_without_the_ca_unless_insecure(tls_registry):
 
 
 def test_unreadable_ca_file_is_a_config_error(tmp_path):
-    from tasks.errors import ConfigError
+    from tasks.common.errors import ConfigError
     with pytest.raises(ConfigError) as e:
         run(cfg("https://127.0.0.1:1", caFile=str(tmp_path / "missing.pem")), lambda cl: cl.ping())
     assert e.value.key == "registry.caFile"
@@ -337,7 +337,7 @@ def test_password_from_a_prefect_secret_block_reaches_no_parameter(prefect_harne
     from prefect.blocks.system import Secret
 
     from flows.snapshot import snapshot_flow
-    from tasks.store import Store
+    from tasks.store.store import Store
 
     Secret(value=REGISTRY_PASSWORD).save("regsweep-test-registry", overwrite=True)
     with htpasswd_registry.client() as c:
@@ -352,7 +352,7 @@ def test_password_from_a_prefect_secret_block_reaches_no_parameter(prefect_harne
 
 
 def test_a_missing_secret_block_names_the_key(prefect_harness, htpasswd_registry, tmp_path):
-    from tasks.errors import ConfigError
+    from tasks.common.errors import ConfigError
 
     config = cfg(htpasswd_registry.url, tmp_path, {"username": REGISTRY_USER, "password_block": "no-such-block"})
     with pytest.raises(ConfigError, match=r"^registry.auth.password_block: no Secret block 'no-such-block'"):

@@ -13,16 +13,16 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tasks import oci
-from tasks.config import parse_config
-from tasks.errors import RegistryError, RegistryUnreachable, SourceError
-from tasks.oci import sha256_digest
+from tasks.oci import manifest as oci
+from tasks.config.models import parse_config
+from tasks.common.errors import RegistryError, RegistryUnreachable, SourceError
+from tasks.oci.manifest import sha256_digest
 from testbed import push_image, push_tags
-from tasks.blobcache import BlobCache
-from tasks.distribution import RegistryClient, RetryPolicy
-from tasks.registry import scan_registry
-from tasks.snapshot import run_source
-from tasks.store import Store
+from tasks.sources.blobcache import BlobCache
+from tasks.registry.distribution import RegistryClient, RetryPolicy
+from tasks.sources.registry import scan_registry
+from tasks.snapshot.take import run_source
+from tasks.store.store import Store
 from tests.support.registry import FaultProxy
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)

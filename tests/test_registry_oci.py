@@ -1,4 +1,4 @@
-"""Manifest, config, Link and WWW-Authenticate parsing as plain data (tasks/oci.py, tasks/auth.py)."""
+"""Manifest, config, Link and WWW-Authenticate parsing as plain data (tasks/oci/manifest.py, tasks/registry/auth.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tasks import oci
-from tasks.auth import Challenge, parse_challenges, resource_scope
-from tasks.units import parse_build_time
+from tasks.oci import manifest as oci
+from tasks.registry.auth import Challenge, parse_challenges, resource_scope
+from tasks.common.units import parse_build_time
 
 
 def manifest(**extra):

@@ -8,10 +8,10 @@ import asyncio
 import threading
 import time
 
-from tasks.blobcache import BlobCache
-from tasks.config import parse_config
-from tasks.distribution import RetryPolicy
-from tasks.registry import scan_registry
+from tasks.sources.blobcache import BlobCache
+from tasks.config.models import parse_config
+from tasks.registry.distribution import RetryPolicy
+from tasks.sources.registry import scan_registry
 from testbed import push_repositories, push_tags
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)

@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from tasks.config import load_config
-from tasks.errors import SweepFailed
-from tasks.oci import OCI_MANIFEST, sha256_digest
-from tasks.store import Store
+from tasks.config.models import load_config
+from tasks.common.errors import SweepFailed
+from tasks.oci.manifest import OCI_MANIFEST, sha256_digest
+from tasks.store.store import Store
 from testbed import push_image
 from tests.support.kube import workload
 from tests.support.sweeps import journal_events, old, plan_of, status, take_snapshot, write_config
@@ -79,7 +79,7 @@ def test_a_list_expiring_once_mid_way_restarts_and_still_sees_every_workload(swe
 
 def test_a_config_blob_that_404s_is_recorded_and_the_image_kept_as_fresh(registry, registry_client, unique_repo,
                                                                          tmp_path):
-    from tasks.plan import make_plan
+    from tasks.plan.make import make_plan
 
     c, repo = registry_client, unique_repo
     broken = old(c, repo, "no-config")
@@ -103,7 +103,7 @@ def test_a_config_blob_that_404s_is_recorded_and_the_image_kept_as_fresh(registr
 
 
 def test_a_manifest_that_will_not_parse_is_recorded_and_kept(registry, registry_client, unique_repo, tmp_path):
-    from tasks.plan import make_plan
+    from tasks.plan.make import make_plan
 
     c, repo = registry_client, unique_repo
     push_image(c, repo, "broken", layers=[b"x"])      # listed by the registry, served broken by the proxy

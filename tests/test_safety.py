@@ -12,13 +12,13 @@ from datetime import timedelta
 
 import pytest
 
-from tasks import git as git_source
-from tasks import helm
-from tasks.config import load_config, parse_config
-from tasks.errors import PlanRefused, SweepLocked, SweepNotApproved
-from tasks.evaluate import evaluate
-from tasks.store import Store, utcnow
-from tasks.lock import sweep_lock
+from tasks.sources import git as git_source
+from tasks.sources.kubernetes import helm
+from tasks.config.models import load_config, parse_config
+from tasks.common.errors import PlanRefused, SweepLocked, SweepNotApproved
+from tasks.plan.evaluate import evaluate
+from tasks.store.store import Store, utcnow
+from tasks.sweep.lock import sweep_lock
 from tests.support.gitrepo import RepoBuilder
 from testbed import push_artifact, push_index, tag_manifest
 from tests.support.kube import helm_release, helm_secret, manifest, workload

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import oci
-from tasks.config import parse_config
-from tasks.plan import make_plan
-from tasks.schemas import SOURCE_TABLES
-from tasks.store import Store
+from tasks.oci import manifest as oci
+from tasks.config.models import parse_config
+from tasks.plan.make import make_plan
+from tasks.store.schemas import SOURCE_TABLES
+from tasks.store.store import Store
 from testbed import push_artifact, push_image, push_index, push_repositories
 
 SHA = "^sha-(?P<commit>[0-9a-f]{7,40})$"
@@ -95,7 +95,7 @@ def test_dask_fan_out_on_s3(prefect_harness, registry, world, tmp_path, s3_store
 
 def test_a_failed_batch_fails_the_source_and_leaves_no_registry_table(prefect_harness, registry, world, tmp_path):
     from flows.snapshot import snapshot_flow
-    from tasks.errors import SnapshotIncomplete
+    from tasks.common.errors import SnapshotIncomplete
     from tests.support.faults import FaultProxy
 
     with FaultProxy(registry.url) as proxy:

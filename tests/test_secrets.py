@@ -15,7 +15,7 @@ from pathlib import Path
 import trustme
 import yaml
 
-from tasks.store import Store
+from tasks.store.store import Store
 from tests.support.kube import workload
 from tests.support.registry import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.sweeps import fresh, old

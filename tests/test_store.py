@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from tasks.errors import StoreError
-from tasks.schemas import TAGS
-from tasks.store import Store, new_id
+from tasks.common.errors import StoreError
+from tasks.store.schemas import TAGS
+from tasks.store.store import Store, new_id
 
 
 def test_ids_sort_by_time():

@@ -7,8 +7,8 @@ import json
 import yaml
 
 from testbed import push_image
-from tasks.schemas import TAGS
-from tasks.store import Store, new_id
+from tasks.store.schemas import TAGS
+from tasks.store.store import Store, new_id
 
 
 def test_snapshot_on_s3_is_invisible_until_published_and_reads_back_typed(s3_store):

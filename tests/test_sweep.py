@@ -19,11 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tasks.config import load_config
-from tasks.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
+from tasks.config.models import load_config
+from tasks.common.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
 from testbed import push_artifact, push_index, tag_manifest
-from tasks.store import Store, new_id, utcnow
-from tasks.lock import lock_path, sweep_lock
+from tasks.store.store import Store, new_id, utcnow
+from tasks.sweep.lock import lock_path, sweep_lock
 from tests.support.sweeps import (PROBE_DELETES, TARGET_DELETES, fresh, journal_events, make_plan, old, plan_of, resolves_to, status,
                                   take_snapshot, write_config)
 
@@ -117,7 +117,7 @@ def test_a_digest_shared_with_a_kept_tag_survives(sweep, registry, registry_clie
 
 def test_a_plan_deleting_one_of_two_tags_on_a_digest_keeps_the_digest(sweep, registry, registry_client, unique_repo, tmp_path):
     """Digest-level safety even when a plan marks tags of one digest differently."""
-    from tasks.schemas import PLAN
+    from tasks.store.schemas import PLAN
 
     c, repo = registry_client, unique_repo
     d = old(c, repo, "nightly")

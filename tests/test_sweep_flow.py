@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import load_config
-from tasks.errors import SweepLocked, SweepNotApproved
-from tasks.store import Store
+from tasks.config.models import load_config
+from tasks.common.errors import SweepLocked, SweepNotApproved
+from tasks.store.store import Store
 from tests.support.sweeps import TARGET_DELETES, fresh, journal_events, old, plan_of, status, write_config
 
 

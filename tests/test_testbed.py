@@ -8,8 +8,8 @@ import httpx
 import jwt
 import pytest
 
-from tasks.auth import ChallengeAuth, Credentials
-from tasks.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, fallback_tag, sha256_digest
+from tasks.registry.auth import ChallengeAuth, Credentials
+from tasks.oci.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, fallback_tag, sha256_digest
 from testbed import (MANIFEST_ACCEPT, LocalRegistry, LocalRegistryError, PushError, get_manifest, push_artifact,
                      push_image, push_index, push_raw_manifest, push_repositories, push_tags, seed_demo, tag_manifest)
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER

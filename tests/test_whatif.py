@@ -15,11 +15,11 @@ from datetime import timedelta
 import pytest
 import yaml
 
-from tasks.config import load_config
-from tasks.history import growth_report
-from tasks.store import Store
-from tasks.units import utcnow
-from tasks.whatif import load_policy, whatif
+from tasks.config.models import load_config
+from tasks.history.growth import growth_report
+from tasks.store.store import Store
+from tasks.common.units import utcnow
+from tasks.history.whatif import load_policy, whatif
 from testbed import push_image
 from tests.support.kube import pod, write_kubeconfig
 from tests.support.sweeps import OLD, make_plan, take_snapshot, write_config
@@ -185,10 +185,10 @@ def test_caches_the_flows_write_give_the_whatif_the_same_answer(history, tmp_pat
     import numpy as np
     import pyarrow as pa
 
-    from tasks.footprint import Footprint, index_name, load_index
-    from tasks.history import _diff_name
-    from tasks.snapshot import summary_markdown
-    from tasks.whatif import cache_name, policy_key, read_current
+    from tasks.snapshot.footprint import Footprint, index_name, load_index
+    from tasks.history.growth import _diff_name
+    from tasks.snapshot.take import summary_markdown
+    from tasks.history.whatif import cache_name, policy_key, read_current
 
     cfg, ids, im, _ = history
     store = Store(cfg.store)

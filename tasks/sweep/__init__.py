@@ -20,7 +20,7 @@ and the clusters, and deletes through a journal:
 - **Journal** (`journal`): `started` is durable (fsync) before each DELETE goes out, `done`/
   `skipped`/`failed` is written after. Running the same plan again resumes: `done` targets are
   never requested again, and a target left `started` is looked up first (gone means done).
-- **Lock** (tasks/lock.py): one sweep per registry at a time, a lock file in the store.
+- **Lock** (tasks/sweep/lock.py): one sweep per registry at a time, a lock file in the store.
 
 Everything here is plain Python; flows/sweep.py is the one orchestration (lock, approval pause,
 artifacts) and calls, in order: `prepare`, `check_deletable` (a registry that cannot delete is

@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tasks.units import human_bytes, parse_time, utcnow
+from tasks.common.units import human_bytes, parse_time, utcnow
 
 if TYPE_CHECKING:
     from tasks.sweep.report import Intent

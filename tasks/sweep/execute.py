@@ -1,9 +1,9 @@
 """Deleting: the async loop that sends each DELETE after its last re-check, journalling every attempt.
 
 `delete_targets` runs the whole step after approval: the fresh cluster scan, the `planned`
-records, the registry re-check and the loop, over one registry backend (tasks/backends/: the
+records, the registry re-check and the loop, over one registry backend (tasks/registry/backends/: the
 Distribution API, or the native API `registry.api` names). What the registry can delete comes
-from its probed capabilities (tasks/capabilities.py), recorded with the plan; where none were
+from its probed capabilities (tasks/registry/capabilities.py), recorded with the plan; where none were
 recorded, the first refusal of a lone tag decides for the rest.
 """
 
@@ -14,10 +14,10 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Callable
 
-from tasks.capabilities import DENIED, NO, UNKNOWN, YES, Capabilities
-from tasks.errors import RegistryAuthError, RegistryError, RegistryUnreachable, StoreError, UnsupportedOperation
-from tasks.notes import collecting, warn
-from tasks.store import Store
+from tasks.registry.capabilities import DENIED, NO, UNKNOWN, YES, Capabilities
+from tasks.common.errors import RegistryAuthError, RegistryError, RegistryUnreachable, StoreError, UnsupportedOperation
+from tasks.common.notes import collecting, warn
+from tasks.store.store import Store
 from tasks.sweep.journal import Event, Journal
 from tasks.sweep.loading import no_tag_delete, reclaim_after
 from tasks.sweep.recheck import Protection, merge_digests, recheck_cluster, recheck_registry
@@ -25,8 +25,8 @@ from tasks.sweep.report import Intent, SweepReport
 from tasks.sweep.targets import DONE, FAILED, PLANNED, SKIPPED, STARTED, WOULD_DELETE, Outcome, Target
 
 if TYPE_CHECKING:
-    from tasks.backends import Backend
-    from tasks.config import RegsweepConfig, SweepConfig
+    from tasks.registry.backends import Backend
+    from tasks.config.models import RegsweepConfig, SweepConfig
 
 log = logging.getLogger("regsweep.sweep")
 
@@ -37,7 +37,7 @@ def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dr
     Raises SweepFailed, deleting nothing, when a re-check cannot run; a target that fails is
     recorded in the report (and the journal) instead.
     """
-    from tasks.progress import reporter
+    from tasks.common.progress import reporter
 
     outcomes: list[Outcome] = []
     rep = reporter()
@@ -65,7 +65,7 @@ def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dr
 
 def _reclaimed(store: Store, intent: Intent, report: SweepReport) -> int | None:
     """What garbage collection frees of the manifests that went: the plan's and the approval
-    form's function (tasks/footprint.py), over what this run deleted. Unknown (None) rather than
+    form's function (tasks/snapshot/footprint.py), over what this run deleted. Unknown (None) rather than
     a failed report when the store cannot give the blobs now: the deletions have happened."""
     if intent.reclaim is None:
         return None   # the snapshot recorded no blobs
@@ -82,7 +82,7 @@ def _reclaimed(store: Store, intent: Intent, report: SweepReport) -> int | None:
 
 async def _recheck_and_execute(config: "RegsweepConfig", intent: Intent, prot: Protection, journal: Journal | None,
                                dry_run: bool, progress: Callable[[int], None]) -> list[Outcome]:
-    from tasks.backends import open_backend
+    from tasks.registry.backends import open_backend
 
     async with open_backend(config.registry) as backend:
         prot.update(await recheck_registry(backend, intent.targets, intent.known, config.registry.concurrency,

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from tasks.schemas import JOURNAL
-from tasks.store import Store
+from tasks.store.schemas import JOURNAL
+from tasks.store.store import Store
 from tasks.sweep.targets import DONE, PLANNED, STARTED
-from tasks.units import utcnow
+from tasks.common.units import utcnow
 
 #: One record: (repository, target, event, detail); target is a digest or a lone tag.
 Event = tuple[str, str, str, str | None]

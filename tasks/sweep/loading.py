@@ -4,7 +4,7 @@ A plan is refused (PlanRefused, nothing deleted) unless it was made for this reg
 current cleanup policy, from a complete snapshot that is younger than `sweep.maxPlanAge` and
 not dated in the future (README "Safety").
 
-The registry's capabilities recorded with the plan (probed with its snapshot, tasks/capabilities.py)
+The registry's capabilities recorded with the plan (probed with its snapshot, tasks/registry/capabilities.py)
 decide up front what cannot go: lone tags where the registry cannot delete a tag alone, untagged
 manifests where its API deletes tags only. A plan whose probe found the registry unable to delete
 is probed again before the sweep refuses it (the registry may have been fixed since).
@@ -16,20 +16,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from tasks.capabilities import DENIED, NO, Capabilities, cannot_delete, probe_registry
-from tasks.errors import PlanRefused, RegistryError, StoreError, SweepFailed
-from tasks.reference import RegistryMatcher, same_registry
-from tasks.store import Store
+from tasks.registry.capabilities import DENIED, NO, Capabilities, cannot_delete, probe_registry
+from tasks.common.errors import PlanRefused, RegistryError, StoreError, SweepFailed
+from tasks.oci.reference import RegistryMatcher, same_registry
+from tasks.store.store import Store
 from tasks.sweep.journal import Journal
 from tasks.sweep.recheck import merge_digests, referenced_digests
 from tasks.sweep.report import Intent
 from tasks.sweep.targets import SKIPPED, Outcome, Target, deletion_targets
-from tasks.units import human_age, parse_duration, parse_time, utcnow
+from tasks.common.units import human_age, parse_duration, parse_time, utcnow
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tasks.config import RegsweepConfig, SweepConfig
+    from tasks.config.models import RegsweepConfig, SweepConfig
 
 #: How far ahead of this machine's clock a snapshot or plan may be dated (clocks drift a little).
 CLOCK_SKEW = timedelta(minutes=5)
@@ -74,7 +74,7 @@ def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settin
 
     `registry` is the configured registry URL, `policy` the digest of the current cleanup policy.
     """
-    from tasks.schemas import CHILDREN, MANIFESTS
+    from tasks.store.schemas import CHILDREN, MANIFESTS
 
     try:
         plan_id = store.resolve_plan(plan_ref)
@@ -127,7 +127,7 @@ def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settin
 def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest", *, probe: bool = False) -> Intent:
     """Load and check the plan, compute its targets and drop those an earlier run finished.
 
-    `probe` asks the registry again what it can delete (tasks/capabilities.py) instead of trusting
+    `probe` asks the registry again what it can delete (tasks/registry/capabilities.py) instead of trusting
     the answer recorded with the snapshot: deletion may have been switched on or off since.
     """
     registry = config.registry.url
@@ -164,8 +164,8 @@ def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest", *,
 
 def reclaim_after(store: Store, intent: Intent, deleted: list[tuple[str, str]]):
     """What garbage collection frees once these (repository, digest) manifests are gone, besides
-    those an earlier run of the sweep deleted: the plan's own function (tasks/footprint.py)."""
-    from tasks.footprint import Footprint, reclaim_of
+    those an earlier run of the sweep deleted: the plan's own function (tasks/snapshot/footprint.py)."""
+    from tasks.snapshot.footprint import Footprint, reclaim_of
 
     done = [(t.repository, t.digest) for t in intent.done_before if not t.is_tag]
     return reclaim_of(Footprint.load(store, intent.snapshot_id), deleted, gone=done)

@@ -10,13 +10,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tasks.errors import ManifestUnknown, RegistryError, RegsweepError, SweepFailed
-from tasks.reference import RegistryMatcher, digest_of_image_id
+from tasks.common.errors import ManifestUnknown, RegistryError, RegsweepError, SweepFailed
+from tasks.oci.reference import RegistryMatcher, digest_of_image_id
 from tasks.sweep.targets import Target
 
 if TYPE_CHECKING:
-    from tasks.backends import Backend
-    from tasks.config import RegsweepConfig
+    from tasks.registry.backends import Backend
+    from tasks.config.models import RegsweepConfig
 
 #: Digests per repository.
 Digests = dict[str, set[str]]
@@ -70,7 +70,7 @@ def cluster_protection(config: "RegsweepConfig", targets: list[Target]) -> Prote
 
     A scan that fails raises: the caller deletes nothing (fail closed).
     """
-    from tasks.cluster import scan_in_use
+    from tasks.sources.kubernetes.workloads import scan_in_use
 
     prot = Protection()
     workloads = scan_in_use(config.kubernetes)
@@ -128,7 +128,7 @@ async def registry_protection(backend: "Backend", targets: list[Target], known: 
     listed by a new index, or a subject given a new artifact. Listing or resolving errors raise
     (fail closed).
     """
-    from tasks.oci import parse_manifest
+    from tasks.oci.manifest import parse_manifest
 
     prot = Protection()
     by_repo: dict[str, list[Target]] = {}

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tasks.errors import SweepFailed, SweepNotApproved
+from tasks.common.errors import SweepFailed, SweepNotApproved
 from tasks.sweep.targets import DONE, FAILED, SKIPPED, WOULD_DELETE, Outcome, Target
-from tasks.units import human_bytes
+from tasks.common.units import human_bytes
 
 
 @dataclass
@@ -34,11 +34,11 @@ class Intent:
     reasons: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     built: dict[tuple[str, str], Any] = field(default_factory=dict)
     cluster_recheck: str = ""           # how the clusters are looked at again before deleting ("" = not)
-    capabilities: Any = None           # tasks.capabilities.Capabilities recorded with the plan, if any
+    capabilities: Any = None           # tasks.registry.capabilities.Capabilities recorded with the plan, if any
     refusal: str | None = None         # why the registry cannot delete these targets at all, if it cannot
-    # what garbage collection frees once `targets` are gone (tasks/footprint.py, as the plan counts
+    # what garbage collection frees once `targets` are gone (tasks/snapshot/footprint.py, as the plan counts
     # it); None when the snapshot recorded no blobs
-    reclaim: Any = None                # tasks.footprint.Reclaim | None
+    reclaim: Any = None                # tasks.snapshot.footprint.Reclaim | None
 
     @property
     def deletions(self) -> int:
@@ -85,9 +85,9 @@ class SweepReport:
     dry_run: bool
     outcomes: list[Outcome]
     done_before: int = 0
-    # what the re-checks and deletions noticed (tasks/notes.py): warnings and retried requests
+    # what the re-checks and deletions noticed (tasks/common/notes.py): warnings and retried requests
     notes: dict[str, Any] = field(default_factory=dict)
-    # what garbage collection frees of what went (tasks/footprint.py); None when the snapshot
+    # what garbage collection frees of what went (tasks/snapshot/footprint.py); None when the snapshot
     # recorded no blobs
     bytes_reclaimable: int | None = None
 

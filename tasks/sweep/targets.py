@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tasks.oci import tag_subject
+from tasks.oci.manifest import tag_subject
 
 if TYPE_CHECKING:
     import pandas as pd

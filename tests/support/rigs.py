@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tasks.config import REGISTRY_APIS
+from tasks.config.models import REGISTRY_APIS
 from testbed import LocalRegistry, push_image, push_index, write_htpasswd
 from tests.support.ecr import EcrImages
 from tests.support.fakeapi import TOKEN as API_TOKEN

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.store import SourceStatus, Store, new_id
+from tasks.store.store import SourceStatus, Store, new_id
 from tasks.sweep import Journal
-from tasks.units import utcnow
+from tasks.common.units import utcnow
 from testbed import MANIFEST_ACCEPT, push_image
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -55,8 +55,8 @@ def take_snapshot(cfg, now: datetime | None = None, *, probe: bool = False) -> s
     that long ago would have left, a later one a snapshot from a clock running ahead. With
     `probe` the registry's capabilities are probed and recorded, as the snapshot flow does.
     """
-    from tasks.registry import probe_capabilities
-    from tasks.snapshot import run_source, select_sources, snapshot_meta, staged_repositories
+    from tasks.sources.registry import probe_capabilities
+    from tasks.snapshot.take import run_source, select_sources, snapshot_meta, staged_repositories
 
     store = Store(cfg.store)
     now = now or utcnow()
@@ -71,7 +71,7 @@ def take_snapshot(cfg, now: datetime | None = None, *, probe: bool = False) -> s
 
 def make_plan(cfg, sid: str) -> str:
     """Evaluate a snapshot into a stored plan, as the plan flow does."""
-    from tasks.plan import make_plan as evaluate_and_publish
+    from tasks.plan.make import make_plan as evaluate_and_publish
 
     return evaluate_and_publish(cfg, sid).plan_id
 
@@ -84,7 +84,7 @@ def edit_plan(cfg, plan_id: str, actions: dict[str, str]) -> str:
     """A copy of a stored plan whose tags in `actions` get that action ("keep" / "delete") by hand."""
     import pyarrow as pa
 
-    from tasks.schemas import PLAN
+    from tasks.store.schemas import PLAN
 
     store = Store(cfg.store)
     rows = store.plan_table(plan_id).to_pylist()

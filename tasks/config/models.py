@@ -1,0 +1,389 @@
+"""The regsweep configuration (README "Configuration") as pydantic models.
+
+The same models are the Prefect flows' parameters, so every key is settable from the UI form;
+field descriptions become its help text. Secrets are never values here: passwords are named by
+environment variable or file, so that flow parameters stored by Prefect carry no credential.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.common.errors import ConfigError
+from tasks.config.policy import CleanupPolicy
+from tasks.common.units import parse_duration
+
+ALL_SOURCES = ("registry", "kubernetes", "helm", "git")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def read_secret(env: str | None, file: str | None, key: str, names: tuple[str, str], *,
+                block: str | None = None, block_name: str = "token_block") -> str | None:
+    """A secret read at the moment it is needed from the environment variable `env`, the file
+    `file` or the Prefect Secret block `block`; None when none is set. `key` and `names` spell
+    the keys for messages."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{key}.{names[0]}", f"environment variable {env} is not set")
+        return value
+    if file:
+        try:
+            return Path(file).expanduser().read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{key}.{names[1]}", f"cannot read {file}: {e.strerror}") from None
+    if block:
+        return _secret_block(block, f"{key}.{block_name}")
+    return None
+
+
+class RegistryAuth(_Strict):
+    username: str = Field(description="User name for Basic auth or the token service.")
+    password_env: str | None = Field(None, description="Environment variable holding the password or token.")
+    password_file: str | None = Field(None, description="File holding the password or token.")
+    password_block: str | None = Field(None, description="Name of a Prefect Secret block holding the password or token.")
+
+    def password(self) -> str:
+        """Read the secret at the moment it is needed; never stored on the model."""
+        value = read_secret(self.password_env, self.password_file, "registry.auth", ("password_env", "password_file"),
+                            block=self.password_block, block_name="password_block")
+        if value is None:
+            raise ConfigError("registry.auth", "needs password_env, password_file or password_block")
+        return value
+
+
+def _secret_block(name: str, key: str) -> str:
+    """The value of a Prefect Secret block, read from the Prefect API when the secret is needed."""
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(name, _sync=True).get())
+    except ValueError as e:   # Prefect's "Unable to find block document named ..."
+        raise ConfigError(key, f"no Secret block {name!r} on the Prefect server "
+                          f"({str(e).splitlines()[0]})") from None
+
+
+# --- native registry APIs (registry.api) ------------------------------------------------------
+
+REGISTRY_APIS = ("distribution", "ecr", "gitlab", "harbor", "github", "dockerhub")
+
+
+class _ApiToken(_Strict):
+    """A native API's token, named by environment variable, file or Prefect Secret block (never a value here)."""
+
+    token_env: str | None = Field(None, description="Environment variable holding the API token.")
+    token_file: str | None = Field(None, description="File holding the API token.")
+    token_block: str | None = Field(None, description="Name of a Prefect Secret block holding the API token.")
+    pageSize: int = Field(100, ge=1, le=100, description="Items per list page.")
+
+    def token(self, key: str) -> str | None:
+        return read_secret(self.token_env, self.token_file, key, ("token_env", "token_file"), block=self.token_block)
+
+
+class EcrSettings(_Strict):
+    region: str | None = Field(None, description="AWS region; default: from the registry host, else the AWS default chain.")
+    registryId: str | None = Field(None, description="AWS account id of the registry; default: from the registry host.")
+    endpoint: str | None = Field(None, description="ECR API endpoint; default: AWS_ENDPOINT_URL_ECR, else AWS's own.")
+    profile: str | None = Field(None, description="AWS profile; default: the AWS default credential chain.")
+    pageSize: int = Field(1000, ge=1, le=1000, description="Items per DescribeRepositories/DescribeImages page.")
+
+
+class GitLabSettings(_ApiToken):
+    url: str = Field("https://gitlab.com", description="The GitLab instance (its API is <url>/api/v4).")
+    project: str | None = Field(None, description="Project path or id whose container registry is swept.")
+    group: str | None = Field(None, description="Group path or id: every project registry in it.")
+
+
+class HarborSettings(_Strict):
+    url: str | None = Field(None, description="Harbor's URL (API at <url>/api/v2.0); default: registry.url.")
+    projects: list[str] = Field(default_factory=list, description="Projects to list; default: every project visible.")
+    pageSize: int = Field(100, ge=1, le=100, description="Items per list page.")
+
+
+class GitHubSettings(_ApiToken):
+    owner: str = Field(description="Organisation or user owning the container packages.")
+    ownerType: Literal["org", "user"] = Field("org", description="`org` or `user`.")
+    url: str = Field("https://api.github.com", description="GitHub's REST API.")
+
+
+class DockerHubSettings(_ApiToken):
+    namespace: str = Field(description="Docker Hub user or organisation whose repositories are swept.")
+    username: str | None = Field(None, description="Docker Hub user for the API login; default: registry.auth, else the docker config.")
+    url: str = Field("https://hub.docker.com", description="Docker Hub's API.")
+
+
+class RegistryConfig(_Strict):
+    url: str = Field(description="Registry base URL, e.g. https://registry.example.com (OCI Distribution v2).")
+    repositories: list[str] = Field(default_factory=list, description="Repository globs; empty = the whole catalog.")
+    aliases: list[str] = Field(default_factory=list, description="Other spellings of this host in image references.")
+    auth: RegistryAuth | None = Field(None, description="Credentials; default: ~/.docker/config.json (auths, credHelpers, credsStore).")
+    insecure: bool = Field(False, description="Turn TLS verification off (never the default).")
+    caFile: str | None = Field(None, description="Extra CA bundle (PEM) to trust for this registry.")
+    concurrency: int = Field(16, ge=1, le=256, description="Parallel HTTP requests to the registry.")
+    timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds per HTTP request.")
+    api: Literal[REGISTRY_APIS] = Field("distribution", description="Which API lists and deletes: distribution | ecr | gitlab | harbor | github | dockerhub.")  # type: ignore[valid-type]
+    ecr: EcrSettings | None = Field(None, description="AWS ECR settings (registry.api: ecr).")
+    gitlab: GitLabSettings | None = Field(None, description="GitLab container registry API settings (registry.api: gitlab).")
+    harbor: HarborSettings | None = Field(None, description="Harbor v2 API settings (registry.api: harbor).")
+    github: GitHubSettings | None = Field(None, description="GitHub Packages settings (registry.api: github).")
+    dockerhub: DockerHubSettings | None = Field(None, description="Docker Hub API settings (registry.api: dockerhub).")
+
+    @model_validator(mode="after")
+    def _api_settings(self) -> "RegistryConfig":
+        if self.api == "ecr" and self.ecr is None:
+            self.ecr = EcrSettings()
+        if self.api == "harbor" and self.harbor is None:
+            self.harbor = HarborSettings()
+        if self.api in ("gitlab", "github", "dockerhub") and getattr(self, self.api) is None:
+            needs = {"gitlab": "project or group", "github": "owner", "dockerhub": "namespace"}[self.api]
+            raise ValueError(f"`api: {self.api}` needs a `{self.api}:` section naming the {needs}")
+        if self.api == "gitlab" and bool(self.gitlab.project) == bool(self.gitlab.group):
+            raise ValueError("`gitlab:` needs exactly one of project or group")
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+$", v):
+            raise ValueError(f"{v!r} is not a registry URL like https://registry.example.com")
+        return v
+
+    @property
+    def host(self) -> str:
+        """host[:port] as written in the URL."""
+        return self.url.split("://", 1)[1]
+
+
+class LinkConfig(_Strict):
+    tagPatterns: list[str] = Field(default_factory=list,
+                                   description="Regexes with a named group `commit` linking tags to commits.")
+
+    @field_validator("tagPatterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                rx = re.compile(p)
+            except re.error as e:
+                raise ValueError(f"bad regular expression {p!r}: {e}") from None
+            if "commit" not in rx.groupindex:
+                raise ValueError(f"{p!r} has no named group (?P<commit>...)")
+        return v
+
+
+class GitConfig(_Strict):
+    path: str | None = Field(None, description="A local clone (not shallow).")
+    url: str | None = Field(None, description="A repository URL, cloned/fetched into `cache`.")
+    cache: str | None = Field(None, description="Cache directory for `url` clones (default: <store>/git-cache).")
+    remote: str = Field("origin", description="Branches are refs/remotes/<remote>/* when present, else refs/heads/*.")
+
+
+class DumpFile(_Strict):
+    """One offline dump (tasks/sources/kubernetes/dumps.py): objects read from a file instead of a live cluster."""
+
+    file: str = Field(description="A `kubectl get ... -A -o json` output file (relative paths: to the config file).")
+    context: str | None = Field(None, description="Context name recorded for its objects; default: the file name up to its first dot.")
+
+
+def _dump_list(v: Any) -> Any:
+    # `dumps: [prod.json]` is shorthand for `dumps: [{file: prod.json}]`.
+    return [{"file": d} if isinstance(d, str) else d for d in v] if isinstance(v, list) else v
+
+
+Dumps = Annotated[list[DumpFile], BeforeValidator(_dump_list)]
+
+
+class KubernetesConfig(_Strict):
+    kubeconfig: str | None = Field(None, description="Default: $KUBECONFIG, ~/.kube/config, in-cluster.")
+    contexts: list[str] = Field(default_factory=list, description="Contexts to scan; default: the current one.")
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to scan; default: all.")
+    timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds per API request.")
+    pageSize: int = Field(500, ge=1, le=100_000, description="Objects per list page (limit/continue).")
+    dumps: Dumps = Field(default_factory=list, description=(
+        "Offline input: read workloads from these `kubectl get pods,deploy,rs,sts,ds,job,cronjob,rc -A -o json` "
+        "dumps instead of a live cluster (the sweep's cluster re-check re-reads them)."))
+    serviceAccount: str = Field("/var/run/secrets/kubernetes.io/serviceaccount", description=(
+        "In-cluster only (no kubeconfig): the directory holding the mounted service-account `token` and `ca.crt`."))
+
+
+class HelmConfig(_Strict):
+    enabled: bool = Field(True, description="Scan Helm release history (Secret and ConfigMap drivers).")
+    keepRevisions: int = Field(0, ge=0, le=1_000_000, description="0 = every stored revision is a rollback target; N = the newest N per release, plus its last deployed one.")
+    dumps: Dumps = Field(default_factory=list, description=(
+        "Offline input: read release history from these `kubectl get secrets,configmaps -A -l owner=helm -o json` "
+        "dumps instead of a live cluster."))
+
+
+class SweepConfig(_Strict):
+    maxPlanAge: str = Field("24h", description="Refuse plans older than this (Go duration).")
+    maxDeletions: int = Field(100, ge=0, le=10**9, description="Approval given up front (--yes) covers at most this many deletions.")
+    recheckCluster: bool = Field(True, description="Scan clusters again just before deleting; skip anything now in use.")
+    approvalTimeout: str = Field("1h", description="How long a sweep waits for approval before deleting nothing.")
+    concurrency: int = Field(8, ge=1, le=64, description="Parallel DELETE requests.")
+
+    @field_validator("maxPlanAge", "approvalTimeout")
+    @classmethod
+    def _dur(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class DaskConfig(_Strict):
+    address: str | None = Field(None, description="A running Dask scheduler to use (tcp://host:8786, e.g. a dask-kubernetes "
+                                "cluster's); default: a LocalCluster of worker processes started for the run.")
+    workers: int = Field(2, ge=1, le=256, description="Worker processes of the LocalCluster started when no address is given.")
+    batchRepositories: int = Field(50, ge=1, le=100_000, description="Repositories per registry-batch task.")
+
+
+class RunnerConfig(_Strict):
+    kind: Literal["single", "dask"] = Field("single", description="single: the registry scan runs in the snapshot's own "
+                                            "process; dask: it fans out as repository-batch tasks on a Dask cluster.")
+    dask: DaskConfig = Field(default_factory=DaskConfig, description="The Dask cluster, for kind: dask.")
+
+
+class RegsweepConfig(_Strict):
+    """Everything one regsweep run needs; the YAML file maps onto it key for key."""
+
+    store: str = Field("./var/regsweep", description="Snapshots and plans: a local path or an fsspec URL (s3://bucket/prefix).")
+    registry: RegistryConfig
+    link: LinkConfig = Field(default_factory=LinkConfig)
+    git: GitConfig | None = Field(None, description="Git repository whose history decides what developers still need.")
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    helm: HelmConfig = Field(default_factory=HelmConfig)
+    cleanup: CleanupPolicy = Field(default_factory=CleanupPolicy)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where the snapshot's registry scan runs.")
+
+    def enabled_sources(self) -> list[str]:
+        """Sources this configuration leaves something to do for (others are skipped, not failed)."""
+        out = ["registry"]
+        if not self.cleanup.disableKubernetesBasedPolicy:
+            out.append("kubernetes")
+        if self.helm.enabled:
+            out.append("helm")
+        if not self.cleanup.disableGitHistoryBasedPolicy:
+            out.append("git")
+        return out
+
+
+def git_section_problem(git: GitConfig | None, *, full_keys: bool = False) -> str | None:
+    """Why `git:` cannot feed the git source; None when it can.
+
+    The one home of this rule: parse_config refuses a section that is there but unusable, a
+    snapshot that needs git refuses to start without one (a missing section is no load-time
+    error: commands that read no git must work without it), and the git source refuses flow
+    parameters that skipped both. `full_keys` spells keys from the top (git.path), for messages
+    that do not start with the `git` key.
+    """
+    if git is None or not (git.path or git.url):
+        return ("required by the git history policies: set git.path (a clone) or git.url, "
+                "or set cleanup.disableGitHistoryBasedPolicy: true")
+    if git.path and git.url:
+        path, url = ("git.path", "git.url") if full_keys else ("`path`", "`url`")
+        return f"set {path} or {url}, not both"
+    return None
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif str(item).startswith(("function-", "function_")):
+            continue
+        else:
+            parts.append(("." if parts else "") + ("in" if item == "in_" else str(item)))
+    return "".join(parts)
+
+
+def config_error_from(e: ValidationError, prefix: str = "") -> ConfigError:
+    """Turn pydantic's report into one line naming the first offending key."""
+    err = e.errors()[0]
+    key = _key_path(err["loc"])
+    if prefix:
+        key = f"{prefix}.{key}" if key else prefix
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return ConfigError(key or "config", msg)
+
+
+def parse_config(data: Any) -> RegsweepConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("config", "must be a YAML mapping")
+    try:
+        cfg = RegsweepConfig.model_validate(data)
+    except ValidationError as e:
+        raise config_error_from(e) from None
+    if not cfg.cleanup.disableGitHistoryBasedPolicy and cfg.git is not None:
+        problem = git_section_problem(cfg.git)
+        if problem:
+            raise ConfigError("git", problem)
+    return cfg
+
+
+def read_yaml_documents(path: str | Path, option: str) -> list:
+    """Every YAML document of a file; errors name the command-line option the path came from."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(option, f"cannot read {path}: {e.strerror}") from None
+    try:
+        return list(yaml.safe_load_all(text))
+    except yaml.YAMLError as e:
+        raise ConfigError(option, f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def load_config(path: str | Path) -> RegsweepConfig:
+    """Read and validate a YAML configuration file."""
+    docs = [d for d in read_yaml_documents(path, "--config") if d is not None]
+    if len(docs) > 1:
+        raise ConfigError("--config", f"{path} holds {len(docs)} YAML documents; a configuration is one")
+    data = docs[0] if docs else None
+    cfg = parse_config(data if data is not None else {})
+    return _anchor_paths(cfg, Path(path).expanduser().parent)
+
+
+def _anchor_paths(cfg: RegsweepConfig, base: Path) -> RegsweepConfig:
+    """Relative paths in a config file are relative to that file, so scheduled runs, the CLI
+    and a worker started elsewhere all find the same store, clone and credentials."""
+
+    def anchor(value: str | None) -> str | None:
+        if value is None or "://" in value:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
+
+    data = cfg.model_dump(by_alias=True, exclude_unset=True)
+    data["store"] = anchor(cfg.store)
+    reg = data["registry"]
+    for key in ("caFile",):
+        if reg.get(key):
+            reg[key] = anchor(reg[key])
+    if reg.get("auth") and reg["auth"].get("password_file"):
+        reg["auth"]["password_file"] = anchor(reg["auth"]["password_file"])
+    for api in ("gitlab", "github", "dockerhub"):
+        if reg.get(api) and reg[api].get("token_file"):
+            reg[api]["token_file"] = anchor(reg[api]["token_file"])
+    for key in ("path", "cache"):
+        if data.get("git") and data["git"].get(key):
+            data["git"][key] = anchor(data["git"][key])
+    if data.get("kubernetes", {}).get("kubeconfig"):
+        data["kubernetes"]["kubeconfig"] = anchor(data["kubernetes"]["kubeconfig"])
+    for section in ("kubernetes", "helm"):
+        for d in (data.get(section) or {}).get("dumps") or ():
+            d["file"] = anchor(d["file"])
+    return RegsweepConfig.model_validate(data)

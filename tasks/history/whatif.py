@@ -1,0 +1,348 @@
+"""What-if: a candidate cleanup policy replayed over every complete snapshot, next to the current one.
+
+Each snapshot is evaluated at its own time (a plan is a pure function of snapshot and policy) by
+the decide-only evaluation (`evaluate(..., reasons=False)`: no reason texts, no plan files), its
+tables read once for both policies. Snapshots never change once published, so per-snapshot work is
+cached in the store where the data is first at hand: the current policy's result (keyed by
+snapshot id and policy hash) by every plan (tasks/plan/make.py), the snapshot's BLOBS as an
+integer CSR (tasks/snapshot/footprint.py FootprintIndex) by the snapshot flow; a what-if makes and caches
+whichever is missing (snapshots taken before this release), so all caches stay derivable.
+
+Regrets: a tag the candidate would delete at snapshot S whose image (repository, digest) a LATER
+snapshot shows in use in a cluster or named by a Helm revision: a rollback or redeploy that would
+have failed. Each (repository, tag, digest) is reported once: the first S that would delete it and
+the first later snapshot that needed it, with that snapshot's in-use or Helm text. The later
+snapshot's needs are what either policy's in-use and Helm rules saw there (a policy that disables
+the Kubernetes rule still has its regrets judged by the clusters the snapshots recorded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import ValidationError
+
+from tasks.config.models import RegsweepConfig, config_error_from, read_yaml_documents
+from tasks.common.errors import ConfigError
+from tasks.history.growth import save_figure, two_panel_figure
+from tasks.config.policy import CleanupPolicy
+from tasks.store.schemas import INFORMATIONAL, NEEDED, SOURCE_TABLES
+from tasks.store.store import Store, iter_ids_since
+
+UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
+WORKERS = 2
+CACHE_VERSION = "v1"
+
+
+def load_policy(path: str | Path) -> CleanupPolicy:
+    """The `cleanup:` section of a werf.yaml (any of its documents) or a regsweep config."""
+    docs = [d for d in read_yaml_documents(path, "--policy") if isinstance(d, dict)]
+    section = next((d["cleanup"] for d in docs if "cleanup" in d), None)
+    if section is None:
+        raise ConfigError("--policy", f"{path} has no `cleanup:` section")
+    if not isinstance(section, dict):
+        raise ConfigError("cleanup", f"in {path}: must be a mapping")
+    try:
+        return CleanupPolicy.model_validate(section)
+    except ValidationError as e:
+        raise config_error_from(e, prefix="cleanup") from None
+
+
+def policy_key(config: RegsweepConfig) -> str:
+    """Everything besides the snapshot a decision depends on: the cleanup section, which registry
+    (and aliases) images are matched against, whether Helm counts, which sources must be there."""
+    blob = json.dumps({"cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
+                       "registry": config.registry.url, "aliases": list(config.registry.aliases or []),
+                       "helm": config.helm.enabled, "sources": config.enabled_sources()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Outcome:
+    delete: int
+    reclaimable_bytes: int | None
+
+
+@dataclass
+class SnapshotResult:
+    id: str
+    created_at: str
+    current: Outcome
+    candidate: Outcome
+    needed: pa.Table              # NEEDED
+
+
+@dataclass
+class WhatIf:
+    snapshots: list[SnapshotResult]
+    regrets: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REGRET_COLUMNS))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"snapshots": [{"id": s.id, "created_at": s.created_at,
+                               "current": vars(s.current), "candidate": vars(s.candidate)} for s in self.snapshots],
+                "regrets": self.regrets[REGRET_COLUMNS].to_dict(orient="records")}
+
+    def frame(self) -> pd.DataFrame:
+        """One row per snapshot: deletions and reclaimable bytes under each policy."""
+        return pd.DataFrame({"snapshot": [s.id for s in self.snapshots],
+                             "created_at": pd.to_datetime([s.created_at for s in self.snapshots], utc=True, format="ISO8601"),
+                             "current_delete": [s.current.delete for s in self.snapshots],
+                             "candidate_delete": [s.candidate.delete for s in self.snapshots],
+                             "current_reclaimable": pd.array([s.current.reclaimable_bytes for s in self.snapshots], "Int64"),
+                             "candidate_reclaimable": pd.array([s.candidate.reclaimable_bytes for s in self.snapshots], "Int64")})
+
+
+REGRET_COLUMNS = ["repository", "tag", "digest", "deleted_at", "needed_at", "why"]
+
+
+# ------------------------------------------------------------------ one snapshot
+
+def _load(store: Store, sid: str) -> dict[str, Any]:
+    """The snapshot's tables as the evaluation reads them. BLOBS is not read: no keep rule reads
+    it (INFORMATIONAL), and the reclaimable bytes come from the snapshot's FootprintIndex."""
+    tables: dict[str, Any] = {}
+    for schemas in SOURCE_TABLES.values():
+        for name, schema in schemas.items():
+            if name in INFORMATIONAL:
+                continue
+            skip = UNEVALUATED.get(name, ())
+            t = store.snapshot_table(sid, name, schema, [c for c in schema.names if c not in skip])
+            tables[name] = None if t is None else t.to_pandas(
+                types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
+    return tables
+
+
+def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index, matcher=None):
+    """One policy's decision at one snapshot; `inputs` (a tasks.plan.history_rules.HistoryInputs, or None when
+    neither policy reads history) adds what the history-only keep rules read, as `make_plan` does;
+    `index` (the snapshot's FootprintIndex, None without BLOBS) gives the reclaimable bytes;
+    `matcher` a RegistryMatcher for config.registry shared across evaluations (parsed once)."""
+    from tasks.plan.evaluate import evaluate
+
+    extra = inputs.for_snapshot(sid, config.cleanup) if inputs is not None else {}
+    d = evaluate({**tables, **extra}, meta, config, reasons=False, matcher=matcher)
+    reclaim = None
+    if index is not None:
+        reclaim = index.total(pa.concat_arrays([d.deleted_tags["repository"].combine_chunks(),
+                                                d.deleted_untagged["repository"].combine_chunks()]),
+                              pa.concat_arrays([d.deleted_tags["digest"].combine_chunks(),
+                                                d.deleted_untagged["digest"].combine_chunks()]))
+    return Outcome(d.delete, reclaim), d
+
+
+def cache_name(sid: str, key: str) -> str:
+    return f"whatif-{CACHE_VERSION}-{sid}-{key}"
+
+
+def read_current(store: Store, sid: str, key: str) -> tuple[Outcome, pa.Table] | None:
+    """A policy's cached result at a snapshot (its Outcome and NEEDED rows), if cached."""
+    cached = store.read_cache(cache_name(sid, key))
+    if cached is None or not cached.schema.metadata or b"delete" not in cached.schema.metadata:
+        return None
+    md = cached.schema.metadata
+    rec = md[b"reclaimable_bytes"].decode()
+    return Outcome(int(md[b"delete"]), int(rec) if rec else None), cached.select(NEEDED.names).replace_schema_metadata(None)
+
+
+def write_current(store: Store, sid: str, key: str, outcome: Outcome, needed: pa.Table) -> pa.Table:
+    needed = needed.cast(NEEDED)
+    store.write_cache(cache_name(sid, key), needed.replace_schema_metadata(
+        {"delete": str(outcome.delete),
+         "reclaimable_bytes": "" if outcome.reclaimable_bytes is None else str(outcome.reclaimable_bytes)}))
+    return needed
+
+
+def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
+    """The configured policy's decide-only result at a snapshot, cached as `whatif` reads it. The
+    plan writes the same entry from its own evaluation (tasks/plan/make.py); this makes it for a
+    snapshot planned before, or never. Also caches the snapshot's FootprintIndex if missing."""
+    from tasks.snapshot.footprint import load_index
+
+    store = Store(config.store)
+    inputs = None
+    if config.cleanup.uses_history:
+        from tasks.plan.history_rules import HistoryInputs
+
+        inputs = HistoryInputs(store)
+    out, d = _decide(_load(store, snapshot_id), store.snapshot_meta(snapshot_id), config, snapshot_id, inputs,
+                     load_index(store, snapshot_id))
+    write_current(store, snapshot_id, policy_key(config), out, d.needed)
+    return out
+
+
+def _tag_keys(t: pa.Table) -> pa.Array:
+    """One string per (repository, tag, digest) row, to tell deletions already made."""
+    return pc.binary_join_element_wise(t["repository"], t["tag"], t["digest"], "\x00").combine_chunks()
+
+
+def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: RegsweepConfig,
+                   candidate: RegsweepConfig) -> tuple[list[SnapshotResult], pa.Table]:
+    """Both policies over consecutive snapshots (one worker's share; `offset` is the first one's
+    index among all); caches the current policy's results. Returns each snapshot's figures and
+    needs, and the candidate's deletions at each snapshot that the share's previous snapshot did
+    not delete (column `s`: the snapshot's index), for the regrets."""
+    from tasks.snapshot.footprint import load_index
+    from tasks.oci.reference import RegistryMatcher
+    from tasks.plan.history_rules import HistoryInputs
+
+    store = Store(store_url)
+    # both policies match images against the same registry: consecutive snapshots name mostly
+    # the same images, so each reference is parsed once per share
+    matcher = RegistryMatcher(current.registry.url, current.registry.aliases)
+    # one per share: its snapshots are consecutive, so each window's tables are read once
+    inputs = HistoryInputs(store) if current.cleanup.uses_history or candidate.cleanup.uses_history else None
+    key = policy_key(current)
+    out, first, before = [], [], None
+    for i, sid in enumerate(sids):
+        meta = store.snapshot_meta(sid)
+        cached = read_current(store, sid, key)
+        tables = _load(store, sid)
+        index = load_index(store, sid)   # cached by the snapshot flow, else built and cached now
+        cand, cd = _decide(tables, meta, candidate, sid, inputs, index, matcher)
+        if cached is not None:
+            cur, cur_needed = cached
+        else:
+            cur, d = _decide(tables, meta, current, sid, inputs, index, matcher)
+            cur_needed = write_current(store, sid, key, cur, d.needed)
+        needed = pa.concat_tables([cur_needed, cd.needed.cast(NEEDED)])
+        out.append(SnapshotResult(sid, meta["created_at"], cur, cand, needed))
+        dels = cd.deleted_tags
+        if dels.num_rows:
+            # what the previous snapshot deleted too is no first deletion (consecutive snapshots
+            # delete mostly the same tags); a tag deleted again after a gap is, and `regrets` keeps
+            # each tag's earliest
+            keys = _tag_keys(dels)
+            new = pc.invert(pc.is_in(keys, value_set=before)) if before is not None else None
+            fresh = dels if new is None else dels.filter(new)
+            if fresh.num_rows:
+                first.append(fresh.append_column("s", pa.array(np.full(fresh.num_rows, offset + i, np.int32))))
+            before = keys
+        else:
+            before = None
+        del tables, index
+    schema = pa.schema([("repository", pa.string()), ("tag", pa.string()), ("digest", pa.string()), ("s", pa.int32())])
+    return out, pa.concat_tables([f.cast(schema) for f in first]) if first else schema.empty_table()
+
+
+# ------------------------------------------------------------------ all snapshots
+
+def complete_snapshots(store: Store, since: datetime | None) -> list[str]:
+    return [s for s in iter_ids_since(store.list_snapshots(), since) if store.snapshot_meta(s).get("complete")]
+
+
+def whatif(config: RegsweepConfig, candidate: CleanupPolicy, since: datetime | None = None,
+           workers: int = WORKERS) -> WhatIf:
+    """The candidate and the current policy over every complete snapshot (since), with regrets."""
+    store = Store(config.store)
+    sids = complete_snapshots(store, since)
+    cand_cfg = config.model_copy(update={"cleanup": candidate})
+    if sids and (config.cleanup.firstSeenAsBuildTime or candidate.firstSeenAsBuildTime):
+        # bring the first-seen cache up to date once, before the workers read it
+        from tasks.plan.history_rules import HistoryInputs
+
+        HistoryInputs(store).first_seen(sids[-1])
+    # contiguous chunks (a chunk's snapshots are read in order); several per worker to balance
+    n_chunks = min(len(sids), workers * 4) if workers > 1 and len(sids) > 4 else 1
+    bounds = [i * len(sids) // n_chunks for i in range(n_chunks + 1)] if sids else [0]
+    chunks, offsets = [sids[a:b] for a, b in zip(bounds, bounds[1:])], bounds[:-1]
+    if n_chunks > 1:
+        # spawn: the caller may be a Prefect flow with threads, which fork does not carry safely
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            parts = list(pool.map(evaluate_chunk, [config.store] * n_chunks, chunks, offsets, [config] * n_chunks,
+                                  [cand_cfg] * n_chunks))
+    else:
+        parts = [evaluate_chunk(config.store, c, o, config, cand_cfg) for c, o in zip(chunks, offsets)]
+    results = [r for part, _ in parts for r in part]
+    return WhatIf(results, regrets(results, pa.concat_tables([f for _, f in parts]) if parts else None))
+
+
+def regrets(results: list[SnapshotResult], dels: pa.Table | None) -> pd.DataFrame:
+    """Each (repository, tag, digest) the candidate deleted at S (`dels`: deletions not made at
+    the previous snapshot too, column `s` the snapshot's index) and a later snapshot needed."""
+    if not results or dels is None:
+        return pd.DataFrame(columns=REGRET_COLUMNS)
+    ids = [r.id for r in results]
+    need = pa.concat_tables([r.needed.append_column("t", pa.array([i] * r.needed.num_rows, pa.int32()))
+                             for i, r in enumerate(results)])
+    if not dels.num_rows or not need.num_rows:
+        return pd.DataFrame(columns=REGRET_COLUMNS)
+    # the first snapshot that deletes each tag; only images some snapshot needed can be regrets
+    first = dels.group_by(["repository", "tag", "digest"]).aggregate([("s", "min")]).rename_columns(
+        ["repository", "tag", "digest", "s"])
+    j = first.join(need.select(["repository", "digest", "t"]), ["repository", "digest"]).to_pandas()
+    j = j[j["t"] > j["s"]]
+    if j.empty:
+        return pd.DataFrame(columns=REGRET_COLUMNS)
+    j = j.groupby(["repository", "tag", "digest", "s"], as_index=False)["t"].min()
+    # the later snapshot's own words: its first in-use/Helm text for that image
+    why = need.to_pandas().drop_duplicates(["repository", "digest", "t"])
+    j = j.merge(why, on=["repository", "digest", "t"], how="left")
+    names = np.asarray(ids, dtype=object)
+    j["deleted_at"] = names[j["s"].to_numpy(np.int64)]
+    j["needed_at"] = names[j["t"].to_numpy(np.int64)]
+    return j.sort_values(["s", "repository", "tag"]).reset_index(drop=True)[REGRET_COLUMNS]
+
+
+# ------------------------------------------------------------------ output
+
+def render_text(result: WhatIf) -> str:
+    """The per-snapshot table, then the regrets (what stdout shows)."""
+    from tasks.common.units import human_bytes
+
+    if not result.snapshots:
+        return "no complete snapshots"
+    df = result.frame()
+    fmt = lambda v: "-" if pd.isna(v) else human_bytes(int(v))  # noqa: E731
+    shown = pd.DataFrame({"snapshot": df["snapshot"], "created_at": df["created_at"].dt.strftime("%Y-%m-%d %H:%M"),
+                          "current_delete": df["current_delete"], "candidate_delete": df["candidate_delete"],
+                          "current_reclaimable": df["current_reclaimable"].map(fmt),
+                          "candidate_reclaimable": df["candidate_reclaimable"].map(fmt)})
+    lines = [shown.to_string(index=False), ""]
+    r = result.regrets
+    lines.append(f"regrets: {len(r)}" + (" (the candidate would have deleted these, and a later snapshot needed them)"
+                                         if len(r) else ""))
+    lines += [f"{x.repository}:{x.tag} {x.digest} deleted at {x.deleted_at}, needed at {x.needed_at}: {x.why}"
+              for x in r.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def render_markdown(result: WhatIf) -> str:
+    lines = ["# What-if: candidate policy vs current", "", "```", render_text(result), "```"]
+    return "\n".join(lines)
+
+
+def render_chart(result: WhatIf, path: str | Path) -> Path:
+    """Deletions and reclaimable bytes per snapshot under each policy, as a PNG."""
+    df = result.frame()
+    fig, (a1, a2) = two_panel_figure(6)
+    a1.plot(df["created_at"], df["current_delete"], label="current", color="tab:blue")
+    a1.plot(df["created_at"], df["candidate_delete"], label="candidate", color="tab:orange")
+    a1.set_ylabel("deletions")
+    a1.legend()
+    a2.plot(df["created_at"], df["current_reclaimable"].astype(float) / 1e9, label="current", color="tab:blue")
+    a2.plot(df["created_at"], df["candidate_reclaimable"].astype(float) / 1e9, label="candidate", color="tab:orange")
+    a2.set_ylabel("reclaimable GB")
+    regret_at = set(result.regrets["deleted_at"]) if len(result.regrets) else set()
+    for t in df.loc[df["snapshot"].isin(regret_at), "created_at"]:
+        a1.axvline(t, color="tab:red", alpha=0.4)
+    a1.set_title(f"Current vs candidate policy ({len(result.regrets)} regrets, red)")
+    return save_figure(fig, path)
+
+
+def write_json(result: WhatIf, path: str) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(result.to_json(), f, indent=1)
+    except OSError as e:
+        raise ConfigError("--json", f"cannot write {path}: {e.strerror}") from None

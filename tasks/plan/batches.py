@@ -1,0 +1,203 @@
+"""The plan evaluated in batches of whole repositories, so peak memory follows a batch, not the registry.
+
+Every keep rule decides per (repository, digest) node, and relatives (platforms, referrers, a
+fallback tag's subject) stay within their repository, so evaluating repositories apart gives
+the rows evaluating them together gives (tests/test_planbatches.py checks it row by row). What
+only the whole snapshot can tell is computed once and handed to every batch (`Shared`): whether
+the snapshot is complete (its row counts against snapshot.json) and its git history, whose
+commit graph is walked once for all batches.
+
+The repository-keyed tables (tags, manifests, children, links) are read once into Arrow —
+compact: no Python object per value, low-cardinality columns dictionary-encoded — ordered by
+repository (the registry source writes them so; other snapshots are sorted here) and cut into
+runs of whole repositories of about `batch_rows` rows. Each run becomes pandas only while it is
+evaluated. Tables without a repository column (workloads, helm, git) are read whole; workload
+and Helm rows go only to the batches holding a repository they reference, and any other pandas
+table with a repository column is filtered to the batch's repositories.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.plan.codes import US
+from tasks.snapshot.completeness import snapshot_problems
+from tasks.config.models import RegsweepConfig
+from tasks.plan.git.policy import GitHistory
+from tasks.store.schemas import INFORMATIONAL, SOURCE_TABLES
+from tasks.store.store import Store
+
+#: Rows of the repository-keyed tables per batch (a repository larger than this is one batch).
+#: About 50,000 tags with their manifests, links and platforms: smaller batches measured no slower.
+BATCH_ROWS = 200_000
+
+#: Columns no keep rule reads, left on disk: at 10^6 tags they are a fifth of the plan's memory.
+#: (explain reads the registry's times itself, from the store.)
+UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
+
+#: String columns with few distinct values, held dictionary-encoded between batches.
+_COMPACT = ("repository", "media_type", "kind", "platform")
+
+#: Tables whose rows name images by reference, not by repository: (image column, pod imageIDs too).
+_REFERENCING = {"workloads": ("image", True), "helm": ("image", False)}
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What a batch's evaluation needs from the whole snapshot, computed once."""
+
+    problems: list[str]            # why the snapshot is incomplete (tasks/snapshot/completeness.py); [] when it is not
+    git: GitHistory | None         # the commit graph and reference selection, built on first use
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """A table as the evaluation reads it: plain strings as Python objects, lists Arrow-backed."""
+    return table.to_pandas(types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
+
+
+def read_tables(store: Store, snapshot_id: str) -> dict[str, pa.Table | pd.DataFrame | None]:
+    """A snapshot's tables for `plan_batches`: repository-keyed ones as compact Arrow tables,
+    the rest as pandas frames; None for a table its source did not write."""
+    tables: dict[str, pa.Table | pd.DataFrame | None] = {}
+    for schemas in SOURCE_TABLES.values():
+        for name, schema in schemas.items():
+            if name in INFORMATIONAL:
+                continue   # BLOBS: read by plan_bytes (tasks/snapshot/footprint.py) as it needs them
+            skip = UNEVALUATED.get(name, ())
+            columns = [c for c in schema.names if c not in skip] if skip else None
+            t = store.snapshot_table(snapshot_id, name, schema, columns)
+            if t is None or "repository" not in t.column_names:
+                tables[name] = None if t is None else to_frame(t)
+                continue
+            for c in _COMPACT:
+                if c in t.column_names:
+                    t = t.set_column(t.column_names.index(c), c, pc.dictionary_encode(t[c]))
+            tables[name] = t
+    return tables
+
+
+def shared_of(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConfig) -> Shared:
+    from tasks.plan.evaluate import snapshot_now
+
+    now_us = int(snapshot_now(meta).timestamp() * US)
+    git = None
+    if tables.get("git_commits") is not None and tables.get("git_refs") is not None:
+        git = GitHistory(tables["git_refs"], tables["git_commits"], config.cleanup.effective_keep_policies, now_us)
+    # the row counts of whole tables (Arrow or pandas) against what snapshot.json recorded
+    return Shared(snapshot_problems(meta, tables, config), git)
+
+
+def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConfig,
+                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None,
+                 needed: list[pa.Table] | None = None) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+    """The plan of a snapshot (tables as `read_tables` gives them, or any mix of Arrow and
+    pandas), one batch of whole repositories at a time, in plan order (by repository): the
+    batch's tables and their plan. `needed` collects each batch's in-use/Helm images (evaluate)."""
+    from tasks.plan.evaluate import evaluate
+
+    shared = shared or shared_of(tables, meta, config)
+    keyed = {n: t for n, t in tables.items() if isinstance(t, pa.Table) and "repository" in t.column_names}
+    repos, ranks = _repository_ranks(keyed)
+    if not len(repos):
+        whole = {n: to_frame(_plain(t)) if n in keyed else t for n, t in tables.items()}
+        yield whole, evaluate(whole, meta, config, shared, needed=needed)
+        return
+    weight = np.zeros(len(repos), np.int64)
+    for r in ranks.values():
+        weight += np.bincount(r, minlength=len(repos))
+    # a batch starts at each repository whose preceding rows cross a multiple of batch_rows
+    before = np.cumsum(weight) - weight
+    bucket = before // max(int(batch_rows), 1)
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    bounds = np.r_[starts, len(repos)]
+    cut = {}
+    for name, t in keyed.items():
+        r = ranks[name]
+        if len(r) > 1 and (np.diff(r) < 0).any():
+            order = np.argsort(r, kind="stable")   # stable: rows of a repository keep their order
+            keyed[name], r = t.take(pa.array(order)), r[order]
+        cut[name] = np.searchsorted(r, bounds, side="left")
+    del ranks
+    batch_of = np.repeat(np.arange(len(starts)), np.diff(bounds))   # repository rank → batch
+    matcher = _matcher(config)
+    referencing = {n: _rows_by_batch(t, *_REFERENCING[n], matcher, repos, batch_of)
+                   for n, t in tables.items() if n in _REFERENCING and isinstance(t, pd.DataFrame)}
+    for b in range(len(starts)):
+        names = repos.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b]))
+        batch: dict[str, Any] = {}
+        for name, t in tables.items():
+            if name in keyed:
+                lo, hi = cut[name][b], cut[name][b + 1]
+                batch[name] = to_frame(_plain(keyed[name].slice(int(lo), int(hi - lo))))
+            elif name in referencing:
+                batch[name] = t.iloc[referencing[name].get(b, np.zeros(0, np.int64))].reset_index(drop=True)
+            elif isinstance(t, pd.DataFrame) and "repository" in t.columns:
+                batch[name] = t[t["repository"].isin(names.to_pylist())].reset_index(drop=True)
+            else:
+                batch[name] = t
+        yield batch, evaluate(batch, meta, config, shared, needed=needed)
+        del batch
+
+
+def _plain(t: pa.Table) -> pa.Table:
+    """Dictionary-encoded columns back to plain strings, as the snapshot stores them."""
+    for i, f in enumerate(t.schema):
+        if pa.types.is_dictionary(f.type):
+            t = t.set_column(i, pa.field(f.name, f.type.value_type, f.nullable), t.column(i).cast(f.type.value_type))
+    return t
+
+
+def _repository_ranks(keyed: dict[str, pa.Table]) -> tuple[pa.Array, dict[str, np.ndarray]]:
+    """Every repository of the tables in plan order, and each row's repository as a rank in it."""
+    cols = {}
+    for name, t in keyed.items():
+        col = t["repository"]
+        if not pa.types.is_dictionary(col.type):
+            col = pc.dictionary_encode(col)
+        cols[name] = col.unify_dictionaries() if col.num_chunks > 1 else col
+    dicts = [c.chunk(0).dictionary.cast(pa.large_string()) for c in cols.values() if c.num_chunks]
+    if not dicts:
+        return pa.array([], pa.large_string()), {n: np.zeros(0, np.int64) for n in keyed}
+    uniq = pc.unique(pa.chunked_array(dicts))
+    # the order the plan's rows take (tasks/plan/evaluate.py `_rows`: Arrow's sort of the strings)
+    repos = uniq.take(pc.sort_indices(uniq))
+    ranks = {}
+    for name, col in cols.items():
+        parts = []
+        for chunk in col.chunks:
+            entry = pc.index_in(chunk.dictionary.cast(pa.large_string()), value_set=repos).to_numpy()
+            parts.append(entry.astype(np.int64)[chunk.indices.to_numpy()])
+        ranks[name] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return repos, ranks
+
+
+def _matcher(config: RegsweepConfig):
+    from tasks.oci.reference import RegistryMatcher
+
+    return RegistryMatcher(config.registry.url, config.registry.aliases)
+
+
+def _rows_by_batch(df: pd.DataFrame, image_col: str, with_ids: bool, matcher, repos: pa.Array,
+                   batch_of: np.ndarray) -> dict[int, np.ndarray]:
+    """The rows of a referencing table (workloads, Helm) each batch needs: those whose image
+    names one of its repositories, found by the evaluation's own reading of references."""
+    from tasks.plan.evaluate import _references
+
+    if not len(df):
+        return {}
+    # the row number as the reference's text: each reading says which row it came from
+    refs = _references(df.assign(_text=np.arange(len(df))), image_col, matcher, with_ids)
+    rank = pc.index_in(pa.array(refs["repository"].astype(str).tolist(), pa.large_string()),
+                       value_set=repos).fill_null(-1).to_numpy()
+    ok = rank >= 0
+    # (a reference into another host has its text extended: "<row>, by name: …")
+    row = refs["text"].astype(str).str.partition(",")[0].astype(np.int64).to_numpy()
+    pair = pd.DataFrame({"batch": batch_of[rank[ok]], "row": row[ok]})
+    pair = pair.drop_duplicates().sort_values(["batch", "row"])
+    return {int(b): g["row"].to_numpy() for b, g in pair.groupby("batch", sort=True)}

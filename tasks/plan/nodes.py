@@ -1,0 +1,118 @@
+"""The snapshot's manifests as integer nodes: every (repository, digest) with its manifest facts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tasks.plan.codes import NAT, encode, encode_digests, first_unique, to_us
+
+KINDS = ["image", "index", "artifact", "referrers-index", "unknown", "missing"]
+K_IMAGE, K_INDEX, K_ARTIFACT, K_REFERRERS, K_UNKNOWN, K_MISSING = range(len(KINDS))
+
+
+class Nodes:
+    """Every (repository, digest) of the snapshot as an integer id, with its manifest facts.
+
+    Repositories, digests and tags are dictionary-encoded once (one hash pass per domain over
+    every table); a node is the int64 key repo_code * |digests| + digest_code, ids in key order.
+    """
+
+    def __init__(self, tables: dict, tags: pd.DataFrame, extra_digests, extra_repos, extra_tags):
+        man = _frame(tables.get("manifests"), ("repository", "digest", "media_type", "kind", "size", "created", "subject",
+                                                "problem"))
+        ch = _frame(tables.get("children"), ("repository", "index_digest", "child_digest", "platform"))
+        lk = _frame(tables.get("links"), ("repository", "digest", "commit"))
+        (self.t_dig, m_dig, m_subj, c_idx, c_child, self.l_dig, *self.x_dig), self.DIG = encode_digests(
+            tags["digest"], man["digest"], man["subject"], ch["index_digest"], ch["child_digest"], lk["digest"],
+            *extra_digests)
+        (self.t_repo, m_repo, c_repo, self.l_repo, *self.x_repo), self.REPO = encode(
+            tags["repository"], man["repository"], ch["repository"], lk["repository"], *extra_repos)
+        (self.t_tag, *self.x_tag), self.TAG = encode(tags["tag"], *extra_tags)
+        self.links_commit = lk["commit"]
+        self.ND = nd = max(len(self.DIG), 1)
+        mkey = m_repo * nd + m_dig
+        tkey = self.t_repo * nd + self.t_dig
+        self.keys = first_unique(np.sort(np.concatenate([mkey, tkey]), kind="stable"))
+        self.n = n = len(self.keys)
+        self.repo_code = self.keys // nd
+        self.dig_code = self.keys % nd
+        # dense digest → node map (a digest in several repositories falls back to a search)
+        self._by_dig = np.full(nd, -1, np.int64)
+        self._by_dig[self.dig_code] = np.arange(n)
+        self._dig_count = np.bincount(self.dig_code, minlength=nd)
+        m_node = self.find(m_repo, m_dig)
+        kcodes = pd.Categorical(man["kind"].to_numpy(dtype=object), categories=KINDS).codes.astype(np.int8)
+        kcodes[kcodes < 0] = K_UNKNOWN
+        self.kind = np.full(n, K_MISSING, np.int8)
+        self.kind[m_node] = kcodes
+        self.mrow = np.full(n, -1, np.int64)
+        self.mrow[m_node] = np.arange(len(mkey))
+        self.size = np.zeros(n, np.int64)
+        self.size[m_node] = pd.to_numeric(man["size"]).fillna(0).to_numpy(np.int64)
+        self.created = np.full(n, NAT, np.int64)
+        self.pushed = np.full(n, NAT, np.int64)   # the registry's own push time (older snapshots: none)
+        if len(mkey):
+            self.created[m_node] = to_us(man["created"])
+            if "pushed" in man:
+                self.pushed[m_node] = to_us(man["pushed"])
+        # why build time / revision could not be read (None: fine); snapshots before the column had none
+        self.problem = np.full(n, None, object)
+        if "problem" in man.columns and len(mkey):
+            self.problem[m_node] = man["problem"].astype(object).where(man["problem"].notna(), None).to_numpy()
+        self.subject_code = np.full(n, -1, np.int64)
+        has = m_subj >= 0
+        self.subject_code[m_node[has]] = m_subj[has]
+        self.subject = np.full(n, -1, np.int64)   # the subject's node (same repository); -1 absent
+        self.subject[m_node[has]] = self.find(m_repo[has], m_subj[has])
+        self.tag_node = self.find(self.t_repo, self.t_dig)
+        self.tagged = np.zeros(n, bool)
+        self.tagged[self.tag_node] = True
+        self._man = man
+        parent, child = self.find(c_repo, c_idx), self.find(c_repo, c_child)
+        ok = (parent >= 0) & (child >= 0)
+        platform = ch["platform"].astype(object).where(ch["platform"].notna(), None).to_numpy()
+        self.edges = (parent[ok], child[ok], platform[ok])
+        # (repository, tag) → node, for references by tag
+        self.NT = max(len(self.TAG), 1)
+        tk = self.t_repo * self.NT + self.t_tag
+        order = np.argsort(tk, kind="stable")
+        self._tag_keys, self._tag_nodes = tk[order], self.tag_node[order]
+
+    def find(self, repo_codes, dig_codes) -> np.ndarray:
+        """Node ids of (repository code, digest code) pairs; -1 where there is none."""
+        rc, dc = np.asarray(repo_codes, np.int64), np.asarray(dig_codes, np.int64)
+        out = np.full(len(rc), -1, np.int64)
+        valid = (rc >= 0) & (dc >= 0)
+        if not self.n or not valid.any():
+            return out
+        cand = np.where(valid, self._by_dig[np.where(valid, dc, 0)], -1)
+        hit = (cand >= 0) & (self.repo_code[np.maximum(cand, 0)] == rc)
+        out[hit] = cand[hit]
+        again = np.flatnonzero(valid & ~hit & (self._dig_count[np.where(valid, dc, 0)] > 1))
+        if len(again):
+            key = rc[again] * self.ND + dc[again]
+            pos = np.minimum(np.searchsorted(self.keys, key), self.n - 1)
+            found = self.keys[pos] == key
+            out[again[found]] = pos[found]
+        return out
+
+    def find_tag(self, repo_codes, tag_codes) -> np.ndarray:
+        rc, tc = np.asarray(repo_codes, np.int64), np.asarray(tag_codes, np.int64)
+        key = np.where((rc >= 0) & (tc >= 0), rc * self.NT + tc, -1)
+        if not len(self._tag_keys):
+            return np.full(len(key), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self._tag_keys, key), len(self._tag_keys) - 1)
+        return np.where((key >= 0) & (self._tag_keys[pos] == key), self._tag_nodes[pos], -1)
+
+    def digests(self, ids) -> pa.Array:
+        return self.DIG.take(pa.array(self.dig_code[np.asarray(ids, np.int64)]))
+
+    def media_type(self, i: int) -> str | None:
+        r = self.mrow[i]
+        return None if r < 0 else self._man["media_type"].iloc[r]
+
+
+def _frame(df, columns) -> pd.DataFrame:
+    return df if df is not None else pd.DataFrame({c: pd.Series(dtype=object) for c in columns})

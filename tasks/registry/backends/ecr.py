@@ -1,0 +1,201 @@
+"""AWS ECR (`registry.api: ecr`), through boto3.
+
+- Listing: `DescribeRepositories`, then `DescribeImages` per repository, both paged with
+  `maxResults`/`nextToken`. Each image detail carries `imageDigest`, `imageTags`,
+  `imagePushedAt` and `lastRecordedPullTime`: no read of a manifest per tag, and a rescan of an
+  unchanged repository costs its listing pages only.
+- Resolving a tag (the sweep's re-check): `DescribeImages` with `imageIds=[{imageTag}]`.
+- Deleting: `BatchDeleteImage` with `imageDigest` (the image and every tag on it) or `imageTag`
+  (that tag only; ECR deletes an image whose last tag goes). Its `failures` say `ImageNotFound`
+  for what is already gone.
+- Credentials: the AWS default chain (environment, `AWS_PROFILE` or `registry.ecr.profile`, web
+  identity, instance and container roles), never configuration values. The Distribution API
+  (for manifests and configs) logs in with `GetAuthorizationToken`'s user `AWS` and token.
+- Endpoint: `registry.ecr.endpoint`, else botocore's own lookup (`AWS_ENDPOINT_URL_ECR`, then AWS).
+
+botocore's own retries are off: throttling (`ThrottlingException`, HTTP 429, with Retry-After
+when sent) and 5xx answers are retried by the shared RetryPolicy, as for every other API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from typing import Any, Callable
+
+from tasks.registry.auth import Credentials
+from tasks.registry.backends.base import Backend, TagInfo
+from tasks.config.models import RegistryConfig
+from tasks.registry.distribution import RetryPolicy
+from tasks.common.errors import (ConfigError, ManifestUnknown, RegistryAuthError, RegistryError, RegistryUnreachable,
+                          UnsupportedOperation)
+from tasks.registry.errors import RETRY_STATUSES, parse_retry_after
+
+_HOST_RX = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?(?::\d+)?$")
+_AUTH_CODES = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
+               "ExpiredTokenException", "InvalidClientTokenId", "MissingAuthenticationTokenException"}
+_THROTTLE_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+_CHAIN = "the AWS default chain: AWS_PROFILE or registry.ecr.profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a role"
+
+
+class EcrBackend(Backend):
+    api = "ecr"
+    enable_hint = "the IAM policy needs ecr:BatchDeleteImage on the repository"
+
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
+        settings = config.ecr
+        assert settings is not None
+        m = _HOST_RX.match(config.host)
+        self.region = settings.region or (m.group(2) if m else None)
+        self.registry_id = settings.registryId or (m.group(1) if m else None)
+        self.settings = settings
+        self._client: Any = None
+        self._sem = asyncio.Semaphore(config.concurrency)
+        self.requests = 0
+        super().__init__(config, retry)
+
+    # -- boto3, on threads -------------------------------------------------------------------------
+    def _boto(self) -> Any:
+        if self._client is None:
+            import boto3
+            import botocore.config
+            import botocore.exceptions
+
+            try:
+                session = boto3.session.Session(profile_name=self.settings.profile, region_name=self.region)
+                self._client = session.client(
+                    "ecr", endpoint_url=self.settings.endpoint,
+                    config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=self.config.timeout,
+                                                  read_timeout=self.config.timeout,
+                                                  max_pool_connections=self.config.concurrency))
+            except botocore.exceptions.ProfileNotFound as e:
+                raise ConfigError("registry.ecr.profile", str(e)) from None
+            except botocore.exceptions.NoRegionError:
+                raise ConfigError("registry.ecr.region", "no AWS region: set registry.ecr.region or "
+                                  "AWS_DEFAULT_REGION, or use the registry's own host name") from None
+        return self._client
+
+    def _ids(self) -> dict[str, str]:
+        return {"registryId": self.registry_id} if self.registry_id else {}
+
+    async def _call(self, op: str, *, repository: str | None = None, reference: str | None = None, **kw: Any) -> dict:
+        """One ECR API call on a thread, retried, every failure a typed error."""
+        async def attempt() -> dict:
+            async with self._sem:
+                self.requests += 1
+                try:
+                    return await asyncio.to_thread(lambda: getattr(self._boto(), op)(**kw))
+                except (ConfigError, RegistryError):
+                    raise
+                except Exception as e:  # botocore's tree: mapped below, never a traceback
+                    raise self._error(op, e, repository, reference) from None
+        return await self.retry.run(attempt)
+
+    def _error(self, op: str, e: Exception, repository: str | None, reference: str | None) -> RegistryError:
+        import botocore.exceptions as bex
+
+        where = {"repository": repository, "reference": reference}
+        if isinstance(e, bex.ClientError):
+            err, meta = e.response.get("Error", {}), e.response.get("ResponseMetadata", {})
+            code, message = _code_message(str(err.get("Code", "")), str(err.get("Message", "")))
+            status = int(meta.get("HTTPStatusCode") or 0) or None
+            text = f"ECR {op}: {code}" + (f": {message}" if message else "")
+            if code in _AUTH_CODES or status in (401, 403):
+                return RegistryAuthError(self.name, f"{text} (check the credentials: {_CHAIN})", status=status,
+                                         codes=(code,), **where)
+            if code in ("RepositoryNotFoundException", "ImageNotFoundException"):
+                return ManifestUnknown(self.name, text, status=status, codes=(code,), **where)
+            if code == "UnsupportedImageTypeException":
+                return UnsupportedOperation(self.name, text, status=status, codes=(code,), **where)
+            retryable = code in _THROTTLE_CODES or status in RETRY_STATUSES or (status or 0) >= 500
+            after = (meta.get("HTTPHeaders") or {}).get("retry-after")
+            return RegistryError(self.name, text, status=status, codes=(code,), retryable=retryable,
+                                 retry_after=parse_retry_after(after) if retryable else None, **where)
+        if isinstance(e, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+            return RegistryAuthError(self.name, f"ECR {op}: no AWS credentials found ({_CHAIN})", **where)
+        if isinstance(e, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
+                          bex.ConnectionClosedError)):
+            return RegistryUnreachable(self.name, f"ECR {op}: {e}", retryable=True, **where)
+        return RegistryError(self.name, f"ECR {op}: {type(e).__name__}: {e}", **where)
+
+    async def _pages(self, op: str, key: str, *, repository: str | None = None, **kw: Any) -> list[dict]:
+        out: list[dict] = []
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            page = await self._call(op, repository=repository, maxResults=self.settings.pageSize,
+                                    **({"nextToken": token} if token else {}), **self._ids(), **kw)
+            out.extend(page.get(key) or [])
+            token = page.get("nextToken")
+            if not token:
+                return out
+            if token in seen:
+                raise RegistryError(self.name, f"ECR {op}: pagination loops", repository=repository)
+            seen.add(token)
+
+    # -- the interface -------------------------------------------------------------------------------
+    def oci_credentials(self) -> Callable[[], Credentials | None]:
+        def token() -> Credentials:
+            # Asked for once, when the Distribution API first challenges (ECR always does).
+            try:
+                doc = self._boto().get_authorization_token(**({"registryIds": [self.registry_id]} if self.registry_id else {}))
+                raw = doc["authorizationData"][0]["authorizationToken"]
+                user, _, password = base64.b64decode(raw).decode().partition(":")
+            except (ConfigError, RegistryError):
+                raise
+            except Exception as e:
+                raise self._error("GetAuthorizationToken", e, None, None) from None
+            return Credentials(user, password, origin="ECR GetAuthorizationToken")
+        return token
+
+    async def ping(self) -> None:
+        await self._call("describe_repositories", maxResults=1, **self._ids())
+        await self.oci.ping()
+
+    async def list_repositories(self) -> list[str]:
+        return [r["repositoryName"] for r in await self._pages("describe_repositories", "repositories")]
+
+    async def list_tags(self, repo: str) -> list[TagInfo]:
+        out: list[TagInfo] = []
+        for d in await self._pages("describe_images", "imageDetails", repository=repo, repositoryName=repo):
+            digest, pushed, pulled = d.get("imageDigest"), d.get("imagePushedAt"), d.get("lastRecordedPullTime")
+            tags = d.get("imageTags") or [None]     # an untagged image still tells its times
+            out += [TagInfo(t, digest, pushed, pulled) for t in tags]
+        return out
+
+    async def resolve(self, repo: str, ref: str) -> str | None:
+        key = "imageDigest" if ref.startswith("sha256:") else "imageTag"
+        try:
+            doc = await self._call("describe_images", repository=repo, reference=ref, repositoryName=repo,
+                                   imageIds=[{key: ref}], **self._ids())
+        except ManifestUnknown:
+            return None
+        details = doc.get("imageDetails") or []
+        return details[0].get("imageDigest") if details else None
+
+    async def _delete(self, repo: str, image_id: dict[str, str]) -> bool:
+        ref = next(iter(image_id.values()))
+        doc = await self._call("batch_delete_image", repository=repo, reference=ref, repositoryName=repo,
+                               imageIds=[image_id], **self._ids())
+        for f in doc.get("failures") or []:
+            if f.get("failureCode") == "ImageNotFound":
+                return False
+            raise RegistryError(self.name, f"ECR BatchDeleteImage: {f.get('failureCode')}: {f.get('failureReason')}",
+                                repository=repo, reference=ref)
+        return True   # no failure: it went (`imageIds` lists the tags removed; an untagged image has none)
+
+    async def delete_manifest(self, repo: str, digest: str, tags: tuple[str, ...] = ()) -> bool:
+        return await self._delete(repo, {"imageDigest": digest})
+
+    async def delete_tag(self, repo: str, tag: str) -> bool:
+        return await self._delete(repo, {"imageTag": tag})
+
+
+def _code_message(code: str, message: str) -> tuple[str, str]:
+    """The error code and a one-line message, also from an XML error body botocore could not parse."""
+    if message.lstrip().startswith("<"):
+        found = {k: re.search(rf"<{k}>(.*?)</{k}>", message, re.S) for k in ("Code", "Message")}
+        code = found["Code"].group(1).strip() if found["Code"] else code
+        message = found["Message"].group(1) if found["Message"] else ""
+    return code, " ".join(message.split())[:300]
