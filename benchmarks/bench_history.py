@@ -18,7 +18,7 @@ the functions `regsweep history` and `regsweep whatif` call:
                 then tasks.history.whatif.whatif with a tighter candidate (git: 5 branches, 1 image each; no
                 Kubernetes rule); each makes and caches what it lacks
   (a) steady    the caches the flows write, primed by calling what they call per snapshot (the
-                snapshot flow's summary_markdown, the plan flow's tasks.history.whatif.cache_current; their
+                snapshot flow's cache-history-inputs step, the plan flow's tasks.history.whatif.cache_current; their
                 cost is reported per snapshot as moved to the flows), then growth and what-if
                 `--repeats` times each (median)
 Goals: growth <= 10 s, what-if <= 60 s, <= 4 GB.
@@ -188,11 +188,11 @@ CANDIDATE = {"keepPolicies": [{"references": {"branch": "/.*/", "limit": {"last"
 
 
 def _prime_chunk(store_url: str, sids: list[str]) -> tuple[float, float]:
-    """What the flows do per snapshot, for these snapshots in order: the snapshot flow's artifact
-    (`summary_markdown`, which writes the summary, the diff with the previous snapshot and the
-    FootprintIndex) and the plan flow's `cache_whatif` task body (`cache_current`). Returns the
+    """What the flows do per snapshot, for these snapshots in order: the snapshot flow's
+    `cache-history-inputs` step (the summary, the diff with the previous snapshot and the
+    FootprintIndex) and the plan flow's cache of the current policy's decision. Returns the
     seconds spent in each."""
-    from tasks.snapshot.take import summary_markdown
+    from tasks.snapshot.summary import cache_history_inputs
     from tasks.store.store import Store
     from tasks.history.whatif import cache_current
 
@@ -200,7 +200,7 @@ def _prime_chunk(store_url: str, sids: list[str]) -> tuple[float, float]:
     snap = plan = 0.0
     for sid in sids:
         t = time.perf_counter()
-        summary_markdown(sid, store.snapshot_meta(sid), store)
+        cache_history_inputs(store, sid)
         t1 = time.perf_counter()
         cache_current(cfg, sid)
         snap, plan = snap + t1 - t, plan + time.perf_counter() - t1

@@ -219,14 +219,16 @@ def history(
 
     def body():
         cfg, when = _config(config), _since(since)   # bad usage is exit 2 before Prefect starts
-        from flows.history import history_flow
+        from flows.history import growth_flow
+        from tasks.history.charts import growth_chart
         from tasks.history.growth import render_text, to_json
 
-        report = history_flow(config=cfg, since=when, chart=chart, top=top).growth
+        report = growth_flow(config=cfg, since=when, top=top)
         if json_path:
             _write_json(json_path, to_json(report, top))
         typer.echo(render_text(report, top))
         if chart:
+            growth_chart(report, chart, top)
             typer.echo(f"chart written to {chart}", err=True)
 
     _run(body)
@@ -261,14 +263,16 @@ def whatif(
         from tasks.history.whatif import load_policy
 
         cfg, when, candidate = _config(config), _since(since), load_policy(policy)
-        from flows.history import history_flow
+        from flows.history import whatif_flow
+        from tasks.history.charts import whatif_chart
         from tasks.history.whatif import render_text
 
-        result = history_flow(config=cfg, since=when, candidate=candidate, whatif_chart=chart, growth=False).whatif
+        result = whatif_flow(config=cfg, candidate=candidate, since=when)
         if json_path:
             _write_json(json_path, result.to_json())
         typer.echo(render_text(result))
         if chart:
+            whatif_chart(result, chart)
             typer.echo(f"chart written to {chart}", err=True)
 
     _run(body)

@@ -18,16 +18,25 @@ def _deployments():
     return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
 
 
-def test_every_deployment_names_a_flow_whose_parameters_validate():
+def _validated(d: dict) -> dict:
+    """A deployment's parameters as its flow validates them; the what-if's candidate policy is
+    filled in from the UI form at run time, so a test fills one in."""
     from prefect.flows import load_flow_from_entrypoint
 
+    flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
+    given = d.get("parameters", {})
+    if "candidate" in flow.parameters.required:
+        given = {**given, "candidate": {"keepImagesBuiltWithinLastNHours": 1}}
+    return flow.validate_parameters(given)
+
+
+def test_every_deployment_names_a_flow_whose_parameters_validate():
     names = set()
     for d in _deployments():
-        flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
-        params = flow.validate_parameters(d.get("parameters", {}))
+        params = _validated(d)
         assert params["config"].registry.url == "https://registry.example.com"
         names.add(d["name"])
-    assert {"snapshot-hourly", "plan-daily", "sweep-approved", "history"} <= names
+    assert {"snapshot-hourly", "plan-daily", "sweep-approved", "history", "whatif"} <= names
 
 
 def test_deploy_registers_the_deployments_on_a_prefect_server(prefect_api_url, tmp_path):
@@ -46,6 +55,7 @@ def test_deploy_registers_the_deployments_on_a_prefect_server(prefect_api_url, t
         sweep = client.read_deployment_by_name("regsweep-sweep/sweep-approved")
         client.read_deployment_by_name("regsweep-plan/plan-daily")
         client.read_deployment_by_name("regsweep-history/history")
+        client.read_deployment_by_name("regsweep-whatif/whatif")
     assert [s.schedule.cron for s in snap.schedules] == ["5 * * * *"]
     assert snap.parameters["config"]["registry"]["auth"] == {"username": "ci", "password_env": "REGISTRY_PASSWORD"}
     assert sweep.parameters["plan"] == "latest"
@@ -80,13 +90,11 @@ def test_no_deployment_parameter_or_job_variable_holds_a_secret():
 
 
 def test_the_kubernetes_variant_runs_the_same_flows_in_cluster_with_the_rbac_service_account():
-    from prefect.flows import load_flow_from_entrypoint
-
     plain = {d["name"]: d for d in _deployments()}
     sa = next(d for d in yaml.safe_load_all(RBAC_YAML.read_text()) if d["kind"] == "ServiceAccount")
     for d in yaml.safe_load(K8S_YAML.read_text())["deployments"]:
         assert d["entrypoint"] == plain[d["name"]]["entrypoint"] and d.get("schedules") == plain[d["name"]].get("schedules")
-        params = load_flow_from_entrypoint(str(ROOT / d["entrypoint"])).validate_parameters(d["parameters"])
+        params = _validated(d)
         assert params["config"].kubernetes.kubeconfig is None   # in-cluster
         jv = d["work_pool"]["job_variables"]
         assert (jv["service_account_name"], jv["namespace"]) == (sa["metadata"]["name"], sa["metadata"]["namespace"])

@@ -185,9 +185,9 @@ def test_caches_the_flows_write_give_the_whatif_the_same_answer(history, tmp_pat
     import numpy as np
     import pyarrow as pa
 
-    from tasks.snapshot.footprint import Footprint, index_name, load_index
-    from tasks.history.growth import _diff_name
-    from tasks.snapshot.take import summary_markdown
+    from tasks.snapshot.footprint import Footprint, load_index
+    from tasks.store.caches import diff_name, footprint_name
+    from tasks.snapshot.summary import cache_history_inputs
     from tasks.history.whatif import cache_name, policy_key, read_current
 
     cfg, ids, im, _ = history
@@ -199,15 +199,15 @@ def test_caches_the_flows_write_give_the_whatif_the_same_answer(history, tmp_pat
 
     shutil.rmtree(cache)
     for sid in ids:   # what the snapshot flow does once a snapshot is published
-        summary_markdown(sid, store.snapshot_meta(sid), store)
+        cache_history_inputs(store, sid)
         r = run_cli("plan", "--config", tmp_path / "regsweep.yaml", "--snapshot", sid)
         assert r.returncode == 0, r.stderr
     key = policy_key(cfg)
     plans = {store.plan_meta(p)["snapshot_id"]: store.plan_meta(p) for p in store.list_plans()}
     for prev, sid in zip([None, *ids], ids):
-        assert os.path.exists(store.path("cache", index_name(sid) + ".parquet"))
+        assert os.path.exists(store.path("cache", footprint_name(sid) + ".parquet"))
         if prev:
-            assert os.path.exists(store.path("cache", _diff_name(prev, sid) + ".parquet"))
+            assert os.path.exists(store.path("cache", diff_name(prev, sid) + ".parquet"))
         # the plan flow's decide-only entry agrees with the full plan it published
         outcome, needed = read_current(store, sid, key)
         assert (outcome.delete, outcome.reclaimable_bytes) == (plans[sid]["delete"], plans[sid]["bytes_reclaimable"])

@@ -35,7 +35,6 @@ from pydantic import ValidationError
 
 from tasks.config.models import RegsweepConfig, config_error_from, read_yaml_documents
 from tasks.common.errors import ConfigError
-from tasks.history.growth import save_figure, two_panel_figure
 from tasks.config.policy import CleanupPolicy
 from tasks.store.schemas import INFORMATIONAL, NEEDED, SOURCE_TABLES
 from tasks.store.store import Store, iter_ids_since
@@ -320,24 +319,6 @@ def render_text(result: WhatIf) -> str:
 def render_markdown(result: WhatIf) -> str:
     lines = ["# What-if: candidate policy vs current", "", "```", render_text(result), "```"]
     return "\n".join(lines)
-
-
-def render_chart(result: WhatIf, path: str | Path) -> Path:
-    """Deletions and reclaimable bytes per snapshot under each policy, as a PNG."""
-    df = result.frame()
-    fig, (a1, a2) = two_panel_figure(6)
-    a1.plot(df["created_at"], df["current_delete"], label="current", color="tab:blue")
-    a1.plot(df["created_at"], df["candidate_delete"], label="candidate", color="tab:orange")
-    a1.set_ylabel("deletions")
-    a1.legend()
-    a2.plot(df["created_at"], df["current_reclaimable"].astype(float) / 1e9, label="current", color="tab:blue")
-    a2.plot(df["created_at"], df["candidate_reclaimable"].astype(float) / 1e9, label="candidate", color="tab:orange")
-    a2.set_ylabel("reclaimable GB")
-    regret_at = set(result.regrets["deleted_at"]) if len(result.regrets) else set()
-    for t in df.loc[df["snapshot"].isin(regret_at), "created_at"]:
-        a1.axvline(t, color="tab:red", alpha=0.4)
-    a1.set_title(f"Current vs candidate policy ({len(result.regrets)} regrets, red)")
-    return save_figure(fig, path)
 
 
 def write_json(result: WhatIf, path: str) -> None:

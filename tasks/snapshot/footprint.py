@@ -21,14 +21,14 @@ The plan (tasks/plan/make.py), the sweep's approval form and its report (tasks/s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-if TYPE_CHECKING:
-    from tasks.store.store import Store
+from tasks.store.caches import footprint_name
+from tasks.store.store import Store
 
 COLUMNS = ["repository", "digest", "blob", "size"]
 
@@ -70,7 +70,7 @@ class Footprint:
         return None if blobs is None else cls(blobs)
 
     @classmethod
-    def load(cls, store: "Store", snapshot_id: str) -> Footprint | None:
+    def load(cls, store: Store, snapshot_id: str) -> Footprint | None:
         """The snapshot's footprint; None for a snapshot without a BLOBS table."""
         return cls.of(store.snapshot_table(snapshot_id, "blobs", columns=COLUMNS))
 
@@ -154,9 +154,8 @@ def reclaim_of(fp: Footprint | None, deleted: Iterable[tuple[str, str]],
 
 # ------------------------------------------------------------------ the compact per-snapshot index
 
-INDEX_VERSION = "v1"
 #: One row holding the whole index as lists: a snapshot's BLOBS table is written once and never
-#: changes, so its integer form is a derivable cache (`cache/footprint-v1-<id>`).
+#: changes, so its integer form is a derivable cache (tasks/store/caches.py FOOTPRINT_INDEX).
 INDEX_SCHEMA = pa.schema([
     pa.field("repos", pa.list_(pa.string()), nullable=False),
     pa.field("digests", pa.list_(pa.string()), nullable=False),
@@ -221,23 +220,19 @@ class FootprintIndex:
         return int(self.blob_size[(hits > 0) & (hits == self.refs)].sum())
 
 
-def index_name(snapshot_id: str) -> str:
-    return f"footprint-{INDEX_VERSION}-{snapshot_id}"
-
-
-def write_index(store: "Store", snapshot_id: str, fp: Footprint | None) -> FootprintIndex | None:
+def write_index(store: Store, snapshot_id: str, fp: Footprint | None) -> FootprintIndex | None:
     """Cache the snapshot's FootprintIndex (the snapshot flow does, from the footprint it builds
     for the summary anyway); None for a snapshot without BLOBS."""
     if fp is None:
         return None
     idx = FootprintIndex.of(fp)
-    store.write_cache(index_name(snapshot_id), idx.to_table())
+    store.write_cache(footprint_name(snapshot_id), idx.to_table())
     return idx
 
 
-def load_index(store: "Store", snapshot_id: str) -> FootprintIndex | None:
+def load_index(store: Store, snapshot_id: str) -> FootprintIndex | None:
     """The snapshot's FootprintIndex: from the cache, else built from BLOBS and cached (first use)."""
-    t = store.read_cache(index_name(snapshot_id))
+    t = store.read_cache(footprint_name(snapshot_id))
     if t is not None and t.schema.equals(INDEX_SCHEMA) and t.num_rows == 1:
         return FootprintIndex.from_table(t)
     return write_index(store, snapshot_id, Footprint.load(store, snapshot_id))

@@ -1,4 +1,4 @@
-"""Running one source into a snapshot's staging area, and summarising a published snapshot.
+"""Running one source into a snapshot's staging area, and the snapshot's own record (snapshot.json).
 
 Every source module exposes `extract(config, store, now) -> {table name: pyarrow.Table}` and
 raises a `SourceError` when it could not read everything. A failed source writes no table at
@@ -84,27 +84,3 @@ def staged_repositories(store: Store, staging: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(set(t.column("repository").to_pylist()))
-
-
-def summary_markdown(snapshot_id: str, meta: dict[str, Any], store: Store) -> str:
-    """The snapshot's Prefect artifact: repositories, tags, bytes, per-source status."""
-    lines = [f"# Snapshot `{snapshot_id}`", "",
-             f"Registry {meta['registry']}, taken {meta['created_at']}, "
-             f"**{'complete' if meta['complete'] else 'INCOMPLETE: no plan from it will delete anything'}**.", ""]
-    from tasks.history.growth import snapshot_summary  # the same counts the growth report shows
-
-    counts = snapshot_summary(store, snapshot_id)
-    if counts["tags"] is not None:
-        lines += [f"- repositories: {counts['repositories']}", f"- tags: {counts['tags']}",
-                  f"- manifests: {counts['manifests']}", f"- bytes referenced: {counts['bytes']:,}", ""]
-    from tasks.registry.capabilities import markdown_lines
-
-    lines += markdown_lines(meta.get("registry_capabilities"))
-    lines += ["| source | status | rows | seconds | retries | warnings | error |", "|---|---|---|---|---|---|---|"]
-    for name, s in meta["sources"].items():
-        lines.append(f"| {name} | {s['status']} | {s['rows']} | {s['seconds']} | {s.get('retries', {}).get('count', 0)} "
-                     f"| {s.get('warnings', {}).get('count', 0)} | {s.get('error', '')} |")
-    warned = [(name, m) for name, s in meta["sources"].items() for m in s.get("warnings", {}).get("messages", [])]
-    if warned:
-        lines += ["", "Warnings (first few per source):", ""] + [f"- {name}: {m}" for name, m in warned]
-    return "\n".join(lines)
