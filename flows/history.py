@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
-from tasks.config.models import RegsweepConfig
+from flows.runs import ConfigParam, run_config
 from tasks.config.policy import CleanupPolicy
 from tasks.history import growth, whatif
 from tasks.history.tasks import read_growth, replay_candidate
@@ -21,11 +21,12 @@ from tasks.history.tasks import read_growth, replay_candidate
 
 @flow(name="regsweep-history")
 def growth_flow(
-    config: RegsweepConfig,
+    config: ConfigParam,
     since: Annotated[datetime | None, Field(description="Only snapshots taken at or after this time.")] = None,
     top: Annotated[int, Field(ge=1, le=1000, description="Repositories shown in the top-by-growth table.")] = 10,
 ) -> growth.Growth:
     """Summarise registry growth from all snapshots: sizes, churn, growth per day, projections."""
+    config = run_config(config)
     report = read_growth(config.store, since)
     create_markdown_artifact(growth.render_markdown(report, top), key="regsweep-history", description="Registry growth")
     if len(report.repositories):
@@ -36,12 +37,13 @@ def growth_flow(
 
 @flow(name="regsweep-whatif")
 def whatif_flow(
-    config: RegsweepConfig,
+    config: ConfigParam,
     candidate: Annotated[CleanupPolicy, Field(description="A candidate `cleanup:` policy to replay over every "
                          "complete snapshot next to the current one: deletions, reclaimable bytes and regrets.")],
     since: Annotated[datetime | None, Field(description="Only snapshots taken at or after this time.")] = None,
 ) -> whatif.WhatIf:
     """Replay a candidate cleanup policy over the stored snapshots next to the current policy."""
+    config = run_config(config)
     result = replay_candidate(config, candidate, since)
     create_markdown_artifact(whatif.render_markdown(result), key="regsweep-whatif", description="What-if: candidate vs current")
     data = result.to_json()

@@ -9,6 +9,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
+from flows.runs import ConfigParam, run_config
 from tasks.config.models import RegsweepConfig
 from tasks.plan.make import PlanResult, make_plan
 
@@ -24,10 +25,11 @@ def evaluate_plan(config: RegsweepConfig, snapshot: str) -> PlanResult:
 
 @flow(name="regsweep-plan", log_prints=True)
 def plan_flow(
-    config: RegsweepConfig,
+    config: ConfigParam,
     snapshot: Annotated[str, Field(description="Snapshot id to evaluate, or `latest`.")] = "latest",
 ) -> str:
     """Decide keep or delete for every tag of a snapshot; return the plan id."""
+    config = run_config(config)
     result = evaluate_plan(config, snapshot)
     meta = result.meta
     create_markdown_artifact(result.markdown, key=PLAN_ARTIFACT, description=f"Plan {result.plan_id}")

@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from flows.runs import ConfigParam, run_config
 from tasks.common.errors import SnapshotIncomplete, SourceError
 from tasks.config.models import RegsweepConfig
 from tasks.snapshot.render import summary_markdown
@@ -43,10 +44,11 @@ def registry_batches_flow(config: RegsweepConfig, staging: str, snapshot_id: str
 
 @flow(name="regsweep-snapshot", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def snapshot_flow(
-    config: RegsweepConfig,
+    config: ConfigParam,
     sources: Annotated[list[str] | None, Field(description="Sources to extract; default: every enabled one.")] = None,
 ) -> str:
     """Take a snapshot of the registry, clusters, Helm history and git; return its id."""
+    config = run_config(config)
     chosen = select_sources(config, sources)
     check_sources(config, chosen)
     preload_sources(chosen)

@@ -230,6 +230,9 @@ class SweepConfig(_Strict):
     recheckCluster: bool = Field(True, description="Scan clusters again just before deleting; skip anything now in use.")
     approvalTimeout: str = Field("1h", description="How long a sweep waits for approval before deleting nothing.")
     concurrency: int = Field(8, ge=1, le=64, description="Parallel DELETE requests.")
+    upFrontApproval: bool = Field(False, description="Deployment runs may take approval up front (approve=true) within "
+                                  "maxDeletions. Honoured only in a configuration the worker holds; the command line's "
+                                  "--yes needs no such key.")
 
     @field_validator("maxPlanAge", "approvalTimeout")
     @classmethod
