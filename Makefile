@@ -1,5 +1,5 @@
-# The commands of the README's Quick start, the end-to-end target and benchmarks. All are idempotent.
-.PHONY: setup demo test test-e2e bench
+# The commands of the README's Quick start, the end-to-end target, the manual and benchmarks. All are idempotent.
+.PHONY: setup demo test test-e2e docs bench
 
 setup:
 	@scripts/setup.sh
@@ -7,8 +7,13 @@ setup:
 demo: setup
 	@.venv/bin/python -m flows.demo
 
-test: setup
+# The manual is built first: a broken link or any other Sphinx warning fails the suite.
+test: setup docs
 	.venv/bin/pytest -m "not e2e"
+
+# The manual in docs/ as a website in .build/docs/, strictly: every warning is an error.
+docs: setup
+	.venv/bin/sphinx-build -W --keep-going -q -b html docs .build/docs
 
 # End to end against a real Prefect server, worker and headless Chromium, and `make demo` itself (slow).
 test-e2e: setup
