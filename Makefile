@@ -7,8 +7,10 @@ setup:
 demo: setup
 	@.venv/bin/python -m flows.demo
 
-# The manual is built first: a broken link or any other Sphinx warning fails the suite.
+# The manual is built first (a broken link or any other Sphinx warning fails the suite), then the
+# import-layers contract of pyproject.toml (each pipeline stage imports only the stages below it).
 test: setup docs
+	.venv/bin/lint-imports --no-cache
 	.venv/bin/pytest -m "not e2e"
 
 # The manual in docs/ as a website in .build/docs/, strictly: every warning is an error.
