@@ -59,3 +59,48 @@ def test_history_command_prints_table_and_draws_chart(tmp_path, run_cli):
     assert "Traceback" not in r.stderr
     r = run_cli("history", "--config", cfg, "--since", "yesterday")
     assert r.returncode == 2 and "--since" in r.stderr
+
+
+def test_minutes_of_history_give_no_growth_rate_or_projection(tmp_path):
+    """Six snapshots two minutes apart: a rate per day from them would be noise (-15 GB/day)."""
+    from tasks.history.growth import growth_report, render_text, to_json
+
+    store = Store(str(tmp_path))
+    for i, n in enumerate((60, 40, 60, 20, 60, 10)):
+        _publish(store, T0 + timedelta(minutes=2 * i), n)
+    report = growth_report(store, workers=1)
+    text = render_text(report)
+    assert "not enough history yet (10 minutes between the first and the last snapshot" in text
+    assert "/day" not in text and "projection:" not in text and "bytes_per_day" not in text
+    totals = to_json(report)["totals"]
+    assert totals["enough_history"] is False
+    assert totals["bytes_per_day"] is None and totals["bytes_in_30d"] is None and totals["tags"] == 10
+    assert "top 3 repositories by size" in text
+
+
+def test_a_day_of_history_gives_rates_and_projections(tmp_path):
+    from tasks.history.growth import growth_report, render_text, to_json
+
+    store = Store(str(tmp_path))
+    for day, n in enumerate((10, 20, 30)):
+        _publish(store, T0 + timedelta(days=day), n)
+    report = growth_report(store, workers=1)
+    totals = to_json(report)["totals"]
+    assert totals["enough_history"] is True
+    assert totals["bytes_per_day"] == 10_000 and totals["tags_per_day"] == 10
+    assert totals["bytes_in_30d"] == 30_000 + 30 * 10_000
+    assert "growth over 2.0 days" in render_text(report) and "top 3 repositories by growth" in render_text(report)
+
+
+def test_the_growth_chart_names_the_repositories_it_shows_in_units_that_fit(tmp_path):
+    from tasks.history.charts import byte_unit, growth_figure
+    from tasks.history.growth import growth_report
+
+    store = Store(str(tmp_path))
+    for day, n in enumerate((5, 8)):
+        _publish(store, T0 + timedelta(days=day), n)
+    fig = growth_figure(growth_report(store, workers=1), top=10)
+    top, bottom = fig.axes
+    assert top.get_title() == "Top 3 repositories by growth" and len(top.lines) == 3   # 3 exist, 10 asked
+    assert top.get_ylabel() == "image kB per repository" and bottom.get_ylabel() == "kB"   # 8 images of 1,000 B
+    assert byte_unit([22_500_000]) == (1e6, "MB") and byte_unit([512]) == (1.0, "B")

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.units import human_bytes
 from tasks.snapshot.summary import summarize_chunk
 from tasks.store.caches import summary_name
 from tasks.store.store import Store, iter_ids_since
@@ -33,6 +34,9 @@ HISTORY_COLUMNS = ["snapshot", "created_at", "complete", "repositories", "tags",
                    "image_bytes", "added", "removed", "moved", "reclaimable_bytes"]
 WORKERS = 2
 PROJECT_DAYS = (30, 90)
+#: Rates and projections need history: two snapshots minutes apart say nothing about growth per day.
+MIN_HISTORY_DAYS = 1.0
+NOT_ENOUGH = "not enough history yet"
 
 
 # ------------------------------------------------------------------ all snapshots
@@ -144,22 +148,30 @@ def _per_repository(counted: pd.DataFrame, per_repo: list[pd.DataFrame], diffs: 
         out[c] = pd.array(latest[c].reindex(names).astype(object).where(latest[c].reindex(names).notna(), None), "Int64")
     for c in ("added", "removed", "moved"):
         out[c] = churn[c].reindex(names).fillna(0).astype(int).to_numpy() if len(churn) else 0
-    out["tags_per_day"] = _slope(x, tags_m.to_numpy(float))
-    out["bytes_per_day"] = _slope(x, bytes_m.to_numpy())
+    days = float(x[-1]) if len(x) else 0.0
+    enough = days >= MIN_HISTORY_DAYS
     now = bytes_m.iloc[-1].to_numpy()
-    for d in PROJECT_DAYS:
-        out[f"bytes_in_{d}d"] = np.maximum(now + out["bytes_per_day"].to_numpy() * d, 0).astype(np.int64)
-    out = out.sort_values(["bytes_per_day", "repository"], ascending=[False, True]).reset_index(drop=True)
+    if enough:
+        out["tags_per_day"] = _slope(x, tags_m.to_numpy(float))
+        out["bytes_per_day"] = _slope(x, bytes_m.to_numpy())
+        for d in PROJECT_DAYS:
+            out[f"bytes_in_{d}d"] = np.maximum(now + out["bytes_per_day"].to_numpy() * d, 0).astype(np.int64)
+        out = out.sort_values(["bytes_per_day", "repository"], ascending=[False, True]).reset_index(drop=True)
+    else:   # no rates from minutes of history: the largest repositories instead
+        for c in ("tags_per_day", "bytes_per_day", *[f"bytes_in_{d}d" for d in PROJECT_DAYS]):
+            out[c] = None
+        out = out.assign(_size=now).sort_values(["_size", "repository"], ascending=[False, True]).drop(
+            columns="_size").reset_index(drop=True)
     tot_bytes = counted[col].astype(float).to_numpy()
-    tot_slope = float(_slope(x, tot_bytes[:, None])[0])
+    tot_slope = float(_slope(x, tot_bytes[:, None])[0]) if enough else None
     totals = {"tags": int(counted["tags"].iloc[-1]), "manifests": int(counted["manifests"].iloc[-1]),
               "unique_bytes": None if pd.isna(counted["unique_bytes"].iloc[-1]) else int(counted["unique_bytes"].iloc[-1]),
               "image_bytes": int(counted["image_bytes"].iloc[-1]),
               "added": int(counted["added"].fillna(0).sum()), "removed": int(counted["removed"].fillna(0).sum()),
               "moved": int(counted["moved"].fillna(0).sum()),
-              "tags_per_day": float(_slope(x, counted["tags"].astype(float).to_numpy()[:, None])[0]),
-              "bytes_per_day": tot_slope, "days": float(x[-1]) if len(x) else 0.0,
-              **{f"bytes_in_{d}d": int(max(tot_bytes[-1] + tot_slope * d, 0)) for d in PROJECT_DAYS}}
+              "tags_per_day": float(_slope(x, counted["tags"].astype(float).to_numpy()[:, None])[0]) if enough else None,
+              "bytes_per_day": tot_slope, "days": days, "enough_history": enough,
+              **{f"bytes_in_{d}d": int(max(tot_bytes[-1] + tot_slope * d, 0)) if enough else None for d in PROJECT_DAYS}}
     return out, totals, bytes_m.set_axis(counted["created_at"].to_numpy(), axis=0)
 
 
@@ -171,9 +183,11 @@ def growth(store: Store, since: datetime | None = None) -> pd.DataFrame:
 # ------------------------------------------------------------------ output
 
 def _b(v) -> str:
-    from tasks.common.units import human_bytes
-
     return "-" if v is None or pd.isna(v) else human_bytes(int(v))
+
+
+def _span(days: float) -> str:
+    return f"{days * 24 * 60:.0f} minutes" if days < 1 / 24 else f"{days * 24:.1f} hours"
 
 
 def render_text(report: Growth, top: int = 10) -> str:
@@ -189,16 +203,24 @@ def render_text(report: Growth, top: int = 10) -> str:
                          for c in ("repositories", "tags", "manifests", "added", "removed", "moved")})
     lines = [shown.to_string(index=False, na_rep="-")]
     t, r = report.totals, report.repositories.head(top)
-    if t:
+    if t and t["enough_history"]:
         lines += ["", f"growth over {t['days']:.1f} days ({report.basis} bytes): {_b(t['bytes_per_day'])}/day, "
                       f"{t['tags_per_day']:+.1f} tags/day; tags added {t['added']}, removed {t['removed']}, moved {t['moved']}",
                   "projection: " + ", ".join(f"{_b(t[f'bytes_in_{d}d'])} in {d} days" for d in PROJECT_DAYS)
                   + f" (now {_b(t[f'{report.basis}_bytes'])})"]
-    if len(r):
+    elif t:
+        lines += ["", f"growth: {NOT_ENOUGH} ({_span(t['days'])} between the first and the last snapshot; rates and "
+                      f"projections need {MIN_HISTORY_DAYS:g} day); tags added {t['added']}, removed {t['removed']}, "
+                      f"moved {t['moved']}; now {_b(t[f'{report.basis}_bytes'])}"]
+    if len(r) and not t.get("enough_history"):
+        r = r.drop(columns=["tags_per_day", "bytes_per_day", *[f"bytes_in_{d}d" for d in PROJECT_DAYS]])
+        lines += ["", f"top {len(r)} repositories by size ({NOT_ENOUGH} for growth):",
+                  r.assign(**{c: r[c].map(_b) for c in ("unique_bytes", "image_bytes")}).to_string(index=False, na_rep="-")]
+    elif len(r):
         lines += ["", f"top {len(r)} repositories by growth:",
                   r.assign(**{c: r[c].map(_b) for c in ("unique_bytes", "image_bytes", "bytes_per_day",
                                                         *[f"bytes_in_{d}d" for d in PROJECT_DAYS])},
-                           tags_per_day=r["tags_per_day"].round(1)).to_string(index=False, na_rep="-")]
+                           tags_per_day=r["tags_per_day"].astype(float).round(1)).to_string(index=False, na_rep="-")]
     return "\n".join(lines)
 
 
