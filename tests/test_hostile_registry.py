@@ -97,3 +97,22 @@ def test_digests_are_sha256_or_sha512_with_hex_of_their_length():
     assert not matches_digest(b"x", "v1.0")
 
 
+# --- duplicate tags: the keep-by-tag lookup -----------------------------------------------------
+
+def test_a_tag_listed_on_two_digests_is_kept_on_both_when_referenced_by_tag():
+    s = Snap()
+    a = s.image("team/r", "prod", created=EVAL_OLD)
+    b = s.image("team/r", created=EVAL_OLD)
+    s.tag("team/r", "prod", b)         # TAGS [(r, prod, A), (r, prod, B)]: prod moved between two reads
+    other = s.image("team/r", "old", created=EVAL_OLD)
+    cfg = eval_config(cleanup={"unlinkedImages": "delete"})
+    unreferenced = plan_of(s, cfg)
+    assert set(unreferenced.loc[unreferenced.tag == "prod", "action"]) == {"delete"}   # nothing keeps them yet
+    s.helm("registry.example.com/team/r:prod")
+    plan = plan_of(s, cfg)
+    rows = {(r.tag, r.digest): (r.action, list(r.reasons)) for r in plan.itertuples()}
+    assert rows[("prod", a)][0] == rows[("prod", b)][0] == "keep"
+    assert rows[("prod", b)][1] == rows[("prod", a)][1] == ["helm: prod/default/web revision 1 (deployed)"]
+    assert rows[("old", other)][0] == "delete"
+
+
