@@ -116,3 +116,22 @@ def test_a_tag_listed_on_two_digests_is_kept_on_both_when_referenced_by_tag():
     assert rows[("old", other)][0] == "delete"
 
 
+# --- the blob cache -------------------------------------------------------------------------------
+
+def test_the_blob_cache_believes_only_bodies_that_hash_to_their_key():
+    good = b'{"schemaVersion": 2}'
+    forged = b'{"schemaVersion": 2, "manifests": []}'
+    import hashlib
+    sha512 = "sha512:" + hashlib.sha512(good).hexdigest()
+    huge = b"x" * (MAX_BODY_BYTES + 1)
+    table = pa.table({"digest": [sha256_digest(good), sha256_digest(good[:-1]), "v1.0", sha512, sha256_digest(huge)],
+                      "media_type": [OCI_MANIFEST] * 5, "body": [good, forged, good, good, huge]}, schema=CACHE_SCHEMA)
+    cache = BlobCache(table)
+    assert sorted(cache.entries) == sorted([sha256_digest(good), sha512])
+    assert cache.dropped == 3 and cache.loaded == 2 and cache.changed
+    cache.put(sha256_digest(huge), "blob", huge)      # never stored above the cap
+    cache.put("v1.0", OCI_MANIFEST, good)             # nor under a key that is no digest
+    assert cache.get(sha256_digest(huge)) is None and cache.get("v1.0") is None
+    assert BlobCache(BlobCache(table).table()).dropped == 0
+
+
