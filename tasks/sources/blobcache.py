@@ -47,7 +47,8 @@ class BlobCache:
             for k, m, b in rows:
                 # A forged or damaged body would change what an image looks like (kind, subject,
                 # children): only what still hashes to its key is believed.
-                if isinstance(m, str) and _storable(k, b) and matches_digest(b, k):
+                if (isinstance(m, str) and isinstance(k, str) and isinstance(b, bytes) and len(b) <= MAX_BODY_BYTES
+                        and matches_digest(b, k)):   # a match implies a well-formed digest key
                     self.entries[k] = (m, b)
                 else:
                     self.dropped += 1
