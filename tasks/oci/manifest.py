@@ -42,10 +42,19 @@ ANN_CREATED = "org.opencontainers.image.created"
 # Manifest kinds written to the MANIFESTS table.
 IMAGE, INDEX, ARTIFACT, REFERRERS_INDEX, UNKNOWN = "image", "index", "artifact", "referrers-index", "unknown"
 
-_DIGEST_RX = re.compile(r"^sha256:[0-9a-f]{64}$")
-_FALLBACK_TAG_RX = re.compile(r"^sha256-([0-9a-f]{64})$")
+# Matched with fullmatch: `$` would also accept a trailing newline, which then reaches a URL.
+_DIGEST_RX = re.compile(r"sha256:[0-9a-f]{64}")
+#: The digests regsweep reads by (OCI image-spec's registered algorithms), with their hex lengths.
+_CONTENT_DIGEST_RX = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+_FALLBACK_TAG_RX = re.compile(r"sha256-([0-9a-f]{64})")
 #: cosign's tags for a subject's signature, attestations and SBOM.
-_COSIGN_TAG_RX = re.compile(r"^sha256-([0-9a-f]{64})\.(?:sig|att|sbom)$")
+_COSIGN_TAG_RX = re.compile(r"sha256-([0-9a-f]{64})\.(?:sig|att|sbom)")
+
+#: The most regsweep reads of a config blob, and the most the blob cache keeps of any body: the
+#: limit OCI's distribution-spec recommends for manifests. A larger "config" is some other blob
+#: (a layer pushed as config to exhaust memory): the image is recorded with a problem and kept.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_TEXT = "4 MiB"
 
 
 def sha256_digest(data: bytes) -> str:
@@ -54,7 +63,26 @@ def sha256_digest(data: bytes) -> str:
 
 
 def is_digest(ref: str) -> bool:
-    return bool(_DIGEST_RX.match(ref))
+    """Whether `ref` is a sha256 digest (`sha256:` and 64 lowercase hex digits)."""
+    return isinstance(ref, str) and _DIGEST_RX.fullmatch(ref) is not None
+
+
+def is_content_digest(ref: object) -> bool:
+    """Whether `ref` is a digest regsweep may read by: `sha256:` with 64 or `sha512:` with 128
+    lowercase hex digits. Anything else a manifest names (a tag, a path, another algorithm) is
+    never requested: the manifest naming it is recorded with a problem instead (and kept)."""
+    return isinstance(ref, str) and _CONTENT_DIGEST_RX.fullmatch(ref) is not None
+
+
+def matches_digest(data: bytes, digest: str) -> bool:
+    """Whether `data` hashes to `digest`; True implies `is_content_digest(digest)` (hexdigest
+    is lowercase hex of the algorithm's length)."""
+    algorithm, _, hexpart = digest.partition(":")
+    if algorithm == "sha256":
+        return hashlib.sha256(data).hexdigest() == hexpart
+    if algorithm == "sha512":
+        return hashlib.sha512(data).hexdigest() == hexpart
+    return False
 
 
 def fallback_tag(subject: str) -> str:
@@ -65,7 +93,7 @@ def fallback_tag(subject: str) -> str:
 
 def fallback_subject(tag: str) -> str | None:
     """The subject digest a referrers fallback tag stands for, or None for an ordinary tag."""
-    m = _FALLBACK_TAG_RX.match(tag)
+    m = _FALLBACK_TAG_RX.fullmatch(tag)
     return f"sha256:{m.group(1)}" if m else None
 
 
@@ -77,7 +105,7 @@ def tag_subject(tag: str) -> str | None:
     """
     if not tag.startswith("sha256-"):
         return None
-    m = _COSIGN_TAG_RX.match(tag)
+    m = _COSIGN_TAG_RX.fullmatch(tag)
     return f"sha256:{m.group(1)}" if m else fallback_subject(tag)
 
 

@@ -54,6 +54,27 @@ def _valid_digest(d: str) -> bool:
     return want is None or len(m["hex"]) == want
 
 
+# The distribution grammar (distribution/reference): what a registry may name a repository or a tag.
+# Names from a registry go into URL paths; `x/../app` or a tag `../manifests/sha256:<kept>` would
+# reach a different resource once the path is normalised, so anything else is refused unread.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_REPOSITORY_NAME = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+# Go's \w is ASCII; Python's would let any Unicode letter through.
+_TAG_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def is_repository_name(name: object) -> bool:
+    """Whether `name` is a repository name of the distribution grammar (lowercase path components
+    joined by `/`, separated inside by `.`, `_`, `__` or dashes): safe to put into a URL path."""
+    return isinstance(name, str) and _REPOSITORY_NAME.fullmatch(name) is not None
+
+
+def is_tag_name(tag: object) -> bool:
+    """Whether `tag` is a tag of the distribution grammar (`[\\w][\\w.-]{0,127}`, ASCII): safe to put
+    into a URL path."""
+    return isinstance(tag, str) and _TAG_NAME.fullmatch(tag) is not None
+
+
 def normalize_host(host: str, scheme: str | None = None) -> str:
     """Lowercase a registry host and drop its default port.
 

@@ -164,9 +164,11 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     primary = (kind <= K_ARTIFACT) & ~followers
 
     for i, (order, r) in enumerate(refs.items()):
-        node = np.concatenate([nodes.find(nodes.x_repo[i], nodes.x_dig[i]),
-                               nodes.find_tag(nodes.x_repo[i], nodes.x_tag[i])])
-        text = np.concatenate([r["text"].to_numpy(dtype=object)] * 2)
+        # by digest, then by tag: a tag on two digests in this snapshot keeps both
+        by_tag_ref, by_tag = nodes.find_tag(nodes.x_repo[i], nodes.x_tag[i])
+        node = np.concatenate([nodes.find(nodes.x_repo[i], nodes.x_dig[i]), by_tag])
+        texts = r["text"].to_numpy(dtype=object)
+        text = np.concatenate([texts, texts[by_tag_ref]])
         ok = node >= 0
         uniq = pd.DataFrame({"node": node[ok], "text": text[ok]}).drop_duplicates().sort_values(["node", "text"])
         kept[uniq["node"].to_numpy()] = True

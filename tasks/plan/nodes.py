@@ -98,13 +98,21 @@ class Nodes:
             out[again[found]] = pos[found]
         return out
 
-    def find_tag(self, repo_codes, tag_codes) -> np.ndarray:
+    def find_tag(self, repo_codes, tag_codes) -> tuple[np.ndarray, np.ndarray]:
+        """Every node a (repository code, tag code) pair names, as (query index, node id) pairs.
+
+        A pair may name several nodes: a tag the registry listed on two digests within one
+        snapshot (it moved between two reads) has a row for each, and a reference by that tag
+        must keep every one of them (fail closed). Queries that name none are left out."""
         rc, tc = np.asarray(repo_codes, np.int64), np.asarray(tag_codes, np.int64)
         key = np.where((rc >= 0) & (tc >= 0), rc * self.NT + tc, -1)
-        if not len(self._tag_keys):
-            return np.full(len(key), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self._tag_keys, key), len(self._tag_keys) - 1)
-        return np.where((key >= 0) & (self._tag_keys[pos] == key), self._tag_nodes[pos], -1)
+        lo = np.searchsorted(self._tag_keys, key, side="left")
+        hi = np.searchsorted(self._tag_keys, key, side="right")
+        count = np.where(key >= 0, hi - lo, 0)
+        query = np.repeat(np.arange(len(key), dtype=np.int64), count)
+        # positions lo, lo+1, ..., hi-1 of each query, flattened
+        start = np.repeat(lo - (np.cumsum(count) - count), count)
+        return query, self._tag_nodes[start + np.arange(len(query), dtype=np.int64)]
 
     def digests(self, ids) -> pa.Array:
         return self.DIG.take(pa.array(self.dig_code[np.asarray(ids, np.int64)]))
