@@ -3,12 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: the registry the tests and demo run, skopeo (benchmark peer),
+# Debian packages: the registry the tests and demo run, skopeo (benchmark peer; copies images
+# between formats in tests/test_real_images.py), buildah and umoci (build the images that test scans),
 # htpasswd (Basic-auth tests), git (shallow-clone tests, benchmarks), and chromium with a font
 # for the end-to-end tests of the Prefect UI (Playwright drives it; it never downloads a browser).
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
+command -v buildah >/dev/null || need+=(buildah)
+command -v umoci >/dev/null || need+=(umoci)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v git >/dev/null || need+=(git)
 [ -x /usr/bin/chromium ] || need+=(chromium)

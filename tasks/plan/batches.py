@@ -38,11 +38,12 @@ from tasks.store.store import Store
 BATCH_ROWS = 200_000
 
 #: Columns no keep rule reads, left on disk: at 10^6 tags they are a fifth of the plan's memory.
-#: (explain reads the registry's times itself, from the store.)
-UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
+#: (explain reads the registry's times itself, from the store.) `artifact_type` is read: a subject-less
+#: artifact's reason names it; mostly null and dictionary-encoded, it costs little.
+UNEVALUATED = {"manifests": ("revision", "last_pulled"), "links": ("source",)}
 
 #: String columns with few distinct values, held dictionary-encoded between batches.
-_COMPACT = ("repository", "media_type", "kind", "platform")
+_COMPACT = ("repository", "media_type", "kind", "artifact_type", "platform")
 
 #: Tables whose rows name images by reference, not by repository: (image column, pod imageIDs too).
 _REFERENCING = {"workloads": ("image", True), "helm": ("image", False)}

@@ -18,9 +18,10 @@ A node is kept when any rule keeps it, and its reasons list every rule that did:
   6. relatives   an index with a kept platform is kept whole with all its platforms; referrers
                  (signatures, SBOMs, the `sha256-<hex>` fallback index) follow their subject
 
-Unknown media types, manifests missing from the snapshot and referrers of subjects the snapshot
-does not know are always kept. A deleted node's reasons say which rules looked at it and why
-none kept it. If the snapshot is incomplete (tasks/snapshot/completeness.py) every row is kept (fail closed).
+Unknown media types, artifacts with no subject (a Helm chart: no image rule can judge it),
+manifests missing from the snapshot and referrers of subjects the snapshot does not know are
+always kept. A deleted node's reasons say which rules looked at it and why none kept it. If the
+snapshot is incomplete (tasks/snapshot/completeness.py) every row is kept (fail closed).
 
 "Now" is the snapshot's `created_at`, so re-evaluating a snapshot reproduces its plan. The rules
 work on integer nodes (tasks/plan/nodes.py, coded by tasks/plan/codes.py) and add their texts to one
@@ -161,7 +162,9 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     kept = np.zeros(nodes.n, bool)
     followers = _followers(nodes, nodes.x_dig[-1])
     kind = nodes.kind
-    primary = (kind <= K_ARTIFACT) & ~followers
+    # An artifact with no subject (a Helm chart, a WASM module) is no image: no image rule judges it.
+    loose = (kind == K_ARTIFACT) & ~followers
+    primary = (kind < K_ARTIFACT) & ~followers   # images and indexes
 
     for i, (order, r) in enumerate(refs.items()):
         # by digest, then by tag: a tag on two digests in this snapshot keeps both
@@ -208,6 +211,9 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     R.add(ids, [f"unreadable manifest ({nodes.problem[i]}): kept" if nodes.problem[i] else
                 f"unknown media type {nodes.media_type(i) or 'unknown'}: kept" for i in ids], ALWAYS)
     kept |= always
+    ids = np.flatnonzero(loose)
+    R.add(ids, [f"artifact of type {nodes.artifact_type(i) or 'unknown'} (not an image): kept" for i in ids], ALWAYS)
+    kept |= loose
 
     _relatives(nodes, kept, R, followers)
     untagged = ~nodes.tagged & ~kept & (kind != K_MISSING)

@@ -121,6 +121,14 @@ class Nodes:
         r = self.mrow[i]
         return None if r < 0 else self._man["media_type"].iloc[r]
 
+    def artifact_type(self, i: int) -> str | None:
+        """The manifest's artifact type (`artifactType`, else a config type no image has); None if not read."""
+        r = self.mrow[i]
+        if r < 0 or "artifact_type" not in self._man.columns:
+            return None
+        value = self._man["artifact_type"].iloc[r]
+        return value if isinstance(value, str) else None
+
 
 def _frame(df, columns) -> pd.DataFrame:
     return df if df is not None else pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
