@@ -216,7 +216,7 @@ def measure(what: str, store_url: str) -> dict:
 
         from tasks.store.schemas import SOURCE_TABLES
         from tasks.store.store import Store
-        from tasks.history.whatif import UNEVALUATED
+        from tasks.plan.inputs import UNEVALUATED
 
         store = Store(store_url)
         if what == "peer":       # the columns the growth report reads

@@ -18,8 +18,9 @@ import pytest
 from tasks.sources import git as git_source
 from tasks.config.models import parse_config
 from tasks.plan.evaluate import evaluate, plan_summary
-from tasks.plan.make import deletion_rows, load_snapshot, make_plan
-from tasks.plan.batches import plan_batches, read_tables
+from tasks.plan.make import deletion_rows, make_plan
+from tasks.plan.batches import plan_batches
+from tasks.plan.inputs import read_frames, read_tables
 from tasks.store.schemas import PLAN, SOURCE_TABLES
 from tasks.store.store import SourceStatus, Store
 from tasks.history.whatif import policy_key, read_current
@@ -108,7 +109,7 @@ def build(git_repo, tmp_path, sort: bool):
 def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_path, sort):
     cfg, sid = build(git_repo, tmp_path, sort)
     store = Store(cfg.store)
-    tables, meta = load_snapshot(store, sid)
+    tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
     whole = evaluate(tables, meta, cfg)
     texts = [t for r in whole.reasons for t in r]
     # every rule and relation is in play, kept and deleted alike
@@ -149,7 +150,7 @@ def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp
     assert result.meta["complete"] is False and result.meta["delete"] == 0
     assert {r["action"] for r in plan} == {"keep"}
     assert all(any("links has 3 rows" in t for t in r["reasons"]) for r in plan)
-    tables, meta = load_snapshot(store, sid)
+    tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
     assert plan == pa.Table.from_pandas(evaluate(tables, meta, cfg), schema=PLAN, preserve_index=False).to_pylist()
 
 

@@ -37,10 +37,10 @@ from tasks.config.models import RegsweepConfig, config_error_from, read_yaml_doc
 from tasks.common.errors import ConfigError
 from tasks.history.growth import save_figure, two_panel_figure
 from tasks.config.policy import CleanupPolicy
-from tasks.store.schemas import INFORMATIONAL, NEEDED, SOURCE_TABLES
+from tasks.plan.inputs import read_frames
+from tasks.store.schemas import NEEDED
 from tasks.store.store import Store, iter_ids_since
 
-UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
 WORKERS = 2
 CACHE_VERSION = "v1"
 
@@ -108,21 +108,6 @@ REGRET_COLUMNS = ["repository", "tag", "digest", "deleted_at", "needed_at", "why
 
 # ------------------------------------------------------------------ one snapshot
 
-def _load(store: Store, sid: str) -> dict[str, Any]:
-    """The snapshot's tables as the evaluation reads them. BLOBS is not read: no keep rule reads
-    it (INFORMATIONAL), and the reclaimable bytes come from the snapshot's FootprintIndex."""
-    tables: dict[str, Any] = {}
-    for schemas in SOURCE_TABLES.values():
-        for name, schema in schemas.items():
-            if name in INFORMATIONAL:
-                continue
-            skip = UNEVALUATED.get(name, ())
-            t = store.snapshot_table(sid, name, schema, [c for c in schema.names if c not in skip])
-            tables[name] = None if t is None else t.to_pandas(
-                types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
-    return tables
-
-
 def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index, matcher=None):
     """One policy's decision at one snapshot; `inputs` (a tasks.plan.history_rules.HistoryInputs, or None when
     neither policy reads history) adds what the history-only keep rules read, as `make_plan` does;
@@ -175,7 +160,7 @@ def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
         from tasks.plan.history_rules import HistoryInputs
 
         inputs = HistoryInputs(store)
-    out, d = _decide(_load(store, snapshot_id), store.snapshot_meta(snapshot_id), config, snapshot_id, inputs,
+    out, d = _decide(read_frames(store, snapshot_id), store.snapshot_meta(snapshot_id), config, snapshot_id, inputs,
                      load_index(store, snapshot_id))
     write_current(store, snapshot_id, policy_key(config), out, d.needed)
     return out
@@ -207,7 +192,7 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
     for i, sid in enumerate(sids):
         meta = store.snapshot_meta(sid)
         cached = read_current(store, sid, key)
-        tables = _load(store, sid)
+        tables = read_frames(store, sid)
         index = load_index(store, sid)   # cached by the snapshot flow, else built and cached now
         cand, cd = _decide(tables, meta, candidate, sid, inputs, index, matcher)
         if cached is not None:

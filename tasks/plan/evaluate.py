@@ -30,8 +30,7 @@ reasons column (tasks/plan/reasons.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,29 +41,19 @@ from tasks.plan.codes import NAT, US, join_texts, large_strings, sort_ranks, to_
 from tasks.snapshot.completeness import snapshot_problems
 from tasks.config.models import RegsweepConfig
 from tasks.plan.git.policy import evaluate_git
+from tasks.plan.inputs import Shared, snapshot_now, to_frame
 from tasks.plan.nodes import K_ARTIFACT, K_MISSING, K_REFERRERS, K_UNKNOWN, KINDS, Nodes
 from tasks.oci.manifest import tag_subject
 from tasks.plan.reasons import NoReasons, Reasons
 from tasks.oci.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
 from tasks.store.schemas import PLAN
-from tasks.common.units import format_duration, parse_time
-
-if TYPE_CHECKING:
-    from tasks.plan.batches import Shared
+from tasks.common.units import format_duration
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
 SEEN = 7   # seen in use by earlier snapshots: listed after rule 2's reasons, as it is added after them
 _COMMIT_ID = r"^[0-9a-fA-F]{4,64}$"
 _CTYPE = {"containers": "container", "initContainers": "init container",
           "ephemeralContainers": "ephemeral container"}
-
-
-def snapshot_now(meta: dict[str, Any]) -> datetime:
-    """The snapshot's own time: "now" for every rule."""
-    now = parse_time(meta.get("created_at"))
-    if now is None:
-        raise ValueError(f"snapshot created_at {meta.get('created_at')!r} is not a time")
-    return now
 
 
 # ------------------------------------------------------------------ evaluation
@@ -414,7 +403,7 @@ def _rows(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: Reasons | Non
         "size": pa.array(nodes.size[row_node], pa.int64()),
         "created": pa.array(np.where(created == NAT, 0, created), pa.int64(), mask=created == NAT).cast(PLAN.field("created").type),
     }, schema=PLAN)
-    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+    return to_frame(table)
 
 
 @dataclass(frozen=True)

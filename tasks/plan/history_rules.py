@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 
 from tasks.plan.codes import US
 from tasks.common.errors import StoreError
-from tasks.plan.evaluate import _CTYPE, _age_texts, snapshot_now
+from tasks.plan.evaluate import _CTYPE, _age_texts
+from tasks.plan.inputs import snapshot_now
 from tasks.config.policy import CleanupPolicy
 from tasks.oci.reference import registry_key
 from tasks.store.schemas import FIRST_SEEN, FIRST_SEEN_CACHE, SEEN_IN_USE, TS

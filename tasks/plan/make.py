@@ -16,7 +16,7 @@ from typing import Any
 
 from tasks.config.models import RegistryConfig, RegsweepConfig
 from tasks.common.errors import ConfigError, StoreError
-from tasks.store.schemas import INFORMATIONAL, PLAN, SOURCE_TABLES
+from tasks.store.schemas import PLAN
 from tasks.store.store import Store, new_id
 from tasks.common.units import human_bytes, utcnow
 
@@ -33,24 +33,6 @@ class PlanResult:
     deletions: list[dict[str, Any]]
 
 
-def load_snapshot(store: Store, snapshot_id: str):
-    """A snapshot's tables as pandas frames (None for a source that wrote none) and its meta:
-    what `tasks.plan.evaluate.evaluate` takes whole (make_plan evaluates in batches instead). The
-    INFORMATIONAL ones (BLOBS) stay on disk: `plan_bytes` reads them as Arrow, not as frames."""
-    from tasks.plan.batches import UNEVALUATED, to_frame
-
-    tables = {}
-    for schemas in SOURCE_TABLES.values():
-        for name, schema in schemas.items():
-            if name in INFORMATIONAL:
-                continue
-            skip = UNEVALUATED.get(name, ())
-            columns = [c for c in schema.names if c not in skip] if skip else None
-            t = store.snapshot_table(snapshot_id, name, schema, columns)
-            tables[name] = None if t is None else to_frame(t)
-    return tables, store.snapshot_meta(snapshot_id)
-
-
 def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int | None = None) -> PlanResult:
     """Evaluate a stored snapshot under the configured policy and publish the plan.
 
@@ -60,7 +42,8 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     """
     import pyarrow as pa
 
-    from tasks.plan.batches import BATCH_ROWS, plan_batches, read_tables, shared_of
+    from tasks.plan.batches import BATCH_ROWS, plan_batches
+    from tasks.plan.inputs import read_tables, shared_of
 
     store = Store(config.store)
     snapshot_id = store.resolve_snapshot(snapshot)
