@@ -27,8 +27,9 @@ import pyarrow.compute as pc
 
 from tasks.config.models import RegsweepConfig
 from tasks.oci.reference import RegistryMatcher
-from tasks.plan.evaluate import _references, evaluate
+from tasks.plan.evaluate import evaluate
 from tasks.plan.inputs import Shared, shared_of, to_frame
+from tasks.plan.references import references
 
 #: Rows of the repository-keyed tables per batch (a repository larger than this is one batch).
 #: About 50,000 tags with their manifests, links and platforms: smaller batches measured no slower.
@@ -126,13 +127,12 @@ def _rows_by_batch(df: pd.DataFrame, image_col: str, with_ids: bool, matcher: Re
     names one of its repositories, found by the evaluation's own reading of references."""
     if not len(df):
         return {}
-    # the row number as the reference's text: each reading says which row it came from
-    refs = _references(df.assign(_text=np.arange(len(df))), image_col, matcher, with_ids)
+    # each reading carries the number of the row it came from
+    refs = references(df.assign(_row=np.arange(len(df))), matcher, carry="_row", image=image_col, with_ids=with_ids)
     rank = pc.index_in(pa.array(refs["repository"].astype(str).tolist(), pa.large_string()),
                        value_set=repos).fill_null(-1).to_numpy()
     ok = rank >= 0
-    # (a reference into another host has its text extended: "<row>, by name: …")
-    row = refs["text"].astype(str).str.partition(",")[0].astype(np.int64).to_numpy()
+    row = refs["_row"].to_numpy(dtype=np.int64)
     pair = pd.DataFrame({"batch": batch_of[rank[ok]], "row": row[ok]})
     pair = pair.drop_duplicates().sort_values(["batch", "row"])
     return {int(b): g["row"].to_numpy() for b, g in pair.groupby("batch", sort=True)}

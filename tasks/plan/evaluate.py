@@ -45,41 +45,20 @@ from tasks.plan.inputs import Shared, snapshot_now, to_frame
 from tasks.plan.nodes import K_ARTIFACT, K_MISSING, K_REFERRERS, K_UNKNOWN, KINDS, Nodes
 from tasks.oci.manifest import tag_subject
 from tasks.plan.reasons import NoReasons, Reasons
-from tasks.oci.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
+from tasks.plan.references import helm_revision_names, note_other_hosts, references, workload_names
+from tasks.oci.reference import RegistryMatcher
 from tasks.store.schemas import PLAN
 from tasks.common.units import format_duration
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
 SEEN = 7   # seen in use by earlier snapshots: listed after rule 2's reasons, as it is added after them
 _COMMIT_ID = r"^[0-9a-fA-F]{4,64}$"
-_CTYPE = {"containers": "container", "initContainers": "init container",
-          "ephemeralContainers": "ephemeral container"}
 
 
 # ------------------------------------------------------------------ evaluation
 
-def _references(df: pd.DataFrame, image_col: str, matcher: RegistryMatcher, with_ids: bool) -> pd.DataFrame:
-    """(repository, tag, digest, text) per thing an image reference can keep: by tag, by digest."""
-    images = df[image_col].dropna()
-    # References into other hosts keep a same-named repository's image too (fail closed), saying so.
-    m = pd.concat([match_images(images, matcher).assign(host=None), other_host_images(images, matcher)],
-                  ignore_index=True).astype(object)
-    j = pd.DataFrame({"image": df[image_col].to_numpy(dtype=object), "text": df["_text"].to_numpy(dtype=object),
-                      **({"image_id": df["image_id"].to_numpy(dtype=object)} if with_ids else {})})
-    j = j.merge(m, on="image", how="left" if with_ids else "inner")
-    foreign = j["host"].notna().to_numpy()
-    if foreign.any():
-        j.loc[foreign, "text"] = (j.loc[foreign, "text"].astype(str) + ", by name: host " + j.loc[foreign, "host"].astype(str)
-                                  + f" is not {matcher.registry_url} (add it to registry.aliases if it is)")
-    out = [j.loc[j["repository"].notna(), ["repository", "tag", "digest", "text"]]]
-    if with_ids and j["image_id"].notna().any():
-        ids = _image_id_refs(j["image_id"], matcher)
-        k = j.merge(ids, on="image_id", how="inner")
-        # the digest a pod runs, under the repository of its image and of its imageID
-        out.append(pd.DataFrame({"repository": k["repository"], "tag": None, "digest": k["id_digest"], "text": k["text"]}))
-        out.append(pd.DataFrame({"repository": k["id_repository"], "tag": None, "digest": k["id_digest"], "text": k["text"]}))
-    r = pd.concat(out, ignore_index=True).astype(object)
-    return r[r["repository"].notna()].reset_index(drop=True)
+def _prefixed(prefix: str, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pc.binary_join_element_wise(prefix, texts, "").to_numpy(zero_copy_only=False).astype(object)
 
 
 def _subject_tags(tags: pd.DataFrame) -> pa.Array:
@@ -123,20 +102,19 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     if not problems and not cleanup.disableKubernetesBasedPolicy and tables.get("workloads") is not None:
         wl = tables["workloads"]
         wl = wl[~wl["finished"].astype(bool)]
-        wl = wl.assign(_text=("in use: " + wl["context"] + "/" + wl["namespace"] + "/" + wl["kind"] + "/" + wl["name"]
-                              + " " + wl["container_type"].map(_CTYPE).fillna("container") + " " + wl["container"]))
-        refs[IN_USE] = _references(wl, "image", matcher, with_ids=True)
+        wl = wl.assign(text=_prefixed("in use: ", workload_names(wl)))
+        refs[IN_USE] = references(wl, matcher, carry="text", with_ids=True)
     if not problems and config.helm.enabled and tables.get("helm") is not None:
         h = tables["helm"]
-        h = h.assign(_text=("helm: " + h["context"] + "/" + h["namespace"] + "/" + h["release"] + " revision "
-                            + h["revision"].astype(str) + " (" + h["status"].fillna("unknown").astype(str) + ")"))
-        refs[HELM] = _references(h, "image", matcher, with_ids=False)
+        h = h.assign(text=_prefixed("helm: ", helm_revision_names(h, status=True)))
+        refs[HELM] = references(h, matcher, carry="text")
     seen = tables.get("seen_in_use")
     if not problems and cleanup.keepImagesSeenInUseWithin is not None and seen is not None:
         # the sources this policy reads today decide which sightings count
         counts = {"kubernetes": not cleanup.disableKubernetesBasedPolicy, "helm": config.helm.enabled}
         seen = seen[seen["source"].map(counts).fillna(False).to_numpy(dtype=bool)]
-        refs[SEEN] = _references(seen.assign(_text=seen["text"]), "image", matcher, with_ids=True)
+        refs[SEEN] = references(seen, matcher, carry="text", with_ids=True)
+    refs = {order: note_other_hosts(r, "text", matcher) for order, r in refs.items()}
     nodes = Nodes(tables, tags, [r["digest"] for r in refs.values()] + [_subject_tags(tags)],
                    [r["repository"] for r in refs.values()], [r["tag"] for r in refs.values()])
     if problems:
@@ -224,20 +202,6 @@ def _followers(nodes: Nodes, tag_subject_codes: np.ndarray) -> np.ndarray:
     nodes.subject_code[tn[fill]] = tag_subject_codes[has][fill]
     nodes.subject[tn[fill]] = nodes.find(nodes.repo_code[tn[fill]], tag_subject_codes[has][fill])
     return fol
-
-
-def _image_id_refs(image_ids: pd.Series, matcher: RegistryMatcher) -> pd.DataFrame:
-    """(image_id, repository or None, digest) for each distinct pod status imageID."""
-    rows = []
-    for iid in pd.unique(image_ids.dropna()):
-        d = digest_of_image_id(iid)
-        if d is None:
-            continue
-        s = str(iid).split("://", 1)[-1]
-        # parse the name alone: few distinct names (one per repository), so the matcher's cache hits
-        ref = matcher.parse(s.rsplit("@", 1)[0]) if "@" in s else None
-        rows.append((iid, ref.repository if ref else None, d))
-    return pd.DataFrame(rows, columns=["image_id", "id_repository", "id_digest"], dtype=object)
 
 
 def _age_texts(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:

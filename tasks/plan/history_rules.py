@@ -24,8 +24,9 @@ import pyarrow.compute as pc
 
 from tasks.plan.codes import US
 from tasks.common.errors import StoreError
-from tasks.plan.evaluate import _CTYPE, _age_texts
+from tasks.plan.evaluate import _age_texts
 from tasks.plan.inputs import snapshot_now
+from tasks.plan.references import helm_revision_names, workload_names
 from tasks.config.policy import CleanupPolicy
 from tasks.oci.reference import registry_key
 from tasks.store.schemas import FIRST_SEEN, FIRST_SEEN_CACHE, SEEN_IN_USE, TS
@@ -52,16 +53,13 @@ def sightings(store: Store, snapshot_id: str, meta: dict[str, Any]) -> pa.Table:
             "context", "namespace", "kind", "name", "container", "container_type", "image", "image_id", "finished"])
         if w is not None:
             w = w.filter(pc.invert(pc.fill_null(w["finished"], False)))
-            ctype = pa.scalar("container")
-            for key, label in _CTYPE.items():
-                ctype = pc.if_else(pc.equal(w["container_type"], key), label, ctype)
-            parts.append(_seen_rows(w["image"], w["image_id"], "kubernetes", _join(
-                w["context"], "/", w["namespace"], "/", w["kind"], "/", w["name"], " ", ctype, " ", w["container"])))
+            parts.append(_seen_rows(w["image"], w["image_id"], "kubernetes", workload_names(w)))
     if (sources.get("helm") or {}).get("status") == "ok":
         h = store.snapshot_table(snapshot_id, "helm", columns=["context", "namespace", "release", "revision", "image"])
         if h is not None:
-            parts.append(_seen_rows(h["image"], pa.nulls(h.num_rows, pa.string()), "helm", _join(
-                h["context"], "/", h["namespace"], "/", h["release"], " revision ", pc.cast(h["revision"], pa.string()))))
+            # the revision without its status: see helm_revision_names
+            parts.append(_seen_rows(h["image"], pa.nulls(h.num_rows, pa.string()), "helm",
+                                    helm_revision_names(h, status=False)))
     if not parts:
         return _SIGHTINGS.empty_table()
     t = pa.concat_tables(parts).sort_by([("key", "ascending"), ("what", "ascending")])
@@ -123,7 +121,7 @@ def seen_in_use(metas: dict[str, dict[str, Any]], frames, now: datetime, window:
     tail = np.array([f" (snapshot {x})" for x in sid], dtype=object)
     label = pd.Series(col["source"]).map({k: f"seen {v}" for k, v in _WHAT.items()}).to_numpy(dtype=object)
     text = label + head[r] + col["what"] + tail[r]
-    obj = lambda a: pd.Series(a, dtype=object)  # noqa: E731 - as _references reads them, no conversion
+    obj = lambda a: pd.Series(a, dtype=object)  # noqa: E731 - as `references` reads them, no conversion
     return pd.DataFrame({"image": obj(col["image"]), "image_id": obj(col["image_id"]),
                          "source": obj(col["source"]), "seen_at": pd.to_datetime(at[r], unit="us", utc=True),
                          "snapshot": obj(sid[r]), "text": obj(text)})[SEEN_IN_USE.names]
