@@ -48,7 +48,7 @@ from tasks.plan.reasons import NoReasons, Reasons
 from tasks.plan.references import helm_revision_names, note_other_hosts, references, workload_names
 from tasks.oci.reference import RegistryMatcher
 from tasks.store.schemas import PLAN
-from tasks.common.units import format_duration
+from tasks.common.units import compact_ages, format_duration
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
 SEEN = 7   # seen in use by earlier snapshots: listed after rule 2's reasons, as it is added after them
@@ -204,15 +204,6 @@ def _followers(nodes: Nodes, tag_subject_codes: np.ndarray) -> np.ndarray:
     return fol
 
 
-def _age_texts(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """35m, 5h, 3d — as codes into the distinct formatted values."""
-    minutes = np.maximum(age_us, 0) // (60 * US)
-    key = np.where(minutes < 48 * 60, minutes, -(minutes // (24 * 60)) - 1)
-    codes, uniq = pd.factorize(key)
-    fmt = [format_duration(int(k) * 60 * US) if k >= 0 else f"{-(int(k) + 1)}d" for k in uniq]
-    return codes, fmt
-
-
 def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float,
            first_seen: pd.DataFrame | None = None) -> None:
     window = int(hours * 3600 * US)
@@ -225,7 +216,7 @@ def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float,
     for ids, suffix, keep in ((np.flatnonzero(fresh), f" ago (< {limit})", True),
                               (np.flatnonzero(have & ~fresh), f" ago (not within {limit})", False)):
         if len(ids) and R.wants_text:   # decide-only: the ages are only texts
-            codes, fmt = _age_texts(now_us - when[ids])
+            codes, fmt = compact_ages(now_us - when[ids])
             codes = np.where(by_push[ids], codes + len(fmt), codes)
             R.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt]
                         + [f"pushed {f}{suffix}, no build time recorded" for f in fmt], FRESH, keep=keep)
@@ -257,7 +248,7 @@ def _first_seen_fresh(nodes: Nodes, kept, R: Reasons, ids: np.ndarray, first_see
     kept[node[fresh]] = True
     if not R.wants_text:   # decide-only: only which nodes were judged and kept matters
         return judged
-    codes, fmt = _age_texts(now_us - first)
+    codes, fmt = compact_ages(now_us - first)
     limit = format_duration(window)
     texts = (pd.Series(np.asarray(fmt, dtype=object)[codes]).radd("first seen ")
              + " ago (snapshot " + pd.Series(j["snapshot"].to_pylist(), dtype=object) + "), no build time recorded")

@@ -24,14 +24,13 @@ import pyarrow.compute as pc
 
 from tasks.plan.codes import US
 from tasks.common.errors import StoreError
-from tasks.plan.evaluate import _age_texts
 from tasks.plan.inputs import snapshot_now
 from tasks.plan.references import helm_revision_names, workload_names
 from tasks.config.policy import CleanupPolicy
 from tasks.oci.reference import registry_key
 from tasks.store.schemas import FIRST_SEEN, FIRST_SEEN_CACHE, SEEN_IN_USE, TS
 from tasks.store.store import ID_FORMAT, Store
-from tasks.common.units import TRUSTED_SINCE, parse_time
+from tasks.common.units import TRUSTED_SINCE, compact_ages, parse_time
 
 FIRST_SEEN_CACHE_NAME = "first-seen"
 _WHAT = {"kubernetes": "in use", "helm": "in Helm"}
@@ -116,7 +115,7 @@ def seen_in_use(metas: dict[str, dict[str, Any]], frames, now: datetime, window:
            for c in ("image", "image_id", "source", "what")}
     at = np.array([c[0] for c in chosen], np.int64)
     sid = np.array([c[1] for c in chosen], dtype=object)
-    codes_age, fmt = _age_texts(int(now.timestamp() * US) - at)
+    codes_age, fmt = compact_ages(int(now.timestamp() * US) - at)
     head = np.array([f" {fmt[k]} ago: " for k in codes_age], dtype=object)
     tail = np.array([f" (snapshot {x})" for x in sid], dtype=object)
     label = pd.Series(col["source"]).map({k: f"seen {v}" for k, v in _WHAT.items()}).to_numpy(dtype=object)
