@@ -4,7 +4,7 @@ make_plan evaluates a stored snapshot one batch of whole repositories at a time 
 sharing the git history across batches. Here one snapshot with every rule in play — git policies
 over a real repository, in-use workloads (by tag, digest, imageID, another host), Helm revisions,
 multi-platform indexes, signatures and `sha256-` fallback tags, unknown and missing manifests, a
-digest shared by two repositories — is planned whole (tasks.plan.evaluate.evaluate) and in batches of
+digest shared by two repositories — is planned whole (tasks.plan.evaluate.plan_rows) and in batches of
 one repository, through the store, with its tables sorted by repository or not.
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 from tasks.sources import git as git_source
 from tasks.config.models import parse_config
-from tasks.plan.evaluate import evaluate, plan_summary
+from tasks.plan.evaluate import decide, plan_rows, plan_summary
 from tasks.plan.make import deletion_rows, make_plan
 from tasks.plan.batches import plan_batches
 from tasks.plan.inputs import read_frames, read_tables
@@ -110,7 +110,7 @@ def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_pat
     cfg, sid = build(git_repo, tmp_path, sort)
     store = Store(cfg.store)
     tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
-    whole = evaluate(tables, meta, cfg)
+    whole = plan_rows(tables, meta, cfg).frame
     texts = [t for r in whole.reasons for t in r]
     # every rule and relation is in play, kept and deleted alike
     for what in ("git: branch main", "git: branch feature/x", "git: tag v1.0.0", "in use: ", "by name: host docker.io",
@@ -131,7 +131,7 @@ def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_pat
         assert got == summary
         assert result.deletions == deletion_rows(whole)
         # the what-if's entry the plan writes from its batches is the decide-only whole evaluation's
-        decided = evaluate(tables, meta, cfg, reasons=False)
+        decided = decide(tables, meta, cfg)
         cached = read_current(store, sid, policy_key(cfg))
         assert cached is not None and cached[0].delete == decided.delete == result.meta["delete"]
         key = ["repository", "digest"]
@@ -151,7 +151,7 @@ def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp
     assert {r["action"] for r in plan} == {"keep"}
     assert all(any("links has 3 rows" in t for t in r["reasons"]) for r in plan)
     tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
-    assert plan == pa.Table.from_pandas(evaluate(tables, meta, cfg), schema=PLAN, preserve_index=False).to_pylist()
+    assert plan == pa.Table.from_pandas(plan_rows(tables, meta, cfg).frame, schema=PLAN, preserve_index=False).to_pylist()
 
 
 def test_commit_lookup_by_integer_keys_agrees_with_string_lookup():

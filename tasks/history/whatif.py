@@ -1,7 +1,7 @@
 """What-if: a candidate cleanup policy replayed over every complete snapshot, next to the current one.
 
 Each snapshot is evaluated at its own time (a plan is a pure function of snapshot and policy) by
-the decide-only evaluation (`evaluate(..., reasons=False)`: no reason texts, no plan files), its
+the decide-only evaluation (tasks.plan.evaluate.decide: no reason texts, no plan files), its
 tables read once for both policies. Snapshots never change once published, so per-snapshot work is
 cached in the store where the data is first at hand: the current policy's result (keyed by
 snapshot id and policy hash) by every plan (tasks/plan/make.py), the snapshot's BLOBS as an
@@ -37,6 +37,7 @@ from tasks.config.models import RegsweepConfig, config_error_from, read_yaml_doc
 from tasks.common.errors import ConfigError
 from tasks.history.growth import save_figure, two_panel_figure
 from tasks.config.policy import CleanupPolicy
+from tasks.plan.evaluate import decide
 from tasks.plan.inputs import read_frames
 from tasks.store.schemas import NEEDED
 from tasks.store.store import Store, iter_ids_since
@@ -113,10 +114,8 @@ def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index, match
     neither policy reads history) adds what the history-only keep rules read, as `make_plan` does;
     `index` (the snapshot's FootprintIndex, None without BLOBS) gives the reclaimable bytes;
     `matcher` a RegistryMatcher for config.registry shared across evaluations (parsed once)."""
-    from tasks.plan.evaluate import evaluate
-
     extra = inputs.for_snapshot(sid, config.cleanup) if inputs is not None else {}
-    d = evaluate({**tables, **extra}, meta, config, reasons=False, matcher=matcher)
+    d = decide({**tables, **extra}, meta, config, matcher=matcher)
     reclaim = None
     if index is not None:
         reclaim = index.total(pa.concat_arrays([d.deleted_tags["repository"].combine_chunks(),

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from tasks.config.models import RegsweepConfig
 from tasks.oci.reference import RegistryMatcher
-from tasks.plan.evaluate import evaluate
+from tasks.plan.evaluate import PlanRows, plan_rows
 from tasks.plan.inputs import Shared, shared_of, to_frame
 from tasks.plan.references import references
 
@@ -40,17 +40,16 @@ _REFERENCING = {"workloads": ("image", True), "helm": ("image", False)}
 
 
 def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConfig,
-                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None,
-                 needed: list[pa.Table] | None = None) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None) -> Iterator[tuple[dict[str, Any], PlanRows]]:
     """The plan of a snapshot (tables as `read_tables` gives them, or any mix of Arrow and
     pandas), one batch of whole repositories at a time, in plan order (by repository): the
-    batch's tables and their plan. `needed` collects each batch's in-use/Helm images (evaluate)."""
+    batch's tables and their plan rows (with the images the batch's in-use and Helm rules kept)."""
     shared = shared or shared_of(tables, meta, config)
     keyed = {n: t for n, t in tables.items() if isinstance(t, pa.Table) and "repository" in t.column_names}
     repos, ranks = _repository_ranks(keyed)
     if not len(repos):
         whole = {n: to_frame(_plain(t)) if n in keyed else t for n, t in tables.items()}
-        yield whole, evaluate(whole, meta, config, shared, needed=needed)
+        yield whole, plan_rows(whole, meta, config, shared)
         return
     weight = np.zeros(len(repos), np.int64)
     for r in ranks.values():
@@ -85,7 +84,7 @@ def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepC
                 batch[name] = t[t["repository"].isin(names.to_pylist())].reset_index(drop=True)
             else:
                 batch[name] = t
-        yield batch, evaluate(batch, meta, config, shared, needed=needed)
+        yield batch, plan_rows(batch, meta, config, shared)
         del batch
 
 

@@ -6,7 +6,7 @@
                   time: its time stands in as the build time (`firstSeenAsBuildTime`)
 
 Both are read from stored snapshots only and bounded by the evaluated snapshot's own time, so a
-plan stays a pure function of (stored snapshots, policy). They reach `evaluate` as extra tables
+plan stays a pure function of (stored snapshots, policy). They reach the evaluation as extra tables
 (`seen_in_use`: SEEN_IN_USE, `first_seen`: FIRST_SEEN); `HistoryInputs` builds them for one
 plan or for a replay over many snapshots.
 """
@@ -228,7 +228,7 @@ class HistoryInputs:
         self._folded: set[str] = set()
 
     def for_snapshot(self, snapshot_id: str, cleanup: CleanupPolicy) -> dict[str, pd.DataFrame]:
-        """Tables to add to `load_snapshot`'s before `evaluate`: `seen_in_use` when
+        """Tables to add to `read_tables`' (or `read_frames`') before evaluating: `seen_in_use` when
         keepImagesSeenInUseWithin is set, `first_seen` when firstSeenAsBuildTime is on (and the
         fresh rule is); {} when neither is."""
         out: dict[str, pd.DataFrame] = {}

@@ -62,7 +62,9 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     with store.plan_writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer, \
             ThreadPoolExecutor(1) as background:
         written = None
-        for batch, plan in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared, needed):
+        for batch, rows in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):
+            plan = rows.frame
+            needed.append(rows.needed)
             # no pandas metadata: readers get plain Arrow types whatever pandas they run
             table = pa.Table.from_pandas(plan, schema=PLAN, preserve_index=False).replace_schema_metadata(None)
             totals.add_deleted(plan)
@@ -71,7 +73,7 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
             # Parquet encoding and Arrow's counting release the GIL: on a second core they
             # overlap the next batch's evaluation
             written = background.submit(_write_and_count, writer, totals, table, batch.get("children"))
-            del batch, plan, table
+            del batch, rows, plan, table
         if written is not None:
             written.result()
         meta = {
