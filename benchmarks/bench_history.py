@@ -190,7 +190,7 @@ CANDIDATE = {"keepPolicies": [{"references": {"branch": "/.*/", "limit": {"last"
 def _prime_chunk(store_url: str, sids: list[str]) -> tuple[float, float]:
     """What the flows do per snapshot, for these snapshots in order: the snapshot flow's artifact
     (`summary_markdown`, which writes the summary, the diff with the previous snapshot and the
-    FootprintIndex) and the plan flow's `cache_whatif` task body (`cache_current`). Returns the
+    FootprintIndex) and the plan flow's `cache_whatif_entry` task (here `cache_current`). Returns the
     seconds spent in each."""
     from tasks.snapshot.take import summary_markdown
     from tasks.store.store import Store

@@ -23,7 +23,7 @@ from tasks.plan.batches import plan_batches
 from tasks.plan.inputs import read_frames, read_tables
 from tasks.store.schemas import PLAN, SOURCE_TABLES
 from tasks.store.store import SourceStatus, Store
-from tasks.history.whatif import policy_key, read_current
+from tasks.plan.decision_cache import cache_current_decision, policy_key, read_current
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, digest
 
 H = "registry.example.com"
@@ -123,6 +123,9 @@ def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_pat
     want = pa.Table.from_pandas(whole, schema=PLAN, preserve_index=False).to_pylist()
     for batch_rows in (1, 10**6):
         result = make_plan(cfg, sid, batch_rows=batch_rows)
+        if batch_rows == 1:   # making a plan caches nothing: the plan flow's next step does
+            assert read_current(store, sid, policy_key(cfg)) is None
+        assert cache_current_decision(cfg, result)
         assert store.plan_table(result.plan_id).to_pylist() == want
         assert result.meta["complete"] is True
         summary = plan_summary(whole, tables["children"])
@@ -130,7 +133,7 @@ def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_pat
         got["repositories"] = {r: {k: v[k] for k in summary["repositories"].get(r, v)} for r, v in got["repositories"].items()}
         assert got == summary
         assert result.deletions == deletion_rows(whole)
-        # the what-if's entry the plan writes from its batches is the decide-only whole evaluation's
+        # the what-if's entry the plan flow writes from its batches is the decide-only whole evaluation's
         decided = decide(tables, meta, cfg)
         cached = read_current(store, sid, policy_key(cfg))
         assert cached is not None and cached[0].delete == decided.delete == result.meta["delete"]
@@ -152,6 +155,17 @@ def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp
     assert all(any("links has 3 rows" in t for t in r["reasons"]) for r in plan)
     tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
     assert plan == pa.Table.from_pandas(plan_rows(tables, meta, cfg).frame, schema=PLAN, preserve_index=False).to_pylist()
+
+
+def test_a_what_if_cache_that_cannot_be_written_leaves_the_plan_as_published(git_repo, tmp_path, caplog):
+    cfg, sid = build(git_repo, tmp_path, sort=True)
+    store = Store(cfg.store)
+    result = make_plan(cfg, sid)
+    (tmp_path / "store" / "cache").write_text("a file where the cache directory belongs")
+    with caplog.at_level("WARNING", logger="regsweep.plan"):
+        assert cache_current_decision(cfg, result) is False
+    assert f"what-if cache of snapshot {sid} not written" in caplog.text
+    assert store.resolve_plan("latest") == result.plan_id and read_current(store, sid, policy_key(cfg)) is None
 
 
 def test_commit_lookup_by_integer_keys_agrees_with_string_lookup():

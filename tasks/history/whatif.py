@@ -4,7 +4,7 @@ Each snapshot is evaluated at its own time (a plan is a pure function of snapsho
 the decide-only evaluation (tasks.plan.evaluate.decide: no reason texts, no plan files), its
 tables read once for both policies. Snapshots never change once published, so per-snapshot work is
 cached in the store where the data is first at hand: the current policy's result (keyed by
-snapshot id and policy hash) by every plan (tasks/plan/make.py), the snapshot's BLOBS as an
+snapshot id and policy hash) by the plan flow (tasks/plan/decision_cache.py), the snapshot's BLOBS as an
 integer CSR (tasks/snapshot/footprint.py FootprintIndex) by the snapshot flow; a what-if makes and caches
 whichever is missing (snapshots taken before this release), so all caches stay derivable.
 
@@ -18,7 +18,6 @@ the Kubernetes rule still has its regrets judged by the clusters the snapshots r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -37,13 +36,13 @@ from tasks.config.models import RegsweepConfig, config_error_from, read_yaml_doc
 from tasks.common.errors import ConfigError
 from tasks.history.growth import save_figure, two_panel_figure
 from tasks.config.policy import CleanupPolicy
+from tasks.plan.decision_cache import Outcome, policy_key, read_current, write_current
 from tasks.plan.evaluate import decide
 from tasks.plan.inputs import read_frames
 from tasks.store.schemas import NEEDED
 from tasks.store.store import Store, iter_ids_since
 
 WORKERS = 2
-CACHE_VERSION = "v1"
 
 
 def load_policy(path: str | Path) -> CleanupPolicy:
@@ -58,21 +57,6 @@ def load_policy(path: str | Path) -> CleanupPolicy:
         return CleanupPolicy.model_validate(section)
     except ValidationError as e:
         raise config_error_from(e, prefix="cleanup") from None
-
-
-def policy_key(config: RegsweepConfig) -> str:
-    """Everything besides the snapshot a decision depends on: the cleanup section, which registry
-    (and aliases) images are matched against, whether Helm counts, which sources must be there."""
-    blob = json.dumps({"cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
-                       "registry": config.registry.url, "aliases": list(config.registry.aliases or []),
-                       "helm": config.helm.enabled, "sources": config.enabled_sources()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@dataclass
-class Outcome:
-    delete: int
-    reclaimable_bytes: int | None
 
 
 @dataclass
@@ -125,32 +109,11 @@ def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index, match
     return Outcome(d.delete, reclaim), d
 
 
-def cache_name(sid: str, key: str) -> str:
-    return f"whatif-{CACHE_VERSION}-{sid}-{key}"
-
-
-def read_current(store: Store, sid: str, key: str) -> tuple[Outcome, pa.Table] | None:
-    """A policy's cached result at a snapshot (its Outcome and NEEDED rows), if cached."""
-    cached = store.read_cache(cache_name(sid, key))
-    if cached is None or not cached.schema.metadata or b"delete" not in cached.schema.metadata:
-        return None
-    md = cached.schema.metadata
-    rec = md[b"reclaimable_bytes"].decode()
-    return Outcome(int(md[b"delete"]), int(rec) if rec else None), cached.select(NEEDED.names).replace_schema_metadata(None)
-
-
-def write_current(store: Store, sid: str, key: str, outcome: Outcome, needed: pa.Table) -> pa.Table:
-    needed = needed.cast(NEEDED)
-    store.write_cache(cache_name(sid, key), needed.replace_schema_metadata(
-        {"delete": str(outcome.delete),
-         "reclaimable_bytes": "" if outcome.reclaimable_bytes is None else str(outcome.reclaimable_bytes)}))
-    return needed
-
-
 def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
     """The configured policy's decide-only result at a snapshot, cached as `whatif` reads it. The
-    plan writes the same entry from its own evaluation (tasks/plan/make.py); this makes it for a
-    snapshot planned before, or never. Also caches the snapshot's FootprintIndex if missing."""
+    plan flow writes the same entry from its plan's own evaluation
+    (tasks.plan.decision_cache.cache_current_decision); this makes it for a snapshot planned
+    before, or never. Also caches the snapshot's FootprintIndex if missing."""
     from tasks.snapshot.footprint import load_index
 
     store = Store(config.store)

@@ -9,28 +9,28 @@ the snapshot's probe of what the registry lets a sweep do (tasks/registry/capabi
 from __future__ import annotations
 
 import json
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from tasks.config.models import RegistryConfig, RegsweepConfig
 from tasks.common.errors import ConfigError, StoreError
-from tasks.store.schemas import PLAN
+from tasks.store.schemas import NEEDED, PLAN
 from tasks.store.store import Store, new_id
 from tasks.common.units import human_bytes, utcnow
-
-log = logging.getLogger("regsweep.plan")
 
 DELETIONS_SHOWN = 1000
 
 
 @dataclass
 class PlanResult:
+    """A plan just published, with what its flow shows and caches."""
+
     plan_id: str
-    meta: dict[str, Any]
-    markdown: str
-    deletions: list[dict[str, Any]]
+    meta: dict[str, Any]                # plan.json, with the plan's `id`
+    markdown: str                       # the plan's artifact (`summary_markdown`)
+    deletions: list[dict[str, Any]]     # the largest deletions, as table-artifact rows
+    needed: "pa.Table"                  # NEEDED: what its in-use and Helm rules kept (tasks/plan/decision_cache.py)
 
 
 def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int | None = None) -> PlanResult:
@@ -91,25 +91,8 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
         if smeta.get("registry_capabilities"):
             meta["registry_capabilities"] = smeta["registry_capabilities"]
         writer.publish(meta)
-    _cache_for_whatif(store, config, snapshot_id, meta, needed)
-    return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), totals.deletions())
-
-
-def _cache_for_whatif(store: Store, config: RegsweepConfig, snapshot_id: str, meta: dict[str, Any],
-                      needed: list) -> None:
-    """The what-if's entry for the current policy at this snapshot (tasks/history/whatif.py), from this
-    very evaluation: a steady-state what-if then evaluates only its candidate. A cache is
-    derivable, so failing to write it only makes the next what-if slower."""
-    import pyarrow as pa
-
-    from tasks.store.schemas import NEEDED
-    from tasks.history.whatif import Outcome, policy_key, write_current
-
-    try:
-        write_current(store, snapshot_id, policy_key(config), Outcome(meta["delete"], meta["bytes_reclaimable"]),
+    return PlanResult(plan_id, {"id": plan_id, **meta}, summary_markdown(plan_id, meta), totals.deletions(),
                       pa.concat_tables([t.cast(NEEDED) for t in needed]) if needed else NEEDED.empty_table())
-    except (StoreError, OSError) as e:
-        log.warning("what-if cache of snapshot %s not written: %s", snapshot_id, e)
 
 
 def _write_and_count(writer, totals: "_Totals", table, children) -> None:
