@@ -18,7 +18,8 @@ import pytest
 from tasks.sources import git as git_source
 from tasks.config.models import parse_config
 from tasks.plan.evaluate import decide, plan_rows, plan_summary
-from tasks.plan.make import deletion_rows, make_plan
+from tasks.plan.make import make_plan
+from tasks.plan.render import deletion_rows
 from tasks.plan.batches import plan_batches
 from tasks.plan.inputs import read_frames, read_tables
 from tasks.store.schemas import PLAN, SOURCE_TABLES
