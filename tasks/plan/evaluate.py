@@ -427,24 +427,3 @@ def _needed(e: _Evaluation) -> pa.Table:
     node, text = e.reasons.recorded(NEEDED_BY)
     return pa.table({"repository": e.nodes.repositories(node), "digest": e.nodes.digests(node).cast(pa.string()),
                      "why": pa.array(text, pa.string())})
-
-
-def plan_summary(plan: pd.DataFrame, children: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Counts and the image bytes of deleted digests, overall and per repository (each deleted
-    image once, an index with its platforms; shared layers counted in every image:
-    tasks/snapshot/footprint.py has the true bytes). `children` is the snapshot's CHILDREN table."""
-    from tasks.snapshot.footprint import image_sizes
-
-    action = plan["action"].to_numpy(dtype=object)
-    dele = plan[action == "delete"]
-    uniq = dele.drop_duplicates(["repository", "digest"])
-    uniq = uniq.assign(size=image_sizes(uniq, children))
-    per = (plan.assign(delete=action == "delete").groupby("repository", sort=True)
-           .agg(tags=("tag", "count"), rows=("digest", "size"), delete=("delete", "sum")))
-    reclaim = uniq.groupby("repository")["size"].sum()
-    repos = {r: {"tags": int(v.tags), "delete": int(v.delete), "keep": int(v.rows - v.delete),
-                 "image_bytes_deleted": int(reclaim.get(r, 0))} for r, v in per.iterrows()}
-    return {"rows": int(len(plan)), "tags": int(plan["tag"].notna().sum()),
-            "keep": int((action == "keep").sum()), "delete": int(len(dele)),
-            "digests_deleted": int(len(uniq)), "image_bytes_deleted": int(uniq["size"].sum()),
-            "repositories": repos}
