@@ -190,7 +190,7 @@ CANDIDATE = {"keepPolicies": [{"references": {"branch": "/.*/", "limit": {"last"
 def _prime_chunk(store_url: str, sids: list[str]) -> tuple[float, float]:
     """What the flows do per snapshot, for these snapshots in order: the snapshot flow's
     `cache-history-inputs` step (the summary, the diff with the previous snapshot and the
-    FootprintIndex) and the plan flow's cache of the current policy's decision. Returns the
+    FootprintIndex) and the plan flow's `cache_whatif_entry` task (here `cache_current`). Returns the
     seconds spent in each."""
     from tasks.snapshot.summary import cache_history_inputs
     from tasks.store.store import Store
@@ -216,7 +216,7 @@ def measure(what: str, store_url: str) -> dict:
 
         from tasks.store.schemas import SOURCE_TABLES
         from tasks.store.store import Store
-        from tasks.history.whatif import UNEVALUATED
+        from tasks.plan.inputs import UNEVALUATED
 
         store = Store(store_url)
         if what == "peer":       # the columns the growth report reads

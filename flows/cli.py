@@ -166,7 +166,7 @@ def plan(
         except StoreError as e:
             raise ConfigError("--snapshot", str(e)) from None
         from flows.plan import plan_flow
-        from tasks.plan.make import write_plan_json
+        from tasks.plan.render import write_plan_json
 
         pid = plan_flow(config=cfg, snapshot=sid)
         meta = store.plan_meta(pid)
@@ -197,7 +197,7 @@ def explain(
     """Why a tag is kept or deleted, with every reason; prints the decision last."""
 
     def body():
-        from tasks.plan.make import explain as explain_ref
+        from tasks.plan.explain import explain as explain_ref
 
         for line in explain_ref(_config(config), image_ref, plan):  # reads the stored plan: no Prefect
             typer.echo(line)

@@ -105,7 +105,7 @@ def instructions(server, registry_url: str, summary: dict, history, config: dict
     """What a newcomer reads: where everything is, what to click, what explain and history say."""
     from tasks.config.models import load_config
     from tasks.history.growth import growth_report, render_text
-    from tasks.plan.make import explain
+    from tasks.plan.explain import explain
     from tasks.store.store import Store
     from tasks.sweep.report import bytes_text
 

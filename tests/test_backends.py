@@ -232,7 +232,7 @@ def test_token_reaches_no_output_and_no_stored_file(run_cli, request, tmp_path, 
 def test_push_time_stands_in_for_a_missing_build_time_and_last_pull_is_only_shown(request, tmp_path, monkeypatch):
     from datetime import timedelta
 
-    from tasks.plan.make import explain
+    from tasks.plan.explain import explain
     from tests.support.rigs import make_rig
 
     rig = make_rig("harbor", request, tmp_path, monkeypatch)   # Harbor reports push and pull times

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from tasks.config.models import parse_config
-from tasks.plan.evaluate import evaluate
+from tasks.plan.evaluate import plan_rows
 from tasks.store.schemas import SOURCE_TABLES
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
@@ -108,7 +108,7 @@ def config(cleanup=None, **extra):
 
 
 def plan_of(snap: Snap, cfg=None):
-    return evaluate(snap.tables(), snap.meta(), cfg or config())
+    return plan_rows(snap.tables(), snap.meta(), cfg or config()).frame
 
 
 def decisions(plan) -> dict:
@@ -372,7 +372,7 @@ def test_incomplete_snapshot_plans_no_deletion_and_says_why(how):
         s.failed["helm"] = "helm release prod/default/web: bad gzip"
         cfg = config(cleanup={"unlinkedImages": "delete"}, helm={"enabled": False})
         want = "snapshot incomplete: helm failed: helm release prod/default/web: bad gzip"
-    plan = evaluate(s.tables(), s.meta(), cfg)
+    plan = plan_rows(s.tables(), s.meta(), cfg).frame
     assert set(plan.action) == {"keep"} and len(plan) == 2
     assert all(list(r) == [want] for r in plan.reasons)
 
@@ -400,7 +400,7 @@ def test_replay_same_snapshot_and_policy_gives_the_identical_plan():
     assert {"keep", "delete"} <= set(a.action)
     # "now" is the snapshot's: evaluating later changes nothing
     meta = s.meta()
-    c = evaluate(s.tables(), dict(meta), config())
+    c = plan_rows(s.tables(), dict(meta), config()).frame
     pd.testing.assert_frame_equal(a, c)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tasks.sources import git as git_source
 from tasks.config.models import parse_config
-from tasks.plan.evaluate import evaluate
+from tasks.plan.evaluate import plan_rows
 from tasks.store.store import Store
 from tests.support.gitrepo import RepoBuilder
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, decisions, reasons
@@ -34,7 +34,7 @@ def plan(repo: RepoBuilder, snap: Snap, policies, **cleanup):
     c = cfg(repo, policies, **cleanup)
     snap.git = {k: v.to_pandas() for k, v in git_source.extract(c, Store(str(repo.path.parent / "store")), NOW).items()}
     snap.skipped |= {"kubernetes", "helm"}
-    return evaluate(snap.tables(), snap.meta(), c)
+    return plan_rows(snap.tables(), snap.meta(), c).frame
 
 
 def kept(p) -> set[str]:

@@ -4,7 +4,7 @@ make_plan evaluates a stored snapshot one batch of whole repositories at a time 
 sharing the git history across batches. Here one snapshot with every rule in play — git policies
 over a real repository, in-use workloads (by tag, digest, imageID, another host), Helm revisions,
 multi-platform indexes, signatures and `sha256-` fallback tags, unknown and missing manifests, a
-digest shared by two repositories — is planned whole (tasks.plan.evaluate.evaluate) and in batches of
+digest shared by two repositories — is planned whole (tasks.plan.evaluate.plan_rows) and in batches of
 one repository, through the store, with its tables sorted by repository or not.
 """
 
@@ -17,12 +17,14 @@ import pytest
 
 from tasks.sources import git as git_source
 from tasks.config.models import parse_config
-from tasks.plan.evaluate import evaluate, plan_summary
-from tasks.plan.make import deletion_rows, load_snapshot, make_plan
-from tasks.plan.batches import plan_batches, read_tables
+from tasks.plan.evaluate import decide, plan_rows
+from tasks.plan.make import make_plan
+from tasks.plan.render import deletion_rows
+from tasks.plan.batches import plan_batches
+from tasks.plan.inputs import read_frames, read_tables
 from tasks.store.schemas import PLAN, SOURCE_TABLES
 from tasks.store.store import SourceStatus, Store
-from tasks.history.whatif import policy_key, read_current
+from tasks.plan.decision_cache import cache_current_decision, policy_key, read_current
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, digest
 
 H = "registry.example.com"
@@ -30,6 +32,18 @@ REPOS = ["team/web", "alpha/x", "team/api", "zeta/db", "team/worker"]   # not in
 SORT_KEYS = {"tags": ["repository", "tag"], "manifests": ["repository", "digest"],
              "children": ["repository", "index_digest", "child_digest"],
              "links": ["repository", "digest", "commit", "source"]}
+
+
+# What the plan of build()'s snapshot sums up to in plan.json, written out (sorted or not, its
+# digests differ from run to run, its counts do not): every manifest is 1,000 bytes, and each repository
+# has three untagged rows (the old index's two platforms, the deleted image's signature).
+SUMMARY = {"rows": 136, "tags": 121, "keep": 68, "delete": 68, "digests_deleted": 68, "image_bytes_deleted": 58_000,
+           "repositories": {
+               "alpha/x": {"tags": 26, "keep": 14, "delete": 15, "image_bytes_deleted": 13_000},
+               "team/api": {"tags": 23, "keep": 14, "delete": 12, "image_bytes_deleted": 10_000},
+               "team/web": {"tags": 24, "keep": 14, "delete": 13, "image_bytes_deleted": 11_000},
+               "team/worker": {"tags": 25, "keep": 13, "delete": 15, "image_bytes_deleted": 13_000},
+               "zeta/db": {"tags": 23, "keep": 13, "delete": 13, "image_bytes_deleted": 11_000}}}
 
 
 def h(n: float):
@@ -108,8 +122,8 @@ def build(git_repo, tmp_path, sort: bool):
 def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_path, sort):
     cfg, sid = build(git_repo, tmp_path, sort)
     store = Store(cfg.store)
-    tables, meta = load_snapshot(store, sid)
-    whole = evaluate(tables, meta, cfg)
+    tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
+    whole = plan_rows(tables, meta, cfg).frame
     texts = [t for r in whole.reasons for t in r]
     # every rule and relation is in play, kept and deleted alike
     for what in ("git: branch main", "git: branch feature/x", "git: tag v1.0.0", "in use: ", "by name: host docker.io",
@@ -122,15 +136,17 @@ def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_pat
     want = pa.Table.from_pandas(whole, schema=PLAN, preserve_index=False).to_pylist()
     for batch_rows in (1, 10**6):
         result = make_plan(cfg, sid, batch_rows=batch_rows)
+        if batch_rows == 1:   # making a plan caches nothing: the plan flow's next step does
+            assert read_current(store, sid, policy_key(cfg)) is None
+        assert cache_current_decision(cfg, result)
         assert store.plan_table(result.plan_id).to_pylist() == want
         assert result.meta["complete"] is True
-        summary = plan_summary(whole, tables["children"])
-        got = {k: result.meta[k] for k in summary}   # (plan_bytes adds true bytes per repository)
-        got["repositories"] = {r: {k: v[k] for k in summary["repositories"].get(r, v)} for r, v in got["repositories"].items()}
-        assert got == summary
+        got = {k: result.meta[k] for k in SUMMARY}   # (plan_bytes adds true bytes per repository)
+        got["repositories"] = {r: {k: v[k] for k in SUMMARY["repositories"].get(r, v)} for r, v in got["repositories"].items()}
+        assert got == SUMMARY
         assert result.deletions == deletion_rows(whole)
-        # the what-if's entry the plan writes from its batches is the decide-only whole evaluation's
-        decided = evaluate(tables, meta, cfg, reasons=False)
+        # the what-if's entry the plan flow writes from its batches is the decide-only whole evaluation's
+        decided = decide(tables, meta, cfg)
         cached = read_current(store, sid, policy_key(cfg))
         assert cached is not None and cached[0].delete == decided.delete == result.meta["delete"]
         key = ["repository", "digest"]
@@ -149,8 +165,19 @@ def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp
     assert result.meta["complete"] is False and result.meta["delete"] == 0
     assert {r["action"] for r in plan} == {"keep"}
     assert all(any("links has 3 rows" in t for t in r["reasons"]) for r in plan)
-    tables, meta = load_snapshot(store, sid)
-    assert plan == pa.Table.from_pandas(evaluate(tables, meta, cfg), schema=PLAN, preserve_index=False).to_pylist()
+    tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
+    assert plan == pa.Table.from_pandas(plan_rows(tables, meta, cfg).frame, schema=PLAN, preserve_index=False).to_pylist()
+
+
+def test_a_what_if_cache_that_cannot_be_written_leaves_the_plan_as_published(git_repo, tmp_path, caplog):
+    cfg, sid = build(git_repo, tmp_path, sort=True)
+    store = Store(cfg.store)
+    result = make_plan(cfg, sid)
+    (tmp_path / "store" / "cache").write_text("a file where the cache directory belongs")
+    with caplog.at_level("WARNING", logger="regsweep.plan"):
+        assert cache_current_decision(cfg, result) is False
+    assert f"what-if cache of snapshot {sid} not written" in caplog.text
+    assert store.resolve_plan("latest") == result.plan_id and read_current(store, sid, policy_key(cfg)) is None
 
 
 def test_commit_lookup_by_integer_keys_agrees_with_string_lookup():

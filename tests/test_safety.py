@@ -16,7 +16,7 @@ from tasks.sources import git as git_source
 from tasks.sources.kubernetes import helm
 from tasks.config.models import load_config, parse_config
 from tasks.common.errors import PlanRefused, SweepLocked, SweepNotApproved
-from tasks.plan.evaluate import evaluate
+from tasks.plan.evaluate import plan_rows
 from tasks.store.store import Store, utcnow
 from tasks.sweep.lock import sweep_lock
 from tests.support.gitrepo import RepoBuilder
@@ -35,7 +35,7 @@ def git_plan(repo: RepoBuilder, snap: Snap, policies, **cleanup):
                                   "disableBuiltWithinLastNHoursPolicy": True, **cleanup}})
     snap.git = {k: v.to_pandas() for k, v in git_source.extract(c, Store(str(repo.path.parent / "store")), NOW).items()}
     snap.skipped |= {"kubernetes", "helm"}
-    return evaluate(snap.tables(), snap.meta(), c)
+    return plan_rows(snap.tables(), snap.meta(), c).frame
 
 
 # --------------------------------------------------------------------------- git links
@@ -168,7 +168,7 @@ def test_an_enabled_source_with_a_status_other_than_ok_deletes_nothing():
     meta = s.meta()
     meta["sources"]["kubernetes"]["status"] = "partial"   # written by some other tool or version
 
-    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_rows(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"})).frame
 
     assert list(plan.action) == ["keep"]
     assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes has status 'partial', not ok"]
@@ -182,7 +182,7 @@ def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
     meta = s.meta()
     meta["sources"]["kubernetes"]["tables"] = {"workloads": 2}   # one row went missing on the way
 
-    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_rows(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"})).frame
 
     assert set(plan.action) == {"keep"}
     assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes table workloads has 1 rows, "
@@ -197,7 +197,7 @@ def test_a_snapshot_of_another_registry_deletes_nothing():
     meta = s.meta()
     meta["registry"] = "https://mirror.example.com"
 
-    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_rows(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"})).frame
 
     assert list(plan.action) == ["keep"]
     assert list(plan.reasons[0]) == [f"snapshot incomplete: it is of registry https://mirror.example.com, not {REGISTRY}"]

@@ -53,7 +53,7 @@ import pytest
 
 from tasks.common.units import parse_duration
 from tasks.config.models import parse_config
-from tasks.plan.evaluate import evaluate
+from tasks.plan.evaluate import plan_rows
 from tasks.sources import git as git_source
 from tasks.store.store import Store
 from tests.support.gitrepo import RepoBuilder
@@ -353,7 +353,7 @@ def plan_case(repo: RepoBuilder, case: Case):
     tables = git_source.extract(config, Store(str(repo.path.parent / "store")), NOW)
     snap.git = {name: table.to_pandas() for name, table in tables.items()}
     snap.skipped |= {"kubernetes", "helm"}
-    return evaluate(snap.tables(), snap.meta(), config), sha
+    return plan_rows(snap.tables(), snap.meta(), config).frame, sha
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])

@@ -188,7 +188,7 @@ def test_caches_the_flows_write_give_the_whatif_the_same_answer(history, tmp_pat
     from tasks.snapshot.footprint import Footprint, load_index
     from tasks.store.caches import diff_name, footprint_name
     from tasks.snapshot.summary import cache_history_inputs
-    from tasks.history.whatif import cache_name, policy_key, read_current
+    from tasks.plan.decision_cache import cache_name, policy_key, read_current
 
     cfg, ids, im, _ = history
     store = Store(cfg.store)

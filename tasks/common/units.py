@@ -6,6 +6,8 @@ print a size the same way:
 - times are aware UTC datetimes; `parse_time` reads RFC 3339 as registries and Helm write it
   (Go's nanoseconds, `Z`) and Python's own `isoformat()` as the store writes it;
 - durations are Go-style strings (`168h`, `1h30m`) as werf writes them (durationpy);
+- ages (how long ago) are written by `human_age`, in the style of their reader: a message, a
+  plan's reason, the approval form;
 - byte counts are shown in decimal units (kB, MB, GB: powers of 1000), as registries, `docker
   images` and cloud bills show them (humanize).
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 import durationpy
 import humanize
+import numpy as np
 
 #: A build time before this is not a build time (reproducible builds stamp 1970 or similar).
 TRUSTED_SINCE = datetime(2013, 1, 1, tzinfo=timezone.utc)
@@ -89,10 +92,43 @@ def format_duration(d: timedelta | int) -> str:
     return f"{h}h" if h else f"{m}m"
 
 
-def human_age(d: timedelta) -> str:
-    """An age for messages: hours up to two days, then days (`5.0h`, `3.2 days`)."""
+AgeStyle = Literal["decimal", "compact", "ago"]
+
+
+def human_age(d: timedelta, style: AgeStyle = "decimal") -> str:
+    """An age as regsweep writes one: hours up to two days, then days, in one of three styles.
+
+    - `decimal`, for messages (a plan's age when a sweep refuses it): `5.0h`, `3.2 days`;
+    - `compact`, for a plan's reasons, in whole minutes as werf writes durations: `35m`, `5h`,
+      `5h12m`, `3d` (days rounded down: an image "3d" old is not 4 days old);
+    - `ago`, for the approval form: `less than a minute ago`, `12 min ago` (up to 90 minutes),
+      `3h ago`, `2 days ago` (rounded).
+
+    A negative age (a time in the future) is no age: `0m` in the compact style, `less than a
+    minute ago` in the `ago` style.
+    """
+    if style == "compact":
+        minutes = max(0, d // timedelta(minutes=1))
+        return format_duration(minutes * 60_000_000) if minutes < 48 * 60 else f"{minutes // (24 * 60)}d"
+    if style == "ago":
+        minutes = d.total_seconds() / 60
+        if minutes < 1:
+            return "less than a minute ago"
+        if minutes < 90:
+            return f"{round(minutes)} min ago"
+        return f"{round(minutes / 60)}h ago" if minutes < 48 * 60 else f"{round(minutes / 1440)} days ago"
     hours = d.total_seconds() / 3600
     return f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def compact_ages(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """`human_age(…, "compact")` of many ages in microseconds, as codes into the distinct texts
+    (a plan writes one text per distinct age, however many images share it)."""
+    minutes = np.maximum(np.asarray(age_us, np.int64), 0) // 60_000_000
+    # ages that read the same share a key: whole minutes below two days, whole days above
+    key = np.where(minutes < 48 * 60, minutes, minutes // (24 * 60) * (24 * 60))
+    uniq, codes = np.unique(key, return_inverse=True)
+    return codes.reshape(-1), [human_age(timedelta(minutes=int(k)), "compact") for k in uniq]
 
 
 def human_bytes(n: int | float) -> str:

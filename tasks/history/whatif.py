@@ -1,10 +1,10 @@
 """What-if: a candidate cleanup policy replayed over every complete snapshot, next to the current one.
 
 Each snapshot is evaluated at its own time (a plan is a pure function of snapshot and policy) by
-the decide-only evaluation (`evaluate(..., reasons=False)`: no reason texts, no plan files), its
+the decide-only evaluation (tasks.plan.evaluate.decide: no reason texts, no plan files), its
 tables read once for both policies. Snapshots never change once published, so per-snapshot work is
 cached in the store where the data is first at hand: the current policy's result (keyed by
-snapshot id and policy hash) by every plan (tasks/plan/make.py), the snapshot's BLOBS as an
+snapshot id and policy hash) by the plan flow (tasks/plan/decision_cache.py), the snapshot's BLOBS as an
 integer CSR (tasks/snapshot/footprint.py FootprintIndex) by the snapshot flow; a what-if makes and caches
 whichever is missing (snapshots taken before this release), so all caches stay derivable.
 
@@ -18,7 +18,6 @@ the Kubernetes rule still has its regrets judged by the clusters the snapshots r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -36,12 +35,13 @@ from pydantic import ValidationError
 from tasks.config.models import RegsweepConfig, config_error_from, read_yaml_documents
 from tasks.common.errors import ConfigError
 from tasks.config.policy import CleanupPolicy
-from tasks.store.schemas import INFORMATIONAL, NEEDED, SOURCE_TABLES
+from tasks.plan.decision_cache import Outcome, policy_key, read_current, write_current
+from tasks.plan.evaluate import decide
+from tasks.plan.inputs import read_frames
+from tasks.store.schemas import NEEDED
 from tasks.store.store import Store, iter_ids_since
 
-UNEVALUATED = {"manifests": ("artifact_type", "revision", "last_pulled"), "links": ("source",)}
 WORKERS = 2
-CACHE_VERSION = "v1"
 
 
 def load_policy(path: str | Path) -> CleanupPolicy:
@@ -56,21 +56,6 @@ def load_policy(path: str | Path) -> CleanupPolicy:
         return CleanupPolicy.model_validate(section)
     except ValidationError as e:
         raise config_error_from(e, prefix="cleanup") from None
-
-
-def policy_key(config: RegsweepConfig) -> str:
-    """Everything besides the snapshot a decision depends on: the cleanup section, which registry
-    (and aliases) images are matched against, whether Helm counts, which sources must be there."""
-    blob = json.dumps({"cleanup": config.cleanup.model_dump(mode="json", by_alias=True),
-                       "registry": config.registry.url, "aliases": list(config.registry.aliases or []),
-                       "helm": config.helm.enabled, "sources": config.enabled_sources()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@dataclass
-class Outcome:
-    delete: int
-    reclaimable_bytes: int | None
 
 
 @dataclass
@@ -107,30 +92,13 @@ REGRET_COLUMNS = ["repository", "tag", "digest", "deleted_at", "needed_at", "why
 
 # ------------------------------------------------------------------ one snapshot
 
-def _load(store: Store, sid: str) -> dict[str, Any]:
-    """The snapshot's tables as the evaluation reads them. BLOBS is not read: no keep rule reads
-    it (INFORMATIONAL), and the reclaimable bytes come from the snapshot's FootprintIndex."""
-    tables: dict[str, Any] = {}
-    for schemas in SOURCE_TABLES.values():
-        for name, schema in schemas.items():
-            if name in INFORMATIONAL:
-                continue
-            skip = UNEVALUATED.get(name, ())
-            t = store.snapshot_table(sid, name, schema, [c for c in schema.names if c not in skip])
-            tables[name] = None if t is None else t.to_pandas(
-                types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
-    return tables
-
-
 def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index, matcher=None):
     """One policy's decision at one snapshot; `inputs` (a tasks.plan.history_rules.HistoryInputs, or None when
     neither policy reads history) adds what the history-only keep rules read, as `make_plan` does;
     `index` (the snapshot's FootprintIndex, None without BLOBS) gives the reclaimable bytes;
     `matcher` a RegistryMatcher for config.registry shared across evaluations (parsed once)."""
-    from tasks.plan.evaluate import evaluate
-
     extra = inputs.for_snapshot(sid, config.cleanup) if inputs is not None else {}
-    d = evaluate({**tables, **extra}, meta, config, reasons=False, matcher=matcher)
+    d = decide({**tables, **extra}, meta, config, matcher=matcher)
     reclaim = None
     if index is not None:
         reclaim = index.total(pa.concat_arrays([d.deleted_tags["repository"].combine_chunks(),
@@ -140,32 +108,11 @@ def _decide(tables, meta, config: RegsweepConfig, sid: str, inputs, index, match
     return Outcome(d.delete, reclaim), d
 
 
-def cache_name(sid: str, key: str) -> str:
-    return f"whatif-{CACHE_VERSION}-{sid}-{key}"
-
-
-def read_current(store: Store, sid: str, key: str) -> tuple[Outcome, pa.Table] | None:
-    """A policy's cached result at a snapshot (its Outcome and NEEDED rows), if cached."""
-    cached = store.read_cache(cache_name(sid, key))
-    if cached is None or not cached.schema.metadata or b"delete" not in cached.schema.metadata:
-        return None
-    md = cached.schema.metadata
-    rec = md[b"reclaimable_bytes"].decode()
-    return Outcome(int(md[b"delete"]), int(rec) if rec else None), cached.select(NEEDED.names).replace_schema_metadata(None)
-
-
-def write_current(store: Store, sid: str, key: str, outcome: Outcome, needed: pa.Table) -> pa.Table:
-    needed = needed.cast(NEEDED)
-    store.write_cache(cache_name(sid, key), needed.replace_schema_metadata(
-        {"delete": str(outcome.delete),
-         "reclaimable_bytes": "" if outcome.reclaimable_bytes is None else str(outcome.reclaimable_bytes)}))
-    return needed
-
-
 def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
     """The configured policy's decide-only result at a snapshot, cached as `whatif` reads it. The
-    plan writes the same entry from its own evaluation (tasks/plan/make.py); this makes it for a
-    snapshot planned before, or never. Also caches the snapshot's FootprintIndex if missing."""
+    plan flow writes the same entry from its plan's own evaluation
+    (tasks.plan.decision_cache.cache_current_decision); this makes it for a snapshot planned
+    before, or never. Also caches the snapshot's FootprintIndex if missing."""
     from tasks.snapshot.footprint import load_index
 
     store = Store(config.store)
@@ -174,7 +121,7 @@ def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
         from tasks.plan.history_rules import HistoryInputs
 
         inputs = HistoryInputs(store)
-    out, d = _decide(_load(store, snapshot_id), store.snapshot_meta(snapshot_id), config, snapshot_id, inputs,
+    out, d = _decide(read_frames(store, snapshot_id), store.snapshot_meta(snapshot_id), config, snapshot_id, inputs,
                      load_index(store, snapshot_id))
     write_current(store, snapshot_id, policy_key(config), out, d.needed)
     return out
@@ -206,7 +153,7 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
     for i, sid in enumerate(sids):
         meta = store.snapshot_meta(sid)
         cached = read_current(store, sid, key)
-        tables = _load(store, sid)
+        tables = read_frames(store, sid)
         index = load_index(store, sid)   # cached by the snapshot flow, else built and cached now
         cand, cd = _decide(tables, meta, candidate, sid, inputs, index, matcher)
         if cached is not None:

@@ -18,7 +18,6 @@ table with a repository column is filtered to the batch's repositories.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,88 +25,31 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.plan.codes import US
-from tasks.snapshot.completeness import snapshot_problems
 from tasks.config.models import RegsweepConfig
-from tasks.plan.git.policy import GitHistory
-from tasks.store.schemas import INFORMATIONAL, SOURCE_TABLES
-from tasks.store.store import Store
+from tasks.oci.reference import RegistryMatcher
+from tasks.plan.evaluate import PlanRows, plan_rows
+from tasks.plan.inputs import Shared, shared_of, to_frame
+from tasks.plan.references import references
 
 #: Rows of the repository-keyed tables per batch (a repository larger than this is one batch).
 #: About 50,000 tags with their manifests, links and platforms: smaller batches measured no slower.
 BATCH_ROWS = 200_000
 
-#: Columns no keep rule reads, left on disk: at 10^6 tags they are a fifth of the plan's memory.
-#: (explain reads the registry's times itself, from the store.) `artifact_type` is read: a subject-less
-#: artifact's reason names it; mostly null and dictionary-encoded, it costs little.
-UNEVALUATED = {"manifests": ("revision", "last_pulled"), "links": ("source",)}
-
-#: String columns with few distinct values, held dictionary-encoded between batches.
-_COMPACT = ("repository", "media_type", "kind", "artifact_type", "platform")
-
 #: Tables whose rows name images by reference, not by repository: (image column, pod imageIDs too).
 _REFERENCING = {"workloads": ("image", True), "helm": ("image", False)}
 
 
-@dataclass(frozen=True)
-class Shared:
-    """What a batch's evaluation needs from the whole snapshot, computed once."""
-
-    problems: list[str]            # why the snapshot is incomplete (tasks/snapshot/completeness.py); [] when it is not
-    git: GitHistory | None         # the commit graph and reference selection, built on first use
-
-
-def to_frame(table: pa.Table) -> pd.DataFrame:
-    """A table as the evaluation reads it: plain strings as Python objects, lists Arrow-backed."""
-    return table.to_pandas(types_mapper=lambda typ: pd.ArrowDtype(typ) if pa.types.is_list(typ) else None)
-
-
-def read_tables(store: Store, snapshot_id: str) -> dict[str, pa.Table | pd.DataFrame | None]:
-    """A snapshot's tables for `plan_batches`: repository-keyed ones as compact Arrow tables,
-    the rest as pandas frames; None for a table its source did not write."""
-    tables: dict[str, pa.Table | pd.DataFrame | None] = {}
-    for schemas in SOURCE_TABLES.values():
-        for name, schema in schemas.items():
-            if name in INFORMATIONAL:
-                continue   # BLOBS: read by plan_bytes (tasks/snapshot/footprint.py) as it needs them
-            skip = UNEVALUATED.get(name, ())
-            columns = [c for c in schema.names if c not in skip] if skip else None
-            t = store.snapshot_table(snapshot_id, name, schema, columns)
-            if t is None or "repository" not in t.column_names:
-                tables[name] = None if t is None else to_frame(t)
-                continue
-            for c in _COMPACT:
-                if c in t.column_names:
-                    t = t.set_column(t.column_names.index(c), c, pc.dictionary_encode(t[c]))
-            tables[name] = t
-    return tables
-
-
-def shared_of(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConfig) -> Shared:
-    from tasks.plan.evaluate import snapshot_now
-
-    now_us = int(snapshot_now(meta).timestamp() * US)
-    git = None
-    if tables.get("git_commits") is not None and tables.get("git_refs") is not None:
-        git = GitHistory(tables["git_refs"], tables["git_commits"], config.cleanup.effective_keep_policies, now_us)
-    # the row counts of whole tables (Arrow or pandas) against what snapshot.json recorded
-    return Shared(snapshot_problems(meta, tables, config), git)
-
-
 def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConfig,
-                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None,
-                 needed: list[pa.Table] | None = None) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+                 batch_rows: int = BATCH_ROWS, shared: Shared | None = None) -> Iterator[tuple[dict[str, Any], PlanRows]]:
     """The plan of a snapshot (tables as `read_tables` gives them, or any mix of Arrow and
     pandas), one batch of whole repositories at a time, in plan order (by repository): the
-    batch's tables and their plan. `needed` collects each batch's in-use/Helm images (evaluate)."""
-    from tasks.plan.evaluate import evaluate
-
+    batch's tables and their plan rows (with the images the batch's in-use and Helm rules kept)."""
     shared = shared or shared_of(tables, meta, config)
     keyed = {n: t for n, t in tables.items() if isinstance(t, pa.Table) and "repository" in t.column_names}
     repos, ranks = _repository_ranks(keyed)
     if not len(repos):
         whole = {n: to_frame(_plain(t)) if n in keyed else t for n, t in tables.items()}
-        yield whole, evaluate(whole, meta, config, shared, needed=needed)
+        yield whole, plan_rows(whole, meta, config, shared)
         return
     weight = np.zeros(len(repos), np.int64)
     for r in ranks.values():
@@ -126,7 +68,7 @@ def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepC
         cut[name] = np.searchsorted(r, bounds, side="left")
     del ranks
     batch_of = np.repeat(np.arange(len(starts)), np.diff(bounds))   # repository rank → batch
-    matcher = _matcher(config)
+    matcher = RegistryMatcher(config.registry.url, config.registry.aliases)
     referencing = {n: _rows_by_batch(t, *_REFERENCING[n], matcher, repos, batch_of)
                    for n, t in tables.items() if n in _REFERENCING and isinstance(t, pd.DataFrame)}
     for b in range(len(starts)):
@@ -142,7 +84,7 @@ def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepC
                 batch[name] = t[t["repository"].isin(names.to_pylist())].reset_index(drop=True)
             else:
                 batch[name] = t
-        yield batch, evaluate(batch, meta, config, shared, needed=needed)
+        yield batch, plan_rows(batch, meta, config, shared)
         del batch
 
 
@@ -178,27 +120,18 @@ def _repository_ranks(keyed: dict[str, pa.Table]) -> tuple[pa.Array, dict[str, n
     return repos, ranks
 
 
-def _matcher(config: RegsweepConfig):
-    from tasks.oci.reference import RegistryMatcher
-
-    return RegistryMatcher(config.registry.url, config.registry.aliases)
-
-
-def _rows_by_batch(df: pd.DataFrame, image_col: str, with_ids: bool, matcher, repos: pa.Array,
+def _rows_by_batch(df: pd.DataFrame, image_col: str, with_ids: bool, matcher: RegistryMatcher, repos: pa.Array,
                    batch_of: np.ndarray) -> dict[int, np.ndarray]:
     """The rows of a referencing table (workloads, Helm) each batch needs: those whose image
     names one of its repositories, found by the evaluation's own reading of references."""
-    from tasks.plan.evaluate import _references
-
     if not len(df):
         return {}
-    # the row number as the reference's text: each reading says which row it came from
-    refs = _references(df.assign(_text=np.arange(len(df))), image_col, matcher, with_ids)
+    # each reading carries the number of the row it came from
+    refs = references(df.assign(_row=np.arange(len(df))), matcher, carry="_row", image=image_col, with_ids=with_ids)
     rank = pc.index_in(pa.array(refs["repository"].astype(str).tolist(), pa.large_string()),
                        value_set=repos).fill_null(-1).to_numpy()
     ok = rank >= 0
-    # (a reference into another host has its text extended: "<row>, by name: …")
-    row = refs["text"].astype(str).str.partition(",")[0].astype(np.int64).to_numpy()
+    row = refs["_row"].to_numpy(dtype=np.int64)
     pair = pd.DataFrame({"batch": batch_of[rank[ok]], "row": row[ok]})
     pair = pair.drop_duplicates().sort_values(["batch", "row"])
     return {int(b): g["row"].to_numpy() for b, g in pair.groupby("batch", sort=True)}

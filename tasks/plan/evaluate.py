@@ -26,13 +26,16 @@ snapshot is incomplete (tasks/snapshot/completeness.py) every row is kept (fail 
 "Now" is the snapshot's `created_at`, so re-evaluating a snapshot reproduces its plan. The rules
 work on integer nodes (tasks/plan/nodes.py, coded by tasks/plan/codes.py) and add their texts to one
 reasons column (tasks/plan/reasons.py).
+
+Two entry points run the same evaluation: `plan_rows` (the plan's rows with their reasons, and
+what the in-use and Helm rules kept) and `decide` (the Decision alone, without texts: the
+what-if's replay of many snapshots).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,55 +46,26 @@ from tasks.plan.codes import NAT, US, join_texts, large_strings, sort_ranks, to_
 from tasks.snapshot.completeness import snapshot_problems
 from tasks.config.models import RegsweepConfig
 from tasks.plan.git.policy import evaluate_git
+from tasks.plan.inputs import Shared, snapshot_now, to_frame
 from tasks.plan.nodes import K_ARTIFACT, K_MISSING, K_REFERRERS, K_UNKNOWN, KINDS, Nodes
 from tasks.oci.manifest import tag_subject
 from tasks.plan.reasons import NoReasons, Reasons
-from tasks.oci.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
+from tasks.plan.references import helm_revision_names, note_other_hosts, references, workload_names
+from tasks.oci.reference import RegistryMatcher
 from tasks.store.schemas import PLAN
-from tasks.common.units import format_duration, parse_time
-
-if TYPE_CHECKING:
-    from tasks.plan.batches import Shared
+from tasks.common.units import compact_ages, format_duration
 
 IN_USE, HELM, GIT, FRESH, UNLINKED, ALWAYS, RELATIVE = range(7)
 SEEN = 7   # seen in use by earlier snapshots: listed after rule 2's reasons, as it is added after them
+#: The rules whose kept images a later snapshot says were needed (Decision.needed).
+NEEDED_BY = (IN_USE, HELM)
 _COMMIT_ID = r"^[0-9a-fA-F]{4,64}$"
-_CTYPE = {"containers": "container", "initContainers": "init container",
-          "ephemeralContainers": "ephemeral container"}
-
-
-def snapshot_now(meta: dict[str, Any]) -> datetime:
-    """The snapshot's own time: "now" for every rule."""
-    now = parse_time(meta.get("created_at"))
-    if now is None:
-        raise ValueError(f"snapshot created_at {meta.get('created_at')!r} is not a time")
-    return now
 
 
 # ------------------------------------------------------------------ evaluation
 
-def _references(df: pd.DataFrame, image_col: str, matcher: RegistryMatcher, with_ids: bool) -> pd.DataFrame:
-    """(repository, tag, digest, text) per thing an image reference can keep: by tag, by digest."""
-    images = df[image_col].dropna()
-    # References into other hosts keep a same-named repository's image too (fail closed), saying so.
-    m = pd.concat([match_images(images, matcher).assign(host=None), other_host_images(images, matcher)],
-                  ignore_index=True).astype(object)
-    j = pd.DataFrame({"image": df[image_col].to_numpy(dtype=object), "text": df["_text"].to_numpy(dtype=object),
-                      **({"image_id": df["image_id"].to_numpy(dtype=object)} if with_ids else {})})
-    j = j.merge(m, on="image", how="left" if with_ids else "inner")
-    foreign = j["host"].notna().to_numpy()
-    if foreign.any():
-        j.loc[foreign, "text"] = (j.loc[foreign, "text"].astype(str) + ", by name: host " + j.loc[foreign, "host"].astype(str)
-                                  + f" is not {matcher.registry_url} (add it to registry.aliases if it is)")
-    out = [j.loc[j["repository"].notna(), ["repository", "tag", "digest", "text"]]]
-    if with_ids and j["image_id"].notna().any():
-        ids = _image_id_refs(j["image_id"], matcher)
-        k = j.merge(ids, on="image_id", how="inner")
-        # the digest a pod runs, under the repository of its image and of its imageID
-        out.append(pd.DataFrame({"repository": k["repository"], "tag": None, "digest": k["id_digest"], "text": k["text"]}))
-        out.append(pd.DataFrame({"repository": k["id_repository"], "tag": None, "digest": k["id_digest"], "text": k["text"]}))
-    r = pd.concat(out, ignore_index=True).astype(object)
-    return r[r["repository"].notna()].reset_index(drop=True)
+def _prefixed(prefix: str, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pc.binary_join_element_wise(prefix, texts, "").to_numpy(zero_copy_only=False).astype(object)
 
 
 def _subject_tags(tags: pd.DataFrame) -> pa.Array:
@@ -109,18 +83,42 @@ def _subject_tags(tags: pd.DataFrame) -> pa.Array:
     return pa.array(vals, pa.large_string())
 
 
-def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig,
-             shared: Shared | None = None, *, reasons: bool = True,
-             matcher: RegistryMatcher | None = None, needed: list[pa.Table] | None = None) -> pd.DataFrame:
-    """The plan (PLAN schema) for one snapshot under one policy: pure, deterministic. With
-    `reasons=False` the bare Decision instead (the what-if's 730 evaluations need no texts).
+def decide(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig,
+           shared: Shared | None = None, *, matcher: RegistryMatcher | None = None) -> Decision:
+    """What the plan of one snapshot under one policy deletes, without its reason texts (the
+    what-if's hundreds of evaluations need none): pure, deterministic; `plan_rows` decides alike.
 
     shared: when `tables` hold one batch of the snapshot's repositories (tasks/plan/batches.py),
     what only the whole snapshot tells: its completeness problems and its git history.
-    matcher (for config.registry) may be shared by many evaluations: its parse cache then is.
-    needed: a list the full plan appends its Decision's `needed` table to (the images the in-use
-    and Helm rules kept, as the decide-only mode gives them), so a plan can cache what the
-    what-if would otherwise evaluate again."""
+    matcher (for config.registry) may be shared by many evaluations: its parse cache then is."""
+    e = _evaluate(tables, meta, config, shared, matcher, texts=False)
+    return _decision(e)
+
+
+def plan_rows(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig,
+              shared: Shared | None = None, *, matcher: RegistryMatcher | None = None) -> PlanRows:
+    """The plan of one snapshot under one policy, every row with its reasons, and what its in-use
+    and Helm rules kept (as `decide` gives it: a plan can cache what the what-if would otherwise
+    evaluate again). Pure, deterministic; `shared` and `matcher` as for `decide`."""
+    e = _evaluate(tables, meta, config, shared, matcher, texts=True)
+    return PlanRows(_rows(e), _needed(e))
+
+
+@dataclass
+class _Evaluation:
+    """Every node's decision, and what the rules said about it."""
+
+    nodes: Nodes
+    kept: np.ndarray               # per node
+    untagged: np.ndarray           # per node: an untagged relative deleted with what it belongs to (a row of its own)
+    reasons: Reasons | NoReasons   # NoReasons: texts only of the rules `needed` reports
+    problems: list[str]            # why the snapshot is incomplete: then every node is kept, for these reasons
+
+
+def _evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], config: RegsweepConfig,
+              shared: Shared | None, matcher: RegistryMatcher | None, *, texts: bool) -> _Evaluation:
+    """The rules in order over the snapshot's nodes; `texts=False` skips the texts of every rule
+    but those `needed` reports (in use, Helm)."""
     now_us = int(snapshot_now(meta).timestamp() * US)
     cleanup = config.cleanup
     tags = tables.get("tags")
@@ -131,57 +129,51 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
     problems = snapshot_problems(meta, tables, config) if shared is None else shared.problems
     matcher = matcher or RegistryMatcher(config.registry.url, config.registry.aliases)
 
-    refs = {}
+    refs = {}   # per reference rule, in rule order: (repository, tag, digest, host, text)
     if not problems and not cleanup.disableKubernetesBasedPolicy and tables.get("workloads") is not None:
         wl = tables["workloads"]
         wl = wl[~wl["finished"].astype(bool)]
-        wl = wl.assign(_text=("in use: " + wl["context"] + "/" + wl["namespace"] + "/" + wl["kind"] + "/" + wl["name"]
-                              + " " + wl["container_type"].map(_CTYPE).fillna("container") + " " + wl["container"]))
-        refs[IN_USE] = _references(wl, "image", matcher, with_ids=True)
+        wl = wl.assign(text=_prefixed("in use: ", workload_names(wl)))
+        refs[IN_USE] = references(wl, matcher, carry="text", with_ids=True)
     if not problems and config.helm.enabled and tables.get("helm") is not None:
         h = tables["helm"]
-        h = h.assign(_text=("helm: " + h["context"] + "/" + h["namespace"] + "/" + h["release"] + " revision "
-                            + h["revision"].astype(str) + " (" + h["status"].fillna("unknown").astype(str) + ")"))
-        refs[HELM] = _references(h, "image", matcher, with_ids=False)
+        h = h.assign(text=_prefixed("helm: ", helm_revision_names(h, status=True)))
+        refs[HELM] = references(h, matcher, carry="text")
     seen = tables.get("seen_in_use")
     if not problems and cleanup.keepImagesSeenInUseWithin is not None and seen is not None:
         # the sources this policy reads today decide which sightings count
         counts = {"kubernetes": not cleanup.disableKubernetesBasedPolicy, "helm": config.helm.enabled}
         seen = seen[seen["source"].map(counts).fillna(False).to_numpy(dtype=bool)]
-        refs[SEEN] = _references(seen.assign(_text=seen["text"]), "image", matcher, with_ids=True)
-    nodes = Nodes(tables, tags, [r["digest"] for r in refs.values()] + [_subject_tags(tags)],
-                   [r["repository"] for r in refs.values()], [r["tag"] for r in refs.values()])
+        refs[SEEN] = references(seen, matcher, carry="text", with_ids=True)
+    refs = {order: note_other_hosts(r, "text", matcher) for order, r in refs.items()}
+    nodes = Nodes(tables, tags, refs, _subject_tags(tags))
+    reasons = Reasons(nodes.n) if texts else NoReasons(nodes.n, record=NEEDED_BY)
     if problems:
-        if not reasons:
-            return _decision(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), NoReasons(nodes.n))
-        return _rows(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), None, problems)
+        return _Evaluation(nodes, np.ones(nodes.n, bool), np.zeros(nodes.n, bool), reasons, problems)
 
-    R = Reasons(nodes.n) if reasons else NoReasons(nodes.n, record=(IN_USE, HELM))
-    # the decide-only mode's record of what the in-use and Helm rules kept, beside the full texts
-    recorder = NoReasons(nodes.n, record=(IN_USE, HELM)) if reasons and needed is not None else R
     kept = np.zeros(nodes.n, bool)
-    followers = _followers(nodes, nodes.x_dig[-1])
+    followers = _followers(nodes, nodes.encoded.subject_tags)
     kind = nodes.kind
     # An artifact with no subject (a Helm chart, a WASM module) is no image: no image rule judges it.
     loose = (kind == K_ARTIFACT) & ~followers
     primary = (kind < K_ARTIFACT) & ~followers   # images and indexes
 
-    for i, (order, r) in enumerate(refs.items()):
+    for order, r in refs.items():
+        named = nodes.encoded.rule_refs[order]
         # by digest, then by tag: a tag on two digests in this snapshot keeps both
-        by_tag_ref, by_tag = nodes.find_tag(nodes.x_repo[i], nodes.x_tag[i])
-        node = np.concatenate([nodes.find(nodes.x_repo[i], nodes.x_dig[i]), by_tag])
+        by_tag_ref, by_tag = nodes.find_tag(named.repository, named.tag)
+        node = np.concatenate([nodes.find(named.repository, named.digest), by_tag])
         texts = r["text"].to_numpy(dtype=object)
         text = np.concatenate([texts, texts[by_tag_ref]])
         ok = node >= 0
         uniq = pd.DataFrame({"node": node[ok], "text": text[ok]}).drop_duplicates().sort_values(["node", "text"])
         kept[uniq["node"].to_numpy()] = True
-        R.add(uniq["node"].to_numpy(), uniq["text"].to_numpy(dtype=object), order)
-        if recorder is not R:
-            recorder.add(uniq["node"].to_numpy(), uniq["text"].to_numpy(dtype=object), order)
-        R.add_common({IN_USE: "not in use in any scanned workload", HELM: "in no stored Helm revision"}.get(order)
-                     or f"not seen in use or in Helm within {format_duration(cleanup.keepImagesSeenInUseWithin)}")
+        reasons.add(uniq["node"].to_numpy(), uniq["text"].to_numpy(dtype=object), order)
+        reasons.add_common({IN_USE: "not in use in any scanned workload", HELM: "in no stored Helm revision"}.get(order)
+                           or f"not seen in use or in Helm within {format_duration(cleanup.keepImagesSeenInUseWithin)}")
 
-    link_node = nodes.find(nodes.l_repo, nodes.l_dig)
+    links = nodes.encoded.links
+    link_node = nodes.find(links.repository, links.digest)
     ok = link_node >= 0
     ok[ok] = primary[link_node[ok]]
     # A revision that cannot name a commit (`main`, `unknown`, `${GIT_COMMIT}`) links to none:
@@ -192,36 +184,33 @@ def evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], confi
                            large_strings(nodes.links_commit).filter(pa.array(ok)), nodes.repo_code,
                            cleanup.effective_keep_policies, now_us, None if shared is None else shared.git)
         kept[out.kept] = True
-        R.add(out.keep_node, out.keep_text, GIT)
+        reasons.add(out.keep_node, out.keep_text, GIT)
         for note_nodes, codes, table in out.notes:
-            R.add_coded(note_nodes, codes, table, GIT, keep=False)
+            reasons.add_coded(note_nodes, codes, table, GIT, keep=False)
 
     if not cleanup.disableBuiltWithinLastNHoursPolicy:
-        _fresh(nodes, kept, R, primary, now_us, cleanup.keepImagesBuiltWithinLastNHours,
+        _fresh(nodes, kept, reasons, primary, now_us, cleanup.keepImagesBuiltWithinLastNHours,
                tables.get("first_seen") if cleanup.firstSeenAsBuildTime else None)
-    _unreadable(nodes, kept, R, primary)
+    _unreadable(nodes, kept, reasons, primary)
 
-    _unlinked(nodes, kept, R, primary, link_node[ok], cleanup.unlinkedImages)
+    _unlinked(nodes, kept, reasons, primary, link_node[ok], cleanup.unlinkedImages)
 
     always = (kind >= K_UNKNOWN) & ~followers
     missing = always & (kind == K_MISSING)
     unknown = always & ~missing
-    R.add(np.flatnonzero(missing), "manifest not in snapshot: kept", ALWAYS)
+    reasons.add(np.flatnonzero(missing), "manifest not in snapshot: kept", ALWAYS)
     ids = np.flatnonzero(unknown)
-    R.add(ids, [f"unreadable manifest ({nodes.problem[i]}): kept" if nodes.problem[i] else
-                f"unknown media type {nodes.media_type(i) or 'unknown'}: kept" for i in ids], ALWAYS)
+    reasons.add(ids, [f"unreadable manifest ({nodes.problem[i]}): kept" if nodes.problem[i] else
+                      f"unknown media type {nodes.media_type(i) or 'unknown'}: kept" for i in ids], ALWAYS)
     kept |= always
     ids = np.flatnonzero(loose)
-    R.add(ids, [f"artifact of type {nodes.artifact_type(i) or 'unknown'} (not an image): kept" for i in ids], ALWAYS)
+    reasons.add(ids, [f"artifact of type {nodes.artifact_type(i) or 'unknown'} (not an image"
+                      + (f"; {nodes.problem[i]}" if nodes.problem[i] else "") + "): kept" for i in ids], ALWAYS)
     kept |= loose
 
-    _relatives(nodes, kept, R, followers)
+    _relatives(nodes, kept, reasons, followers)
     untagged = ~nodes.tagged & ~kept & (kind != K_MISSING)
-    if not reasons:
-        return _decision(nodes, kept, untagged, R)
-    if recorder is not R:
-        needed.append(_needed(nodes, recorder))
-    return _rows(nodes, kept, untagged, R)
+    return _Evaluation(nodes, kept, untagged, reasons, [])
 
 
 def _commit_ids(commits) -> np.ndarray:
@@ -233,42 +222,20 @@ def _commit_ids(commits) -> np.ndarray:
 
 
 def _followers(nodes: Nodes, tag_subject_codes: np.ndarray) -> np.ndarray:
-    """Nodes that belong to a subject (artifacts with `subject`, referrer indexes, tagged by subject)."""
+    """Nodes that belong to a subject (artifacts with `subject`, referrer indexes, tagged by
+    subject); a node tagged by its subject gets that subject (`subject_code`, `subject`)."""
     kind = nodes.kind
-    fol = (kind == K_REFERRERS) | ((kind == K_ARTIFACT) & (nodes.subject_code >= 0))
+    followers = (kind == K_REFERRERS) | ((kind == K_ARTIFACT) & (nodes.subject_code >= 0))
     has = tag_subject_codes >= 0
-    tn = nodes.tag_node[has]
-    fol[tn] = True
-    fill = nodes.subject_code[tn] < 0
-    nodes.subject_code[tn[fill]] = tag_subject_codes[has][fill]
-    nodes.subject[tn[fill]] = nodes.find(nodes.repo_code[tn[fill]], tag_subject_codes[has][fill])
-    return fol
+    tagged = nodes.tag_node[has]          # the node of each tag that names a subject
+    followers[tagged] = True
+    fill = nodes.subject_code[tagged] < 0
+    nodes.subject_code[tagged[fill]] = tag_subject_codes[has][fill]
+    nodes.subject[tagged[fill]] = nodes.find(nodes.repo_code[tagged[fill]], tag_subject_codes[has][fill])
+    return followers
 
 
-def _image_id_refs(image_ids: pd.Series, matcher: RegistryMatcher) -> pd.DataFrame:
-    """(image_id, repository or None, digest) for each distinct pod status imageID."""
-    rows = []
-    for iid in pd.unique(image_ids.dropna()):
-        d = digest_of_image_id(iid)
-        if d is None:
-            continue
-        s = str(iid).split("://", 1)[-1]
-        # parse the name alone: few distinct names (one per repository), so the matcher's cache hits
-        ref = matcher.parse(s.rsplit("@", 1)[0]) if "@" in s else None
-        rows.append((iid, ref.repository if ref else None, d))
-    return pd.DataFrame(rows, columns=["image_id", "id_repository", "id_digest"], dtype=object)
-
-
-def _age_texts(age_us: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """35m, 5h, 3d — as codes into the distinct formatted values."""
-    minutes = np.maximum(age_us, 0) // (60 * US)
-    key = np.where(minutes < 48 * 60, minutes, -(minutes // (24 * 60)) - 1)
-    codes, uniq = pd.factorize(key)
-    fmt = [format_duration(int(k) * 60 * US) if k >= 0 else f"{-(int(k) + 1)}d" for k in uniq]
-    return codes, fmt
-
-
-def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float,
+def _fresh(nodes: Nodes, kept, reasons: Reasons, primary, now_us: int, hours: float,
            first_seen: pd.DataFrame | None = None) -> None:
     window = int(hours * 3600 * US)
     # Build time: the config's (or annotation's) `created`, else the registry's push time.
@@ -279,60 +246,60 @@ def _fresh(nodes: Nodes, kept, R: Reasons, primary, now_us: int, hours: float,
     limit = format_duration(window)
     for ids, suffix, keep in ((np.flatnonzero(fresh), f" ago (< {limit})", True),
                               (np.flatnonzero(have & ~fresh), f" ago (not within {limit})", False)):
-        if len(ids) and R.wants_text:   # decide-only: the ages are only texts
-            codes, fmt = _age_texts(now_us - when[ids])
+        if len(ids) and reasons.wants_text:   # decide-only: the ages are only texts
+            codes, fmt = compact_ages(now_us - when[ids])
             codes = np.where(by_push[ids], codes + len(fmt), codes)
-            R.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt]
+            reasons.add_coded(ids, codes, [f"built {f}{suffix}" for f in fmt]
                         + [f"pushed {f}{suffix}, no build time recorded" for f in fmt], FRESH, keep=keep)
     kept[fresh] = True
     untimed = primary & ~have
     if first_seen is not None and untimed.any():
-        untimed &= ~_first_seen_fresh(nodes, kept, R, np.flatnonzero(untimed), first_seen, now_us, window)
-    R.add(np.flatnonzero(untimed), "build time unknown", FRESH, keep=False)
+        untimed &= ~_first_seen_fresh(nodes, kept, reasons, np.flatnonzero(untimed), first_seen, now_us, window)
+    reasons.add(np.flatnonzero(untimed), "build time unknown", FRESH, keep=False)
 
 
-def _first_seen_fresh(nodes: Nodes, kept, R: Reasons, ids: np.ndarray, first_seen: pd.DataFrame,
+def _first_seen_fresh(nodes: Nodes, kept, reasons: Reasons, ids: np.ndarray, first_seen: pd.DataFrame,
                       now_us: int, window: int) -> np.ndarray:
     """The fresh rule for images with no build or push time: the first snapshot that listed them
     stands in as the build time. Returns which nodes (of all) it judged."""
-    want = pa.table({"node": pa.array(ids), "repository": nodes.REPO.take(pa.array(nodes.repo_code[ids])).cast(pa.string()),
+    want = pa.table({"node": pa.array(ids), "repository": nodes.repositories(ids),
                      "digest": nodes.digests(ids).cast(pa.string())})
     have = pa.table({"repository": pa.array(first_seen["repository"], pa.string()),
                      "digest": pa.array(first_seen["digest"], pa.string()),
                      "first_us": pa.array(to_us(first_seen["first_seen"]), pa.int64()),
                      "snapshot": pa.array(first_seen["snapshot"], pa.string())})
-    j = want.join(have, ["repository", "digest"], join_type="inner").sort_by("node")
-    node = j["node"].to_numpy()
+    found = want.join(have, ["repository", "digest"], join_type="inner").sort_by("node")
+    node = found["node"].to_numpy()
     judged = np.zeros(nodes.n, bool)
     judged[node] = True
     if not len(node):
         return judged
-    first = j["first_us"].to_numpy()
+    first = found["first_us"].to_numpy()
     fresh = first > now_us - window
     kept[node[fresh]] = True
-    if not R.wants_text:   # decide-only: only which nodes were judged and kept matters
+    if not reasons.wants_text:   # decide-only: only which nodes were judged and kept matters
         return judged
-    codes, fmt = _age_texts(now_us - first)
+    codes, fmt = compact_ages(now_us - first)
     limit = format_duration(window)
     texts = (pd.Series(np.asarray(fmt, dtype=object)[codes]).radd("first seen ")
-             + " ago (snapshot " + pd.Series(j["snapshot"].to_pylist(), dtype=object) + "), no build time recorded")
+             + " ago (snapshot " + pd.Series(found["snapshot"].to_pylist(), dtype=object) + "), no build time recorded")
     for sel, suffix, keep in ((fresh, f" (< {limit})", True), (~fresh, f" (not within {limit})", False)):
-        R.add(node[sel], (texts[sel] + suffix).to_numpy(dtype=object), FRESH, keep=keep)
+        reasons.add(node[sel], (texts[sel] + suffix).to_numpy(dtype=object), FRESH, keep=keep)
     return judged
 
 
-def _unreadable(nodes: Nodes, kept, R: Reasons, primary) -> None:
+def _unreadable(nodes: Nodes, kept, reasons: Reasons, primary) -> None:
     """Images whose build time or revision could not be read (`problem`) count as fresh: kept,
     whatever the fresh window, since no rule can tell how old they are or which commit built them."""
     ids = np.flatnonzero(primary & (nodes.problem != None))  # noqa: E711 - elementwise on objects
     if len(ids):
         known = nodes.created[ids] != NAT
-        R.add(ids, [f"{'revision' if k else 'build time'} unknown ({nodes.problem[i]}): counts as fresh, kept"
+        reasons.add(ids, [f"{'revision' if k else 'build time'} unknown ({nodes.problem[i]}): counts as fresh, kept"
                     for i, k in zip(ids.tolist(), known.tolist())], FRESH)
         kept[ids] = True
 
 
-def _unlinked(nodes: Nodes, kept, R: Reasons, primary, link_nodes, mode: str) -> None:
+def _unlinked(nodes: Nodes, kept, reasons: Reasons, primary, link_nodes, mode: str) -> None:
     """Tagged images linked to no commit (their own, their platforms' or their index's)."""
     linked = np.zeros(nodes.n, bool)
     linked[link_nodes] = True
@@ -342,13 +309,13 @@ def _unlinked(nodes: Nodes, kept, R: Reasons, primary, link_nodes, mode: str) ->
     family[child[linked[parent]]] = True
     ids = np.flatnonzero(nodes.tagged & primary & ~family)
     if mode == "keep":
-        R.add(ids, "unlinked: no revision annotation, label or tag pattern links it to a commit", UNLINKED)
+        reasons.add(ids, "unlinked: no revision annotation, label or tag pattern links it to a commit", UNLINKED)
         kept[ids] = True
     else:
-        R.add(ids, "unlinked (unlinkedImages: delete)", UNLINKED, keep=False)
+        reasons.add(ids, "unlinked (unlinkedImages: delete)", UNLINKED, keep=False)
 
 
-def _relatives(nodes: Nodes, kept, R: Reasons, followers) -> None:
+def _relatives(nodes: Nodes, kept, reasons: Reasons, followers) -> None:
     """Whole indexes, their platforms and referrers go with what is kept."""
     parent, child, platform = nodes.edges
     subject = nodes.subject
@@ -358,7 +325,7 @@ def _relatives(nodes: Nodes, kept, R: Reasons, followers) -> None:
         e = np.flatnonzero(up[child] & ~up[parent])
         if not len(e):
             break
-        R.add(parent[e], [f"index of kept platform {d}" + (f" ({p})" if isinstance(p, str) else "")
+        reasons.add(parent[e], [f"index of kept platform {d}" + (f" ({p})" if isinstance(p, str) else "")
                           for d, p in zip(nodes.digests(child[e]).to_pylist(), platform[e])], RELATIVE)
         up[parent[e]] = True
     kept |= up
@@ -368,34 +335,35 @@ def _relatives(nodes: Nodes, kept, R: Reasons, followers) -> None:
         f = f[kept[subject[f]] & ~kept[f]]
         if not len(e) and not len(f):
             break
-        R.add(child[e], join_texts("platform of kept index ", nodes.digests(parent[e])), RELATIVE)
-        R.add(f, join_texts("referrer of kept ", nodes.digests(subject[f])), RELATIVE)
+        reasons.add(child[e], join_texts("platform of kept index ", nodes.digests(parent[e])), RELATIVE)
+        reasons.add(f, join_texts("referrer of kept ", nodes.digests(subject[f])), RELATIVE)
         kept[child[e]] = True
         kept[f] = True
     orphans = np.flatnonzero(followers & (subject < 0))
     if len(orphans):
         codes = nodes.subject_code[orphans]
-        names = nodes.DIG.take(pa.array(np.maximum(codes, 0))) if len(nodes.DIG) else pa.nulls(len(codes), pa.large_string())
+        names = nodes.digest_names.take(pa.array(np.maximum(codes, 0))) if len(nodes.digest_names) \
+            else pa.nulls(len(codes), pa.large_string())
         names = pc.if_else(pa.array(codes >= 0), names, pa.scalar("unknown", pa.large_string()))
-        R.add(orphans, join_texts("subject ", names, " not in snapshot: kept"), RELATIVE)
+        reasons.add(orphans, join_texts("subject ", names, " not in snapshot: kept"), RELATIVE)
         kept[orphans] = True
     # why the rest go (notes only reach deleted nodes)
     gone = ~kept[child]
-    R.add(child[gone], join_texts("platform of deleted index ", nodes.digests(parent[gone])), RELATIVE, keep=False)
+    reasons.add(child[gone], join_texts("platform of deleted index ", nodes.digests(parent[gone])), RELATIVE, keep=False)
     f = np.flatnonzero(followers & (subject >= 0) & ~kept)
-    R.add(f, join_texts("referrer of deleted ", nodes.digests(subject[f])), RELATIVE, keep=False)
+    reasons.add(f, join_texts("referrer of deleted ", nodes.digests(subject[f])), RELATIVE, keep=False)
 
 
-def _rows(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: Reasons | None,
-          problems: list[str] | None = None) -> pd.DataFrame:
+def _rows(e: _Evaluation) -> pd.DataFrame:
     """One row per tag plus untagged relatives deleted with their subject, ordered by
-    (repository, tag, digest), untagged rows last within their repository."""
-    extra = np.flatnonzero(untagged)
+    (repository, tag, digest), untagged rows last within their repository (PLAN schema)."""
+    nodes, kept = e.nodes, e.kept
+    extra = np.flatnonzero(e.untagged)
     row_node = np.concatenate([nodes.tag_node, extra]).astype(np.int64)
-    tag_code = np.concatenate([nodes.t_tag, np.full(len(extra), -1, np.int64)])
-    repo_rank = sort_ranks(nodes.REPO)[nodes.repo_code[row_node]] if len(row_node) else np.zeros(0, np.int64)
-    tag_rank = np.where(tag_code >= 0, sort_ranks(nodes.TAG)[np.maximum(tag_code, 0)], len(nodes.TAG)) \
-        if len(nodes.TAG) else np.zeros(len(row_node), np.int64)
+    tag_code = np.concatenate([nodes.encoded.tags.tag, np.full(len(extra), -1, np.int64)])
+    repo_rank = sort_ranks(nodes.repository_names)[nodes.repo_code[row_node]] if len(row_node) else np.zeros(0, np.int64)
+    tag_rank = np.where(tag_code >= 0, sort_ranks(nodes.tag_names)[np.maximum(tag_code, 0)], len(nodes.tag_names)) \
+        if len(nodes.tag_names) else np.zeros(len(row_node), np.int64)
     dig_rank = np.zeros(len(row_node), np.int64)
     if len(extra):
         # untagged rows: ordered by digest string among themselves
@@ -404,36 +372,37 @@ def _rows(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: Reasons | Non
         dig_rank[ex[pc.sort_indices(d).to_numpy()]] = np.arange(len(ex))
     order = np.lexsort((dig_rank, tag_rank, repo_rank))
     row_node, tag_code = row_node[order], tag_code[order]
-    if problems is not None:
-        reasons = pa.ListArray.from_arrays(pa.array(np.arange(len(row_node) + 1) * len(problems), pa.int32()),
-                                           pa.array(problems * len(row_node), pa.string()))
+    if e.problems:
+        problems = e.problems
+        reason_lists = pa.ListArray.from_arrays(pa.array(np.arange(len(row_node) + 1) * len(problems), pa.int32()),
+                                                pa.array(problems * len(row_node), pa.string()))
     else:
-        reasons = R.build(kept, row_node)
+        reason_lists = e.reasons.build(kept, row_node)
     kind = np.asarray(KINDS, dtype=object)[np.where(nodes.kind == K_MISSING, K_UNKNOWN, nodes.kind)[row_node]]
     created = nodes.created[row_node]
     table = pa.table({
-        "repository": nodes.REPO.take(pa.array(nodes.repo_code[row_node])).cast(pa.string()),
-        "tag": (nodes.TAG.take(pa.array(np.maximum(tag_code, 0), mask=tag_code < 0)).cast(pa.string())
-                if len(nodes.TAG) else pa.nulls(len(row_node), pa.string())),
+        "repository": nodes.repositories(row_node),
+        "tag": (nodes.tag_names.take(pa.array(np.maximum(tag_code, 0), mask=tag_code < 0)).cast(pa.string())
+                if len(nodes.tag_names) else pa.nulls(len(row_node), pa.string())),
         "digest": nodes.digests(row_node).cast(pa.string()),
         "kind": pa.array(kind, pa.string()),
         "action": pa.array(np.where(kept[row_node], "keep", "delete"), pa.string()),
-        "reasons": reasons,
+        "reasons": reason_lists,
         "size": pa.array(nodes.size[row_node], pa.int64()),
         "created": pa.array(np.where(created == NAT, 0, created), pa.int64(), mask=created == NAT).cast(PLAN.field("created").type),
     }, schema=PLAN)
-    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+    return to_frame(table)
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What a plan decides without its reason texts (tasks/history/whatif.py): the deleted tags, the
-    deleted untagged relatives, and the images the in-use and Helm rules kept, with the first
-    text of each (what a later snapshot says needed an image)."""
+    """What a plan decides without its reason texts (`decide`; tasks/history/whatif.py): the
+    deleted tags, the deleted untagged relatives, and the images the in-use and Helm rules kept,
+    with the first text of each (what a later snapshot says needed an image)."""
 
     deleted_tags: pa.Table      # repository, tag, digest
     deleted_untagged: pa.Table  # repository, digest
-    needed: pa.Table            # repository, digest, why
+    needed: pa.Table            # repository, digest, why (NEEDED)
 
     @property
     def delete(self) -> int:
@@ -441,41 +410,30 @@ class Decision:
         return self.deleted_tags.num_rows + self.deleted_untagged.num_rows
 
 
-def _decision(nodes: Nodes, kept: np.ndarray, untagged: np.ndarray, R: NoReasons) -> Decision:
+@dataclass(frozen=True)
+class PlanRows:
+    """A plan's rows (`plan_rows`) and what its in-use and Helm rules kept, as Decision.needed."""
+
+    frame: pd.DataFrame         # PLAN
+    needed: pa.Table            # repository, digest, why (NEEDED)
+
+
+def _decision(e: _Evaluation) -> Decision:
     """The Decision: `_rows` without ordering or reasons."""
-    t = np.flatnonzero(~kept[nodes.tag_node])
-    tn = nodes.tag_node[t]
-    u = np.flatnonzero(untagged)
-    repo = lambda ids: nodes.REPO.take(pa.array(nodes.repo_code[ids])).cast(pa.string())  # noqa: E731
-    tags = pa.table({"repository": repo(tn), "tag": nodes.TAG.take(pa.array(nodes.t_tag[t])).cast(pa.string())
-                     if len(t) else pa.array([], pa.string()), "digest": nodes.digests(tn).cast(pa.string())})
-    return Decision(tags, pa.table({"repository": repo(u), "digest": nodes.digests(u).cast(pa.string())}),
-                    _needed(nodes, R))
+    nodes = e.nodes
+    deleted = np.flatnonzero(~e.kept[nodes.tag_node])     # tag rows
+    deleted_nodes = nodes.tag_node[deleted]
+    untagged = np.flatnonzero(e.untagged)
+    tags = pa.table({"repository": nodes.repositories(deleted_nodes),
+                     "tag": nodes.tag_names.take(pa.array(nodes.encoded.tags.tag[deleted])).cast(pa.string())
+                     if len(deleted) else pa.array([], pa.string()),
+                     "digest": nodes.digests(deleted_nodes).cast(pa.string())})
+    return Decision(tags, pa.table({"repository": nodes.repositories(untagged),
+                                    "digest": nodes.digests(untagged).cast(pa.string())}), _needed(e))
 
 
-def _needed(nodes: Nodes, recorder: NoReasons) -> pa.Table:
+def _needed(e: _Evaluation) -> pa.Table:
     """(repository, digest, why): each image the in-use and Helm rules kept, with its first text."""
-    node, text = recorder.recorded()
-    return pa.table({"repository": nodes.REPO.take(pa.array(nodes.repo_code[node])).cast(pa.string()),
-                     "digest": nodes.digests(node).cast(pa.string()), "why": pa.array(text, pa.string())})
-
-
-def plan_summary(plan: pd.DataFrame, children: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Counts and the image bytes of deleted digests, overall and per repository (each deleted
-    image once, an index with its platforms; shared layers counted in every image:
-    tasks/snapshot/footprint.py has the true bytes). `children` is the snapshot's CHILDREN table."""
-    from tasks.snapshot.footprint import image_sizes
-
-    action = plan["action"].to_numpy(dtype=object)
-    dele = plan[action == "delete"]
-    uniq = dele.drop_duplicates(["repository", "digest"])
-    uniq = uniq.assign(size=image_sizes(uniq, children))
-    per = (plan.assign(delete=action == "delete").groupby("repository", sort=True)
-           .agg(tags=("tag", "count"), rows=("digest", "size"), delete=("delete", "sum")))
-    reclaim = uniq.groupby("repository")["size"].sum()
-    repos = {r: {"tags": int(v.tags), "delete": int(v.delete), "keep": int(v.rows - v.delete),
-                 "image_bytes_deleted": int(reclaim.get(r, 0))} for r, v in per.iterrows()}
-    return {"rows": int(len(plan)), "tags": int(plan["tag"].notna().sum()),
-            "keep": int((action == "keep").sum()), "delete": int(len(dele)),
-            "digests_deleted": int(len(uniq)), "image_bytes_deleted": int(uniq["size"].sum()),
-            "repositories": repos}
+    node, text = e.reasons.recorded(NEEDED_BY)
+    return pa.table({"repository": e.nodes.repositories(node), "digest": e.nodes.digests(node).cast(pa.string()),
+                     "why": pa.array(text, pa.string())})

@@ -6,7 +6,7 @@
                   time: its time stands in as the build time (`firstSeenAsBuildTime`)
 
 Both are read from stored snapshots only and bounded by the evaluated snapshot's own time, so a
-plan stays a pure function of (stored snapshots, policy). They reach `evaluate` as extra tables
+plan stays a pure function of (stored snapshots, policy). They reach the evaluation as extra tables
 (`seen_in_use`: SEEN_IN_USE, `first_seen`: FIRST_SEEN); `HistoryInputs` builds them for one
 plan or for a replay over many snapshots.
 """
@@ -24,12 +24,13 @@ import pyarrow.compute as pc
 
 from tasks.plan.codes import US
 from tasks.common.errors import StoreError
-from tasks.plan.evaluate import _CTYPE, _age_texts, snapshot_now
+from tasks.plan.inputs import snapshot_now
+from tasks.plan.references import helm_revision_names, workload_names
 from tasks.config.policy import CleanupPolicy
 from tasks.oci.reference import registry_key
 from tasks.store.schemas import FIRST_SEEN, FIRST_SEEN_CACHE, SEEN_IN_USE, TS
 from tasks.store.store import ID_FORMAT, Store
-from tasks.common.units import TRUSTED_SINCE, parse_time
+from tasks.common.units import TRUSTED_SINCE, compact_ages, parse_time
 
 FIRST_SEEN_CACHE_NAME = "first-seen"
 _WHAT = {"kubernetes": "in use", "helm": "in Helm"}
@@ -51,16 +52,13 @@ def sightings(store: Store, snapshot_id: str, meta: dict[str, Any]) -> pa.Table:
             "context", "namespace", "kind", "name", "container", "container_type", "image", "image_id", "finished"])
         if w is not None:
             w = w.filter(pc.invert(pc.fill_null(w["finished"], False)))
-            ctype = pa.scalar("container")
-            for key, label in _CTYPE.items():
-                ctype = pc.if_else(pc.equal(w["container_type"], key), label, ctype)
-            parts.append(_seen_rows(w["image"], w["image_id"], "kubernetes", _join(
-                w["context"], "/", w["namespace"], "/", w["kind"], "/", w["name"], " ", ctype, " ", w["container"])))
+            parts.append(_seen_rows(w["image"], w["image_id"], "kubernetes", workload_names(w)))
     if (sources.get("helm") or {}).get("status") == "ok":
         h = store.snapshot_table(snapshot_id, "helm", columns=["context", "namespace", "release", "revision", "image"])
         if h is not None:
-            parts.append(_seen_rows(h["image"], pa.nulls(h.num_rows, pa.string()), "helm", _join(
-                h["context"], "/", h["namespace"], "/", h["release"], " revision ", pc.cast(h["revision"], pa.string()))))
+            # the revision without its status: see helm_revision_names
+            parts.append(_seen_rows(h["image"], pa.nulls(h.num_rows, pa.string()), "helm",
+                                    helm_revision_names(h, status=False)))
     if not parts:
         return _SIGHTINGS.empty_table()
     t = pa.concat_tables(parts).sort_by([("key", "ascending"), ("what", "ascending")])
@@ -117,12 +115,12 @@ def seen_in_use(metas: dict[str, dict[str, Any]], frames, now: datetime, window:
            for c in ("image", "image_id", "source", "what")}
     at = np.array([c[0] for c in chosen], np.int64)
     sid = np.array([c[1] for c in chosen], dtype=object)
-    codes_age, fmt = _age_texts(int(now.timestamp() * US) - at)
+    codes_age, fmt = compact_ages(int(now.timestamp() * US) - at)
     head = np.array([f" {fmt[k]} ago: " for k in codes_age], dtype=object)
     tail = np.array([f" (snapshot {x})" for x in sid], dtype=object)
     label = pd.Series(col["source"]).map({k: f"seen {v}" for k, v in _WHAT.items()}).to_numpy(dtype=object)
     text = label + head[r] + col["what"] + tail[r]
-    obj = lambda a: pd.Series(a, dtype=object)  # noqa: E731 - as _references reads them, no conversion
+    obj = lambda a: pd.Series(a, dtype=object)  # noqa: E731 - as `references` reads them, no conversion
     return pd.DataFrame({"image": obj(col["image"]), "image_id": obj(col["image_id"]),
                          "source": obj(col["source"]), "seen_at": pd.to_datetime(at[r], unit="us", utc=True),
                          "snapshot": obj(sid[r]), "text": obj(text)})[SEEN_IN_USE.names]
@@ -230,7 +228,7 @@ class HistoryInputs:
         self._folded: set[str] = set()
 
     def for_snapshot(self, snapshot_id: str, cleanup: CleanupPolicy) -> dict[str, pd.DataFrame]:
-        """Tables to add to `load_snapshot`'s before `evaluate`: `seen_in_use` when
+        """Tables to add to `read_tables`' (or `read_frames`') before evaluating: `seen_in_use` when
         keepImagesSeenInUseWithin is set, `first_seen` when firstSeenAsBuildTime is on (and the
         fresh rule is); {} when neither is."""
         out: dict[str, pd.DataFrame] = {}

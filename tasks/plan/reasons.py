@@ -113,6 +113,17 @@ class Reasons:
         values = table.take(pa.array(codes)).cast(pa.string())
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), values)
 
+    def recorded(self, orders: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(node, text): each node the rules in `orders` kept, once, with its first text in the
+        order texts were added (as NoReasons.recorded gives it)."""
+        parts = [(p[0], p[1]) for p in self.parts if p[2] in orders and p[3]]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, object)
+        node, first = _first_per_node(np.concatenate([p[0] for p in parts]))
+        code = np.concatenate([p[1] for p in parts])[first]
+        table = pa.concat_arrays(self.table)
+        return node, table.take(pa.array(code)).to_numpy(zero_copy_only=False).astype(object)
+
 
 class NoReasons:
     """A Reasons that keeps no texts (the what-if's decide-only evaluation), except those of the
@@ -125,13 +136,13 @@ class NoReasons:
     def __init__(self, n: int, record: tuple[int, ...] = ()):
         self.n = n
         self.record = record
-        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray, int]] = []
 
     def add(self, nodes, texts, order: int, keep: bool = True) -> None:
         if keep and order in self.record and len(nodes):
             nodes = np.asarray(nodes, dtype=np.int64)
             texts = np.full(len(nodes), texts, object) if isinstance(texts, str) else np.asarray(texts, dtype=object)
-            self.parts.append((nodes, texts))
+            self.parts.append((nodes, texts, order))
 
     def add_coded(self, nodes, codes, table: list[str], order: int, keep: bool = True) -> None:
         pass
@@ -139,12 +150,18 @@ class NoReasons:
     def add_common(self, text: str) -> None:
         pass
 
-    def recorded(self) -> tuple[np.ndarray, np.ndarray]:
-        """(node, text): each recorded node once, with its first text in rule order."""
-        if not self.parts:
+    def recorded(self, orders: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(node, text): each node the rules in `orders` (recorded ones) kept, once, with its
+        first text in the order texts were added."""
+        parts = [p for p in self.parts if p[2] in orders]
+        if not parts:
             return np.zeros(0, np.int64), np.zeros(0, object)
-        node = np.concatenate([p[0] for p in self.parts])
-        text = np.concatenate([p[1] for p in self.parts])
-        _, first = np.unique(node, return_index=True)
-        first.sort()
-        return node[first], text[first]
+        node, first = _first_per_node(np.concatenate([p[0] for p in parts]))
+        return node, np.concatenate([p[1] for p in parts])[first]
+
+
+def _first_per_node(node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each node once, in the order of its first occurrence, and the index of that occurrence."""
+    _, first = np.unique(node, return_index=True)
+    first.sort()
+    return node[first], first
