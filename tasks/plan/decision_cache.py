@@ -21,13 +21,11 @@ import pyarrow as pa
 from tasks.common.errors import StoreError
 from tasks.config.models import RegsweepConfig
 from tasks.plan.make import PlanResult
+from tasks.store.caches import decision_name
 from tasks.store.schemas import NEEDED
 from tasks.store.store import Store
 
 log = logging.getLogger("regsweep.plan")
-
-CACHE_VERSION = "v1"
-
 
 @dataclass
 class Outcome:
@@ -49,7 +47,7 @@ def policy_key(config: RegsweepConfig) -> str:
 
 def cache_name(sid: str, key: str) -> str:
     """The store cache holding the decision of the policy `key` at snapshot `sid`."""
-    return f"whatif-{CACHE_VERSION}-{sid}-{key}"
+    return decision_name(sid, key)
 
 
 def read_current(store: Store, sid: str, key: str) -> tuple[Outcome, pa.Table] | None:

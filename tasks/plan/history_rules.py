@@ -28,11 +28,12 @@ from tasks.plan.inputs import snapshot_now
 from tasks.plan.references import helm_revision_names, workload_names
 from tasks.config.policy import CleanupPolicy
 from tasks.oci.reference import registry_key
+from tasks.store import caches
 from tasks.store.schemas import FIRST_SEEN, FIRST_SEEN_CACHE, SEEN_IN_USE, TS
 from tasks.store.store import ID_FORMAT, Store
 from tasks.common.units import TRUSTED_SINCE, compact_ages, parse_time
 
-FIRST_SEEN_CACHE_NAME = "first-seen"
+FIRST_SEEN_CACHE_NAME = caches.FIRST_SEEN.name()
 _WHAT = {"kubernetes": "in use", "helm": "in Helm"}
 #: Snapshot ids start with their time (tasks/store/store.py new_id); only ids this close to a window
 #: have their snapshot.json read, whose created_at then decides.

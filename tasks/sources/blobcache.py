@@ -15,12 +15,14 @@ import logging
 
 import pyarrow as pa
 
+from tasks.store.caches import REGISTRY_BLOBS
+
 from tasks.common.notes import warn
 from tasks.oci.manifest import MAX_BODY_BYTES, is_content_digest, matches_digest
 
 log = logging.getLogger("regsweep.registry")
 
-CACHE_NAME = "registry-blobs"
+CACHE_NAME = REGISTRY_BLOBS.name()
 CACHE_SCHEMA = pa.schema([
     pa.field("digest", pa.string(), nullable=False),
     pa.field("media_type", pa.string(), nullable=False),

@@ -12,7 +12,7 @@ in the name is raised when the cached table's meaning changes, so old entries ar
 | per-snapshot summary | `history-v1-summary-<id>` | the snapshot flow's `cache-history-inputs` step | growth report |
 | tags added/removed/moved | `history-v1-diff-<prev>-<id>` | the snapshot flow's `cache-history-inputs` step | growth report |
 | blobs as a compact index | `footprint-v1-<id>` | the snapshot flow's `cache-history-inputs` step | what-if, plan totals |
-| the current policy's decision | `whatif-v1-<id>-<policy key>` | the plan flow's `cache-current-decision` step | what-if |
+| the current policy's decision | `whatif-v1-<id>-<policy key>` | the plan flow's `cache-whatif-entry` step | what-if |
 
 Readers build a missing entry themselves (and write it), so a store written before a cache existed
 still answers, only slower (docs/history-and-whatif.md gives the cold and steady figures).
