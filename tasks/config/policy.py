@@ -75,7 +75,7 @@ class Limit(_Strict):
 class ImagesPerReference(_Strict):
     """How many images of each selected reference are kept."""
 
-    last: Count = Field(None, description="The N newest images (-1 = all; omitted = 1, or every image within `in` when `in` is given).")
+    last: Count = Field(None, description="The N newest images (-1 = all; omitted = 1, with or without `in`).")
     in_: Within = Field(None, alias="in", description="Images of commits within this duration of now.")
     operator: Operator = Field("And", description="How `last` and `in` combine.")
 

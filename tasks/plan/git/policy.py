@@ -5,11 +5,10 @@ decide its `imagesPerReference`. regsweep keeps the union of every policy instea
 of `keepPolicies` never changes a plan: a digest is kept when any policy, through any reference
 it selects, would keep it.
 
-Other deliberate differences from werf, all on the side of keeping more:
-- `limit: {}` (neither `last` nor `in`) selects every matching reference (werf selects none);
-- `keepPolicies: []` means werf's defaults, as in werf (see CleanupPolicy.effective_keep_policies);
-- `imagesPerReference: {in: D}` without `last` keeps every image within D (werf's code; only a
-  missing `imagesPerReference`, or one without `in`, means `last: 1`).
+As in werf: `limit: {}` (neither `last` nor `in`) selects every matching reference; `keepPolicies: []`
+means werf's defaults (see CleanupPolicy.effective_keep_policies); `imagesPerReference` without
+`last` means `last: 1`, with or without `in` (werf >= 2.10; SPEC.md). Another deliberate difference,
+on the side of keeping more:
 - an abbreviated commit (tag patterns) that names several commits keeps its image: any of
   them may be the one a kept reference reaches.
 

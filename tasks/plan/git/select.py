@@ -58,10 +58,8 @@ class ImageRule:
             return cls(1, None, "And")
         cut = None if ipr.in_ is None else now_us - int(ipr.in_.total_seconds() * US)
         in_text = format_duration(ipr.in_) if ipr.in_ is not None else ""
-        if ipr.last is None:
-            # `in` alone: every image within it (werf); nothing given at all: the newest one.
-            return cls(INF, cut, "And", in_text) if cut is not None else cls(1, None, "And")
-        last = INF if ipr.last == -1 else ipr.last
+        # `last` omitted means 1, `in` or not (SPEC.md; werf since 2.10 defaults it to one image)
+        last = 1 if ipr.last is None else INF if ipr.last == -1 else ipr.last
         return cls(last, cut, ipr.operator if cut is not None else "And", in_text)
 
     @property
