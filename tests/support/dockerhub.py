@@ -24,6 +24,7 @@ def _error(status: int, message: str) -> Reply:
 
 
 class FakeDockerHub(FakeApi):
+    api = "dockerhub"
     _N = r"/v2/namespaces/(?P<ns>[^/]+)/repositories"
     routes = [
         ("POST", r"/v2/auth/token", "login"),

@@ -26,6 +26,7 @@ def _error(status: int, message: str) -> Reply:
 
 
 class FakeGitHub(FakeApi):
+    api = "github"
     _O = r"/(?:orgs|users)/(?P<owner>[^/]+)/packages"
     routes = [
         ("GET", _O, "list_packages"),

@@ -20,6 +20,7 @@ from tests.support.fakeapi import FakeApi, Reply, Request, api_fixture, iso, pag
 
 
 class FakeGitLab(FakeApi):
+    api = "gitlab"
     _P = r"/api/v4/projects/(?P<project>[^/]+)"
     routes = [
         ("GET", _P, "project"),

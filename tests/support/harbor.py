@@ -28,6 +28,7 @@ def _errors(status: int, code: str, message: str) -> Reply:
 
 
 class FakeHarbor(FakeApi):
+    api = "harbor"
     _R = r"/api/v2.0/projects/(?P<project>[^/]+)/repositories/(?P<repo>[^/]+)"
     routes = [
         ("GET", r"/api/v2.0/projects", "list_projects"),
