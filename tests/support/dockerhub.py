@@ -24,6 +24,7 @@ def _error(status: int, message: str) -> Reply:
 
 
 class FakeDockerHub(FakeApi):
+    api = "dockerhub"
     _N = r"/v2/namespaces/(?P<ns>[^/]+)/repositories"
     routes = [
         ("POST", r"/v2/auth/token", "login"),
@@ -86,7 +87,7 @@ class FakeDockerHub(FakeApi):
             out.append({"id": self.id_of(("tag", repo, tag)), "name": tag, "digest": digest, "media_type": media_type,
                         "content_type": "image", "full_size": self.size(doc), "images": self._images(repo, digest, doc),
                         "last_updated": pushed, "tag_last_pushed": pushed, "tag_last_pulled": pulled,
-                        "tag_status": "active", "v2": True})
+                        "tag_status": "active"})
         return self._paged(req, out)
 
     def delete_tag(self, req: Request) -> Reply:

@@ -10,6 +10,12 @@ Distribution, so the Distribution API and the native one always agree, as on the
 What Distribution does not record, the fake does: push and pull times (`set_times`; a digest
 first seen is "pushed" then), and tag-only deletion, done as GitLab does it on a registry that
 deletes by digest only (point the tag at a throw-away manifest, then delete that by digest).
+
+Every request a fake receives and every answer it sends is checked against the vendor's published
+API description (tests/support/contracts.py, tests/contracts/); the fixture fails the test at
+teardown if anything disagreed, unless the test set `api.contract_strict = False` to look at
+`api.contract.violations` itself. `api.mutate(req, reply) -> reply` changes an answer before it is
+checked and sent (tests/test_contracts.py uses it to show a disagreement is caught).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import httpx
 import pytest
 
 from testbed import LocalRegistry, MANIFEST_ACCEPT, push_image
+from tests.support.contracts import Recorder, contract
 from tests.support.registry import _Handler, _LoopbackServer
 
 TOKEN = "native-api-token-do-not-print"
@@ -89,6 +96,7 @@ class FakeApi(_LoopbackServer):
     """A native registry API in front of `registry`. Subclasses list `routes` as (method, regex, name)."""
 
     routes: list[tuple[str, str, str]] = []
+    api: str = ""                               # the description in tests/contracts/ it answers to
 
     def __init__(self, registry: LocalRegistry, *, token: str = TOKEN):
         self.registry, self.token = registry, token
@@ -100,6 +108,9 @@ class FakeApi(_LoopbackServer):
         self._oci = registry.client()
         self._ids = itertools.count(1000)
         self._id_of: dict[Any, int] = {}
+        self.contract = Recorder(contract(self.api))
+        self.contract_strict = True
+        self.mutate: Callable[[Request, Reply], Reply] | None = None
 
     def stop(self) -> None:
         super().stop()
@@ -200,9 +211,16 @@ class FakeApi(_LoopbackServer):
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = None
-            req = Request(self.command, url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}, self.headers,
+            query = parse_qs(url.query, keep_blank_values=True)
+            req = Request(self.command, url.path, {k: v[-1] for k, v in query.items()}, self.headers,
                           body, f"{api.url}{self.path}", {})
+            with api._lock:
+                op = api.contract.request(self.command, url.path, query, self.headers, body if raw else None)
             status, payload, headers = api.dispatch(req)
+            if api.mutate is not None:
+                status, payload, headers = api.mutate(req, (status, payload, headers))
+            with api._lock:
+                api.contract.response(op, status, headers, payload)
             data = b"" if payload is None else json.dumps(payload).encode()
             self.reply(status, data, {"Content-Type": "application/json", **headers})
 
@@ -223,4 +241,8 @@ def api_fixture(cls: type[FakeApi]):
         yield make
         for api in started:
             api.stop()
+        broken = [v for api in started if api.contract_strict for v in api.contract.violations]
+        if broken:
+            pytest.fail(f"{len(broken)} disagreement(s) with the vendor's API description "
+                        "(tests/contracts/):\n" + "\n".join(dict.fromkeys(broken)), pytrace=False)
     return factory

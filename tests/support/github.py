@@ -1,8 +1,8 @@
 """A loopback GitHub Packages REST API (container packages) in front of a real Distribution (ghcr.io's part).
 
 Speaks docs.github.com/rest/packages: `GET /orgs/{org}/packages?package_type=container` (and
-`/users/{user}/...`) → `[{id, name, package_type, owner, visibility, url, created_at,
-updated_at}]`; `GET .../packages/container/{package}/versions` → `[{id, name: "sha256:...", url,
+`/users/{user}/...`) → `[{id, name, package_type, owner (an account, as GitHub writes one),
+version_count, visibility, url, html_url, created_at, updated_at}]`; `GET .../packages/container/{package}/versions` → `[{id, name: "sha256:...", url,
 package_html_url, created_at, updated_at, html_url, metadata: {package_type: "container",
 container: {tags: [...]}}}]`, newest first, one version per manifest digest, the platform
 manifests of an index included as untagged versions; `DELETE .../versions/{id}` → 204. A package
@@ -26,6 +26,7 @@ def _error(status: int, message: str) -> Reply:
 
 
 class FakeGitHub(FakeApi):
+    api = "github"
     _O = r"/(?:orgs|users)/(?P<owner>[^/]+)/packages"
     routes = [
         ("GET", _O, "list_packages"),
@@ -82,9 +83,29 @@ class FakeGitHub(FakeApi):
         if req.query.get("package_type") != "container":
             return _error(400, "package_type must be container here")
         names = [r[len(self.owner) + 1:] for r in self.catalog() if r.startswith(self.owner + "/")]
-        return self._paged(req, [{"id": self.id_of(("package", n)), "name": n, "package_type": "container",
-                                  "owner": {"login": self.owner}, "visibility": "private",
-                                  "url": f"{self.url}/packages/container/{n}"} for n in names])
+        out = []
+        for n in names:
+            repo = f"{self.owner}/{n}"
+            versions = self._versions(repo)
+            when = min((v["created_at"] for v in versions), default=None) or iso(self.pushed(repo, "package"))
+            out.append({"id": self.id_of(("package", n)), "name": n, "package_type": "container",
+                        "owner": self._user(), "version_count": len(versions), "visibility": "private",
+                        "url": f"{self.url}/packages/container/{n}",
+                        "html_url": f"https://github.com/orgs/{self.owner}/packages/container/package/{n}",
+                        "created_at": when, "updated_at": max((v["updated_at"] for v in versions), default=when)})
+        return self._paged(req, out)
+
+    def _user(self) -> dict:
+        """The owner as GitHub writes an account (simple-user)."""
+        api = f"{self.url}/users/{self.owner}"
+        return {"login": self.owner, "id": self.id_of(("owner", self.owner)), "node_id": f"O_{self.owner}",
+                "avatar_url": f"https://avatars.githubusercontent.com/u/{self.id_of(('owner', self.owner))}",
+                "gravatar_id": "", "url": api, "html_url": f"https://github.com/{self.owner}",
+                "followers_url": f"{api}/followers", "following_url": f"{api}/following{{/other_user}}",
+                "gists_url": f"{api}/gists{{/gist_id}}", "starred_url": f"{api}/starred{{/owner}}{{/repo}}",
+                "subscriptions_url": f"{api}/subscriptions", "organizations_url": f"{api}/orgs",
+                "repos_url": f"{api}/repos", "events_url": f"{api}/events{{/privacy}}",
+                "received_events_url": f"{api}/received_events", "type": "Organization", "site_admin": False}
 
     def list_versions(self, req: Request) -> Reply:
         repo = self._repo(req)

@@ -14,10 +14,13 @@ Tokens come as `PRIVATE-TOKEN`, `JOB-TOKEN` or `Authorization: Bearer`.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from tests.support.fakeapi import FakeApi, Reply, Request, api_fixture, iso, page_url, paginate, reply
 
 
 class FakeGitLab(FakeApi):
+    api = "gitlab"
     _P = r"/api/v4/projects/(?P<project>[^/]+)"
     routes = [
         ("GET", _P, "project"),
@@ -32,6 +35,7 @@ class FakeGitLab(FakeApi):
     def __init__(self, registry, *, projects: dict[str, int], **kw):
         super().__init__(registry, **kw)
         self.projects = dict(projects)          # path -> id
+        self.created: dict[str, datetime] = {}  # registry repository -> when first listed
 
     def authorized(self, req: Request) -> bool:
         sent = req.headers.get("PRIVATE-TOKEN") or req.headers.get("JOB-TOKEN") or self.bearer(req)
@@ -55,7 +59,8 @@ class FakeGitLab(FakeApi):
         for name in self.catalog():
             if name == path or name.startswith(path + "/"):
                 out.append({"id": self.id_of(("repo", name)), "name": name[len(path) + 1:], "path": name,
-                            "project_id": pid, "location": f"{self.registry.host}/{name}", "created_at": iso(None)})
+                            "project_id": pid, "location": f"{self.registry.host}/{name}",
+                            "created_at": iso(self.created.setdefault(name, datetime.now(timezone.utc)))})
         return out
 
     def _repo(self, req: Request) -> str | None:

@@ -28,6 +28,7 @@ def _errors(status: int, code: str, message: str) -> Reply:
 
 
 class FakeHarbor(FakeApi):
+    api = "harbor"
     _R = r"/api/v2.0/projects/(?P<project>[^/]+)/repositories/(?P<repo>[^/]+)"
     routes = [
         ("GET", r"/api/v2.0/projects", "list_projects"),
@@ -85,13 +86,17 @@ class FakeHarbor(FakeApi):
                 continue
             _, media_type, doc = found
             pushed, pulled = iso(self.pushed(repo, digest)), iso(self.pulled(repo, digest)) or NEVER
-            refs = [{"child_digest": m["digest"], "platform": m.get("platform")} for m in doc.get("manifests") or []]
-            out.append({"id": self.id_of(("artifact", repo, digest)), "type": "IMAGE", "digest": digest,
+            artifact = {"id": self.id_of(("artifact", repo, digest)), "type": "IMAGE", "digest": digest,
                         "media_type": media_type, "manifest_media_type": media_type, "size": self.size(doc),
-                        "push_time": pushed, "pull_time": pulled, "references": refs or None,
-                        "tags": [{"id": self.id_of(("tag", repo, t)), "name": t, "push_time": pushed,
-                                  "pull_time": pulled, "immutable": False} for t in tags]
-                        if req.query.get("with_tag", "true") == "true" else None})
+                        "push_time": pushed, "pull_time": pulled}
+            refs = [{"child_digest": m["digest"], **({"platform": m["platform"]} if m.get("platform") else {})}
+                    for m in doc.get("manifests") or []]
+            if refs:                      # Harbor omits empty lists (x-omitempty): never null
+                artifact["references"] = refs
+            if req.query.get("with_tag", "true") == "true":
+                artifact["tags"] = [{"id": self.id_of(("tag", repo, t)), "name": t, "push_time": pushed,
+                                     "pull_time": pulled, "immutable": False} for t in tags]
+            out.append(artifact)
         return self._paged(req, out)
 
     def _digest(self, repo: str, ref: str) -> str | None:

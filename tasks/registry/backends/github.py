@@ -66,8 +66,10 @@ class GitHubBackend(ApiBackend):
         return [f"{self.owner}/{p['name']}" for p in rows]
 
     async def list_tags(self, repo: str) -> list[TagInfo]:
-        versions = await self.http.paged(f"{self._package(repo)}/versions", repository=repo,
-                                         params={"per_page": self.settings.pageSize, "state": "active"})
+        # GitHub documents page, per_page and state for an organisation's package versions only: a user's
+        # take none (its pages come at GitHub's default size, followed through the Link header).
+        params = {"per_page": self.settings.pageSize, "state": "active"} if self.settings.ownerType == "org" else None
+        versions = await self.http.paged(f"{self._package(repo)}/versions", repository=repo, params=params)
         out: list[TagInfo] = []
         for v in versions:
             digest = str(v.get("name"))
