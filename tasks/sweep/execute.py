@@ -21,7 +21,8 @@ from tasks.store.store import Store
 from tasks.sweep.journal import Event, Journal
 from tasks.sweep.loading import no_tag_delete, reclaim_after
 from tasks.sweep.recheck import Protection, merge_digests, recheck_cluster, recheck_registry
-from tasks.sweep.report import Intent, SweepReport
+from tasks.sweep.intent import Intent
+from tasks.sweep.report import SweepReport
 from tasks.sweep.targets import DONE, FAILED, PLANNED, SKIPPED, STARTED, WOULD_DELETE, Outcome, Target
 
 if TYPE_CHECKING:
