@@ -1,6 +1,8 @@
-"""Sweep flow: delete what a plan decided, after a human approval and fresh re-checks (README "Safety").
+"""Sweep flow: delete what a plan decided, after a human approval and fresh re-checks (docs/safety.md).
 
-The one orchestration of a sweep: the CLI, deployments and tests all run this flow.
+The one orchestration of a sweep: the CLI, deployments and tests all run this flow. It only
+sequences the steps: the lock, the tasks of tasks/sweep/tasks.py, the approval pause and the
+artifacts; what each step does lives in tasks/sweep/.
 """
 
 # No `from __future__ import annotations` here: a deployment run rebuilds the parameter model from
@@ -12,9 +14,8 @@ import re
 import sys
 from typing import Annotated
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -26,8 +27,8 @@ from tasks.common.errors import SweepNotApproved
 from tasks.sweep.lock import sweep_lock
 from tasks.common.units import parse_duration
 from tasks.store.store import Store
-from tasks.sweep import (Intent, SweepReport, check_deletable, check_up_front_approval, delete_targets, prepare,
-                         raise_if_failed)
+from tasks.sweep import Intent, approval, check_deletable, check_up_front_approval, raise_if_failed
+from tasks.sweep.tasks import prepare_sweep, recheck_and_delete
 
 
 class SweepApproval(RunInput):
@@ -38,17 +39,6 @@ class SweepApproval(RunInput):
                                       "Off (the default): reject, and nothing is deleted.")
     approver: str = Field(min_length=1, title="Your name", description="Who decided; recorded in the run's logs.")
     comment: str = Field("", title="Comment", description="Optional: why, or a ticket number; recorded with your name.")
-
-
-# NO_CACHE: a sweep is never answered from a cache, and its inputs (store, intent) are not worth hashing.
-@task(name="prepare-sweep", cache_policy=NO_CACHE)
-def prepare_sweep(config: RegsweepConfig, store: Store, plan: str, probe: bool) -> Intent:
-    return prepare(config, store, plan, probe=probe)
-
-
-@task(name="recheck-and-delete", cache_policy=NO_CACHE)
-def recheck_and_delete(config: RegsweepConfig, store: Store, intent: Intent, dry_run: bool) -> SweepReport:
-    return delete_targets(config, store, intent, dry_run=dry_run)
 
 
 def plan_artifact_urls(plan_id: str) -> dict[str, str]:
@@ -78,7 +68,8 @@ def ask_approval(settings: SweepConfig, intent: Intent, poll_interval: int) -> S
 
     logger = get_run_logger()
     links = plan_artifact_urls(intent.plan_id)
-    description = intent.markdown(plan_link=links.get(PLAN_ARTIFACT), deletions_link=links.get(DELETIONS_ARTIFACT))
+    description = approval.render(intent, plan_link=links.get(PLAN_ARTIFACT),
+                                  deletions_link=links.get(DELETIONS_ARTIFACT))
     run = FlowRunContext.get().flow_run
     url = url_for("flow-run", obj_id=run.id)
     where = (f"in the Prefect UI at {url}" if url else
@@ -122,7 +113,7 @@ def sweep_flow(
         intent = prepare_sweep(config, store, plan, probe=not dry_run)
         if intent.targets and not dry_run:
             check_deletable(intent)
-            create_markdown_artifact(intent.markdown(), key="regsweep-sweep-intent",
+            create_markdown_artifact(approval.render(intent), key="regsweep-sweep-intent",
                                      description=f"What the sweep of plan {intent.plan_id} will delete")
             if approve:
                 check_up_front_approval(intent, limit)

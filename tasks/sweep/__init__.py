@@ -1,37 +1,52 @@
-"""The gated deletion of a plan (README "Safety"): the only code in regsweep that writes to a registry.
+"""The sweep: the gated deletion of a stored plan, and the only code in regsweep that writes to a registry.
 
-A sweep turns a stored plan into deletion *targets*, asks for approval, re-checks the registry
-and the clusters, and deletes through a journal:
+Safety rules and what each check guarantees: docs/safety.md.
 
+What it owns, in the order a sweep runs:
+
+- **Loading** (`loading.prepare`): the plan must be of this registry, under the current cleanup
+  policy, from a complete snapshot younger than `sweep.maxPlanAge` and not dated in the future
+  (PlanRefused otherwise). It becomes an `Intent` (`intent`): the deletion targets
+  (`targets.deletion_targets`) minus what an earlier run of the plan finished, with what the
+  registry's probed capabilities keep up front.
 - **Targets** (`targets`). A manifest is deleted by digest only when every tag on it is `delete`
   in the plan and nothing kept references it: no kept index lists it as a platform manifest,
   and an artifact goes only with its subject. A deleted index takes its platform manifests
   along, a deleted subject its signatures, SBOMs and referrers fallback index; each of those
   waits for its parents to be gone first, and is skipped when one of them was not deleted. A
   `delete` tag on a digest that stays is removed on its own where the registry can do that.
-- **Plan checks** (`loading`): the plan must be of this registry, under the current cleanup
-  policy, from a complete snapshot younger than `sweep.maxPlanAge` and not dated in the future.
+- **Approval** (`approval.render`, the form's text; `report.check_deletable` and
+  `report.check_up_front_approval`, the checks before asking).
 - **Re-checks** (`recheck`, `execute`), after approval and just before deleting: every planned
-  tag must still resolve to the planned digest (HEAD, right before each DELETE); no other tag in
-  the repository may now point at a target (a tag pushed or moved after the snapshot); a new
-  index, or one that workloads or Helm name by digest only (untagged, so no snapshot read it),
-  must not list a target as a platform manifest; and, by default, a fresh cluster scan must not
-  show a target in use. A re-check that cannot run deletes nothing (fail closed).
-- **Journal** (`journal`): `started` is durable (fsync) before each DELETE goes out, `done`/
-  `skipped`/`failed` is written after. Running the same plan again resumes: `done` targets are
-  never requested again, and a target left `started` is looked up first (gone means done).
-- **Lock** (tasks/sweep/lock.py): one sweep per registry at a time, a lock file in the store.
+  tag must still resolve to the planned digest (right before each DELETE); no other tag in the
+  repository may now point at a target (a tag pushed or moved after the snapshot); a new index,
+  or one that workloads or Helm name by digest only (untagged, so no snapshot read it), must not
+  list a target as a platform manifest; and, by default, a fresh cluster scan must not show a
+  target in use. A re-check that cannot run deletes nothing (fail closed).
+- **Deleting and the journal** (`execute.delete_targets`, `journal`): `started` is durable
+  (fsync) before each DELETE goes out, `done`/`skipped`/`failed` is written after. Running the
+  same plan again resumes: `done` targets are never requested again, and a target left `started`
+  is looked up first (gone means done).
+- **Report** (`report.SweepReport`, `report.raise_if_failed`): what happened, as markdown,
+  the CLI's last line and JSON.
+- **Lock** (`lock.sweep_lock`): one sweep per registry at a time, a lock file in the store.
 
-Everything here is plain Python; flows/sweep.py is the one orchestration (lock, approval pause,
-artifacts) and calls, in order: `prepare`, `check_deletable` (a registry that cannot delete is
-said so before any approval is asked), `check_up_front_approval` (or the approval form),
-`delete_targets`, `raise_if_failed`.
+Public names: `prepare`, `Intent`, `check_deletable`, `check_up_front_approval`, `delete_targets`,
+`SweepReport`, `raise_if_failed`, `Journal` (and the modules `approval` and `lock`).
+
+Everything here is plain Python except `tasks` (tasks/sweep/tasks.py), which holds the Prefect
+tasks flows/sweep.py runs: `prepare_sweep` (`prepare`) and `recheck_and_delete`
+(`delete_targets`). The flow sequences them with the lock, `check_deletable` (a registry that
+cannot delete is said so before any approval is asked), `check_up_front_approval` or the approval
+form, and `raise_if_failed`. `tasks` is not imported here: it imports Prefect, which the CLI
+keeps out of its start-up.
 """
 
 from tasks.sweep.execute import delete_targets
+from tasks.sweep.intent import Intent
 from tasks.sweep.journal import Journal
 from tasks.sweep.loading import prepare
-from tasks.sweep.report import Intent, SweepReport, check_deletable, check_up_front_approval, raise_if_failed
+from tasks.sweep.report import SweepReport, check_deletable, check_up_front_approval, raise_if_failed
 
 __all__ = ["Intent", "Journal", "SweepReport", "check_deletable", "check_up_front_approval", "delete_targets",
            "prepare", "raise_if_failed"]

@@ -12,13 +12,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from tasks.common.units import human_bytes, parse_time, utcnow
-
-if TYPE_CHECKING:
-    from tasks.sweep.report import Intent
-    from tasks.sweep.targets import Target
+from tasks.sweep.intent import Intent
+from tasks.sweep.targets import Target
 
 #: Reason texts with their per-item details folded away: the classes the form counts.
 _CLASSES = [
@@ -52,7 +49,7 @@ def _short(ref: str) -> str:
     return ref[:19] + "…" if len(ref) > 40 else ref
 
 
-def _name(t: "Target") -> str:
+def _name(t: Target) -> str:
     if t.is_tag:
         return f"`{t.ref}` (this tag only)"
     return ", ".join(f"`{_short(tag)}`" for tag in t.tags) if t.tags else f"`{_short(t.digest)}`"
@@ -63,11 +60,11 @@ _RELATIVE = {"image": ("platform manifest", "platform manifests"),
              "referrers-index": ("referrers index", "referrers indexes")}
 
 
-def _families(ts: list["Target"]) -> list[tuple["Target", list["Target"]]]:
+def _families(ts: list[Target]) -> list[tuple[Target, list[Target]]]:
     """Each target that goes on its own, with the relatives that go with it (platforms, referrers)."""
     by_digest = {t.digest: t for t in ts if not t.is_tag}
 
-    def root(t: "Target") -> "Target":
+    def root(t: Target) -> Target:
         seen = set()
         while t.parents and t.digest not in seen:
             seen.add(t.digest)
@@ -77,7 +74,7 @@ def _families(ts: list["Target"]) -> list[tuple["Target", list["Target"]]]:
             t = parent
         return t
 
-    families: dict[str, tuple["Target", list["Target"]]] = {}
+    families: dict[str, tuple[Target, list[Target]]] = {}
     for t in ts:
         r = root(t)
         fam = families.setdefault(r.ref, (r, []))
@@ -86,14 +83,14 @@ def _families(ts: list["Target"]) -> list[tuple["Target", list["Target"]]]:
     return list(families.values())
 
 
-def _with(relatives: list["Target"]) -> str:
+def _with(relatives: list[Target]) -> str:
     """`(with 2 platform manifests, 1 referrers index)`, or nothing."""
     kinds = Counter(t.kind for t in relatives)
     parts = [f"{n} {_RELATIVE.get(k, (k, k))[n > 1]}" for k, n in sorted(kinds.items())]
     return f" (with {', '.join(parts)})" if parts else ""
 
 
-def render(intent: "Intent", *, plan_link: str | None = None, deletions_link: str | None = None,
+def render(intent: Intent, *, plan_link: str | None = None, deletions_link: str | None = None,
            per_repository: int = 25, now: datetime | None = None) -> str:
     """Markdown for the approval form; the links are the UI pages of the plan's artifacts
     (its summary, and its largest deletions with digests and reasons)."""
@@ -137,7 +134,7 @@ def _freed(n: int | None) -> str:
     return f"{human_bytes(n)} freed by garbage collection" if n is not None else "bytes freed unknown"
 
 
-def _bytes_lines(intent: "Intent") -> list[str]:
+def _bytes_lines(intent: Intent) -> list[str]:
     """The two byte figures of the targets, each saying what it counts (README "Bytes")."""
     freed = intent.bytes_reclaimable
     return [f"- freed by garbage collection: **{'unknown' if freed is None else human_bytes(freed)}**, "
@@ -147,7 +144,7 @@ def _bytes_lines(intent: "Intent") -> list[str]:
             "counted in each"]
 
 
-def _common_reasons(intent: "Intent") -> list[str]:
+def _common_reasons(intent: Intent) -> list[str]:
     """Reasons every target shares (stated once, not per repository)."""
     sets = [set(intent.reasons.get((t.repository, t.digest), ())) for t in intent.targets]
     if not sets:
@@ -157,7 +154,7 @@ def _common_reasons(intent: "Intent") -> list[str]:
     return [r for r in first if r in shared]
 
 
-def _repository(intent: "Intent", repo: str, common: list[str], limit: int, now: datetime) -> list[str]:
+def _repository(intent: Intent, repo: str, common: list[str], limit: int, now: datetime) -> list[str]:
     ts = [t for t in intent.targets if t.repository == repo]
     ms = [t for t in ts if not t.is_tag]
     tags = sum(len(t.tags) for t in ts)

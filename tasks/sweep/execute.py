@@ -21,7 +21,8 @@ from tasks.store.store import Store
 from tasks.sweep.journal import Event, Journal
 from tasks.sweep.loading import no_tag_delete, reclaim_after
 from tasks.sweep.recheck import Protection, merge_digests, recheck_cluster, recheck_registry
-from tasks.sweep.report import Intent, SweepReport
+from tasks.sweep.intent import Intent
+from tasks.sweep.report import SweepReport
 from tasks.sweep.targets import DONE, FAILED, PLANNED, SKIPPED, STARTED, WOULD_DELETE, Outcome, Target
 
 if TYPE_CHECKING:
@@ -102,159 +103,212 @@ async def execute(backend: "Backend", intent: Intent, journal: Journal | None, s
     file or are written within a second. A sweep killed in between leaves targets `started`
     without an end: the next run looks each of those up before anything else.
     """
-    registry = intent.registry
-    prot = protection or Protection()
-    workers = settings.concurrency
-    window = max(64, 8 * workers)
-    finished: dict[str, asyncio.Future] = {}   # "repo@digest" -> its outcome status
-    outcomes: list[Outcome] = []
-    finish_records: list[Event] = []
-    stop: list[str] = []                       # the first error that makes every other request pointless
-    done_before = {(t.repository, t.digest) for t in intent.done_before if not t.is_tag}
-    # What the registry can delete: its probe, recorded with the plan; unknown ones are learnt below.
-    caps: Capabilities = intent.capabilities or Capabilities(api=backend.api)
-    tag_probe = asyncio.Lock()
-    ready: asyncio.Queue = asyncio.Queue()
-    room = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for t in intent.targets:
-        if not t.is_tag:
-            finished[f"{t.repository}@{t.digest}"] = loop.create_future()
+    return await _Deletion(backend, intent, journal, settings, dry_run=dry_run, protection=protection,
+                           progress=progress).run()
 
-    def outcome(t: Target, status: str, detail: str = "") -> None:
-        outcomes.append(Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, status, detail))
+
+class _Deletion:
+    """One run of the deletion loop (`execute`): an announcer and `settings.concurrency` workers.
+
+    The announcer journals `started` for a window of targets, then queues them; each worker takes
+    a target, waits for its parents, asks `_blocked` whether anything rules it out, and otherwise
+    `_delete`s it. Every target ends in exactly one `_finish`. All state lives on the event loop's
+    thread, so nothing here needs a lock except the order of journal files and the lone-tag probe.
+    """
+
+    def __init__(self, backend: "Backend", intent: Intent, journal: Journal | None, settings: "SweepConfig", *,
+                 dry_run: bool, protection: Protection | None, progress: Callable[[int], None] | None):
+        self.backend, self.intent, self.journal, self.dry_run = backend, intent, journal, dry_run
+        self.registry = intent.registry
+        self.protection = protection or Protection()
+        self.progress = progress
+        self.workers = settings.concurrency
+        #: How many targets one `started` journal file announces; workers refill at half of it.
+        self.window = max(64, 8 * self.workers)
+        loop = asyncio.get_running_loop()
+        #: "repo@digest" -> the status its manifest target ends with; its children await it.
+        self.finished: dict[str, asyncio.Future] = {
+            f"{t.repository}@{t.digest}": loop.create_future() for t in intent.targets if not t.is_tag}
+        #: Manifests an earlier run of the plan deleted: a child need not wait for those.
+        self.done_before = {(t.repository, t.digest) for t in intent.done_before if not t.is_tag}
+        #: Every target's outcome, in the order they ended.
+        self.outcomes: list[Outcome] = []
+        #: End records (done/skipped/failed) not journalled yet.
+        self.pending: list[Event] = []
+        #: The first error that makes every further request pointless; set once, then every
+        #: target not yet attempted is skipped with it.
+        self.stop: str | None = None
+        # What the registry answers to a lone-tag DELETE: the recorded probe's answer, else
+        # learnt from the first lone-tag DELETE of this run (the others wait for it).
+        caps = intent.capabilities or Capabilities(api=backend.api)
+        self.tag_delete: str = caps.delete_tag
+        self.tag_probe = asyncio.Lock()
+        #: Targets announced (`started` is durable) and not yet taken by a worker; None ends a worker.
+        self.ready: asyncio.Queue[Target | None] = asyncio.Queue()
+        #: Set when `ready` has drained to half a window: the announcer may journal the next one.
+        self.room = asyncio.Event()
+        #: One journal file at a time, so files sort in the order written.
+        self.writing = asyncio.Lock()
+
+    async def run(self) -> list[Outcome]:
+        all_done = asyncio.Event()
+
+        async def deleting() -> None:
+            try:
+                async with asyncio.TaskGroup() as inner:
+                    inner.create_task(self._announce())
+                    for _ in range(self.workers):
+                        inner.create_task(self._work())
+            finally:
+                all_done.set()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(deleting())
+                tg.create_task(self._flush_every_second(all_done))
+        except BaseExceptionGroup as eg:
+            first = eg.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        finally:
+            await self._flush_now()
+        return self.outcomes
+
+    # -- outcomes and the journal ------------------------------------------------------------------
+    def _finish(self, t: Target, status: str, detail: str = "") -> None:
+        """Record how `t` ended, wake its children, and queue its end record for the journal."""
+        self.outcomes.append(Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, status, detail))
         if not t.is_tag:
-            fut = finished[f"{t.repository}@{t.digest}"]
+            fut = self.finished[f"{t.repository}@{t.digest}"]
             if not fut.done():
                 fut.set_result(status)
         if status != WOULD_DELETE:
-            finish_records.append((t.repository, t.ref, status, detail or None))
-        if progress:
-            progress(1)
+            self.pending.append((t.repository, t.ref, status, detail or None))
+        if self.progress:
+            self.progress(1)
 
-    writing = asyncio.Lock()  # one journal file at a time, so files sort in the order written
+    async def _write(self, rows: list[Event]) -> None:
+        if self.journal is not None and rows:
+            async with self.writing:
+                await asyncio.to_thread(self.journal.write, rows)
 
-    async def write(rows: list) -> None:
-        if journal is not None and rows:
-            async with writing:
-                await asyncio.to_thread(journal.write, rows)
+    async def _flush_now(self) -> None:
+        rows, self.pending = self.pending, []
+        await self._write(rows)
 
-    async def flush_now() -> None:
-        rows, finish_records[:] = finish_records[:], []
-        await write(rows)
-
-    async def flush_every_second(until: asyncio.Event) -> None:
+    async def _flush_every_second(self, until: asyncio.Event) -> None:
         while not until.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(until.wait(), 1.0)
-            await flush_now()
+            await self._flush_now()
 
-    async def announce() -> None:
+    # -- the announcer and the workers -------------------------------------------------------------
+    async def _announce(self) -> None:
         """Journal `started` for the next window of targets, then hand them to the workers."""
+        targets, ready, half = self.intent.targets, self.ready, self.window // 2
         i = 0
-        while i < len(intent.targets):
-            while ready.qsize() > window // 2:
-                room.clear()
-                await room.wait()
+        while i < len(targets):
+            while ready.qsize() > half:
+                self.room.clear()
+                await self.room.wait()
             chunk = []
-            for t in intent.targets[i:i + window - ready.qsize()]:
+            for t in targets[i:i + self.window - ready.qsize()]:
                 i += 1
-                if t.key in prot.reasons:  # known before any request: no attempt to record
-                    outcome(t, SKIPPED, prot.reasons[t.key])
+                if t.key in self.protection.reasons:  # known before any request: no attempt to record
+                    self._finish(t, SKIPPED, self.protection.reasons[t.key])
                 else:
                     chunk.append(t)
             rows = [(t.repository, t.ref, STARTED, None if not t.is_tag else f"tag of {t.digest}") for t in chunk]
-            await flush_now()
-            await write(rows)
+            await self._flush_now()
+            await self._write(rows)
             for t in chunk:
                 ready.put_nowait(t)
-        for _ in range(workers):
+        for _ in range(self.workers):
             ready.put_nowait(None)
 
-    async def worker() -> None:
-        while (t := await ready.get()) is not None:
-            if ready.qsize() <= window // 2:
-                room.set()
-            await one(t)
+    async def _work(self) -> None:
+        while (t := await self.ready.get()) is not None:
+            if self.ready.qsize() <= self.window // 2:
+                self.room.set()
+            await self._parents_settled(t)
+            why = self._blocked(t)
+            if why is not None:
+                self._finish(t, SKIPPED, why)
+            else:
+                await self._delete(t)
 
-    async def one(t: Target) -> None:
-        # Parents first: a platform manifest waits for its indexes, an artifact for its subject.
+    async def _parents_settled(self, t: Target) -> None:
+        """Wait for `t`'s parents (its indexes, its subject) in order, up to the first not deleted."""
         for p in t.parents:
-            if (t.repository, p) in done_before:
+            if (t.repository, p) in self.done_before:
                 continue
-            status = await finished[f"{t.repository}@{p}"]
-            if status not in (DONE, WOULD_DELETE):
-                return outcome(t, SKIPPED, f"{p}, which it belongs to, was not deleted")
-        if stop:
-            return outcome(t, SKIPPED, f"not attempted: {stop[0]}")
-        if t.is_tag and caps.delete_tag in (NO, DENIED):
-            return outcome(t, SKIPPED, no_tag_delete(registry, t))
-        if not t.is_tag and intent.refusal:   # a dry run of a plan this registry cannot delete
-            return outcome(t, SKIPPED, intent.refusal)
-        if not t.is_tag and not t.tags and not backend.untagged_deletable:
-            return outcome(t, SKIPPED, f"the {backend.api} API of registry {registry} cannot delete an untagged manifest")
+            if await self.finished[f"{t.repository}@{p}"] not in (DONE, WOULD_DELETE):
+                return
+
+    def _blocked(self, t: Target) -> str | None:
+        """Why `t` must not be attempted, from what is known without asking the registry; None: go on."""
+        for p in t.parents:
+            if (t.repository, p) in self.done_before:
+                continue
+            fut = self.finished[f"{t.repository}@{p}"]
+            if fut.done() and fut.result() not in (DONE, WOULD_DELETE):
+                return f"{p}, which it belongs to, was not deleted"
+        if self.stop:
+            return f"not attempted: {self.stop}"
+        if t.is_tag and self.tag_delete in (NO, DENIED):
+            return no_tag_delete(self.registry, t)
+        if not t.is_tag and self.intent.refusal:   # a dry run of a plan this registry cannot delete
+            return self.intent.refusal
+        if not t.is_tag and not t.tags and not self.backend.untagged_deletable:
+            return f"the {self.backend.api} API of registry {self.registry} cannot delete an untagged manifest"
+        return None
+
+    # -- the requests ------------------------------------------------------------------------------
+    async def _delete(self, t: Target) -> None:
+        """Re-check `t`'s tags, then DELETE it (a dry run stops before the DELETE); ends `t`."""
+        backend = self.backend
         try:
-            if t.key in intent.in_flight:
+            if t.key in self.intent.in_flight:
                 # An earlier run announced this DELETE and died: it may have gone out.
                 if await backend.resolve(t.repository, t.ref) is None:
-                    return outcome(t, DONE, "deleted by an earlier run (found gone on resume)")
+                    return self._finish(t, DONE, "deleted by an earlier run (found gone on resume)")
             for tag in t.tags:
                 now = await backend.resolve(t.repository, tag)
                 if now != t.digest:
                     if now is None and (t.is_tag or await backend.resolve(t.repository, t.digest) is None):
-                        return outcome(t, DONE, "already gone from the registry")
+                        return self._finish(t, DONE, "already gone from the registry")
                     why = f"tag {tag} is gone" if now is None else f"tag {tag} now points at {now}"
-                    return outcome(t, SKIPPED, f"{why}, not the planned {t.digest}")
-            if dry_run:
-                return outcome(t, WOULD_DELETE)
+                    return self._finish(t, SKIPPED, f"{why}, not the planned {t.digest}")
+            if self.dry_run:
+                return self._finish(t, WOULD_DELETE)
             if t.is_tag:
-                return await delete_tag(t)
+                return await self._delete_tag(t)
             existed = await backend.delete_manifest(t.repository, t.digest, t.tags)
-        except UnsupportedOperation as e:
-            stop.append(f"registry {registry} refuses deletion ({e}); enable it ({backend.enable_hint})")
-            return outcome(t, FAILED, stop[-1])
-        except (RegistryAuthError, RegistryUnreachable) as e:
-            # Every other request would meet the same answer: stop instead of failing them one by one.
-            stop.append(str(e))
-            return outcome(t, FAILED, str(e))
         except RegistryError as e:
-            return outcome(t, FAILED, str(e))
-        outcome(t, DONE, "" if existed else "already gone (404)")
+            return self._failed(t, e)
+        self._finish(t, DONE, "" if existed else "already gone (404)")
 
-    async def delete_tag(t: Target) -> None:
+    def _failed(self, t: Target, e: RegistryError) -> None:
+        """End `t` as failed; an answer every other request would get too stops the sweep instead
+        of failing the rest one by one."""
+        why = str(e)
+        if isinstance(e, UnsupportedOperation):
+            why = f"registry {self.registry} refuses deletion ({e}); enable it ({self.backend.enable_hint})"
+        if isinstance(e, (UnsupportedOperation, RegistryAuthError, RegistryUnreachable)):
+            self.stop = self.stop or why
+        self._finish(t, FAILED, why)
+
+    async def _delete_tag(self, t: Target) -> None:
         # Without a recorded probe the first lone-tag deletion finds out whether the registry can
         # do it; the rest wait for its answer instead of each being refused.
-        async with tag_probe if caps.delete_tag == UNKNOWN else contextlib.nullcontext():
-            if caps.delete_tag in (NO, DENIED):
-                return outcome(t, SKIPPED, no_tag_delete(registry, t))
+        async with self.tag_probe if self.tag_delete == UNKNOWN else contextlib.nullcontext():
+            if self.tag_delete in (NO, DENIED):
+                return self._finish(t, SKIPPED, no_tag_delete(self.registry, t))
             try:
-                existed = await backend.delete_tag(t.repository, t.ref)
-            except UnsupportedOperation as e:
-                caps.delete_tag, caps.notes["delete_tag"] = NO, str(e)
-                return outcome(t, SKIPPED, no_tag_delete(registry, t))
-            caps.delete_tag = YES
-        outcome(t, DONE, "tag removed, its digest stays" if existed else "already gone (404)")
-
-    all_done = asyncio.Event()
-
-    async def deleting() -> None:
-        try:
-            async with asyncio.TaskGroup() as inner:
-                inner.create_task(announce())
-                for _ in range(workers):
-                    inner.create_task(worker())
-        finally:
-            all_done.set()
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(deleting())
-            tg.create_task(flush_every_second(all_done))
-    except BaseExceptionGroup as eg:
-        first = eg.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
-    finally:
-        await flush_now()
-    return outcomes
+                existed = await self.backend.delete_tag(t.repository, t.ref)
+            except UnsupportedOperation:
+                self.tag_delete = NO
+                return self._finish(t, SKIPPED, no_tag_delete(self.registry, t))
+            self.tag_delete = YES
+        self._finish(t, DONE, "tag removed, its digest stays" if existed else "already gone (404)")

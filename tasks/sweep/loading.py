@@ -22,7 +22,7 @@ from tasks.oci.reference import RegistryMatcher, same_registry
 from tasks.store.store import Store
 from tasks.sweep.journal import Journal
 from tasks.sweep.recheck import merge_digests, referenced_digests
-from tasks.sweep.report import Intent
+from tasks.sweep.intent import Intent
 from tasks.sweep.targets import SKIPPED, Outcome, Target, deletion_targets
 from tasks.common.units import human_age, parse_duration, parse_time, utcnow
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from tasks.config.models import RegsweepConfig, SweepConfig
+    from tasks.snapshot.footprint import Reclaim
 
 #: How far ahead of this machine's clock a snapshot or plan may be dated (clocks drift a little).
 CLOCK_SKEW = timedelta(minutes=5)
@@ -162,7 +163,7 @@ def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest", *,
     return intent
 
 
-def reclaim_after(store: Store, intent: Intent, deleted: list[tuple[str, str]]):
+def reclaim_after(store: Store, intent: Intent, deleted: list[tuple[str, str]]) -> Reclaim | None:
     """What garbage collection frees once these (repository, digest) manifests are gone, besides
     those an earlier run of the sweep deleted: the plan's own function (tasks/snapshot/footprint.py)."""
     from tasks.snapshot.footprint import Footprint, reclaim_of

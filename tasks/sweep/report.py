@@ -1,7 +1,7 @@
-"""What a sweep shows: the intent a human approves, and the report of what happened.
+"""What a sweep reports: the checks on an intent before approval, and the report of what happened.
 
-Both render as markdown (Prefect artifacts, the approval form); the report also gives the
-CLI's last line (`summary`) and the flow's JSON result.
+The report renders as markdown (a Prefect artifact) and gives the CLI's last line (`summary`)
+and the flow's JSON result; the intent itself is shown by tasks/sweep/approval.py.
 """
 
 from __future__ import annotations
@@ -10,55 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tasks.common.errors import SweepFailed, SweepNotApproved
-from tasks.sweep.targets import DONE, FAILED, SKIPPED, WOULD_DELETE, Outcome, Target
 from tasks.common.units import human_bytes
-
-
-@dataclass
-class Intent:
-    """What a sweep is about to do, shown for approval and then executed."""
-
-    plan_id: str
-    snapshot_id: str
-    registry: str
-    targets: list[Target]              # not yet done, in deletion order
-    skipped: list[Outcome]             # planned deletions the sweep itself keeps (see deletion_targets)
-    done_before: list[Target]          # done by an earlier run of this plan
-    in_flight: set[tuple[str, str]]    # started by an earlier run, never finished
-    known: dict[str, set[str]] = field(default_factory=dict)  # digests the snapshot saw, per affected repository
-    # digests that the snapshot's workloads and Helm revisions name, per affected repository
-    referenced: dict[str, set[str]] = field(default_factory=dict)
-    plan_created: str | None = None     # when the plan was made (ISO 8601)
-    snapshot_created: str | None = None
-    # the plan's reasons and build time for each planned (repository, digest), for the approval form
-    reasons: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    built: dict[tuple[str, str], Any] = field(default_factory=dict)
-    cluster_recheck: str = ""           # how the clusters are looked at again before deleting ("" = not)
-    capabilities: Any = None           # tasks.registry.capabilities.Capabilities recorded with the plan, if any
-    refusal: str | None = None         # why the registry cannot delete these targets at all, if it cannot
-    # what garbage collection frees once `targets` are gone (tasks/snapshot/footprint.py, as the plan counts
-    # it); None when the snapshot recorded no blobs
-    reclaim: Any = None                # tasks.snapshot.footprint.Reclaim | None
-
-    @property
-    def deletions(self) -> int:
-        return len(self.targets)
-
-    @property
-    def bytes(self) -> int:
-        """The targets' image sizes added up (a shared layer counted in each image)."""
-        return sum(t.size for t in self.targets if not t.is_tag)
-
-    @property
-    def bytes_reclaimable(self) -> int | None:
-        """What garbage collection frees after these targets go; None when unknown."""
-        return None if self.reclaim is None else self.reclaim.total
-
-    def markdown(self, *, plan_link: str | None = None, deletions_link: str | None = None) -> str:
-        """What will be deleted and why, per repository (tasks/sweep/approval.py)."""
-        from tasks.sweep.approval import render
-
-        return render(self, plan_link=plan_link, deletions_link=deletions_link)
+from tasks.sweep.intent import Intent
+from tasks.sweep.targets import DONE, FAILED, SKIPPED, WOULD_DELETE, Outcome
 
 
 def check_deletable(intent: Intent) -> None:
