@@ -152,19 +152,20 @@ _world: World | None = None
 def _write_days(store_url: str, days: int, tags: int, which: list[int]) -> None:
     global _world
     from tasks.store.schemas import SOURCE_TABLES
-    from tasks.store.store import SourceStatus, Store, new_id
+    from tasks.snapshot.take import SourceStatus
+    from tasks.store.store import Store, new_id
 
     _world = _world or World(days, tags)
     store = Store(store_url)
     for day in which:
         now, tables = _world.snapshot(day)
         sid = new_id(now)
-        staging = store.staging_dir(sid)
+        staging = store.snapshots.staging_dir(sid)
         statuses = {}
         for source, schemas in SOURCE_TABLES.items():
-            counts = store.write_source_tables(staging, {k: tables[k] for k in schemas}, schemas)
+            counts = store.snapshots.write_source_tables(staging, {k: tables[k] for k in schemas}, schemas)
             statuses[source] = SourceStatus("ok", rows=counts[next(iter(schemas))], tables=counts).to_json()
-        store.publish_snapshot(sid, {"created_at": now.isoformat(), "complete": True, "registry": REGISTRY,
+        store.snapshots.publish(sid, {"created_at": now.isoformat(), "complete": True, "registry": REGISTRY,
                                      "sources": statuses})
 
 
@@ -227,14 +228,14 @@ def measure(what: str, store_url: str) -> dict:
                     for n, sch in schemas.items() if n != "children"] + [("blobs", ["repository", "digest", "blob", "size"])]
         rows = 0
         for table, cols in read:
-            paths = [store.path("snapshots", s, f"{table}.parquet") for s in store.list_snapshots()]
+            paths = [store.path("snapshots", s, f"{table}.parquet") for s in store.snapshots.list()]
             for batch in ds.dataset(paths, format="parquet").to_batches(columns=cols):
                 rows += batch.num_rows
         extra["rows"] = rows
     elif what == "prime":
         from tasks.store.store import Store
 
-        sids = Store(store_url).list_snapshots()
+        sids = Store(store_url).snapshots.list()
         # contiguous halves: each snapshot's diff reads its predecessor, as the snapshot flow does
         chunks = [sids[:len(sids) // 2], sids[len(sids) // 2:]]
         with ProcessPoolExecutor(2) as pool:

@@ -54,7 +54,7 @@ if mode == "registry":
     s = Store(cfg.store)
     now = datetime.now(timezone.utc)
     started = time.monotonic()
-    st = run_source("registry", cfg, s.staging_dir(new_id(now)), now)
+    st = run_source("registry", cfg, s.snapshots.staging_dir(new_id(now)), now)
     out = {"status": st.status, "rows": st.rows, "seconds": round(time.monotonic() - started, 1),
            "error": st.error, "retries": st.notes.get("retries", {}).get("count")}
 print(json.dumps(out))

@@ -59,7 +59,8 @@ def generate(store_url: str, tags: int, seed: int = 1) -> str:
     import pandas as pd
 
     from tasks.store.schemas import SOURCE_TABLES
-    from tasks.store.store import Store, SourceStatus
+    from tasks.snapshot.take import SourceStatus
+    from tasks.store.store import Store
 
     rng = np.random.default_rng(seed)
     scale = tags / 1_000_000
@@ -203,14 +204,14 @@ def generate(store_url: str, tags: int, seed: int = 1) -> str:
     store = Store(store_url)
     from tasks.store.store import new_id
     sid = new_id(NOW)
-    staging = store.staging_dir(sid)
+    staging = store.snapshots.staging_dir(sid)
     statuses = {}
     for source, schemas in SOURCE_TABLES.items():
         # tables this generator does not make (BLOBS: no true bytes) are written empty
-        counts = store.write_source_tables(staging, {k: tables.get(k, schemas[k].empty_table()) for k in schemas},
+        counts = store.snapshots.write_source_tables(staging, {k: tables.get(k, schemas[k].empty_table()) for k in schemas},
                                            schemas)
         statuses[source] = SourceStatus("ok", rows=counts[next(iter(schemas))], tables=counts).to_json()
-    store.publish_snapshot(sid, {"created_at": NOW.isoformat(), "complete": True, "registry": REGISTRY,
+    store.snapshots.publish(sid, {"created_at": NOW.isoformat(), "complete": True, "registry": REGISTRY,
                                  "sources": statuses})
     return sid
 
@@ -262,7 +263,7 @@ def measure(store_url: str, snapshot: str, policy: str, what: str, batch_rows: i
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     if what == "read":
-        tables = [store.snapshot_table(snapshot, name) for schemas in SOURCE_TABLES.values() for name in schemas]
+        tables = [store.snapshots.table(snapshot, name) for schemas in SOURCE_TABLES.values() for name in schemas]
         rows = sum(t.num_rows for t in tables if t is not None)   # (snapshots of older versions lack BLOBS)
         out = {"time": time.perf_counter() - t0, "rows": rows}
     else:

@@ -180,7 +180,7 @@ def main() -> None:
                 cold.append(run_extract(cfg, store_dir))
                 raw.append(asyncio.run(raw_rate(reg.url, paths, best_conc)))
                 warm.append(run_extract(cfg, store_dir))
-                assert Store(str(store_dir)).read_cache(CACHE_NAME) is not None
+                assert Store(str(store_dir)).caches.read(CACHE_NAME) is not None
                 sk_runs.append(skopeo_peer(reg, repos, all_tags, args.skopeo_sample))
             a, d = median(cold), median(warm)
             rate = median(raw)

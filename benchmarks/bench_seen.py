@@ -21,7 +21,8 @@ import pyarrow as pa
 from tasks.config.policy import CleanupPolicy
 from tasks.store.schemas import SOURCE_TABLES
 from tasks.plan.history_rules import HistoryInputs
-from tasks.store.store import SourceStatus, Store, new_id
+from tasks.snapshot.take import SourceStatus
+from tasks.store.store import Store, new_id
 
 REGISTRY = "https://registry.example.com"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -31,7 +32,7 @@ def snapshot(store: Store, i: int, manifests: int, workloads: int, churn: int = 
     """Snapshot `i` (hour i); `churn` workloads redeployed an hour (0: every one, every hour)."""
     now = T0 + timedelta(hours=i)
     sid = new_id(now)
-    staging = store.staging_dir(sid)
+    staging = store.snapshots.staging_dir(sid)
     first = i * 5   # five new digests an hour, the oldest five leave
     d = [f"sha256:{k:064x}" for k in range(first, first + manifests)]
     repo = [f"team/app{k % 50}" for k in range(first, first + manifests)]
@@ -47,25 +48,25 @@ def snapshot(store: Store, i: int, manifests: int, workloads: int, churn: int = 
     }
     # the registry's other tables (children, links, ...) empty
     tables = {name: tables.get(name, schema.empty_table()) for name, schema in SOURCE_TABLES["registry"].items()}
-    store.write_source_tables(staging, tables, SOURCE_TABLES["registry"])
+    store.snapshots.write_source_tables(staging, tables, SOURCE_TABLES["registry"])
     w = workloads
     period = max(w // churn, 1) if churn else 1
     version = [(i + period - k % period) // period for k in range(w)]   # deploys of workload k so far
     image = [k + v * w for k, v in zip(range(w), version)]   # the build workload k runs (an absolute number)
-    store.write_source_tables(staging, {"workloads": pa.table({
+    store.snapshots.write_source_tables(staging, {"workloads": pa.table({
         "context": ["prod"] * w, "namespace": [f"ns{k % 20}" for k in range(w)], "kind": ["Deployment"] * w,
         "name": [f"app{k}" for k in range(w)], "container": ["app"] * w, "container_type": ["containers"] * w,
         "image": [f"registry.example.com/team/app{j % 50}:b{j}" for j in image],
         "image_id": [f"registry.example.com/team/app{j % 50}@sha256:{j:064x}" for j in image],
         "finished": [False] * w})}, SOURCE_TABLES["kubernetes"])
-    store.write_source_tables(staging, {"helm": pa.table({
+    store.snapshots.write_source_tables(staging, {"helm": pa.table({
         "context": ["prod"] * w, "namespace": ["shop"] * w, "release": [f"r{k}" for k in range(w)],
         "revision": pa.array([i % 7 + 1] * w, pa.int32()), "status": ["deployed"] * w, "chart": ["app"] * w,
         "app_version": ["1"] * w, "last_deployed": pa.array([now] * w, pa.timestamp("us", tz="UTC")),
         "driver": ["secret"] * w, "image": [f"registry.example.com/team/app{k % 50}:b{k}" for k in range(w)]})},
         SOURCE_TABLES["helm"])
     ok = {"registry": SourceStatus("ok"), "kubernetes": SourceStatus("ok"), "helm": SourceStatus("ok")}
-    store.publish_snapshot(sid, {"created_at": now.isoformat(), "complete": True, "registry": REGISTRY,
+    store.snapshots.publish(sid, {"created_at": now.isoformat(), "complete": True, "registry": REGISTRY,
                                  "sources": {k: v.to_json() for k, v in ok.items()}})
     return sid
 

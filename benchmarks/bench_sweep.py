@@ -42,7 +42,9 @@ from tasks.config.models import parse_config  # noqa: E402
 from testbed import LocalRegistry, push_raw_manifest, push_tags  # noqa: E402
 from tasks.store.schemas import PLAN  # noqa: E402
 from tasks.snapshot.take import run_source, snapshot_meta  # noqa: E402
-from tasks.store.store import SourceStatus, Store, new_id, utcnow  # noqa: E402
+from tasks.snapshot.take import SourceStatus
+from tasks.store.store import Store, new_id
+from tasks.common.units import utcnow  # noqa: E402
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 REPOS = 4
@@ -68,13 +70,13 @@ def snapshot_and_plan(cfg, store: Store) -> tuple[str, pa.Table, dict]:
     """A real registry snapshot and a plan deleting every tag in it."""
     now = utcnow()
     sid = new_id(now)
-    status = run_source("registry", cfg, store.staging_dir(sid), now)
+    status = run_source("registry", cfg, store.snapshots.staging_dir(sid), now)
     if status.status != "ok":
         raise SystemExit(f"snapshot failed: {status.error}")
     skipped = {s: SourceStatus("skipped") for s in ("kubernetes", "helm", "git")}
-    store.publish_snapshot(sid, snapshot_meta(now, cfg, {"registry": status, **skipped}))
-    tags = store.snapshot_table(sid, "tags").to_pandas()
-    manifests = store.snapshot_table(sid, "manifests").to_pandas().set_index(["repository", "digest"])
+    store.snapshots.publish(sid, snapshot_meta(now, cfg, {"registry": status, **skipped}))
+    tags = store.snapshots.table(sid, "tags").to_pandas()
+    manifests = store.snapshots.table(sid, "manifests").to_pandas().set_index(["repository", "digest"])
     rows = [{"repository": t.repository, "tag": t.tag, "digest": t.digest,
              "kind": manifests.at[(t.repository, t.digest), "kind"], "action": "delete", "reasons": ["benchmark"],
              "size": int(manifests.at[(t.repository, t.digest), "size"]), "created": None}
@@ -137,7 +139,7 @@ def main() -> None:
                 repush(client, sweep_set)
                 repush(client, raw_set)
             plan_id = new_id()
-            store.publish_plan(plan_id, plan, {**meta, "created_at": utcnow().isoformat()})
+            store.plans.publish(plan_id, plan, {**meta, "created_at": utcnow().isoformat()})
 
             def do_sweep():
                 t = time.perf_counter()

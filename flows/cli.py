@@ -26,12 +26,24 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+#: The one place domain errors meet the command line's words: which argument asked for what a
+#: NotFound says is missing, and which argument named a file an InputFileError says is unusable.
+ARGUMENT_OF_MISSING = {"snapshot": "--snapshot", "plan": "--plan", "image": "IMAGE_REF"}
+ARGUMENT_OF_FILE = {"config": "--config", "policy": "--policy", "json": "--json", "chart": "--chart"}
+
+
 def _run(fn, *args, **kwargs):
     """Run a command body, mapping regsweep's typed errors to a message and an exit code."""
-    from tasks.common.errors import RegsweepError
+    from tasks.common.errors import InputFileError, NotFound, RegsweepError
 
     try:
         return fn(*args, **kwargs)
+    except NotFound as e:
+        # asked for by an argument: bad usage (2); anything else missing is a failed run (1)
+        arg = ARGUMENT_OF_MISSING.get(e.what)
+        _fail(f"{arg}: {e}" if arg else str(e), 2 if arg else e.exit_code)
+    except InputFileError as e:
+        _fail(f"{ARGUMENT_OF_FILE.get(e.role, e.role)}: {e.problem}", e.exit_code)
     except RegsweepError as e:
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
@@ -156,25 +168,22 @@ def plan(
     set_cli_defaults(verbose)
 
     def body():
-        from tasks.common.errors import ConfigError, StoreError
+        from tasks.common.errors import InputFileError
         from tasks.store.store import Store
 
         cfg = _config(config)
         store = Store(cfg.store)
-        try:  # an unknown id is bad usage: say so before starting Prefect
-            sid = store.resolve_snapshot(snapshot)
-        except StoreError as e:
-            raise ConfigError("--snapshot", str(e)) from None
+        sid = store.snapshots.resolve(snapshot)   # an unknown id is bad usage: said before Prefect starts
         from flows.plan import plan_flow
         from tasks.plan.render import write_plan_json
 
         pid = plan_flow(config=cfg, snapshot=sid)
-        meta = store.plan_meta(pid)
+        meta = store.plans.meta(pid)
         if json_path:
             try:
                 n = write_plan_json(store, pid, json_path)
             except OSError as e:
-                raise ConfigError("--json", f"cannot write {json_path}: {e.strerror}") from None
+                raise InputFileError("json", f"cannot write {json_path}: {e.strerror}") from None
             typer.echo(f"{n} rows written to {json_path}", err=True)
         typer.echo(f"plan {pid} of snapshot {sid}: {meta['keep']} keep, {meta['delete']} delete "
                    f"({_reclaim_text(meta)})", err=True)
@@ -237,13 +246,13 @@ def history(
 def _write_json(path: str, data) -> None:
     import json
 
-    from tasks.common.errors import ConfigError
+    from tasks.common.errors import InputFileError
 
     try:
         with open(path, "w") as f:
             json.dump(data, f, indent=1, default=str)
     except OSError as e:
-        raise ConfigError("--json", f"cannot write {path}: {e.strerror}") from None
+        raise InputFileError("json", f"cannot write {path}: {e.strerror}") from None
 
 
 @app.command()
@@ -294,14 +303,12 @@ def sweep(
     set_cli_defaults(verbose)
 
     def body():
-        from tasks.common.errors import ConfigError, PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
+        from tasks.common.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
         from tasks.store.store import Store
 
         cfg = _config(config)
-        try:  # an unknown plan id is bad usage, as in `plan --snapshot`: say so before starting Prefect
-            plan_id = Store(cfg.store).resolve_plan(plan)
-        except StoreError as e:
-            raise ConfigError("--plan", str(e)) from None
+        # an unknown plan id is bad usage, as in `plan --snapshot`: said before Prefect starts
+        plan_id = Store(cfg.store).plans.resolve(plan)
         from flows.sweep import sweep_flow
         from tasks.common.progress import terminal_progress
 

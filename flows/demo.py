@@ -111,8 +111,8 @@ def instructions(server, registry_url: str, summary: dict, history, config: dict
 
     cfg = load_config(config_path)
     store = Store(cfg.store)
-    plan_id = store.resolve_plan("latest")
-    meta = store.plan_meta(plan_id)
+    plan_id = store.plans.resolve("latest")
+    meta = store.plans.meta(plan_id)
     rel = os.path.relpath(config_path)
     sweep = runs["sweep"]
     dumps = ", ".join(os.path.relpath(d["file"]) for d in config["kubernetes"]["dumps"] + config["helm"]["dumps"])

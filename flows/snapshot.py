@@ -15,13 +15,14 @@ from pydantic import Field
 
 from flows.runs import ConfigParam, run_config
 from tasks.common.errors import SnapshotIncomplete, SourceError
+from tasks.common.units import utcnow
 from tasks.config.models import RegsweepConfig
 from tasks.snapshot.render import summary_markdown
 from tasks.snapshot.scaleout import batches, empty_tables, finish, list_repositories, merge_statuses
-from tasks.snapshot.take import check_sources, preload_sources, select_sources, snapshot_meta
+from tasks.snapshot.take import SourceStatus, check_sources, preload_sources, select_sources, snapshot_meta
 from tasks.snapshot.tasks import (cache_history_inputs_task, dask_runner, extract_source, probe_registry,
                                   scan_registry_batch)
-from tasks.store.store import SourceStatus, Store, new_id, utcnow
+from tasks.store.store import Store, new_id
 
 
 @flow(name="regsweep-registry-batches")
@@ -54,7 +55,7 @@ def snapshot_flow(
     preload_sources(chosen)
     store, now = Store(config.store), utcnow()
     snapshot_id = new_id(now)
-    staging = store.staging_dir(snapshot_id)
+    staging = store.snapshots.staging_dir(snapshot_id)
     fan_out = config.runner.kind == "dask" and chosen["registry"]
     futures = {name: extract_source.submit(name, config, staging, now.isoformat())
                for name, on in chosen.items() if on and not (fan_out and name == "registry")}
@@ -68,7 +69,7 @@ def snapshot_flow(
     statuses = {name: done.get(name, SourceStatus("skipped")) for name in chosen}
     caps = probe_registry(config, staging) if statuses["registry"].status == "ok" else None
     meta = snapshot_meta(now, config, statuses, caps)
-    store.publish_snapshot(snapshot_id, meta)
+    store.snapshots.publish(snapshot_id, meta)
     counts = cache_history_inputs_task(config.store, snapshot_id)
     create_markdown_artifact(summary_markdown(snapshot_id, meta, counts), key="regsweep-snapshot",
                              description=f"Snapshot {snapshot_id}")

@@ -180,9 +180,9 @@ def test_sweep_deletes_exactly_the_planned_images_and_keeps_shared_digests(rig, 
     report = sweep(cfg, edited, approve=True)
 
     digest, lone, untagged = CAPABILITIES[rig.api]
-    caps = store.snapshot_meta(sid)["registry_capabilities"]
+    caps = store.snapshots.meta(sid)["registry_capabilities"]
     assert (caps["api"], caps["delete_digest"], caps["delete_tag"], caps["delete_untagged"]) == (rig.api, digest, lone, untagged)
-    assert caps["referrers"] == "no" and store.plan_meta(plan)["registry_capabilities"] == caps
+    assert caps["referrers"] == "no" and store.plans.meta(plan)["registry_capabilities"] == caps
     assert report["failed"] == 0, report["outcomes"]
     assert all(o["detail"] != "already gone (404)" for o in report["outcomes"]), report["outcomes"]
     tags = rig.tags(repo)
@@ -246,13 +246,13 @@ def test_push_time_stands_in_for_a_missing_build_time_and_last_pull_is_only_show
     sid = take_snapshot(cfg)
     plan = make_plan(cfg, sid)
 
-    rows = {r["tag"]: r for r in Store(cfg.store).plan_table(plan).to_pylist()}
+    rows = {r["tag"]: r for r in Store(cfg.store).plans.table(plan).to_pylist()}
     assert rows["new"]["action"] == "keep"
     assert any(r.startswith("pushed ") and r.endswith("ago (< 2h), no build time recorded") for r in rows["new"]["reasons"])
     assert rows["stale"]["action"] == "delete"          # a recent pull keeps nothing: scanners pull too
     assert any("pushed" in r and "not within 2h" in r for r in rows["stale"]["reasons"])
     assert rows["built"]["action"] == "delete" and any(r.startswith("built ") for r in rows["built"]["reasons"])
-    manifests = {m["digest"]: m for m in Store(cfg.store).snapshot_table(sid, "manifests").to_pylist()}
+    manifests = {m["digest"]: m for m in Store(cfg.store).snapshots.table(sid, "manifests").to_pylist()}
     assert manifests[stale]["pushed"] == OLD and manifests[stale]["last_pulled"] is not None
     assert manifests[new]["last_pulled"] is None       # Harbor's 0001-01-01 "never pulled" is no time
 
@@ -274,7 +274,7 @@ def test_credentials_that_may_not_delete_are_found_by_the_probe(api, request, sw
     doomed = rig.image(repo, ["old"], created=OLD)
     cfg = cfg_of(rig, tmp_path, [repo])
     sid = take_snapshot(cfg, probe=True)
-    caps = Store(cfg.store).snapshot_meta(sid)["registry_capabilities"]
+    caps = Store(cfg.store).snapshots.meta(sid)["registry_capabilities"]
     plan = make_plan(cfg, sid)
 
     if api == "gitlab":

@@ -143,7 +143,7 @@ def _on_disk(reg) -> dict[str, int]:
 
 def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(world):
     sid = take_snapshot(world.cfg)
-    rows = world.store.snapshot_table(sid, "blobs")
+    rows = world.store.snapshots.table(sid, "blobs")
     got = {(r["repository"], r["digest"], r["blob"], r["kind"], r["size"]) for r in rows.to_pylist()}
     assert rows.num_rows == len(got)                       # each (manifest, blob) once
     assert got == world.blob_rows()
@@ -154,8 +154,8 @@ def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(world):
     assert {r[2]: r[4] for r in got} == {b: disk[b] for b in {r[2] for r in got}}
 
     plan_id = make_plan(world.cfg, sid)
-    meta = world.store.plan_meta(plan_id)
-    plan = world.store.plan_table(plan_id).to_pandas()
+    meta = world.store.plans.meta(plan_id)
+    plan = world.store.plans.table(plan_id).to_pandas()
     dele = plan[plan["action"] == "delete"]
     assert set(zip(dele["repository"], dele["digest"])) == world.deleted   # the policy did what the test means
 
@@ -196,7 +196,7 @@ def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(world):
 
 def test_garbage_collection_frees_on_disk_exactly_the_plans_reclaimable_bytes(world, sweep):
     plan_id = make_plan(world.cfg, take_snapshot(world.cfg))
-    meta = world.store.plan_meta(plan_id)
+    meta = world.store.plans.meta(plan_id)
     report = sweep(world.cfg, plan_id, approve=True)
     assert report["deleted"] == len(world.deleted) and report["failed"] == 0
     assert report["bytes_reclaimable"] == meta["bytes_reclaimable"]
@@ -231,7 +231,7 @@ def test_a_snapshot_without_a_blobs_table_gives_unknown_reclaimable_and_nothing_
     assert res.returncode == 0, res.stderr
     plan_id = res.stdout.strip().splitlines()[-1]
     assert "reclaimable unknown" in res.stderr and "warning" not in res.stderr
-    meta = world.store.plan_meta(plan_id)
+    meta = world.store.plans.meta(plan_id)
     assert meta["complete"] is True and meta["snapshot_id"] == old_sid
     assert meta["bytes_reclaimable"] is None and meta["unique_bytes"] is None and meta["blobs_reclaimable"] is None
     assert meta["image_bytes_deleted"] == sum(world.images.values())

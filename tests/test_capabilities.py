@@ -19,7 +19,7 @@ from tests.support.sweeps import edit_plan, journal_events, make_plan, old, stat
 
 
 def snapshot_caps(cfg, sid: str) -> dict:
-    return Store(cfg.store).snapshot_meta(sid)["registry_capabilities"]
+    return Store(cfg.store).snapshots.meta(sid)["registry_capabilities"]
 
 
 def test_a_registry_with_deletion_off_is_said_so_before_approval_is_asked(run_cli, fresh_registry, fault_proxy_factory,
@@ -33,7 +33,7 @@ def test_a_registry_with_deletion_off_is_said_so_before_approval_is_asked(run_cl
 
     assert run_cli("snapshot", "--config", path).returncode == 0
     cfg = load_config(path)
-    sid = Store(cfg.store).resolve_snapshot("latest")
+    sid = Store(cfg.store).snapshots.resolve("latest")
     caps = snapshot_caps(cfg, sid)
     assert (caps["delete_digest"], caps["delete_tag"], caps["referrers"]) == ("no", "no", "no")
     assert "HTTP 405 UNSUPPORTED" in caps["notes"]["delete_digest"]
@@ -51,7 +51,7 @@ def test_a_registry_with_deletion_off_is_said_so_before_approval_is_asked(run_cl
         assert all(status(c, "app", d) == 200 for d in doomed)
     # The only DELETEs it ever sent were the probes': a digest of zeros and a random tag.
     assert all("0" * 64 in p or "regsweep-capability-probe-" in p for m, p in proxy.requests if m == "DELETE")
-    assert journal_events(cfg, Store(cfg.store).resolve_plan("latest")) == []
+    assert journal_events(cfg, Store(cfg.store).plans.resolve("latest")) == []
 
 
 def test_lone_tags_a_registry_cannot_delete_are_kept_without_asking_it(sweep, registry, registry_client, unique_repo,

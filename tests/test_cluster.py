@@ -250,10 +250,10 @@ def test_snapshot_source_failure_is_recorded_and_writes_no_table(one, tmp_path):
     server.add(workload("Deployment", "a", "d", ["r/d:1"]))
     config = make_config(tmp_path, kubeconfig)
     store = Store(config.store)
-    ok = run_source("kubernetes", config, store.staging_dir("s1"), datetime.now(timezone.utc))
+    ok = run_source("kubernetes", config, store.snapshots.staging_dir("s1"), datetime.now(timezone.utc))
     assert (ok.status, ok.rows) == ("ok", 1)
     server.forbid("deployments", namespace=None)
-    staging = store.staging_dir("s2")
+    staging = store.snapshots.staging_dir("s2")
     failed = run_source("kubernetes", config, staging, datetime.now(timezone.utc))
     assert failed.status == "failed"
     assert failed.error.startswith("kubernetes (context prod, kind Deployment): listing deployments cluster-wide "

@@ -100,7 +100,7 @@ def test_approval_through_the_ui_deletes_the_planned_tags_only(world, prefect_se
     # The form is worth reading: what goes and why, the plan's age and snapshot, the artifact link.
     text = dialog.inner_text()
     assert "Approve deleting 2 items from" in text and repo in text
-    plan_id = Store(config["store"]).resolve_plan("latest")
+    plan_id = Store(config["store"]).plans.resolve("latest")
     ago = r"(less than a minute|\d+ min) ago"
     assert re.search(rf"plan {plan_id}, made {ago}", text) and re.search(rf"from snapshot \S+, taken {ago}", text)
     assert "2 manifests" in text and "Why they go" in text and "largest:" in text and "oldest:" in text

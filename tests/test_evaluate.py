@@ -406,24 +406,25 @@ def test_replay_same_snapshot_and_policy_gives_the_identical_plan():
 
 def test_replay_through_the_store_gives_the_identical_plan(tmp_path):
     from tasks.plan.make import make_plan
-    from tasks.store.store import SourceStatus, Store
+    from tasks.snapshot.take import SourceStatus
+from tasks.store.store import Store
 
     s = _busy_snapshot()
     cfg = config(store=str(tmp_path / "store"))
     store = Store(cfg.store)
-    staging = store.staging_dir("snap-1")
+    staging = store.snapshots.staging_dir("snap-1")
     statuses = {}
     for source, schemas in SOURCE_TABLES.items():
         if source == "git":
             statuses[source] = SourceStatus("skipped").to_json()
             continue
-        store.write_source_tables(staging, {k: s.tables()[k] for k in schemas}, schemas)
+        store.snapshots.write_source_tables(staging, {k: s.tables()[k] for k in schemas}, schemas)
         statuses[source] = SourceStatus("ok").to_json()
-    store.publish_snapshot("snap-1", {"created_at": NOW.isoformat(), "complete": True, "registry": REGISTRY,
+    store.snapshots.publish("snap-1", {"created_at": NOW.isoformat(), "complete": True, "registry": REGISTRY,
                                       "sources": statuses})
     first, second = make_plan(cfg, "snap-1"), make_plan(cfg, "latest")
     assert first.plan_id != second.plan_id
-    a, b = store.plan_table(first.plan_id), store.plan_table(second.plan_id)
+    a, b = store.plans.table(first.plan_id), store.plans.table(second.plan_id)
     assert a.equals(b) and a.num_rows == 60
     assert first.meta["policy"] == second.meta["policy"] == cfg.cleanup.digest()
     assert first.meta["snapshot_id"] == "snap-1" and first.meta["complete"] is True

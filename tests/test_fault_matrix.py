@@ -120,8 +120,8 @@ def run(stack: Stack, name: str, fault: str | None, stages: set[str]) -> dict:
         counts = now
     stack.reg.clear(), stack.kube.clear()
     store = Store(cfg.store)
-    row["meta"] = store.snapshot_meta(row["snapshot"])
-    row["rows"] = {(r["tag"], r["digest"]): r["action"] for r in store.plan_table(row["plan"]).to_pylist()}
+    row["meta"] = store.snapshots.meta(row["snapshot"])
+    row["rows"] = {(r["tag"], r["digest"]): r["action"] for r in store.plans.table(row["plan"]).to_pylist()}
     row["after"] = survivors(stack.client, repo)
     RESULTS.append(row)
     return row
@@ -171,7 +171,7 @@ def test_500s_at_the_snapshot_fail_closed(stack, baseline):
     for source in ("registry", "kubernetes"):
         st = row["meta"]["sources"][source]
         assert st["status"] == "failed" and "500" in st["error"] and "\n" not in st["error"]
-    plan = Store(row["cfg"].store).plan_meta(row["plan"])
+    plan = Store(row["cfg"].store).plans.meta(row["plan"])
     assert plan["complete"] is False and plan["delete"] == 0 and "delete" not in row["rows"].values()
     assert isinstance(row["error"], PlanRefused) and "incomplete snapshot" in str(row["error"])
     assert "\n" not in str(row["error"])

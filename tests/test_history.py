@@ -13,16 +13,16 @@ T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 def _publish(store: Store, when: datetime, n_tags: int | None, complete: bool = True) -> str:
     sid = new_id(when)
-    staging = store.staging_dir(sid)
+    staging = store.snapshots.staging_dir(sid)
     if n_tags is not None:
         tags = [{"repository": f"team/r{i % 3}", "tag": f"t{i}", "digest": f"sha256:{i:064x}", "gone": False}
                 for i in range(n_tags)]
         manifests = [{"repository": t["repository"], "digest": t["digest"], "media_type": "application/vnd.oci.image.manifest.v1+json",
                       "kind": "image", "artifact_type": None, "size": 1000, "created": when, "revision": None, "subject": None}
                      for t in tags]
-        store.write_source_tables(staging, {"tags": tags, "manifests": manifests, "children": [], "links": []},
+        store.snapshots.write_source_tables(staging, {"tags": tags, "manifests": manifests, "children": [], "links": []},
                                   {"tags": TAGS, "manifests": MANIFESTS, "children": CHILDREN, "links": LINKS})
-    store.publish_snapshot(sid, {"created_at": when.isoformat(), "complete": complete, "registry": "http://r",
+    store.snapshots.publish(sid, {"created_at": when.isoformat(), "complete": complete, "registry": "http://r",
                                  "sources": {}})
     return sid
 

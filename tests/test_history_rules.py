@@ -44,7 +44,7 @@ def config(tmp_path, registry, repo, kubeconfig=None, **cleanup):
 def plan(cfg, sid):
     """(stored plan rows as {tag: (action, reasons)}, plan meta)."""
     result = make_plan(cfg, sid)
-    rows = Store(cfg.store).plan_table(result.plan_id).to_pylist()
+    rows = Store(cfg.store).plans.table(result.plan_id).to_pylist()
     return {r["tag"]: (r["action"], r["reasons"]) for r in rows}, result.meta
 
 
@@ -138,7 +138,7 @@ def test_an_image_without_build_time_is_fresh_from_when_it_was_first_seen(tmp_pa
     t0 = utcnow() - timedelta(days=10)
     s1 = take_snapshot(cfg, now=t0)
     recorded = {r["digest"]: (r["created"], r["pushed"])
-                for r in Store(cfg.store).snapshot_table(s1, "manifests").to_pylist()}
+                for r in Store(cfg.store).snapshots.table(s1, "manifests").to_pylist()}
     assert recorded[repro] == (None, None)   # 1970 is no build time, and Distribution reports no push time
     s2 = take_snapshot(cfg, now=t0 + timedelta(minutes=90))
     s3 = take_snapshot(cfg, now=t0 + timedelta(hours=5))
@@ -183,7 +183,7 @@ def test_first_seen_forgets_a_snapshot_removed_from_the_store(tmp_path, registry
 
 def cached_first_seen(cfg):
     """The store's first-seen cache: (repository, digest, snapshot) rows and the snapshots folded in."""
-    t = Store(cfg.store).read_cache("first-seen")
+    t = Store(cfg.store).caches.read("first-seen")
     return ([(r["repository"], r["digest"], r["snapshot"]) for r in t.to_pylist()],
             json.loads(t.schema.metadata[b"snapshots"]))
 

@@ -51,14 +51,14 @@ def snapshot_and_plan(cfg) -> tuple[dict, dict, dict[tuple, dict]]:
     store = Store(cfg.store)
     sid = take_snapshot(cfg)
     pid = make_plan(cfg, sid)
-    rows = {(r["repository"], r["tag"], r["digest"]): r for r in store.plan_table(pid).to_pylist()}
-    return store.snapshot_meta(sid), store.plan_meta(pid), rows
+    rows = {(r["repository"], r["tag"], r["digest"]): r for r in store.plans.table(pid).to_pylist()}
+    return store.snapshots.meta(sid), store.plans.meta(pid), rows
 
 
 def manifests_of(cfg) -> dict[str, dict]:
     store = Store(cfg.store)
-    sid = store.resolve_snapshot("latest")
-    return {r["digest"]: r for r in store.snapshot_table(sid, "manifests").to_pylist()}
+    sid = store.snapshots.resolve("latest")
+    return {r["digest"]: r for r in store.snapshots.table(sid, "manifests").to_pylist()}
 
 
 def serve(proxy, path_regex: str, doc) -> None:
@@ -232,7 +232,7 @@ def test_a_manifest_naming_a_non_digest_is_kept_with_a_problem_and_the_name_neve
     row = rows[(unique_repo, "junk", junk)]
     assert row["action"] == "keep" and any(problem in r for r in row["reasons"]), row
     store = Store(cfg.store)
-    children = store.snapshot_table(store.resolve_snapshot("latest"), "children").to_pylist()
+    children = store.snapshots.table(store.snapshots.resolve("latest"), "children").to_pylist()
     assert "v1.0" not in {c["child_digest"] for c in children}
     assert (unique_repo, None, plat) not in rows   # the real platform stays with its kept index (no delete row)
     # the tag v1.0 is read once, as the tag it is, and decided on its own (old, unlinked: delete)
@@ -278,7 +278,7 @@ def test_a_config_larger_than_4_mib_is_not_read_and_the_image_is_kept(fault_prox
     # The honest descriptor is believed and the blob never fetched. The liar's blob is fetched whole:
     # RegistryClient.get_blob cannot stop at a byte limit yet (see tasks/sources/registry.py `needs:`).
     assert fault_proxy.count("GET", f"/blobs/{big_digest}") == 1
-    cache = Store(cfg.store).read_cache(CACHE_NAME)
+    cache = Store(cfg.store).caches.read(CACHE_NAME)
     assert big_digest not in cache.column("digest").to_pylist()
     assert max(len(b) for b in cache.column("body").to_pylist()) <= MAX_BODY_BYTES
 

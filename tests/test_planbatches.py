@@ -23,7 +23,8 @@ from tasks.plan.render import deletion_rows
 from tasks.plan.batches import plan_batches
 from tasks.plan.inputs import read_frames, read_tables
 from tasks.store.schemas import PLAN, SOURCE_TABLES
-from tasks.store.store import SourceStatus, Store
+from tasks.snapshot.take import SourceStatus
+from tasks.store.store import Store
 from tasks.plan.decision_cache import cache_current_decision, policy_key, read_current
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, digest
 
@@ -105,15 +106,15 @@ def build(git_repo, tmp_path, sort: bool):
     s.workload(f"{H}/not/in-snapshot:v1", name="stranger")
     store = Store(cfg.store)
     s.git = {k: v.to_pandas() for k, v in git_source.extract(cfg, store, NOW).items()}
-    staging = store.staging_dir("snap-1")
+    staging = store.snapshots.staging_dir("snap-1")
     tables = s.tables()
     statuses = {}
     for source, schemas in SOURCE_TABLES.items():
         written = {k: tables[k].sort_values(SORT_KEYS[k], ignore_index=True) if sort and k in SORT_KEYS else tables[k]
                    for k in schemas}
-        counts = store.write_source_tables(staging, written, schemas)
+        counts = store.snapshots.write_source_tables(staging, written, schemas)
         statuses[source] = SourceStatus("ok", rows=counts[next(iter(schemas))], tables=counts).to_json()
-    store.publish_snapshot("snap-1", {"created_at": NOW.isoformat(), "complete": True, "registry": REGISTRY,
+    store.snapshots.publish("snap-1", {"created_at": NOW.isoformat(), "complete": True, "registry": REGISTRY,
                                       "sources": statuses})
     return cfg, "snap-1"
 
@@ -122,7 +123,7 @@ def build(git_repo, tmp_path, sort: bool):
 def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_path, sort):
     cfg, sid = build(git_repo, tmp_path, sort)
     store = Store(cfg.store)
-    tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
+    tables, meta = read_frames(store, sid), store.snapshots.meta(sid)
     whole = plan_rows(tables, meta, cfg).frame
     texts = [t for r in whole.reasons for t in r]
     # every rule and relation is in play, kept and deleted alike
@@ -139,7 +140,7 @@ def test_a_plan_in_batches_of_one_repository_is_the_whole_plan(git_repo, tmp_pat
         if batch_rows == 1:   # making a plan caches nothing: the plan flow's next step does
             assert read_current(store, sid, policy_key(cfg)) is None
         assert cache_current_decision(cfg, result)
-        assert store.plan_table(result.plan_id).to_pylist() == want
+        assert store.plans.table(result.plan_id).to_pylist() == want
         assert result.meta["complete"] is True
         got = {k: result.meta[k] for k in SUMMARY}   # (plan_bytes adds true bytes per repository)
         got["repositories"] = {r: {k: v[k] for k in SUMMARY["repositories"].get(r, v)} for r, v in got["repositories"].items()}
@@ -161,11 +162,11 @@ def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp
     path = store.path("snapshots", sid, "links.parquet")
     store.write_table(path, store.read_table(path).slice(0, 3))
     result = make_plan(cfg, sid, batch_rows=1)
-    plan = store.plan_table(result.plan_id).to_pylist()
+    plan = store.plans.table(result.plan_id).to_pylist()
     assert result.meta["complete"] is False and result.meta["delete"] == 0
     assert {r["action"] for r in plan} == {"keep"}
     assert all(any("links has 3 rows" in t for t in r["reasons"]) for r in plan)
-    tables, meta = read_frames(store, sid), store.snapshot_meta(sid)
+    tables, meta = read_frames(store, sid), store.snapshots.meta(sid)
     assert plan == pa.Table.from_pandas(plan_rows(tables, meta, cfg).frame, schema=PLAN, preserve_index=False).to_pylist()
 
 
@@ -177,7 +178,7 @@ def test_a_what_if_cache_that_cannot_be_written_leaves_the_plan_as_published(git
     with caplog.at_level("WARNING", logger="regsweep.plan"):
         assert cache_current_decision(cfg, result) is False
     assert f"what-if cache of snapshot {sid} not written" in caplog.text
-    assert store.resolve_plan("latest") == result.plan_id and read_current(store, sid, policy_key(cfg)) is None
+    assert store.plans.resolve("latest") == result.plan_id and read_current(store, sid, policy_key(cfg)) is None
 
 
 def test_commit_lookup_by_integer_keys_agrees_with_string_lookup():

@@ -259,7 +259,7 @@ def test_rescan_of_an_unchanged_registry_costs_one_head_per_tag(fresh_registry, 
     before = len(_access_lines(reg))
     cold = extract(cfg, store, NOW)
     cold_requests = len(_access_lines(reg)) - before
-    cached = store.read_cache(CACHE_NAME)
+    cached = store.caches.read(CACHE_NAME)
     assert cached is not None and cached.num_rows >= 40 + 40 + 4  # manifests and configs by digest
 
     before = len(_access_lines(reg))
@@ -290,7 +290,7 @@ def test_cache_survives_garbage_and_tables_match_the_schema(registry, registry_c
     tables = extract(cfg, store, NOW)
     for name, schema in SOURCE_TABLES["registry"].items():
         assert tables[name].schema.equals(schema), name
-    assert store.read_cache(CACHE_NAME).column_names == ["digest", "media_type", "body"]
+    assert store.caches.read(CACHE_NAME).column_names == ["digest", "media_type", "body"]
 
 
 # --- the client API the sweep relies on --------------------------------------------------------------

@@ -346,9 +346,9 @@ def test_password_from_a_prefect_secret_block_reaches_no_parameter(prefect_harne
                  repositories=["block/app"])
     assert REGISTRY_PASSWORD not in config.model_dump_json()   # what Prefect stores as the flow's parameters
     sid = snapshot_flow(config=config, sources=["registry"])
-    tags = Store(config.store).snapshot_table(sid, "tags").to_pylist()
+    tags = Store(config.store).snapshots.table(sid, "tags").to_pylist()
     assert [(t["tag"], t["digest"]) for t in tags] == [("v1", d)]
-    assert REGISTRY_PASSWORD not in json.dumps(Store(config.store).snapshot_meta(sid))
+    assert REGISTRY_PASSWORD not in json.dumps(Store(config.store).snapshots.meta(sid))
 
 
 def test_a_missing_secret_block_names_the_key(prefect_harness, htpasswd_registry, tmp_path):

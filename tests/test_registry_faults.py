@@ -101,7 +101,7 @@ def test_a_failed_tag_listing_fails_the_source_and_writes_no_table(fault_proxy, 
 
     # Through the snapshot machinery: the source is failed and no partial table exists.
     store = Store(cfg.store)
-    staging = store.staging_dir("t1")
+    staging = store.snapshots.staging_dir("t1")
     status = run_source("registry", cfg, staging, datetime.now(timezone.utc))
     assert status.status == "failed" and f"{unique_repo}-broken" in status.error
     assert not store.fs.exists(f"{staging}/tags.parquet")

@@ -91,12 +91,12 @@ def test_a_config_blob_that_404s_is_recorded_and_the_image_kept_as_fresh(registr
     sid = take_snapshot(cfg)
 
     store = Store(cfg.store)
-    warnings = store.snapshot_meta(sid)["sources"]["registry"]["warnings"]
+    warnings = store.snapshots.meta(sid)["sources"]["registry"]["warnings"]
     assert warnings["count"] == 1 and config_digest in warnings["messages"][0] and "404" in warnings["messages"][0]
-    rows = {r["digest"]: r for r in store.snapshot_table(sid, "manifests").to_pylist()}
+    rows = {r["digest"]: r for r in store.snapshots.table(sid, "manifests").to_pylist()}
     assert rows[broken]["problem"] == f"config blob {config_digest} is missing (HTTP 404)"
     assert rows[broken]["created"] is None and rows[gone]["problem"] is None
-    plan = {r["tag"]: r for r in store.plan_table(make_plan(cfg, sid).plan_id).to_pylist()}
+    plan = {r["tag"]: r for r in store.plans.table(make_plan(cfg, sid).plan_id).to_pylist()}
     assert plan["no-config"]["action"] == "keep" and plan["fine"]["action"] == "delete"
     assert (f"build time unknown (config blob {config_digest} is missing (HTTP 404)): counts as fresh, kept"
             in plan["no-config"]["reasons"])
@@ -113,10 +113,10 @@ def test_a_manifest_that_will_not_parse_is_recorded_and_kept(registry, registry_
         cfg = load_config(write_config(tmp_path, proxy.url, repo))
         sid = take_snapshot(cfg)
     store = Store(cfg.store)
-    warnings = store.snapshot_meta(sid)["sources"]["registry"]["warnings"]
+    warnings = store.snapshots.meta(sid)["sources"]["registry"]["warnings"]
     assert warnings["count"] == 1 and "malformed" in warnings["messages"][0]
-    problem = {r["digest"]: r["problem"] for r in store.snapshot_table(sid, "manifests").to_pylist()}
+    problem = {r["digest"]: r["problem"] for r in store.snapshots.table(sid, "manifests").to_pylist()}
     assert problem[sha256_digest(body)].startswith(f"malformed {OCI_MANIFEST}")
-    plan = {r["tag"]: r for r in store.plan_table(make_plan(cfg, sid).plan_id).to_pylist()}
+    plan = {r["tag"]: r for r in store.plans.table(make_plan(cfg, sid).plan_id).to_pylist()}
     assert plan["broken"]["action"] == "keep" and plan["fine"]["action"] == "delete"
     assert plan["broken"]["reasons"] == [f"unreadable manifest ({problem[sha256_digest(body)]}): kept"]

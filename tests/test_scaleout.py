@@ -44,11 +44,11 @@ def configs(registry, base, store):
 def same_tables(single_store: str, sid_single: str, dask_store: str, sid_dask: str) -> None:
     a, b = Store(single_store), Store(dask_store)
     for name in SOURCE_TABLES["registry"]:
-        ta, tb = a.snapshot_table(sid_single, name), b.snapshot_table(sid_dask, name)
+        ta, tb = a.snapshots.table(sid_single, name), b.snapshots.table(sid_dask, name)
         assert tb.schema.equals(ta.schema), name
         assert tb.to_pylist() == ta.to_pylist(), name        # row by row, in order
     # blobs included: every manifest's body, config and layers (the world has an index and a signature)
-    kinds = set(a.snapshot_table(sid_single, "blobs").column("kind").to_pylist())
+    kinds = set(a.snapshots.table(sid_single, "blobs").column("kind").to_pylist())
     assert kinds == {"manifest", "config", "layer"}
 
 
@@ -63,17 +63,17 @@ def test_dask_fan_out_writes_part_files_with_the_single_scans_rows(prefect_harne
     store = Store(dask.store)
     parts = store.table_parts(store.path("snapshots", sid_dask, "tags.parquet"))
     assert len(parts) == 3                                  # 6 repositories in batches of 2
-    meta, single_meta = store.snapshot_meta(sid_dask), Store(single.store).snapshot_meta(sid_single)
+    meta, single_meta = store.snapshots.meta(sid_dask), Store(single.store).snapshots.meta(sid_single)
     assert meta["complete"] and meta["sources"]["registry"]["tables"] == single_meta["sources"]["registry"]["tables"]
     assert meta["registry_capabilities"]["repository"] == single_meta["registry_capabilities"]["repository"]
     assert not any(".staging" in p for p in store.fs.ls(store.path("snapshots")))
     # The batches' cache parts are merged into the one cache: a rescan reads no manifest again.
-    assert store.read_cache("registry-blobs").num_rows == Store(single.store).read_cache("registry-blobs").num_rows
+    assert store.caches.read("registry-blobs").num_rows == Store(single.store).caches.read("registry-blobs").num_rows
     assert not store.fs.exists(store.path("cache", f".parts-{sid_dask}"))
 
     # The plan reads the part files as one dataset and decides exactly as on the single scan.
     plan_single, plan_dask = make_plan(single, sid_single), make_plan(dask, sid_dask)
-    rows = lambda cfg, p: Store(cfg.store).plan_table(p.plan_id).to_pylist()  # noqa: E731
+    rows = lambda cfg, p: Store(cfg.store).plans.table(p.plan_id).to_pylist()  # noqa: E731
     assert rows(dask, plan_dask) == rows(single, plan_single)
     assert plan_dask.meta["delete"] == plan_single.meta["delete"]
 
@@ -87,10 +87,10 @@ def test_dask_fan_out_on_s3(prefect_harness, registry, world, tmp_path, s3_store
     same_tables(single.store, sid_single, dask.store, sid_dask)
     store = Store(dask.store)
     assert len(store.table_parts(store.path("snapshots", sid_dask, "manifests.parquet"))) == 3
-    assert Store(dask.store).list_snapshots() == [sid_dask]
+    assert Store(dask.store).snapshots.list() == [sid_dask]
     plan_single, plan_dask = make_plan(single, sid_single), make_plan(dask, sid_dask)
-    assert (Store(dask.store).plan_table(plan_dask.plan_id).to_pylist()
-            == Store(single.store).plan_table(plan_single.plan_id).to_pylist())
+    assert (Store(dask.store).plans.table(plan_dask.plan_id).to_pylist()
+            == Store(single.store).plans.table(plan_single.plan_id).to_pylist())
 
 
 def test_a_failed_batch_fails_the_source_and_leaves_no_registry_table(prefect_harness, registry, world, tmp_path):
@@ -104,9 +104,9 @@ def test_a_failed_batch_fails_the_source_and_leaves_no_registry_table(prefect_ha
         with pytest.raises(SnapshotIncomplete):
             snapshot_flow(config=dask, sources=["registry"])
     store = Store(dask.store)
-    (sid,) = store.list_snapshots()
-    reg = store.snapshot_meta(sid)["sources"]["registry"]
+    (sid,) = store.snapshots.list()
+    reg = store.snapshots.meta(sid)["sources"]["registry"]
     assert reg["status"] == "failed" and "500" in reg["error"]
     for name in SOURCE_TABLES["registry"]:
-        assert store.snapshot_table(sid, name) is None, name   # not three batches' worth of rows
-    assert store.read_cache("registry-blobs") is None          # no partial cache either
+        assert store.snapshots.table(sid, name) is None, name   # not three batches' worth of rows
+    assert store.caches.read("registry-blobs") is None          # no partial cache either

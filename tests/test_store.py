@@ -21,28 +21,28 @@ def test_ids_sort_by_time():
 def test_snapshot_invisible_until_published(tmp_path):
     store = Store(str(tmp_path / "store"))
     sid = new_id()
-    staging = store.staging_dir(sid)
-    store.write_source_tables(staging, {"tags": [{"repository": "a", "tag": "1", "digest": "sha256:aa", "gone": False}]},
+    staging = store.snapshots.staging_dir(sid)
+    store.snapshots.write_source_tables(staging, {"tags": [{"repository": "a", "tag": "1", "digest": "sha256:aa", "gone": False}]},
                               {"tags": TAGS})
-    assert store.list_snapshots() == []
+    assert store.snapshots.list() == []
     with pytest.raises(StoreError, match="no snapshots yet"):
-        store.resolve_snapshot("latest")
-    store.publish_snapshot(sid, {"created_at": "2026-01-01T00:00:00+00:00", "complete": True})
-    assert store.list_snapshots() == [sid] and store.resolve_snapshot("latest") == sid
-    t = store.snapshot_table(sid, "tags")
+        store.snapshots.resolve("latest")
+    store.snapshots.publish(sid, {"created_at": "2026-01-01T00:00:00+00:00", "complete": True})
+    assert store.snapshots.list() == [sid] and store.snapshots.resolve("latest") == sid
+    t = store.snapshots.table(sid, "tags")
     assert t.schema.equals(TAGS, check_metadata=False)
     assert t.to_pylist() == [{"repository": "a", "tag": "1", "digest": "sha256:aa", "gone": False}]
-    assert store.snapshot_table(sid, "workloads") is None  # a skipped or failed source has no table
+    assert store.snapshots.table(sid, "workloads") is None  # a skipped or failed source has no table
     with pytest.raises(StoreError, match="no snapshot 'nope'"):
-        store.resolve_snapshot("nope")
+        store.snapshots.resolve("nope")
 
 
 def test_tables_are_cast_to_their_schema(tmp_path):
     store = Store(str(tmp_path))
     sid = new_id()
-    staging = store.staging_dir(sid)
+    staging = store.snapshots.staging_dir(sid)
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, KeyError)):
-        store.write_source_tables(staging, {"tags": [{"repository": "a", "tag": 1, "digest": None, "gone": "x"}]},
+        store.snapshots.write_source_tables(staging, {"tags": [{"repository": "a", "tag": 1, "digest": None, "gone": "x"}]},
                                   {"tags": TAGS})
 
 
@@ -58,12 +58,12 @@ def test_append_only_log_reads_back_in_order(tmp_path):
 def test_fsspec_memory_store_round_trip():
     store = Store("memory://regsweep-test-" + new_id())
     sid = new_id()
-    staging = store.staging_dir(sid)
-    store.write_source_tables(staging, {"tags": []}, {"tags": TAGS})
-    assert store.list_snapshots() == []  # no snapshot.json yet: not published
-    store.publish_snapshot(sid, {"created_at": "x", "complete": True})
-    assert store.list_snapshots() == [sid]
-    assert store.snapshot_table(sid, "tags").num_rows == 0
+    staging = store.snapshots.staging_dir(sid)
+    store.snapshots.write_source_tables(staging, {"tags": []}, {"tags": TAGS})
+    assert store.snapshots.list() == []  # no snapshot.json yet: not published
+    store.snapshots.publish(sid, {"created_at": "x", "complete": True})
+    assert store.snapshots.list() == [sid]
+    assert store.snapshots.table(sid, "tags").num_rows == 0
 
 
 def test_a_durable_append_leaves_only_published_files(tmp_path):
@@ -82,7 +82,7 @@ def test_a_store_root_that_is_a_file_fails_naming_the_path(tmp_path):
     schema = pa.schema([("n", pa.int64())])
     table = pa.table({"n": [1]}, schema=schema)
     calls = [  # (call, what the message says it could not do, and to which path)
-        (lambda: store.staging_dir("s1"), f"create {root}/snapshots/.staging-s1"),
+        (lambda: store.snapshots.staging_dir("s1"), f"create {root}/snapshots/.staging-s1"),
         (lambda: store.write_json(f"{root}/plans/p1/plan.json", {}), f"create {root}/plans/p1"),
         (lambda: store.write_table(f"{root}/cache/c.parquet", table), f"create {root}/cache"),
         (lambda: store.append_rows("journal/p1", table), f"write {root}/journal/p1/"),
@@ -94,7 +94,7 @@ def test_a_store_root_that_is_a_file_fails_naming_the_path(tmp_path):
         assert str(exc.value).startswith(f"store {root}: cannot {failed}"), str(exc.value)
         assert "\n" not in str(exc.value)
     # Reading what is not there is no error: a store that holds nothing yet.
-    assert store.list_plans() == [] and store.read_rows("journal/p1", schema).num_rows == 0
+    assert store.plans.list() == [] and store.read_rows("journal/p1", schema).num_rows == 0
     assert root.read_text() == "not a directory"
 
 

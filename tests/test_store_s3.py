@@ -14,15 +14,15 @@ from tasks.store.store import Store, new_id
 def test_snapshot_on_s3_is_invisible_until_published_and_reads_back_typed(s3_store):
     store = Store(s3_store)
     sid = new_id()
-    staging = store.staging_dir(sid)
+    staging = store.snapshots.staging_dir(sid)
     row = {"repository": "a", "tag": "1", "digest": "sha256:" + "a" * 64, "gone": False}
-    store.write_source_tables(staging, {"tags": [row]}, {"tags": TAGS})
-    assert store.list_snapshots() == []  # tables written, snapshot.json not yet: not published
-    store.publish_snapshot(sid, {"created_at": "2026-01-01T00:00:00+00:00", "complete": True})
-    assert store.list_snapshots() == [sid]
-    t = store.snapshot_table(sid, "tags")
+    store.snapshots.write_source_tables(staging, {"tags": [row]}, {"tags": TAGS})
+    assert store.snapshots.list() == []  # tables written, snapshot.json not yet: not published
+    store.snapshots.publish(sid, {"created_at": "2026-01-01T00:00:00+00:00", "complete": True})
+    assert store.snapshots.list() == [sid]
+    t = store.snapshots.table(sid, "tags")
     assert t.schema.equals(TAGS, check_metadata=False) and t.to_pylist() == [row]
-    assert Store(s3_store).resolve_snapshot("latest") == sid  # a second process sees the same
+    assert Store(s3_store).snapshots.resolve("latest") == sid  # a second process sees the same
 
 
 def test_cli_snapshot_and_plan_with_an_s3_store(run_cli, registry, registry_client, unique_repo, tmp_path, s3_store,
@@ -44,6 +44,6 @@ def test_cli_snapshot_and_plan_with_an_s3_store(run_cli, registry, registry_clie
     assert [(x["repository"], x["tag"], x["digest"], x["action"]) for x in rows] == [
         (unique_repo, "v1", digest, "keep")]
     store = Store(s3_store)
-    assert store.list_snapshots() == [sid]
-    assert store.snapshot_table(sid, "tags").column("digest").to_pylist() == [digest]
-    assert store.plan_meta(r.stdout.strip().splitlines()[-1])["snapshot_id"] == sid
+    assert store.snapshots.list() == [sid]
+    assert store.snapshots.table(sid, "tags").column("digest").to_pylist() == [digest]
+    assert store.plans.meta(r.stdout.strip().splitlines()[-1])["snapshot_id"] == sid

@@ -125,12 +125,12 @@ def test_a_plan_deleting_one_of_two_tags_on_a_digest_keeps_the_digest(sweep, reg
     cfg = load_config(write_config(tmp_path, registry.url, repo))
     store = Store(cfg.store)
     plan = plan_of(cfg)
-    rows = store.plan_table(plan).to_pylist()
+    rows = store.plans.table(plan).to_pylist()
     for r in rows:
         if r["tag"] == "stable":
             r["action"], r["reasons"] = "keep", ["hand edit"]
     edited = new_id()
-    store.publish_plan(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plan_meta(plan), "id": edited})
+    store.plans.publish(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plans.meta(plan), "id": edited})
 
     report = sweep(cfg, edited, approve=True)
 
@@ -153,7 +153,7 @@ def test_incomplete_snapshot_plan_is_refused(sweep, registry, registry_client, u
     server.fail("pods", 500)  # one list call fails: the snapshot is incomplete
     cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig))
     sid = take_snapshot(cfg)
-    assert Store(cfg.store).snapshot_meta(sid)["complete"] is False
+    assert Store(cfg.store).snapshots.meta(sid)["complete"] is False
     plan = make_plan(cfg, sid)
 
     with pytest.raises(PlanRefused, match=f"plan {plan} comes from incomplete snapshot {sid}"):
@@ -235,7 +235,7 @@ def test_registry_answering_503_then_429_recovers_with_retries(sweep, registry, 
 
 def planned_tags(cfg, plan_id: str) -> dict[tuple[str, str], str]:
     """(repository, tag) -> digest of every tag the plan deletes."""
-    rows = Store(cfg.store).plan_table(plan_id).to_pylist()
+    rows = Store(cfg.store).plans.table(plan_id).to_pylist()
     return {(r["repository"], r["tag"]): r["digest"] for r in rows if r["action"] == "delete" and r["tag"]}
 
 

@@ -134,7 +134,7 @@ def test_whatif_reports_the_image_a_later_snapshot_ran_as_a_regret(history, tmp_
     # the current policy's figures are the plan's own (decide-only agrees with the full plan path)
     store = Store(cfg.store)
     for s in data["snapshots"]:
-        meta = store.plan_meta(make_plan(cfg, s["id"]))
+        meta = store.plans.meta(make_plan(cfg, s["id"]))
         assert s["current"] == {"delete": meta["delete"], "reclaimable_bytes": meta["bytes_reclaimable"]}
     assert [s["current"]["delete"] for s in data["snapshots"]] == [2, 2, 2, 0]
     assert [s["candidate"]["delete"] for s in data["snapshots"]] == [3, 4, 4, 2]
@@ -203,7 +203,7 @@ def test_caches_the_flows_write_give_the_whatif_the_same_answer(history, tmp_pat
         r = run_cli("plan", "--config", tmp_path / "regsweep.yaml", "--snapshot", sid)
         assert r.returncode == 0, r.stderr
     key = policy_key(cfg)
-    plans = {store.plan_meta(p)["snapshot_id"]: store.plan_meta(p) for p in store.list_plans()}
+    plans = {store.plans.meta(p)["snapshot_id"]: store.plans.meta(p) for p in store.plans.list()}
     for prev, sid in zip([None, *ids], ids):
         assert os.path.exists(store.path("cache", footprint_name(sid) + ".parquet"))
         if prev:
@@ -212,7 +212,7 @@ def test_caches_the_flows_write_give_the_whatif_the_same_answer(history, tmp_pat
         outcome, needed = read_current(store, sid, key)
         assert (outcome.delete, outcome.reclaimable_bytes) == (plans[sid]["delete"], plans[sid]["bytes_reclaimable"])
         # the index frees what the footprint frees, for any set of deleted manifests
-        m = store.snapshot_table(sid, "manifests", columns=["repository", "digest"])
+        m = store.snapshots.table(sid, "manifests", columns=["repository", "digest"])
         for pick in (np.arange(m.num_rows), np.arange(m.num_rows)[::2], np.arange(0)):
             sel = m.take(pa.array(pick, pa.int64()))
             assert load_index(store, sid).total(sel["repository"].combine_chunks(), sel["digest"].combine_chunks()) == \

@@ -2,7 +2,9 @@
 
     RegsweepError                    exit code 1 unless stated
     ├── ConfigError                  exit 2: a configuration key or argument is wrong
+    │   └── InputFileError           a file the user named (configuration, policy, output) is unusable
     ├── StoreError                   the snapshot/plan store cannot be read or written
+    │   └── NotFound                 what was asked for is not there (a snapshot, a plan, a file)
     ├── SourceError                  a source could not be read completely (fail closed)
     │   ├── RegistryError            names the registry (and repository / reference); retryable or not
     │   │   ├── RegistryAuthError    exit 2: 401/403, wrong or missing credentials
@@ -42,8 +44,28 @@ class ConfigError(RegsweepError):
         super().__init__(f"{key}: {problem}" if key else problem)
 
 
+class InputFileError(ConfigError):
+    """A file the user named cannot be read, parsed or written; `role` says which file it is
+    ("config", "policy", "json", "chart"), so the command line names the argument that gave it."""
+
+    def __init__(self, role: str, problem: str):
+        self.role = role
+        super().__init__(role, problem)
+
+
 class StoreError(RegsweepError):
     """The store (local path or fsspec URL) could not be read or written."""
+
+
+class NotFound(StoreError):
+    """What was asked for is not there: the only "absent" signal of the store (and of a plan's rows).
+
+    `what` says which kind of thing ("snapshot", "plan", "file", "image"), so the command line can
+    name the argument that asked for it (flows/cli.py)."""
+
+    def __init__(self, message: str, what: str = "file"):
+        self.what = what
+        super().__init__(message)
 
 
 class SourceError(RegsweepError):

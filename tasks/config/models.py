@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.common.errors import ConfigError
+from tasks.common.errors import ConfigError, InputFileError
 from tasks.config.policy import CleanupPolicy
 from tasks.common.units import parse_duration
 
@@ -337,24 +337,24 @@ def parse_config(data: Any) -> RegsweepConfig:
     return cfg
 
 
-def read_yaml_documents(path: str | Path, option: str) -> list:
-    """Every YAML document of a file; errors name the command-line option the path came from."""
+def read_yaml_documents(path: str | Path, role: str) -> list:
+    """Every YAML document of a file; errors say which file it is (`role`: "config", "policy")."""
     p = Path(path).expanduser()
     try:
         text = p.read_text()
     except OSError as e:
-        raise ConfigError(option, f"cannot read {path}: {e.strerror}") from None
+        raise InputFileError(role, f"cannot read {path}: {e.strerror}") from None
     try:
         return list(yaml.safe_load_all(text))
     except yaml.YAMLError as e:
-        raise ConfigError(option, f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise InputFileError(role, f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def load_config(path: str | Path) -> RegsweepConfig:
     """Read and validate a YAML configuration file."""
-    docs = [d for d in read_yaml_documents(path, "--config") if d is not None]
+    docs = [d for d in read_yaml_documents(path, "config") if d is not None]
     if len(docs) > 1:
-        raise ConfigError("--config", f"{path} holds {len(docs)} YAML documents; a configuration is one")
+        raise InputFileError("config", f"{path} holds {len(docs)} YAML documents; a configuration is one")
     data = docs[0] if docs else None
     cfg = parse_config(data if data is not None else {})
     return _anchor_paths(cfg, Path(path).expanduser().parent)

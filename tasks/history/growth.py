@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.errors import StoreError
 from tasks.common.units import human_bytes
 from tasks.snapshot.summary import summarize_chunk
 from tasks.store.caches import summary_name
@@ -78,10 +79,10 @@ def _summaries(store: Store, sids: list[str], workers: int) -> list[tuple[str, p
 def _plan_reclaimable(store: Store) -> dict[str, int | None]:
     """bytes_reclaimable of each snapshot's newest stored plan."""
     out: dict[str, int | None] = {}
-    for pid in store.list_plans():   # ids sort by time: a later plan of a snapshot wins
+    for pid in store.plans.list():   # ids sort by time: a later plan of a snapshot wins
         try:
-            meta = store.plan_meta(pid)
-        except (FileNotFoundError, OSError):
+            meta = store.plans.meta(pid)
+        except StoreError:
             continue
         if meta.get("snapshot_id"):
             out[meta["snapshot_id"]] = meta.get("bytes_reclaimable")
@@ -97,8 +98,8 @@ def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def growth_report(store: Store, since: datetime | None = None, workers: int = WORKERS) -> Growth:
-    sids = iter_ids_since(store.list_snapshots(), since)
-    metas = {s: store.snapshot_meta(s) for s in sids}
+    sids = iter_ids_since(store.snapshots.list(), since)
+    metas = {s: store.snapshots.meta(s) for s in sids}
     results = _summaries(store, sids, workers)
     reclaim = _plan_reclaimable(store)
     rows, per_repo, diffs = [], [], []

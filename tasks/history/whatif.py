@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from tasks.config.models import RegsweepConfig, config_error_from, read_yaml_documents
-from tasks.common.errors import ConfigError
+from tasks.common.errors import ConfigError, InputFileError
 from tasks.config.policy import CleanupPolicy
 from tasks.plan.decision_cache import Outcome, policy_key, read_current, write_current
 from tasks.plan.evaluate import decide
@@ -46,10 +46,10 @@ WORKERS = 2
 
 def load_policy(path: str | Path) -> CleanupPolicy:
     """The `cleanup:` section of a werf.yaml (any of its documents) or a regsweep config."""
-    docs = [d for d in read_yaml_documents(path, "--policy") if isinstance(d, dict)]
+    docs = [d for d in read_yaml_documents(path, "policy") if isinstance(d, dict)]
     section = next((d["cleanup"] for d in docs if "cleanup" in d), None)
     if section is None:
-        raise ConfigError("--policy", f"{path} has no `cleanup:` section")
+        raise InputFileError("policy", f"{path} has no `cleanup:` section")
     if not isinstance(section, dict):
         raise ConfigError("cleanup", f"in {path}: must be a mapping")
     try:
@@ -121,7 +121,7 @@ def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
         from tasks.plan.history_rules import HistoryInputs
 
         inputs = HistoryInputs(store)
-    out, d = _decide(read_frames(store, snapshot_id), store.snapshot_meta(snapshot_id), config, snapshot_id, inputs,
+    out, d = _decide(read_frames(store, snapshot_id), store.snapshots.meta(snapshot_id), config, snapshot_id, inputs,
                      load_index(store, snapshot_id))
     write_current(store, snapshot_id, policy_key(config), out, d.needed)
     return out
@@ -151,7 +151,7 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
     key = policy_key(current)
     out, first, before = [], [], None
     for i, sid in enumerate(sids):
-        meta = store.snapshot_meta(sid)
+        meta = store.snapshots.meta(sid)
         cached = read_current(store, sid, key)
         tables = read_frames(store, sid)
         index = load_index(store, sid)   # cached by the snapshot flow, else built and cached now
@@ -184,7 +184,7 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
 # ------------------------------------------------------------------ all snapshots
 
 def complete_snapshots(store: Store, since: datetime | None) -> list[str]:
-    return [s for s in iter_ids_since(store.list_snapshots(), since) if store.snapshot_meta(s).get("complete")]
+    return [s for s in iter_ids_since(store.snapshots.list(), since) if store.snapshots.meta(s).get("complete")]
 
 
 def whatif(config: RegsweepConfig, candidate: CleanupPolicy, since: datetime | None = None,
@@ -273,4 +273,4 @@ def write_json(result: WhatIf, path: str) -> None:
         with open(path, "w") as f:
             json.dump(result.to_json(), f, indent=1)
     except OSError as e:
-        raise ConfigError("--json", f"cannot write {path}: {e.strerror}") from None
+        raise InputFileError("json", f"cannot write {path}: {e.strerror}") from None

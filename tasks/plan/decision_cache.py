@@ -52,7 +52,7 @@ def cache_name(sid: str, key: str) -> str:
 
 def read_current(store: Store, sid: str, key: str) -> tuple[Outcome, pa.Table] | None:
     """A policy's cached result at a snapshot (its Outcome and NEEDED rows), if cached."""
-    cached = store.read_cache(cache_name(sid, key))
+    cached = store.caches.read(cache_name(sid, key))
     if cached is None or not cached.schema.metadata or b"delete" not in cached.schema.metadata:
         return None
     md = cached.schema.metadata
@@ -63,7 +63,7 @@ def read_current(store: Store, sid: str, key: str) -> tuple[Outcome, pa.Table] |
 def write_current(store: Store, sid: str, key: str, outcome: Outcome, needed: pa.Table) -> pa.Table:
     """Cache a policy's result at a snapshot; returns `needed` as cached (NEEDED)."""
     needed = needed.cast(NEEDED)
-    store.write_cache(cache_name(sid, key), needed.replace_schema_metadata(
+    store.caches.write(cache_name(sid, key), needed.replace_schema_metadata(
         {"delete": str(outcome.delete),
          "reclaimable_bytes": "" if outcome.reclaimable_bytes is None else str(outcome.reclaimable_bytes)}))
     return needed

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common.errors import ConfigError, StoreError
+from tasks.common.errors import NotFound, StoreError
 from tasks.common.units import human_bytes
 from tasks.config.models import RegistryConfig, RegsweepConfig
 from tasks.oci.reference import ImageRef, RegistryMatcher, parse_reference
@@ -43,7 +43,7 @@ def _parsed(ref: str) -> ImageRef | None:
 
 
 def find_rows(plan: pd.DataFrame, candidates: list[tuple[str, str | None, str | None]], image_ref: str) -> pd.DataFrame:
-    """Plan rows an IMAGE_REF names; ConfigError when there are none."""
+    """Plan rows an IMAGE_REF names; NotFound when there are none."""
     for repo, tag, digest in candidates:
         rows = plan[plan["repository"] == repo]
         if digest:
@@ -57,18 +57,15 @@ def find_rows(plan: pd.DataFrame, candidates: list[tuple[str, str | None, str | 
     raise _not_in_plan(image_ref)
 
 
-def _not_in_plan(image_ref: str) -> ConfigError:
-    return ConfigError("IMAGE_REF", f"{image_ref} is not in the plan (no such repository, tag or digest)")
+def _not_in_plan(image_ref: str) -> NotFound:
+    return NotFound(f"{image_ref} is not in the plan (no such repository, tag or digest)", what="image")
 
 
 def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") -> list[str]:
     """Lines explaining the decision on IMAGE_REF; the last line is the decision."""
     store = Store(config.store)
-    try:
-        plan_id = store.resolve_plan(plan_ref)
-    except Exception as e:  # StoreError: unknown id or no plan yet
-        raise ConfigError("--plan", str(e)) from None
-    meta = store.plan_meta(plan_id)
+    plan_id = store.plans.resolve(plan_ref)   # NotFound(what="plan"): an unknown id, or no plan yet
+    meta = store.plans.meta(plan_id)
     candidates = _candidates(config.registry, image_ref)
     if not candidates:   # not an image reference: no repository to read
         raise _not_in_plan(image_ref)
@@ -79,7 +76,7 @@ def explain(config: RegsweepConfig, image_ref: str, plan_ref: str = "latest") ->
     out = [f"plan {plan_id} from snapshot {meta.get('snapshot_id')} ({'complete' if meta.get('complete') else 'INCOMPLETE: deletes nothing'})"]
     try:
         rows = find_rows(plan, candidates, image_ref)
-    except ConfigError:
+    except NotFound:
         kept = _kept_relative(store, meta.get("snapshot_id"), plan, candidates)
         if kept is None:
             raise
@@ -131,7 +128,7 @@ def _kept_relative(store: Store, snapshot_id: str | None, plan: pd.DataFrame,
     one — a pod's platform digest, a signature: answer with the manifest they belong to.
     """
     def matching(table: str, column: str, repo: str, digest: str) -> list[dict]:
-        t = store.snapshot_table(snapshot_id, table)
+        t = store.snapshots.table(snapshot_id, table)
         if t is None:
             return []
         return t.filter(pc.and_(pc.equal(t["repository"], repo), pc.equal(t[column], digest))).to_pylist()

@@ -49,13 +49,13 @@ def sightings(store: Store, snapshot_id: str, meta: dict[str, Any]) -> pa.Table:
     sources = meta.get("sources") or {}
     parts = []
     if (sources.get("kubernetes") or {}).get("status") == "ok":
-        w = store.snapshot_table(snapshot_id, "workloads", columns=[
+        w = store.snapshots.table(snapshot_id, "workloads", columns=[
             "context", "namespace", "kind", "name", "container", "container_type", "image", "image_id", "finished"])
         if w is not None:
             w = w.filter(pc.invert(pc.fill_null(w["finished"], False)))
             parts.append(_seen_rows(w["image"], w["image_id"], "kubernetes", workload_names(w)))
     if (sources.get("helm") or {}).get("status") == "ok":
-        h = store.snapshot_table(snapshot_id, "helm", columns=["context", "namespace", "release", "revision", "image"])
+        h = store.snapshots.table(snapshot_id, "helm", columns=["context", "namespace", "release", "revision", "image"])
         if h is not None:
             # the revision without its status: see helm_revision_names
             parts.append(_seen_rows(h["image"], pa.nulls(h.num_rows, pa.string()), "helm",
@@ -151,7 +151,7 @@ def update_first_seen(store: Store, snapshot_ids: list[str],
     all; one whose config could not be read is kept as unreadable whatever this says.
     """
     meta = meta or store.snapshot_meta
-    cached = store.read_cache(FIRST_SEEN_CACHE_NAME)
+    cached = store.caches.read(FIRST_SEEN_CACHE_NAME)
     table, folded = FIRST_SEEN_CACHE.empty_table(), set()
     if cached is not None:
         try:
@@ -169,7 +169,7 @@ def update_first_seen(store: Store, snapshot_ids: list[str],
     for sid in new:
         m = meta(sid)
         at = parse_time(m.get("created_at"))
-        t = store.snapshot_table(sid, "manifests", columns=["repository", "digest", "created"])
+        t = store.snapshots.table(sid, "manifests", columns=["repository", "digest", "created"])
         folded.add(sid)
         if t is None or at is None:
             continue   # its registry source failed or was skipped: it listed nothing
@@ -189,7 +189,7 @@ def update_first_seen(store: Store, snapshot_ids: list[str],
                      schema=FIRST_SEEN_CACHE)
     table = table.sort_by([(k, "ascending") for k in keys])
     try:
-        store.write_cache(FIRST_SEEN_CACHE_NAME, table.replace_schema_metadata(
+        store.caches.write(FIRST_SEEN_CACHE_NAME, table.replace_schema_metadata(
             {"snapshots": json.dumps(sorted(folded))}))
     except StoreError:
         pass   # a cache that cannot be written is only a slower next run
@@ -256,12 +256,12 @@ class HistoryInputs:
 
     def ids(self) -> list[str]:
         if self._ids is None:
-            self._ids = self.store.list_snapshots()
+            self._ids = self.store.snapshots.list()
         return self._ids
 
     def meta(self, snapshot_id: str) -> dict[str, Any]:
         if snapshot_id not in self._metas:
-            self._metas[snapshot_id] = self.store.snapshot_meta(snapshot_id)
+            self._metas[snapshot_id] = self.store.snapshots.meta(snapshot_id)
         return self._metas[snapshot_id]
 
     def _sightings(self, snapshot_id: str) -> dict[str, np.ndarray]:

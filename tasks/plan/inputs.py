@@ -69,7 +69,7 @@ def _evaluated_tables(store: Store, snapshot_id: str) -> Iterator[tuple[str, pa.
                 continue
             skip = UNEVALUATED.get(name, ())
             columns = [c for c in schema.names if c not in skip] if skip else None
-            yield name, store.snapshot_table(snapshot_id, name, schema, columns)
+            yield name, store.snapshots.table(snapshot_id, name, schema, columns)
 
 
 def read_tables(store: Store, snapshot_id: str) -> dict[str, pa.Table | pd.DataFrame | None]:

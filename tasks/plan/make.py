@@ -49,8 +49,8 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     batch_rows: rows per batch (tasks.plan.batches.BATCH_ROWS by default).
     """
     store = Store(config.store)
-    snapshot_id = store.resolve_snapshot(snapshot)
-    smeta = store.snapshot_meta(snapshot_id)
+    snapshot_id = store.snapshots.resolve(snapshot)
+    smeta = store.snapshots.meta(snapshot_id)
     tables = read_tables(store, snapshot_id)
     if config.cleanup.uses_history:   # rules over earlier snapshots; none read otherwise
         tables.update(HistoryInputs(store).for_snapshot(snapshot_id, config.cleanup))
@@ -60,7 +60,7 @@ def make_plan(config: RegsweepConfig, snapshot: str = "latest", batch_rows: int 
     totals = _Totals()
     needed: list[pa.Table] = []
     # digests and tags are mostly distinct: dictionary pages would only be thrown away
-    with store.plan_writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer, \
+    with store.plans.writer(plan_id, PLAN, ["repository", "kind", "action", "reasons.list.element"]) as writer, \
             ThreadPoolExecutor(1) as background:
         written = None
         for batch, rows in plan_batches(tables, smeta, config, batch_rows or BATCH_ROWS, shared):

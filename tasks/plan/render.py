@@ -93,7 +93,7 @@ def bytes_lines(meta: dict[str, Any]) -> list[str]:
 
 def write_plan_json(store: Store, plan_id: str, path: str) -> int:
     """Write the plan's rows as a JSON array of objects; returns the row count."""
-    table = store.plan_table(plan_id)
+    table = store.plans.table(plan_id)
     n = 0
     with open(path, "w") as f:
         f.write("[")

@@ -72,7 +72,7 @@ class Footprint:
     @classmethod
     def load(cls, store: Store, snapshot_id: str) -> Footprint | None:
         """The snapshot's footprint; None for a snapshot without a BLOBS table."""
-        return cls.of(store.snapshot_table(snapshot_id, "blobs", columns=COLUMNS))
+        return cls.of(store.snapshots.table(snapshot_id, "blobs", columns=COLUMNS))
 
     @property
     def unique_bytes(self) -> int:
@@ -226,13 +226,13 @@ def write_index(store: Store, snapshot_id: str, fp: Footprint | None) -> Footpri
     if fp is None:
         return None
     idx = FootprintIndex.of(fp)
-    store.write_cache(footprint_name(snapshot_id), idx.to_table())
+    store.caches.write(footprint_name(snapshot_id), idx.to_table())
     return idx
 
 
 def load_index(store: Store, snapshot_id: str) -> FootprintIndex | None:
     """The snapshot's FootprintIndex: from the cache, else built from BLOBS and cached (first use)."""
-    t = store.read_cache(footprint_name(snapshot_id))
+    t = store.caches.read(footprint_name(snapshot_id))
     if t is not None and t.schema.equals(INDEX_SCHEMA) and t.num_rows == 1:
         return FootprintIndex.from_table(t)
     return write_index(store, snapshot_id, Footprint.load(store, snapshot_id))

@@ -31,7 +31,8 @@ from tasks.registry.distribution import RetryPolicy
 from tasks.common.notes import MAX_MESSAGES
 from tasks.store.schemas import SOURCE_TABLES
 from tasks.snapshot.take import run_source
-from tasks.store.store import SourceStatus, Store
+from tasks.snapshot.take import SourceStatus
+from tasks.store.store import Store
 
 
 def list_repositories(config: RegsweepConfig, retry: RetryPolicy | None = None) -> list[str]:
@@ -69,7 +70,7 @@ def scan_batch(config: RegsweepConfig, staging: str, snapshot_id: str, part: int
 def empty_tables(store: Store, staging: str) -> dict[str, int]:
     """A registry with nothing selected: the tables, with no rows."""
     schemas = SOURCE_TABLES["registry"]
-    return store.write_source_tables(staging, {n: s.empty_table() for n, s in schemas.items()}, schemas)
+    return store.snapshots.write_source_tables(staging, {n: s.empty_table() for n, s in schemas.items()}, schemas)
 
 
 def merge_statuses(statuses: list[SourceStatus], seconds: float) -> SourceStatus:
@@ -99,9 +100,9 @@ def finish(store: Store, staging: str, snapshot_id: str, status: SourceStatus) -
     parts = cache_part_dir(store, snapshot_id)
     try:
         if status.status != "ok":
-            store.remove_tables(staging, SOURCE_TABLES["registry"])
+            store.snapshots.remove_tables(staging, SOURCE_TABLES["registry"])
         elif store.table_parts(parts):
-            store.write_cache(CACHE_NAME, _unique_digests(store.read_table(parts, CACHE_SCHEMA)))
+            store.caches.write(CACHE_NAME, _unique_digests(store.read_table(parts, CACHE_SCHEMA)))
     finally:
         if store.fs.exists(parts):
             store.fs.rm(parts, recursive=True)

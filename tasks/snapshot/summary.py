@@ -21,7 +21,7 @@ from tasks.store.store import Store
 
 
 def _tags(store: Store, sid: str) -> pa.Table | None:
-    t = store.snapshot_table(sid, "tags", columns=["repository", "tag", "digest", "gone"])
+    t = store.snapshots.table(sid, "tags", columns=["repository", "tag", "digest", "gone"])
     if t is None:
         return None
     return t.filter(pc.and_(pc.invert(t["gone"]), pc.is_valid(t["digest"]))).select(["repository", "tag", "digest"])
@@ -36,20 +36,20 @@ def _counted(meta: dict) -> bool:
 def summarize(store: Store, sid: str, tags: pa.Table | None, index: bool = False) -> pa.Table:
     """HISTORY_SUMMARY of one snapshot; no rows when its registry tables are not there. With
     `index` also caches the snapshot's FootprintIndex (for the what-if) from the same footprint."""
-    manifests = store.snapshot_table(sid, "manifests", columns=["repository", "digest", "size", "subject"])
-    if tags is None or manifests is None or not _counted(store.snapshot_meta(sid)):
+    manifests = store.snapshots.table(sid, "manifests", columns=["repository", "digest", "size", "subject"])
+    if tags is None or manifests is None or not _counted(store.snapshots.meta(sid)):
         return HISTORY_SUMMARY.empty_table()
     n_tags = tags.group_by("repository").aggregate([("tag", "count")])
     n_man = manifests.group_by("repository").aggregate([("digest", "count")])
     # Each manifest's size already counts its config and layers (an index: its platforms), so only
     # top-level manifests are summed; shared layers count in every image (the "image bytes").
     top = manifests.filter(pc.is_null(manifests["subject"]))
-    children = store.snapshot_table(sid, "children", columns=["child_digest"])
+    children = store.snapshots.table(sid, "children", columns=["child_digest"])
     if children is not None and children.num_rows:
         top = top.filter(pc.invert(pc.is_in(top["digest"], value_set=pc.unique(children["child_digest"]))))
     sizes = top.group_by(["repository", "digest"]).aggregate([("size", "max")]).group_by("repository").aggregate(
         [("size_max", "sum")])
-    fp = Footprint.of(store.snapshot_table(sid, "blobs", columns=COLUMNS))
+    fp = Footprint.of(store.snapshots.table(sid, "blobs", columns=COLUMNS))
     repos = sorted(set(n_tags["repository"].to_pylist()) | set(n_man["repository"].to_pylist()))
 
     def per(table: pa.Table, col: str) -> np.ndarray:
@@ -89,18 +89,18 @@ def summarize_chunk(store_url: str, items: list[tuple[str, str | None]],
     out = []
     last: tuple[str | None, pa.Table | None] = (None, None)
     for sid, prev in items:
-        summary = store.read_cache(summary_name(sid))
-        d = store.read_cache(diff_name(prev, sid)) if prev else None
+        summary = store.caches.read(summary_name(sid))
+        d = store.caches.read(diff_name(prev, sid)) if prev else None
         tags = None
         if summary is None:
             tags = _tags(store, sid)
             summary = summarize(store, sid, tags, index)
-            store.write_cache(summary_name(sid), summary)
+            store.caches.write(summary_name(sid), summary)
         if prev and d is None and summary.num_rows:
             tags = tags if tags is not None else _tags(store, sid)
             before = last[1] if last[0] == prev else _tags(store, prev)
             d = diff(before, tags) if before is not None and tags is not None else HISTORY_DIFF.empty_table()
-            store.write_cache(diff_name(prev, sid), d)
+            store.caches.write(diff_name(prev, sid), d)
         last = (sid, tags) if tags is not None else (None, None)
         out.append((sid, summary.cast(HISTORY_SUMMARY), d))
     return out
@@ -111,7 +111,7 @@ def cache_history_inputs(store: Store, snapshot_id: str) -> dict:
     tables are at hand (its summary, its diff with the previous snapshot, its FootprintIndex), and
     return its counts for the snapshot's artifact; None counts when its registry source failed or
     was skipped."""
-    ids = store.list_snapshots()
+    ids = store.snapshots.list()
     at = ids.index(snapshot_id) if snapshot_id in ids else 0
     (_, summary, _), = summarize_chunk(store.url, [(snapshot_id, ids[at - 1] if at else None)], index=True)
     row = {"snapshot": snapshot_id, "repositories": None, "tags": None, "manifests": None, "bytes": None,

@@ -8,15 +8,38 @@ all, so nobody can mistake "could not list" for "nothing there" (README "Safety"
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 import time
 from datetime import datetime
 from typing import Any
 
 from tasks.config.models import ALL_SOURCES, RegsweepConfig, git_section_problem
-from tasks.common.errors import ConfigError, SourceError
+from tasks.common.errors import ConfigError, NotFound, SourceError
 from tasks.common.notes import collecting
 from tasks.store.schemas import SOURCE_TABLES
-from tasks.store.store import SourceStatus, Store
+from tasks.store.store import Store
+
+@dataclass
+class SourceStatus:
+    """What snapshot.json records per source."""
+
+    status: str                       # ok | failed | skipped
+    rows: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    tables: dict[str, int] = field(default_factory=dict)
+    # what the source noticed (tasks/common/notes.py): {"warnings": {count, messages}, "retries": {count, messages}}
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"status": self.status, "rows": self.rows, "seconds": round(self.seconds, 3)}
+        if self.error:
+            d["error"] = self.error
+        if self.tables:
+            d["tables"] = self.tables
+        d.update(self.notes)
+        return d
+
 
 SOURCE_MODULES = {"registry": "tasks.sources.registry", "kubernetes": "tasks.sources.kubernetes.workloads",
                   "helm": "tasks.sources.kubernetes.helm", "git": "tasks.sources.git"}
@@ -55,7 +78,7 @@ def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime, *
         try:
             module = importlib.import_module(SOURCE_MODULES[name])
             tables = module.extract(config, store, now, **(options or {}))
-            counts = store.write_source_tables(staging, tables, SOURCE_TABLES[name], part=part)
+            counts = store.snapshots.write_source_tables(staging, tables, SOURCE_TABLES[name], part=part)
         except SourceError as e:
             return SourceStatus("failed", seconds=time.monotonic() - started, error=str(e), notes=notes.to_json())
     rows = counts[next(iter(SOURCE_TABLES[name]))]
@@ -81,6 +104,6 @@ def staged_repositories(store: Store, staging: str) -> list[str]:
     """The repositories the registry source wrote into a snapshot's staging area."""
     try:
         t = store.read_table(f"{staging}/tags.parquet", columns=["repository"])
-    except FileNotFoundError:
+    except NotFound:
         return []
     return sorted(set(t.column("repository").to_pylist()))

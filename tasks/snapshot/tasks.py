@@ -18,7 +18,8 @@ from tasks.snapshot.scaleout import scan_batch
 from tasks.snapshot.summary import cache_history_inputs
 from tasks.snapshot.take import run_source, staged_repositories
 from tasks.sources.registry import probe_capabilities
-from tasks.store.store import SourceStatus, Store
+from tasks.snapshot.take import SourceStatus
+from tasks.store.store import Store
 
 
 @task(name="extract-source", task_run_name="extract-{name}")

@@ -540,14 +540,14 @@ def extract(config: RegsweepConfig, store, now: datetime, *, cache_part: str | N
     """The registry source: TAGS, MANIFESTS, CHILDREN, LINKS and BLOBS tables of the configured registry.
     A batch of a scaled-out scan (tasks/snapshot/scaleout.py) writes what it used of the blob cache to
     `cache_part` instead, for the snapshot to merge: batches never overwrite each other's cache."""
-    cache = BlobCache(store.read_cache(CACHE_NAME))
+    cache = BlobCache(store.caches.read(CACHE_NAME))
     result, _ = asyncio.run(scan_registry(config.registry, config.link, cache))
     with _failing_the_source(config.registry.host):
         tables = result.tables()
     if cache_part is not None:
         store.write_table(cache_part, cache.table())
     elif cache.changed:
-        store.write_cache(CACHE_NAME, cache.table())
+        store.caches.write(CACHE_NAME, cache.table())
     return tables
 
 

@@ -20,7 +20,13 @@ still answers, only slower (docs/history-and-whatif.md gives the cold and steady
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+
+import pyarrow as pa
+
+from tasks.common.errors import StoreError
+from tasks.store.files import Files
 
 
 @dataclass(frozen=True)
@@ -61,3 +67,27 @@ def footprint_name(snapshot_id: str) -> str:
 
 def decision_name(snapshot_id: str, policy_key: str) -> str:
     return CURRENT_DECISION.name(snapshot_id, policy_key)
+
+
+class Caches:
+    """The cache entries of one store (`store.caches`), by name (see the table above)."""
+
+    def __init__(self, files: Files):
+        self.files = files
+
+    def read(self, name: str) -> pa.Table | None:
+        """A cache entry, or None when it is absent or unreadable."""
+        try:
+            return self.files.read_table(self.files.path("cache", f"{name}.parquet"))
+        except StoreError:
+            return None  # a cache that cannot be read is only a slower run
+
+    def write(self, name: str, table: pa.Table) -> None:
+        """Write an entry aside and move it into place: a reader never sees half of one."""
+        tmp = self.files.path("cache", f".{name}.{uuid.uuid4().hex}.parquet")
+        final = self.files.path("cache", f"{name}.parquet")
+        self.files.write_table(tmp, table)
+        try:
+            self.files.fs.mv(tmp, final)
+        except OSError as e:
+            raise self.files.fail("write", final, e) from None

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from tasks.registry.capabilities import DENIED, NO, Capabilities, cannot_delete, probe_registry
-from tasks.common.errors import PlanRefused, RegistryError, StoreError, SweepFailed
+from tasks.common.errors import NotFound, PlanRefused, RegistryError, StoreError, SweepFailed
 from tasks.oci.reference import RegistryMatcher, same_registry
 from tasks.store.store import Store
 from tasks.sweep.journal import Journal
@@ -78,10 +78,10 @@ def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settin
     from tasks.store.schemas import CHILDREN, MANIFESTS
 
     try:
-        plan_id = store.resolve_plan(plan_ref)
+        plan_id = store.plans.resolve(plan_ref)
     except StoreError as e:
         raise PlanRefused(f"plan {plan_ref!r}: {e}") from None
-    meta = store.plan_meta(plan_id)
+    meta = store.plans.meta(plan_id)
     snapshot_id = meta.get("snapshot_id")
     if not same_registry(meta.get("registry"), registry):
         raise PlanRefused(f"plan {plan_id} was made for registry {meta.get('registry')}, "
@@ -95,8 +95,8 @@ def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settin
     if meta.get("complete") is not True:
         raise incomplete
     try:
-        snap = store.snapshot_meta(snapshot_id) if snapshot_id else None
-    except FileNotFoundError:
+        snap = store.snapshots.meta(snapshot_id) if snapshot_id else None
+    except NotFound:
         snap = None
     if snap is None:
         raise PlanRefused(f"plan {plan_id}: its snapshot {snapshot_id} is not in store {store.url}")
@@ -105,13 +105,13 @@ def load_plan(store: Store, plan_ref: str, *, registry: str, policy: str, settin
     _check_age(plan_id, snapshot_id, snap, meta, settings)
 
     def table(name, schema):
-        t = store.snapshot_table(snapshot_id, name)
+        t = store.snapshots.table(snapshot_id, name)
         return (t if t is not None else schema.empty_table()).to_pandas(ignore_metadata=True)
 
-    tags = store.snapshot_table(snapshot_id, "tags")
+    tags = store.snapshots.table(snapshot_id, "tags")
     if tags is None:
         raise PlanRefused(f"plan {plan_id}: snapshot {snapshot_id} has no registry tables")
-    plan_table = store.plan_table(plan_id)
+    plan_table = store.plans.table(plan_id)
     wanted = ["repository", "tag", "digest", "kind", "action", "size"]
     missing = [c for c in wanted if c not in plan_table.column_names]
     if missing:
@@ -143,7 +143,7 @@ def prepare(config: "RegsweepConfig", store: Store, plan_ref: str = "latest", *,
     matcher = RegistryMatcher(registry, config.registry.aliases)
     named = []
     for name in ("workloads", "helm"):
-        t = store.snapshot_table(loaded.snapshot_id, name)
+        t = store.snapshots.table(loaded.snapshot_id, name)
         if t is not None and t.num_rows:
             ids = t.column("image_id").to_pylist() if "image_id" in t.column_names else None
             named.append(referenced_digests(t.column("image").to_pylist(), ids, matcher, repos))

@@ -19,7 +19,7 @@ import socket
 import time
 from typing import Iterator
 
-from tasks.common.errors import StoreError, SweepLocked
+from tasks.common.errors import NotFound, StoreError, SweepLocked
 from tasks.oci.reference import registry_key
 from tasks.store.store import Store
 from tasks.common.units import utcnow
@@ -186,7 +186,7 @@ def _acquire_atomic_remote(store: Store, path: str, body: bytes, registry_url: s
             pass
         try:
             data, etag = store.read_versioned(path)
-        except FileNotFoundError:
+        except NotFound:
             continue  # released meanwhile
         owner = _parse_owner(lambda: io.BytesIO(data))
         if not _stale(owner):

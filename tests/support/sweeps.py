@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.store.store import SourceStatus, Store, new_id
+from tasks.snapshot.take import SourceStatus
+
+from tasks.store.store import Store, new_id
 from tasks.sweep import Journal
 from tasks.common.units import utcnow
 from testbed import MANIFEST_ACCEPT, push_image
@@ -61,11 +63,11 @@ def take_snapshot(cfg, now: datetime | None = None, *, probe: bool = False) -> s
     store = Store(cfg.store)
     now = now or utcnow()
     sid = new_id(now)
-    staging = store.staging_dir(sid)
+    staging = store.snapshots.staging_dir(sid)
     statuses = {name: (run_source(name, cfg, staging, now) if on else SourceStatus("skipped"))
                 for name, on in select_sources(cfg, None).items()}
     caps = probe_capabilities(cfg.registry, staged_repositories(store, staging)) if probe else None
-    store.publish_snapshot(sid, snapshot_meta(now, cfg, statuses, caps))
+    store.snapshots.publish(sid, snapshot_meta(now, cfg, statuses, caps))
     return sid
 
 
@@ -87,12 +89,12 @@ def edit_plan(cfg, plan_id: str, actions: dict[str, str]) -> str:
     from tasks.store.schemas import PLAN
 
     store = Store(cfg.store)
-    rows = store.plan_table(plan_id).to_pylist()
+    rows = store.plans.table(plan_id).to_pylist()
     for r in rows:
         if r["tag"] in actions:
             r["action"], r["reasons"] = actions[r["tag"]], ["hand edit"]
     edited = new_id()
-    store.publish_plan(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plan_meta(plan_id), "id": edited})
+    store.plans.publish(edited, pa.Table.from_pylist(rows, schema=PLAN), {**store.plans.meta(plan_id), "id": edited})
     return edited
 
 
