@@ -29,9 +29,9 @@ Imports point one way: batches → evaluate → references, nodes, reasons, inpu
 render, history_rules; decision_cache → make. Inside the package, modules import each other's
 modules, never this package.
 
-The plan flow (flows/plan.py `plan_flow`) runs two Prefect tasks, in order: `evaluate-plan`
-(`make_plan`) and `cache-whatif-entry` (`cache_current_decision`), then publishes the plan's
-markdown and table artifacts.
+The plan flow (flows/plan.py `plan_flow`) runs two Prefect tasks (tasks/plan/tasks.py), in order:
+`evaluate-plan` (`make_plan`) and `cache-whatif-entry` (`cache_current_decision`), then publishes
+the plan's markdown and table artifacts.
 """
 
 from tasks.plan.decision_cache import Outcome, cache_current_decision, policy_key, read_current, write_current
