@@ -23,7 +23,7 @@ import yaml
 from tasks.oci.manifest import fallback_tag
 from testbed import MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest
 from tests.support.gitrepo import RepoBuilder
-from tests.support.kube import helm_release, helm_secret, manifest, pod, workload
+from testbed.kube import helm_release, helm_secret, manifest, pod, workload
 
 SIG = "application/vnd.dev.cosign.artifact.sig.v1+json"
 REVISION = "org.opencontainers.image.revision"

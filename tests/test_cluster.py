@@ -17,7 +17,7 @@ from tasks.config.models import parse_config
 from tasks.common.errors import ClusterError
 from tasks.snapshot.take import run_source
 from tasks.store.store import Store
-from tests.support.kube import pod, workload
+from testbed.kube import pod, workload
 
 TOKEN = "sekret-token-5f0c2d"
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")

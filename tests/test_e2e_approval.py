@@ -16,7 +16,7 @@ import pytest
 
 from tasks.store.store import Store
 from tests.support.e2e import E2E_POOL, ROOT, on_server
-from tests.support.kube import kubectl_list, workload
+from testbed.kube import kubectl_list, workload
 from tests.support.sweeps import fresh, old, status
 from testbed.prefect import deploy, deployment_file, wait_for_run
 

@@ -21,7 +21,8 @@ from tasks.common.errors import PlanRefused, RegsweepError, SweepFailed
 from tasks.store.store import Store
 from testbed import push_image, push_index
 from tests.support.faults import FaultProxy
-from tests.support.kube import KubeServer, workload, write_kubeconfig
+from testbed.kube import workload
+from testbed.kubeapi import KubeServer, write_kubeconfig
 from tests.support.sweeps import make_plan, survivors, take_snapshot, utcnow, write_config
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)

@@ -14,8 +14,7 @@ from tasks.sources.kubernetes import helm
 from tasks.config.models import parse_config
 from tasks.common.errors import HelmError
 from tasks.store.store import Store
-from tests.support.kube import (encode_release, helm_configmap, helm_release, helm_secret, manifest, pod_spec,
-                                workload)
+from testbed.kube import encode_release, helm_configmap, helm_release, helm_secret, manifest, pod_spec, workload
 
 TOKEN = "helm-sekret-token-77"
 

@@ -21,7 +21,7 @@ from tasks.config.policy import CleanupPolicy
 from tasks.store.store import Store
 from tasks.common.units import utcnow
 from testbed import push_image, tag_manifest
-from tests.support.kube import helm_release, helm_secret, manifest, pod, workload
+from testbed.kube import helm_release, helm_secret, manifest, pod, workload
 from tests.support.sweeps import old, take_snapshot
 
 #: Policy hashes as regsweep computed them before the history keys existed: plans made then stay

@@ -13,8 +13,7 @@ from tasks.sources.kubernetes import helm
 from tasks.config.models import load_config, parse_config
 from tasks.common.errors import ClusterError, HelmError
 from tasks.store.store import Store
-from tests.support.kube import (helm_configmap, helm_release, helm_secret, kubectl_list, manifest, pod, pod_spec,
-                                workload)
+from testbed.kube import helm_configmap, helm_release, helm_secret, kubectl_list, manifest, pod, pod_spec, workload
 from tests.support.sweeps import old, plan_of, status, write_config
 
 D1 = "sha256:" + "1" * 64

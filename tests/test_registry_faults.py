@@ -23,7 +23,7 @@ from tasks.registry.distribution import RegistryClient, RetryPolicy
 from tasks.sources.registry import scan_registry
 from tasks.snapshot.take import run_source
 from tasks.store.store import Store
-from tests.support.registry import FaultProxy
+from tests.support.faults import ServingProxy
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
 
@@ -125,27 +125,6 @@ def test_unreachable_registry(tmp_path):
 
 
 # --- manifests a registry may hold that are not images -------------------------------------------
-
-class ServingProxy(FaultProxy):
-    """A FaultProxy that also serves fixed manifests, as registries that accept any media type do
-    (zot, Harbor, GHCR): Distribution 2.8 itself refuses to store them."""
-
-    def __init__(self, upstream: str, served: dict[str, tuple[str, bytes]]):
-        super().__init__(upstream)
-        self.served = served   # path regex → (content type, body)
-
-    class handler(FaultProxy.handler):
-        def _any(self):
-            for rx, (ctype, body) in self.owner.served.items():
-                if re.search(rx, self.path):
-                    self.read_body()
-                    with self.owner._lock:
-                        self.owner.requests.append((self.command, self.path))
-                    return self.reply(200, body, {"Content-Type": ctype, "Docker-Content-Digest": sha256_digest(body)})
-            return FaultProxy.handler._any(self)
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
-
 
 def test_unknown_and_malformed_manifests_are_kept_as_unknown(registry, registry_client, unique_repo, tmp_path, caplog):
     good = push_image(registry_client, unique_repo, "good")

@@ -16,9 +16,9 @@ from tasks.common.errors import SweepFailed
 from tasks.oci.manifest import OCI_MANIFEST, sha256_digest
 from tasks.store.store import Store
 from testbed import push_image
-from tests.support.kube import workload
+from testbed.kube import workload
 from tests.support.sweeps import journal_events, old, plan_of, status, take_snapshot, write_config
-from tests.test_registry_faults import ServingProxy
+from tests.support.faults import ServingProxy
 
 
 def cluster_config(tmp_path, url, repo, kube_env, **kube):

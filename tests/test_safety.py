@@ -21,7 +21,7 @@ from tasks.store.store import Store, utcnow
 from tasks.sweep.lock import sweep_lock
 from tests.support.gitrepo import RepoBuilder
 from testbed import push_artifact, push_index, tag_manifest
-from tests.support.kube import helm_release, helm_secret, manifest, workload
+from testbed.kube import helm_release, helm_secret, manifest, workload
 from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, config, decisions, plan_of, reasons
 from tests.support.sweeps import make_plan, old, plan_of as stored_plan_of, status, take_snapshot, write_config
 

@@ -16,7 +16,7 @@ import trustme
 import yaml
 
 from tasks.store.store import Store
-from tests.support.kube import workload
+from testbed.kube import workload
 from tests.support.registry import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.sweeps import fresh, old
 

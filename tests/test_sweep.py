@@ -290,7 +290,7 @@ def test_registry_with_delete_disabled_is_refused_before_approval_in_one_line(sw
 
 def test_fresh_cluster_scan_keeps_an_image_deployed_after_planning(sweep, registry, registry_client, unique_repo, tmp_path,
                                                                     kube_env):
-    from tests.support.kube import pod, workload
+    from testbed.kube import pod, workload
 
     c, repo = registry_client, unique_repo
     used, by_digest, unused = old(c, repo, "v1"), old(c, repo, "v2"), old(c, repo, "v3")

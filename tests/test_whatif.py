@@ -21,7 +21,8 @@ from tasks.store.store import Store
 from tasks.common.units import utcnow
 from tasks.history.whatif import load_policy, whatif
 from testbed import push_image
-from tests.support.kube import pod, write_kubeconfig
+from testbed.kube import pod
+from testbed.kubeapi import write_kubeconfig
 from tests.support.sweeps import OLD, make_plan, take_snapshot, write_config
 
 BASE = os.urandom(20_000)   # the base layer every image shares

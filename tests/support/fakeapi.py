@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from testbed import LocalRegistry, MANIFEST_ACCEPT, push_image
-from tests.support.registry import _Handler, _LoopbackServer
+from testbed.loopback import Handler, LoopbackServer
 
 TOKEN = "native-api-token-do-not-print"
 
@@ -85,7 +85,7 @@ def page_url(url: str, page: int) -> str:
     return str(httpx.URL(url).copy_set_param("page", str(page)))
 
 
-class FakeApi(_LoopbackServer):
+class FakeApi(LoopbackServer):
     """A native registry API in front of `registry`. Subclasses list `routes` as (method, regex, name)."""
 
     routes: list[tuple[str, str, str]] = []
@@ -189,7 +189,7 @@ class FakeApi(_LoopbackServer):
                 return getattr(self, name)(req)
         return reply(404, {"message": "404 Not Found"})
 
-    class handler(_Handler):
+    class handler(Handler):
         def _any(self):
             api: FakeApi = self.owner
             raw = self.read_body()
