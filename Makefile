@@ -5,7 +5,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	@.venv/bin/python -m flows.demo
+	@.venv/bin/python -m testbed.rundemo
 
 test: setup
 	.venv/bin/pytest -m "not e2e"
