@@ -23,7 +23,7 @@ from tasks.plan.batches import plan_batches, read_tables
 from tasks.store.schemas import PLAN, SOURCE_TABLES
 from tasks.store.store import SourceStatus, Store
 from tasks.history.whatif import policy_key, read_current
-from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, digest
+from tests.support.snapshots import NOW, OLD, REGISTRY, Snap, digest
 
 H = "registry.example.com"
 REPOS = ["team/web", "alpha/x", "team/api", "zeta/db", "team/worker"]   # not in sorted order

@@ -3,7 +3,7 @@
 Each test here was written against a hole found in an audit (it failed before the fix next to
 it in the history). Real components throughout: a real Distribution registry, real git
 repositories, the loopback Kubernetes API server and Helm's storage encoding; evaluation-only
-cases build snapshot tables as the extractors write them (tests/test_evaluate.py's `Snap`).
+cases build snapshot tables as the extractors write them (tests/support/snapshots.py's `Snap`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from tasks.sweep.lock import sweep_lock
 from tests.support.gitrepo import RepoBuilder
 from testbed import push_artifact, push_index, tag_manifest
 from testbed.kube import helm_release, helm_secret, manifest, workload
-from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, config, decisions, plan_of, reasons
+from tests.support.configs import config
+from tests.support.snapshots import EVALUATION, NOW, OLD, REGISTRY, Snap, decisions, plan_of, reasons
 from tests.support.sweeps import make_plan, old, plan_of as stored_plan_of, status, take_snapshot, write_config
 
 h = lambda n: NOW - timedelta(hours=n)  # noqa: E731
@@ -98,7 +99,7 @@ def test_in_use_reference_spelled_with_another_host_keeps_the_same_named_image()
     # a pod whose spec spells the host oddly: the digest it runs is ours under the same name
     s.workload("10.0.0.5/team/web:moved", kind="Pod", name="p", image_id=f"docker-pullable://10.0.0.5/team/web@{running}")
 
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
 
     d = decisions(plan)
     assert d[("team/api", "v1")] == d[("team/api", "v2")] == d[("team/api", "v3")] == "keep"
@@ -168,7 +169,7 @@ def test_an_enabled_source_with_a_status_other_than_ok_deletes_nothing():
     meta = s.meta()
     meta["sources"]["kubernetes"]["status"] = "partial"   # written by some other tool or version
 
-    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+    plan = evaluate(s.tables(), meta, parse_config(config(EVALUATION, cleanup={"unlinkedImages": "delete"})))
 
     assert list(plan.action) == ["keep"]
     assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes has status 'partial', not ok"]
@@ -182,7 +183,7 @@ def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
     meta = s.meta()
     meta["sources"]["kubernetes"]["tables"] = {"workloads": 2}   # one row went missing on the way
 
-    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+    plan = evaluate(s.tables(), meta, parse_config(config(EVALUATION, cleanup={"unlinkedImages": "delete"})))
 
     assert set(plan.action) == {"keep"}
     assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes table workloads has 1 rows, "
@@ -197,7 +198,7 @@ def test_a_snapshot_of_another_registry_deletes_nothing():
     meta = s.meta()
     meta["registry"] = "https://mirror.example.com"
 
-    plan = evaluate(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"}))
+    plan = evaluate(s.tables(), meta, parse_config(config(EVALUATION, cleanup={"unlinkedImages": "delete"})))
 
     assert list(plan.action) == ["keep"]
     assert list(plan.reasons[0]) == [f"snapshot incomplete: it is of registry https://mirror.example.com, not {REGISTRY}"]
