@@ -12,24 +12,14 @@ import yaml
 
 from tasks.oci.manifest import fallback_tag
 from testbed import push_artifact, push_image, push_index
+from tests.support.configs import config
 
 PATTERN = "^sha-(?P<commit>[0-9a-f]{7,40})$"
+#: Images linked by tag pattern and annotation; main keeps its newest image only; no cluster.
+MAIN_KEEPS_ONE = {"link": {"tagPatterns": [PATTERN]}, "helm": {"enabled": False},
+                  "cleanup": {"disableKubernetesBasedPolicy": True, "keepPolicies": [
+                      {"references": {"branch": "main"}, "imagesPerReference": {"last": 1}}]}}
 LONG_AGO = datetime(2025, 1, 1, tzinfo=timezone.utc)
-
-
-def write_config(tmp_path, registry, repo, git_path, **cleanup) -> str:
-    path = tmp_path / "regsweep.yaml"
-    path.write_text(yaml.safe_dump({
-        "store": str(tmp_path / "store"),
-        "registry": {"url": registry.url, "repositories": [repo]},
-        "link": {"tagPatterns": [PATTERN]},
-        "git": {"path": str(git_path)},
-        "helm": {"enabled": False},
-        "cleanup": {"disableKubernetesBasedPolicy": True,
-                    "keepPolicies": [{"references": {"branch": "main"}, "imagesPerReference": {"last": 1}}],
-                    **cleanup},
-    }))
-    return str(path)
 
 
 def image(client, repo, tag, seed, *, created=LONG_AGO, revision=None):
@@ -57,7 +47,8 @@ def scene(registry, registry_client, unique_repo, git_repo, tmp_path):
     d["multi"] = push_index(c, repo, "multi", [(amd, {"os": "linux", "architecture": "amd64"}),
                                               (arm, {"os": "linux", "architecture": "arm64"})])
     d["sig"] = push_artifact(c, repo, subject=d["old"], artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json")
-    cfg = write_config(tmp_path, registry, repo, git_repo.path)
+    cfg = config(MAIN_KEEPS_ONE, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                 git={"path": str(git_repo.path)}, write=tmp_path)
     return dict(cfg=cfg, repo=repo, d=d, head=head, old=old, amd=amd, arm=arm)
 
 

@@ -22,9 +22,9 @@ from tasks.sweep.lock import sweep_lock
 from tests.support.gitrepo import RepoBuilder
 from testbed import push_artifact, push_index, tag_manifest
 from testbed.kube import helm_release, helm_secret, manifest, workload
-from tests.support.configs import config
+from tests.support.configs import SWEEP, config
 from tests.support.snapshots import EVALUATION, NOW, OLD, REGISTRY, Snap, decisions, plan_of, reasons
-from tests.support.sweeps import make_plan, old, plan_of as stored_plan_of, status, take_snapshot, write_config
+from tests.support.sweeps import make_plan, old, plan_of as stored_plan_of, status, take_snapshot
 
 h = lambda n: NOW - timedelta(hours=n)  # noqa: E731
 
@@ -122,7 +122,8 @@ def test_fresh_cluster_scan_protects_an_image_deployed_under_another_host_spelli
     port = registry.host.rsplit(":", 1)[1]
     used, pinned, unused = old(c, repo, "v1"), old(c, repo, "v2"), old(c, repo, "v3")
     server = kube_env.server()
-    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kube_env.kubeconfig({"prod": (server, None)})))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo],
+                             kubeconfig=kube_env.kubeconfig({"prod": (server, None)}), write=tmp_path))
     plan = stored_plan_of(cfg)   # nothing deployed yet: all three are planned away
     # deployed after planning, by a spelling the configuration does not list as an alias
     server.add(workload("Deployment", "shop", "web", [f"localhost:{port}/{repo}:v1"]),
@@ -211,7 +212,7 @@ def test_a_plan_from_a_snapshot_dated_in_the_future_is_refused(sweep, registry, 
     """A clock running ahead makes "now" wrong for the fresh rule and makes the plan never expire."""
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = make_plan(cfg, take_snapshot(cfg, now=utcnow() + timedelta(hours=1)))   # taken by a clock 1h ahead
 
     with pytest.raises(PlanRefused, match=r"taken in the future, 1.0h from now: a clock is wrong"):
@@ -242,9 +243,9 @@ def test_an_untagged_index_in_use_by_digest_keeps_a_platform_it_shares_with_a_de
     server = kube_env.server()
     server.add(workload("Deployment", "shop", "web", [f"{registry.host}/{repo}@{running}"]))
     for recheck in (False, True):   # from the snapshot's own workloads, and from the fresh scan
-        cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"recheckCluster": recheck},
-                                       kubeconfig=kube_env.kubeconfig({"prod": (server, None)}),
-                                       name=f"regsweep-{recheck}.yaml"))
+        cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], sweep={"recheckCluster": recheck},
+                                 kubeconfig=kube_env.kubeconfig({"prod": (server, None)}),
+                                 write=tmp_path / f"regsweep-{recheck}.yaml"))
         report = sweep(cfg, stored_plan_of(cfg), dry_run=True)
         why = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
         assert why == {shared: f"listed by index {running}, which the snapshot did not read"}, recheck
@@ -286,7 +287,7 @@ def test_up_front_approval_counts_platforms_and_referrers_that_go_with_a_manifes
     plat = lambda arch: {"os": "linux", "architecture": arch}  # noqa: E731
     index = push_index(c, repo, "v1", [(amd, plat("amd64")), (arm, plat("arm64"))])
     signature = push_artifact(c, repo, subject=index, artifact_type="application/vnd.dev.cosign.simplesigning.v1+json")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = stored_plan_of(cfg)   # one tag planned away; with it go 2 platforms, a signature, its fallback index
 
     with pytest.raises(SweepNotApproved, match="would delete 5 manifests/tags .* more than the 4"):
@@ -305,7 +306,7 @@ def test_a_cosign_signature_tag_stays_with_a_subject_the_sweep_keeps(sweep, regi
     sig_tag = f"sha256-{str(image).split(':')[1]}.sig"
     signature = old(c, repo, sig_tag)
     other = old(c, repo, "build-6")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = stored_plan_of(cfg)   # the image, its signature and build-6 are planned away
     tag_manifest(c, repo, image, "release-1.0")   # promoted after planning
 

@@ -13,6 +13,7 @@ from tasks.plan.make import make_plan
 from tasks.store.schemas import SOURCE_TABLES
 from tasks.store.store import Store
 from testbed import push_artifact, push_image, push_index, push_repositories
+from tests.support.configs import config
 
 SHA = "^sha-(?P<commit>[0-9a-f]{7,40})$"
 
@@ -33,11 +34,10 @@ def world(registry, request):
 
 
 def configs(registry, base, store):
-    doc = {"store": store, "registry": {"url": registry.url, "repositories": [f"{base}/*"], "concurrency": 4},
-           "link": {"tagPatterns": [SHA]}, "cleanup": {"disableGitHistoryBasedPolicy": True,
-                                                       "disableKubernetesBasedPolicy": True},
-           "helm": {"enabled": False}}
-    dask = {**doc, "runner": {"kind": "dask", "dask": {"workers": 2, "batchRepositories": 2}}}
+    doc = config(store=store, url=registry.url, repositories=[f"{base}/*"], registry={"concurrency": 4},
+                 link={"tagPatterns": [SHA]}, helm={"enabled": False},
+                 cleanup={"disableGitHistoryBasedPolicy": True, "disableKubernetesBasedPolicy": True})
+    dask = config(doc, runner={"kind": "dask", "dask": {"workers": 2, "batchRepositories": 2}})
     return parse_config(doc), parse_config(dask)
 
 

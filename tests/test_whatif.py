@@ -23,7 +23,8 @@ from tasks.history.whatif import load_policy, whatif
 from testbed import push_image
 from testbed.kube import pod
 from testbed.kubeapi import write_kubeconfig
-from tests.support.sweeps import OLD, make_plan, take_snapshot, write_config
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import OLD, make_plan, take_snapshot
 
 BASE = os.urandom(20_000)   # the base layer every image shares
 
@@ -62,7 +63,8 @@ def history(registry, registry_client, unique_repo, tmp_path, kube_env, sweep):
     empty, busy = kube_env.server(), kube_env.server()
     kubeconfig = tmp_path / "kubeconfig"
     write_kubeconfig(kubeconfig, {"prod": (empty.url, None)})
-    path = write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig, sweep={"maxPlanAge": "72h"})
+    path = config(SWEEP, url=registry.url, repositories=[repo], kubeconfig=kubeconfig, sweep={"maxPlanAge": "72h"},
+                  write=tmp_path)
     data = yaml.safe_load(path.read_text())
     data["cleanup"]["keepImagesBuiltWithinLastNHours"] = 72
     path.write_text(yaml.safe_dump(data))
