@@ -23,6 +23,8 @@ from testbed import MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_
 from testbed.kube import helm_release, helm_secret, manifest, pod, workload
 from tests.support.configs import config
 from tests.support.gitrepo import RepoBuilder
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import fresh_registry  # noqa: F401 (fixtures)
 
 SIG = "application/vnd.dev.cosign.artifact.sig.v1+json"
 REVISION = "org.opencontainers.image.revision"

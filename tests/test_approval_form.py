@@ -12,6 +12,7 @@ from tasks.sweep.loading import prepare
 from testbed import push_artifact, push_image, push_index
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import fresh, plan_of
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 COSIGN = "application/vnd.dev.cosign.artifact.sig.v1+json"
 

@@ -15,6 +15,9 @@ from testbed import LocalRegistry, tag_manifest
 from tests.support.registry import READER_PASSWORD, READER_USER
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import edit_plan, journal_events, make_plan, old, status, take_snapshot
+from tests.support.registry import (fault_proxy, fault_proxy_factory, fresh_registry,  # noqa: F401 (fixtures)
+                                     token_issuer, unique_repo)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 
 def snapshot_caps(cfg, sid: str) -> dict:

@@ -24,6 +24,8 @@ from tasks.sweep.lock import lock_path, sweep_lock
 from tasks.store.store import Store
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import journal_events, old, plan_of, status
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
+from tests.support.s3 import s3_store  # noqa: F401 (fixtures)
 
 REGSWEEP = Path(sys.executable).parent / "regsweep"
 

@@ -19,6 +19,7 @@ from tasks.plan.evaluate import evaluate
 from tasks.store.store import Store
 from tests.support.gitrepo import RepoBuilder
 from tests.support.snapshots import NOW, OLD, REGISTRY, Snap, decisions, reasons
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
 
 h = lambda n: NOW - timedelta(hours=n)  # noqa: E731
 

@@ -17,6 +17,7 @@ from tasks.snapshot.take import run_source
 from tasks.store.store import Store
 from tests.support.configs import config
 from tests.support.gitrepo import RepoBuilder, shallow_clone
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
 
 UTC = timezone.utc
 CEST = timezone(timedelta(hours=2))

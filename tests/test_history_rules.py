@@ -24,6 +24,8 @@ from testbed import push_image, tag_manifest
 from testbed.kube import helm_release, helm_secret, manifest, pod, workload
 from tests.support.configs import config
 from tests.support.sweeps import old, take_snapshot
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 #: Policy hashes as regsweep computed them before the history keys existed: plans made then stay
 #: valid for a sweep after the upgrade (the sweep compares hashes).

@@ -20,6 +20,7 @@ from tasks.sources.kubernetes import helm
 from tasks.config.models import parse_config
 from tasks.common.errors import ClusterError
 from testbed.kube import helm_release, helm_secret, manifest, pod_spec, workload
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
 
 TOKEN = "sa-token-7c1e93b2"
 

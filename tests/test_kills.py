@@ -24,6 +24,7 @@ from tasks.config.models import load_config
 from testbed import push_artifact, push_image, push_index
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import journal_events, plan_of, survivors, utcnow
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FRESH = utcnow().replace(microsecond=0)

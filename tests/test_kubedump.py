@@ -16,6 +16,9 @@ from tasks.store.store import Store
 from testbed.kube import helm_configmap, helm_release, helm_secret, kubectl_list, manifest, pod, pod_spec, workload
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import old, plan_of, status
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 D1 = "sha256:" + "1" * 64
 

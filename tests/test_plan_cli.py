@@ -13,6 +13,8 @@ import yaml
 from tasks.oci.manifest import fallback_tag
 from testbed import push_artifact, push_image, push_index
 from tests.support.configs import config
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 PATTERN = "^sha-(?P<commit>[0-9a-f]{7,40})$"
 #: Images linked by tag pattern and annotation; main keeps its newest image only; no cluster.
@@ -29,7 +31,7 @@ def image(client, repo, tag, seed, *, created=LONG_AGO, revision=None):
 
 
 @pytest.fixture
-def scene(registry, registry_client, unique_repo, git_repo, tmp_path):
+def linked_repo(registry, registry_client, unique_repo, git_repo, tmp_path):
     """main: old → head; a stale feature branch; images linked by tag pattern and annotation."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     old = git_repo.commit("main", now - timedelta(days=3))
@@ -52,8 +54,8 @@ def scene(registry, registry_client, unique_repo, git_repo, tmp_path):
     return dict(cfg=cfg, repo=repo, d=d, head=head, old=old, amd=amd, arm=arm)
 
 
-def test_snapshot_plan_json_and_explain(scene, registry, run_cli, tmp_path):
-    cfg, repo, d = scene["cfg"], scene["repo"], scene["d"]
+def test_snapshot_plan_json_and_explain(linked_repo, registry, run_cli, tmp_path):
+    cfg, repo, d = linked_repo["cfg"], linked_repo["repo"], linked_repo["d"]
     snap = run_cli("snapshot", "--config", cfg)
     assert snap.returncode == 0, snap.stderr
     sid = snap.stdout.strip().splitlines()[-1]
@@ -66,7 +68,7 @@ def test_snapshot_plan_json_and_explain(scene, registry, run_cli, tmp_path):
     rows = json.loads(out.read_text())
     assert all(r["reasons"] and r["action"] in ("keep", "delete") for r in rows)
     by_tag = {r["tag"]: r for r in rows}
-    head_tag, old_tag = f"sha-{scene['head'][:7]}", f"sha-{scene['old'][:7]}"
+    head_tag, old_tag = f"sha-{linked_repo['head'][:7]}", f"sha-{linked_repo['old'][:7]}"
     fallback = fallback_tag(d["old"])
     assert {t: r["action"] for t, r in by_tag.items()} == {
         head_tag: "keep", "manual": "keep", "multi": "keep",       # git, unlinked, fresh platform
@@ -116,8 +118,8 @@ def test_snapshot_plan_json_and_explain(scene, registry, run_cli, tmp_path):
         f"regsweep: error: IMAGE_REF: {repo}:no-such-tag is not in the plan (no such repository, tag or digest)"]
 
 
-def test_plan_of_an_incomplete_snapshot_deletes_nothing_and_says_why(scene, run_cli, tmp_path):
-    cfg = scene["cfg"]
+def test_plan_of_an_incomplete_snapshot_deletes_nothing_and_says_why(linked_repo, run_cli, tmp_path):
+    cfg = linked_repo["cfg"]
     data = yaml.safe_load(open(cfg))
     data["git"]["path"] = str(tmp_path / "no-such-clone")
     with open(cfg, "w") as f:

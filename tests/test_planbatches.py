@@ -24,6 +24,7 @@ from tasks.store.schemas import PLAN, SOURCE_TABLES
 from tasks.store.store import SourceStatus, Store
 from tasks.history.whatif import policy_key, read_current
 from tests.support.snapshots import NOW, OLD, REGISTRY, Snap, digest
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
 
 H = "registry.example.com"
 REPOS = ["team/web", "alpha/x", "team/api", "zeta/db", "team/worker"]   # not in sorted order

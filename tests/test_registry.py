@@ -25,6 +25,7 @@ from tasks.sources.registry import extract, scan_registry
 from tasks.store.schemas import SOURCE_TABLES
 from tasks.store.store import Store
 from tests.support.configs import config
+from tests.support.registry import fresh_registry, unique_repo  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)

@@ -21,6 +21,7 @@ from tasks.sources.blobcache import BlobCache
 from tasks.registry.distribution import RegistryClient, RetryPolicy
 from tasks.sources.registry import scan_registry
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support.registry import token_issuer  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
 

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from testbed import push_image
 from tests.support.configs import config
 from tests.support.registry import REGISTRY_USER
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 
 def test_snapshot_registry_source(run_cli, registry, registry_client, unique_repo, tmp_path):

@@ -25,6 +25,7 @@ from tasks.snapshot.take import run_source
 from tasks.store.store import Store
 from tests.support.configs import config
 from tests.support.faults import ServingProxy
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
 

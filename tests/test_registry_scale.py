@@ -14,6 +14,7 @@ from tasks.registry.distribution import RetryPolicy
 from tasks.sources.registry import scan_registry
 from testbed import push_repositories, push_tags
 from tests.support.configs import config
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
 

@@ -20,6 +20,9 @@ from testbed.kube import workload
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import journal_events, old, plan_of, status, take_snapshot
 from tests.support.faults import ServingProxy
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 
 def cluster_config(tmp_path, url, repo, kube_env, **kube):

@@ -25,6 +25,10 @@ from testbed.kube import helm_release, helm_secret, manifest, workload
 from tests.support.configs import SWEEP, config
 from tests.support.snapshots import EVALUATION, NOW, OLD, REGISTRY, Snap, decisions, plan_of, reasons
 from tests.support.sweeps import make_plan, old, plan_of as stored_plan_of, status, take_snapshot
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 h = lambda n: NOW - timedelta(hours=n)  # noqa: E731
 

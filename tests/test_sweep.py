@@ -27,6 +27,9 @@ from tasks.sweep.lock import lock_path, sweep_lock
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import (PROBE_DELETES, TARGET_DELETES, fresh, journal_events, make_plan, old, plan_of,
                                   resolves_to, status, take_snapshot)
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import fault_proxy, fresh_registry, unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 # --------------------------------------------------------------------------- what goes, what stays
 

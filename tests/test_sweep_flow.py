@@ -22,6 +22,7 @@ from tasks.common.errors import SweepLocked, SweepNotApproved
 from tasks.store.store import Store
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import TARGET_DELETES, fresh, journal_events, old, plan_of, status
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
 
 
 def start_in_thread(fn, **kwargs):

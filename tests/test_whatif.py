@@ -25,6 +25,9 @@ from testbed.kube import pod
 from testbed.kubeapi import write_kubeconfig
 from tests.support.configs import SWEEP, config
 from tests.support.sweeps import OLD, make_plan, take_snapshot
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 BASE = os.urandom(20_000)   # the base layer every image shares
 

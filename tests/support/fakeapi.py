@@ -210,9 +210,12 @@ class FakeApi(LoopbackServer):
 
 
 def api_fixture(cls: type[FakeApi]):
-    """A fixture factory for one fake: `make(registry, **options)` -> a started `cls`, stopped after the test."""
+    """A fixture for one fake: `make(registry, **options)` -> a started `cls`, stopped after the test.
+
+    Assign it to the fixture's name in the fake's module (`gitlab_api = api_fixture(FakeGitLab)`)."""
     @pytest.fixture
-    def factory():
+    def start_fake_api():
+        """`make(registry, **options)`: the fake API started on loopback in front of `registry`."""
         started: list[FakeApi] = []
 
         def make(registry: LocalRegistry, **options: Any) -> FakeApi:
@@ -223,4 +226,4 @@ def api_fixture(cls: type[FakeApi]):
         yield make
         for api in started:
             api.stop()
-    return factory
+    return start_fake_api
