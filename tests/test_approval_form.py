@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from tasks.config.models import load_config
 from tasks.store.store import Store
 from tasks.sweep.approval import reason_class, render
@@ -64,6 +66,7 @@ def test_the_form_says_per_repository_what_goes_and_why(registry, registry_clien
     assert web_part.count("\n- `") == 1
 
 
+@pytest.mark.unit
 def test_reason_classes_fold_away_per_item_details():
     assert reason_class("built 38d ago (not within 2h)") == "built more than 2h ago"
     assert reason_class("platform of deleted index sha256:" + "a" * 64) == "platform of deleted index (goes with it)"

@@ -118,6 +118,7 @@ def test_an_account_that_may_only_pull_is_denied_before_the_gate(sweep, token_re
         assert status(c, "ro/app", doomed) == 200
 
 
+@pytest.mark.unit
 def test_capabilities_read_back_from_json_and_summarise():
     caps = Capabilities(api="ecr", delete_digest="yes", delete_tag="yes", delete_untagged="yes", referrers="no",
                         repository="team/app", notes={"delete_tag": "x"})
@@ -126,6 +127,7 @@ def test_capabilities_read_back_from_json_and_summarise():
     assert again.summary() == "delete by digest: yes; lone tags: yes; untagged: yes; referrers API: no"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("registry, key, words", [
     ({"api": "gitlab"}, "registry", "`api: gitlab` needs a `gitlab:` section naming the project or group"),
     ({"api": "gitlab", "gitlab": {"project": "a/b", "group": "a"}}, "registry", "exactly one of project or group"),

@@ -19,6 +19,8 @@ from tasks.store.schemas import SOURCE_TABLES
 from tests.support.configs import config
 from tests.support.snapshots import EVALUATION, NOW, OLD, REGISTRY, Snap, decisions, digest, plan_of, reasons
 
+pytestmark = pytest.mark.unit   # pure functions: no server, registry, cluster, git repository or flow
+
 H = "registry.example.com"
 
 

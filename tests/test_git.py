@@ -242,6 +242,7 @@ def test_missing_commit_in_history_fails_instead_of_cutting_the_graph(git_repo, 
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.unit
 def test_enabled_git_policies_without_a_git_section_fail_with_what_to_set(tmp_path):
     cfg = parse_config(config(store=tmp_path / "store", url=REGISTRY))
     with pytest.raises(GitError) as err:
@@ -302,6 +303,7 @@ def test_unreachable_url_fails_and_leaves_no_cache(tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+@pytest.mark.unit
 def test_url_with_a_password_is_refused_without_showing_it(tmp_path):
     with pytest.raises(GitError) as err:
         extract(tmp_path, url="https://ci:s3cret@git.example.invalid/team/app.git", cache=str(tmp_path / "c"))

@@ -44,6 +44,7 @@ def token_cluster(kube_env):
     return server, kube_env.kubeconfig({"prod": (server, TOKEN)})
 
 
+@pytest.mark.unit
 def test_encoder_matches_helms_storage_format():
     """data.release of a Secret is base64 of Helm's base64 string of the gzipped JSON."""
     rel = helm_release("app", "shop", 3, "kind: X\n")
@@ -192,6 +193,7 @@ def test_listing_failure_is_a_cluster_error_naming_the_kind(token_cluster, tmp_p
         rows_of(make_config(tmp_path, kubeconfig, namespaces=["shop"]))
 
 
+@pytest.mark.unit
 def test_encode_release_round_trips_through_the_decoder():
     rel = helm_release("x", "y", 9, "kind: Pod\n")
     for compress in (True, False):

@@ -81,6 +81,7 @@ def test_dumps_yield_the_same_tables_as_the_live_cluster(kube_env, tmp_path):
     assert _tables(offline) == want
 
 
+@pytest.mark.unit
 def test_a_typed_list_a_single_object_and_the_namespace_filter(tmp_path):
     items = [dict(o) for o in json.loads(json.dumps(OBJECTS)) if o["kind"] == "Pod"]
     for o in items:
@@ -94,6 +95,7 @@ def test_a_typed_list_a_single_object_and_the_namespace_filter(tmp_path):
                     ("sts", "db", "StatefulSet", "r/pg:16", None)}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("content, problem", [
     (json.dumps(kubectl_list(OBJECTS))[:-300], "is not valid JSON, truncated or garbled?"),
     ("\x00\x17garbage", "is not valid JSON, truncated or garbled?"),

@@ -154,6 +154,7 @@ def test_an_incomplete_snapshot_planned_in_batches_deletes_nothing(git_repo, tmp
     assert plan == pa.Table.from_pandas(evaluate(tables, meta, cfg), schema=PLAN, preserve_index=False).to_pylist()
 
 
+@pytest.mark.unit
 def test_commit_lookup_by_integer_keys_agrees_with_string_lookup():
     """Links resolve batch after batch through integer keys of the shas (tasks/plan/git/graph.py):
     full, abbreviated, ambiguous, absent, upper-case and malformed values resolve as by strings."""

@@ -7,6 +7,8 @@ import pytest
 from tasks.oci.reference import (ImageRef, RegistryMatcher, digest_of_image_id, match_images, normalize_host,
                              parse_reference)
 
+pytestmark = pytest.mark.unit   # pure functions: no server, registry, cluster, git repository or flow
+
 D = "sha256:" + "ab" * 32
 D2 = "sha256:" + "cd" * 32
 

@@ -352,6 +352,7 @@ def test_delete_disabled_registry_is_unsupported(fresh_registry):
     assert err.status == 405 and "x/y@" in str(err)
 
 
+@pytest.mark.unit
 def test_repository_globs_stay_within_a_path_segment():
     from tasks.sources.registry import repository_globs
 

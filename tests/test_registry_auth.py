@@ -252,6 +252,7 @@ def test_missing_credential_helper_is_an_auth_error(docker_config):
     assert "docker-credential-nonexistent-xyz" in str(e.value) and "PATH" in str(e.value)
 
 
+@pytest.mark.unit
 def test_configured_credentials_win_over_the_docker_config(docker_config, monkeypatch):
     (docker_config / "config.json").write_text(json.dumps(
         {"auths": {"reg.example": {"auth": base64.b64encode(b"docker:pw").decode()}}}))

@@ -11,6 +11,8 @@ from tasks.oci import manifest as oci
 from tasks.registry.auth import Challenge, parse_challenges, resource_scope
 from tasks.common.units import parse_build_time
 
+pytestmark = pytest.mark.unit   # pure functions: no server, registry, cluster, git repository or flow
+
 
 def manifest(**extra):
     doc = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,

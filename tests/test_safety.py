@@ -86,6 +86,7 @@ def test_a_revision_that_is_not_a_commit_id_leaves_the_image_unlinked(git_repo, 
 # --------------------------------------------------------------------------- image reference spellings
 
 
+@pytest.mark.unit
 def test_in_use_reference_spelled_with_another_host_keeps_the_same_named_image():
     """An IP for a host name, a forgotten alias, Docker Hub's implicit host: the repository and
     tag are ours, so the image is kept, and the reason says which host to add to the aliases."""
@@ -168,6 +169,7 @@ def test_keep_revisions_never_drops_the_deployed_revision(kube_env, tmp_path):
 # --------------------------------------------------------------------------- snapshot completeness
 
 
+@pytest.mark.unit
 def test_an_enabled_source_with_a_status_other_than_ok_deletes_nothing():
     s = Snap()
     s.image("team/api", "old", created=OLD)
@@ -180,6 +182,7 @@ def test_an_enabled_source_with_a_status_other_than_ok_deletes_nothing():
     assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes has status 'partial', not ok"]
 
 
+@pytest.mark.unit
 def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
     s = Snap()
     s.image("team/api", "old", created=OLD)
@@ -195,6 +198,7 @@ def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
                                      "the snapshot recorded 2"]
 
 
+@pytest.mark.unit
 def test_a_snapshot_of_another_registry_deletes_nothing():
     """Two configurations sharing a store: `plan --snapshot latest` may pick the other registry's
     snapshot, whose tags say nothing about what this registry's images are used for."""
@@ -224,6 +228,7 @@ def test_a_plan_from_a_snapshot_dated_in_the_future_is_refused(sweep, registry, 
     assert status(c, repo, d) == 200
 
 
+@pytest.mark.unit
 def test_one_lock_for_every_spelling_of_the_registry_url(tmp_path):
     """The sweep accepts a plan whatever the case of the registry host: the lock must agree."""
     store = Store(str(tmp_path / "store"))
