@@ -264,7 +264,7 @@ def test_configured_credentials_win_over_the_docker_config(docker_config, monkey
     assert "s3cret" not in repr(resolve_credentials("reg.example", config.registry.auth))
 
 
-def test_password_file(htpasswd_registry, tmp_path):
+def test_a_password_file_logs_in_without_its_trailing_newline(htpasswd_registry, tmp_path):
     secret = tmp_path / "pw"
     secret.write_text(REGISTRY_PASSWORD + "\n")
     config = cfg(htpasswd_registry.url, auth={"username": REGISTRY_USER, "password_file": str(secret)})

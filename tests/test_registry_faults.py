@@ -116,7 +116,7 @@ def test_a_failed_catalog_page_fails_the_source(fault_proxy, registry_client, un
     assert "HTTP 500" in str(e.value)
 
 
-def test_unreachable_registry(tmp_path):
+def test_an_unreachable_registry_is_an_error_naming_its_host_and_cannot_connect(tmp_path):
     with socket.socket() as s:          # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

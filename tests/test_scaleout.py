@@ -80,7 +80,8 @@ def test_dask_fan_out_writes_part_files_with_the_single_scans_rows(prefect_harne
     assert plan_dask.meta["delete"] == plan_single.meta["delete"]
 
 
-def test_dask_fan_out_on_s3(prefect_harness, registry, scale_repos, tmp_path, s3_store):
+def test_dask_fan_out_into_an_s3_store_gives_the_single_scans_tables_and_plan(prefect_harness, registry, scale_repos,
+                                                                            tmp_path, s3_store):
     from flows.snapshot import snapshot_flow
 
     single, dask = (configs(registry, scale_repos, str(tmp_path / "single"))[0],
