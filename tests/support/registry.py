@@ -12,6 +12,10 @@
     fault_proxy                 a FaultProxy (tests/support/faults.py) in front of `registry`;
                                 fault_proxy_factory(upstream) for others (a registry, a KubeServer, a URL)
 
+The session-scoped ones (registry, registry_client, registry_ca, tls_registry, htpasswd_registry,
+token_stack, token_registry) are global through tests/conftest.py; a test module imports the
+others (unique_repo, fresh_registry, token_issuer, fault_proxy, fault_proxy_factory).
+
 READER_USER / READER_PASSWORD is a second account of htpasswd and token registries; on the token
 registry it is granted `pull` only, so pushes and deletes are refused as on a read-only robot account.
 """

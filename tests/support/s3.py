@@ -4,6 +4,8 @@
     s3_env         environment variables that point boto3/s3fs (and CLI subprocesses) at it
     s3_store       a store URL `s3://<fresh bucket>/regsweep` with the environment set for this test
 
+s3_server and s3_env are session-scoped, global through tests/conftest.py; import s3_store.
+
 boto3 and s3fs read the endpoint from `AWS_ENDPOINT_URL_S3` (botocore's service-specific endpoint
 variable), so product code is configured exactly as a user configures it for MinIO or Ceph:
 by environment, with no test-only switch.
