@@ -5,7 +5,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	@.venv/bin/python -m flows.demo
+	@.venv/bin/python -m testbed.rundemo
 
 # The manual is built first (a broken link or any other Sphinx warning fails the suite), then the
 # import-layers contract of pyproject.toml (each pipeline stage imports only the stages below it).

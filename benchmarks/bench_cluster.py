@@ -45,7 +45,7 @@ def _objects(workloads: int, namespaces: int, revisions: int):
     """Workloads and Helm release Secrets, shaped and sized like a real cluster's."""
     import yaml
 
-    from tests.support.kube import helm_release, helm_secret, manifest, pod, workload
+    from testbed.kube import helm_release, helm_secret, manifest, pod, workload
 
     per_ns = max(1, workloads // namespaces)
     # a namespace's share: 3 Deployments each with 2 ReplicaSets (one old, 0 replicas) and a Pod,
@@ -108,7 +108,7 @@ def _objects(workloads: int, namespaces: int, revisions: int):
 
 
 def _serve(conn, workloads: int, namespaces: int, revisions: int) -> None:
-    from tests.support.kube import KubeServer
+    from testbed.kubeapi import KubeServer
 
     t = time.monotonic()
     server = KubeServer()
@@ -145,7 +145,7 @@ def fetch_raw(url: str, lists: list[tuple[str, dict]], page_size: int) -> tuple[
 
 def peer_lists() -> dict[str, list[tuple[str, dict]]]:
     from tasks.sources.kubernetes.workloads import WORKLOAD_KINDS
-    from tests.support.kube import RESOURCES
+    from testbed.kubeapi import RESOURCES
 
     workloads = [(f"{RESOURCES[k.plural][0]}/{k.plural}", {}) for k in WORKLOAD_KINDS]
     helm = [("/api/v1/secrets", {"labelSelector": "owner=helm"}), ("/api/v1/configmaps", {"labelSelector": "owner=helm"})]
@@ -231,7 +231,7 @@ def main() -> None:
     if a.child:
         return child(a.child, a.kubeconfig, a.page_size)
 
-    from tests.support.kube import write_kubeconfig
+    from testbed.kubeapi import write_kubeconfig
 
     parent, child_conn = mp.get_context("fork").Pipe()
     proc = mp.get_context("fork").Process(target=_serve, args=(child_conn, a.workloads, a.namespaces, a.revisions),

@@ -1,8 +1,8 @@
 """Kubernetes objects as the API serves them, and Helm's storage-driver encoders.
 
-For tests (tests/support/kube.py re-exports these), benchmarks and `make demo`. The builders make
-objects in the API's shape; `kubectl_list` wraps them the way `kubectl get A,B -A -o json` prints
-them, the offline input of tasks/sources/kubernetes/dumps.py.
+For tests, benchmarks and `make demo` (served by testbed/kubeapi.py's KubeServer, or written as
+dumps). The builders make objects in the API's shape; `kubectl_list` wraps them the way
+`kubectl get A,B -A -o json` prints them, the offline input of tasks/sources/kubernetes/dumps.py.
 
 The Helm encoders mirror helm/helm pkg/storage/driver: `encodeRelease` (util.go) is
 json.Marshal → gzip (BestCompression) → base64.StdEncoding; the Secret driver stores that

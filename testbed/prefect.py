@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,13 @@ import httpx
 import psutil
 import yaml
 
+from testbed.loopback import Loopback, free_port
+
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
 class PrefectProcessError(RuntimeError):
     """A Prefect server, worker or CLI step failed; the message carries its log's last lines."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prefect_env(home: Path, api_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -109,7 +104,7 @@ class _Service:
         self.proc = None
 
 
-class PrefectServer(_Service):
+class PrefectServer(_Service, Loopback):
     """`prefect server start` on 127.0.0.1 with SQLite under `home` (UI and API on one port)."""
 
     def __init__(self, home: Path, port: int | None = None):
@@ -119,7 +114,8 @@ class PrefectServer(_Service):
 
     @property
     def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The UI; the API is under it at /api."""
+        return self.url
 
     @property
     def api_url(self) -> str:

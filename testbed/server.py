@@ -11,7 +11,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ import yaml
 
 from tasks.registry.auth import ChallengeAuth, Credentials
 from testbed.client import sync_client
+from testbed.loopback import Loopback, free_port
 
 
 class LocalRegistryError(RuntimeError):
@@ -40,12 +40,6 @@ class TokenAuth:
     service: str
     issuer: str
     rootcertbundle: str
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _scratch_dir() -> str | None:
@@ -98,7 +92,7 @@ def _stop_leftovers() -> None:
         reg.stop()
 
 
-class LocalRegistry:
+class LocalRegistry(Loopback):
     """Debian's `docker-registry serve` on a free 127.0.0.1 port, storing into `root`.
 
     Use as a context manager (or `start()`/`stop()`). `root` receives `config.yml`, `registry.log`
@@ -131,17 +125,12 @@ class LocalRegistry:
         self._proc: subprocess.Popen | None = None
         self._log = None
 
-    # -- addresses
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`, as it appears in image references."""
-        if self.port is None:
-            raise LocalRegistryError("registry not started")
-        return f"127.0.0.1:{self.port}"
+    # -- addresses (host and url: Loopback)
+    not_started_error = LocalRegistryError
 
     @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}"
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def storage(self) -> Path:
@@ -221,7 +210,7 @@ class LocalRegistry:
         fixed_port = self.port is not None
         for attempt in range(5):
             if not fixed_port:
-                self.port = _free_port()
+                self.port = free_port()
             try:
                 self._spawn(exe)
                 return self

@@ -1,4 +1,17 @@
-"""Shared fixtures. Each area keeps its own fixtures in tests/support/<area>.py."""
+"""The fixtures every test module shares: the Prefect harness, the installed command, and the
+session-wide servers.
+
+Each area keeps its fixtures in tests/support/<area>.py, and a test module imports the ones it
+uses from there, so its imports say where every fixture comes from. The session-scoped servers
+are the exception: pytest keeps one instance per place a fixture is defined, so a fixture
+imported into two modules would start two servers. They are defined once, here, by importing
+them from their support module:
+
+    registry, registry_client, registry_ca, tls_registry, htpasswd_registry, token_stack,
+    token_registry                      tests/support/registry.py
+    s3_server, s3_env, ecr_pager        tests/support/s3.py, tests/support/ecr.py
+    prefect_server, e2e_worker, screenshots   tests/support/e2e.py
+"""
 
 from __future__ import annotations
 
@@ -11,10 +24,12 @@ from flows.prefect_env import set_defaults
 # Prefect must be configured before it is first imported anywhere in the test session.
 set_defaults()
 
-pytest_plugins = ["tests.support.registry", "tests.support.kube", "tests.support.gitrepo", "tests.support.s3",
-                  "tests.support.sweeps", "tests.support.e2e",
-                  "tests.support.ecr", "tests.support.gitlab", "tests.support.harbor", "tests.support.github",
-                  "tests.support.dockerhub", "tests.support.rigs"]
+# Session-wide servers (see the module docstring); every other fixture is imported where it is used.
+from tests.support.e2e import e2e_worker, prefect_server, screenshots  # noqa: E402,F401
+from tests.support.ecr import ecr_pager  # noqa: E402,F401
+from tests.support.registry import (htpasswd_registry, registry, registry_ca, registry_client,  # noqa: E402,F401
+                                    tls_registry, token_registry, token_stack)
+from tests.support.s3 import s3_env, s3_server  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

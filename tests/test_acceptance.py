@@ -14,16 +14,17 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tasks.oci.manifest import fallback_tag
 from testbed import MANIFEST_ACCEPT, push_artifact, push_image, push_index, tag_manifest
+from testbed.kube import helm_release, helm_secret, manifest, pod, workload
+from tests.support.configs import config
 from tests.support.gitrepo import RepoBuilder
-from tests.support.kube import helm_release, helm_secret, manifest, pod, workload
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import fresh_registry  # noqa: F401 (fixtures)
 
 SIG = "application/vnd.dev.cosign.artifact.sig.v1+json"
 REVISION = "org.opencontainers.image.revision"
@@ -49,11 +50,6 @@ def ok(res, code: int = 0) -> str:
 def served(client: httpx.Client, repo: str, ref: str) -> int:
     """What the registry answers for a manifest GET: 200 while it exists, 404 once deleted."""
     return client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}).status_code
-
-
-def write_config(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def image(client, repo, tag, seed, *, created=LONG_AGO, revision=None):
@@ -141,7 +137,7 @@ def team(fresh_registry, kube_env, tmp_path):
                          job_conditions=[("Complete", "True")]))
     kubeconfig = kube_env.kubeconfig({"prod": (prod, None), "staging": (staging, None)}, current="staging")
 
-    config = {
+    data = {
         "store": "./var/regsweep",              # relative: anchored at the config file
         "registry": {"url": reg.url, "aliases": [ALIAS], "concurrency": 4},
         "link": {"tagPatterns": ["^sha-(?P<commit>[0-9a-f]{7,40})$"]},
@@ -159,8 +155,8 @@ def team(fresh_registry, kube_env, tmp_path):
         },
         "sweep": {"maxPlanAge": "1h"},
     }
-    cfg_path = write_config(tmp_path / "regsweep.yaml", config)
-    return dict(reg=reg, d=d, c=c, short=short, prod=prod, staging=staging, cfg=cfg_path, data=config,
+    cfg_path = config(data, write=tmp_path / "regsweep.yaml")
+    return dict(reg=reg, d=d, c=c, short=short, prod=prod, staging=staging, cfg=cfg_path, data=data,
                 host=host, tmp=tmp_path)
 
 
@@ -311,7 +307,7 @@ def test_namespaced_access_unlinked_delete_and_a_tag_repushed_before_the_sweep(t
     data = json.loads(json.dumps(team["data"]))
     data["kubernetes"]["namespaces"] = ["apps", "web", "workers"]
     data["cleanup"]["unlinkedImages"] = "delete"
-    cfg = write_config(tmp_path / "team.yaml", data)
+    cfg = config(data, write=tmp_path / "team.yaml")
 
     ok(run_cli("snapshot", "--config", cfg))
     res = run_cli("plan", "--config", cfg, "--snapshot", "latest", "--json", tmp_path / "plan.json")
@@ -345,7 +341,7 @@ def test_usage_mistakes_exit_2_naming_the_argument_and_start_nothing(team, run_c
     cfg = team["cfg"]
     data = json.loads(json.dumps(team["data"]))
     data["kubernetes"]["contexts"] = ["prod", "stagign"]
-    typo = write_config(tmp_path / "typo.yaml", data)
+    typo = config(data, write=tmp_path / "typo.yaml")
     res = run_cli("snapshot", "--config", typo)
     ok(res, 2)
     assert res.stdout == "" and res.stderr.strip().splitlines() == [

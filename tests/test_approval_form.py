@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from tasks.config.models import load_config
 from tasks.store.store import Store
 from tasks.sweep.approval import reason_class, render
 from tasks.sweep.loading import prepare
 from testbed import push_artifact, push_image, push_index
-from tests.support.sweeps import fresh, plan_of, write_config
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import fresh, plan_of
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 COSIGN = "application/vnd.dev.cosign.artifact.sig.v1+json"
 
@@ -30,7 +34,7 @@ def test_the_form_says_per_repository_what_goes_and_why(registry, registry_clien
     fresh(c, api, "new")
     children = [(_image(c, web, None, y2024, size=3, arch=a), {"architecture": a, "os": "linux"}) for a in ("amd64", "arm64")]
     push_index(c, web, "multi", children)
-    cfg = load_config(write_config(tmp_path, registry.url, f"{unique_repo}/*"))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[f"{unique_repo}/*"], write=tmp_path))
     plan = plan_of(cfg)
     intent = prepare(cfg, Store(cfg.store), plan)
 
@@ -62,6 +66,7 @@ def test_the_form_says_per_repository_what_goes_and_why(registry, registry_clien
     assert web_part.count("\n- `") == 1
 
 
+@pytest.mark.unit
 def test_reason_classes_fold_away_per_item_details():
     assert reason_class("built 38d ago (not within 2h)") == "built more than 2h ago"
     assert reason_class("platform of deleted index sha256:" + "a" * 64) == "platform of deleted index (goes with it)"

@@ -25,6 +25,14 @@ from tasks.common.units import utcnow
 from testbed import LocalRegistry, push_image
 from tests.support.rigs import API_TOKEN, TOKEN_ENV
 from tests.support.sweeps import edit_plan, make_plan, take_snapshot
+from tests.support.dockerhub import dockerhub_api  # noqa: F401 (fixtures)
+from tests.support.ecr import ecr_env, ecr_registry, moto_auth  # noqa: F401 (fixtures)
+from tests.support.github import github_api  # noqa: F401 (fixtures)
+from tests.support.gitlab import gitlab_api  # noqa: F401 (fixtures)
+from tests.support.harbor import harbor_api  # noqa: F401 (fixtures)
+from tests.support.registry import fault_proxy_factory  # noqa: F401 (fixtures)
+from tests.support.rigs import native_rig, rig  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)

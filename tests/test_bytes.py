@@ -26,6 +26,8 @@ from tasks.sweep.loading import prepare
 from tasks.common.units import human_bytes
 from testbed import get_manifest, push_artifact, push_image, push_index
 from tests.support.sweeps import OLD, make_plan, take_snapshot
+from tests.support.registry import fresh_registry  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 COSIGN = "application/vnd.dev.cosign.artifact.sig.v1+json"
 # Layers of distinct sizes, so that a wrong sum cannot come out right by accident.
@@ -127,7 +129,7 @@ class World:
 
 
 @pytest.fixture
-def world(fresh_registry, tmp_path):
+def pushed(fresh_registry, tmp_path):
     reg = fresh_registry()
     w = World(reg, tmp_path)
     w.registry = reg
@@ -141,35 +143,35 @@ def _on_disk(reg) -> dict[str, int]:
     return {f"sha256:{p.parent.name}": p.stat().st_size for p in root.glob("*/*/data")}
 
 
-def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(world):
-    sid = take_snapshot(world.cfg)
-    rows = world.store.snapshots.table(sid, "blobs")
+def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(pushed):
+    sid = take_snapshot(pushed.cfg)
+    rows = pushed.store.snapshots.table(sid, "blobs")
     got = {(r["repository"], r["digest"], r["blob"], r["kind"], r["size"]) for r in rows.to_pylist()}
     assert rows.num_rows == len(got)                       # each (manifest, blob) once
-    assert got == world.blob_rows()
-    index_rows = [r for r in got if r[1] == world.index]
-    assert index_rows == [("app/web", world.index, world.index, "manifest", world.index.size)]  # an index: its body
+    assert got == pushed.blob_rows()
+    index_rows = [r for r in got if r[1] == pushed.index]
+    assert index_rows == [("app/web", pushed.index, pushed.index, "manifest", pushed.index.size)]  # an index: its body
     # the registry stores each of these blobs with exactly the size recorded
-    disk = _on_disk(world.registry)
+    disk = _on_disk(pushed.registry)
     assert {r[2]: r[4] for r in got} == {b: disk[b] for b in {r[2] for r in got}}
 
-    plan_id = make_plan(world.cfg, sid)
-    meta = world.store.plans.meta(plan_id)
-    plan = world.store.plans.table(plan_id).to_pandas()
+    plan_id = make_plan(pushed.cfg, sid)
+    meta = pushed.store.plans.meta(plan_id)
+    plan = pushed.store.plans.table(plan_id).to_pandas()
     dele = plan[plan["action"] == "delete"]
-    assert set(zip(dele["repository"], dele["digest"])) == world.deleted   # the policy did what the test means
+    assert set(zip(dele["repository"], dele["digest"])) == pushed.deleted   # the policy did what the test means
 
-    unique = world.blob_sizes(world.bodies)
+    unique = pushed.blob_sizes(pushed.bodies)
     assert meta["unique_bytes"] == sum(unique.values())
-    freed = world.reclaimable()
+    freed = pushed.reclaimable()
     assert meta["bytes_reclaimable"] == sum(freed.values()) and meta["blobs_reclaimable"] == len(freed)
     # spelled out: the shared base layer and the layer a kept image elsewhere uses stay; the layer
     # two deleted images share is freed once
-    assert not world.shared & set(freed)
+    assert not pushed.shared & set(freed)
     assert freed[sha256_digest(COMMON)] == len(COMMON)
     layers = [A1, A2, COMMON, P_AMD, P_ARM, SIGNED]
     assert sum(len(x) for x in layers) < meta["bytes_reclaimable"] < sum(len(x) for x in layers) + 10_000
-    assert meta["image_bytes_deleted"] == sum(world.images.values())
+    assert meta["image_bytes_deleted"] == sum(pushed.images.values())
     assert meta["image_bytes_deleted"] > meta["bytes_reclaimable"] + 5 * len(BASE)   # BASE in 5 deleted images
     per = meta["repositories"]
     assert sum(v["bytes_reclaimable"] for v in per.values()) == meta["bytes_reclaimable"]
@@ -179,13 +181,13 @@ def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(world):
     # a resumed sweep: what the rest frees, once the first part is gone, completes the total
     from tasks.snapshot.footprint import Footprint
 
-    fp, ordered = Footprint.load(world.store, sid), sorted(world.deleted)
+    fp, ordered = Footprint.load(pushed.store, sid), sorted(pushed.deleted)
     first, rest = ordered[:4], ordered[4:]
     split = [fp.reclaimable(*zip(*first)).total, fp.reclaimable(*zip(*rest), gone=first).total]
     assert sum(split) == meta["bytes_reclaimable"] and all(split)
 
     # the approval form: the same two figures, by the same function, each saying what it counts
-    intent = prepare(world.cfg, world.store, plan_id)
+    intent = prepare(pushed.cfg, pushed.store, plan_id)
     assert intent.bytes_reclaimable == meta["bytes_reclaimable"] and intent.bytes == meta["image_bytes_deleted"]
     text = render(intent)
     head = text.split("### ")[0]
@@ -194,32 +196,32 @@ def test_blobs_table_and_the_plans_three_figures_match_what_was_pushed(world):
     assert f"({human_bytes(meta['bytes_reclaimable'])} freed by garbage collection)" in head
 
 
-def test_garbage_collection_frees_on_disk_exactly_the_plans_reclaimable_bytes(world, sweep):
-    plan_id = make_plan(world.cfg, take_snapshot(world.cfg))
-    meta = world.store.plans.meta(plan_id)
-    report = sweep(world.cfg, plan_id, approve=True)
-    assert report["deleted"] == len(world.deleted) and report["failed"] == 0
+def test_garbage_collection_frees_on_disk_exactly_the_plans_reclaimable_bytes(pushed, sweep):
+    plan_id = make_plan(pushed.cfg, take_snapshot(pushed.cfg))
+    meta = pushed.store.plans.meta(plan_id)
+    report = sweep(pushed.cfg, plan_id, approve=True)
+    assert report["deleted"] == len(pushed.deleted) and report["failed"] == 0
     assert report["bytes_reclaimable"] == meta["bytes_reclaimable"]
     assert report["image_bytes"] == meta["image_bytes_deleted"]
     assert f"{human_bytes(meta['bytes_reclaimable'])} freed by garbage collection" in report["summary"]
 
-    before = _on_disk(world.registry)
-    world.registry.garbage_collect()
-    after = _on_disk(world.registry)
+    before = _on_disk(pushed.registry)
+    pushed.registry.garbage_collect()
+    after = _on_disk(pushed.registry)
     freed = {b: s for b, s in before.items() if b not in after}
     assert not set(after) - set(before)
-    assert set(freed) == set(world.reclaimable())            # the very blobs, not just the total
+    assert set(freed) == set(pushed.reclaimable())            # the very blobs, not just the total
     assert sum(freed.values()) == meta["bytes_reclaimable"]
     # what stays is served: the kept images still pull, base layer included
     for repo, tag in (("app/api", "new"), ("app/tools", "keep")):
-        assert get_manifest(world.client, repo, tag) is not None
-    assert world.client.head(f"/v2/app/api/blobs/{sha256_digest(BASE)}").status_code == 200
+        assert get_manifest(pushed.client, repo, tag) is not None
+    assert pushed.client.head(f"/v2/app/api/blobs/{sha256_digest(BASE)}").status_code == 200
 
 
-def test_a_snapshot_without_a_blobs_table_gives_unknown_reclaimable_and_nothing_breaks(world, run_cli):
-    sid = take_snapshot(world.cfg)
+def test_a_snapshot_without_a_blobs_table_gives_unknown_reclaimable_and_nothing_breaks(pushed, run_cli):
+    sid = take_snapshot(pushed.cfg)
     # an old snapshot: the same tables but no blobs.parquet, as regsweep wrote before it recorded blobs
-    root = Path(world.store.path("snapshots"))
+    root = Path(pushed.store.path("snapshots"))
     old_sid = new_id()
     shutil.copytree(root / sid, root / old_sid)
     blobs = root / old_sid / "blobs.parquet"
@@ -227,35 +229,35 @@ def test_a_snapshot_without_a_blobs_table_gives_unknown_reclaimable_and_nothing_
     meta_path = root / old_sid / "snapshot.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "id": old_sid}))
 
-    res = run_cli("plan", "-c", world.config_path, "--snapshot", old_sid)
+    res = run_cli("plan", "-c", pushed.config_path, "--snapshot", old_sid)
     assert res.returncode == 0, res.stderr
     plan_id = res.stdout.strip().splitlines()[-1]
     assert "reclaimable unknown" in res.stderr and "warning" not in res.stderr
-    meta = world.store.plans.meta(plan_id)
+    meta = pushed.store.plans.meta(plan_id)
     assert meta["complete"] is True and meta["snapshot_id"] == old_sid
     assert meta["bytes_reclaimable"] is None and meta["unique_bytes"] is None and meta["blobs_reclaimable"] is None
-    assert meta["image_bytes_deleted"] == sum(world.images.values())
+    assert meta["image_bytes_deleted"] == sum(pushed.images.values())
     assert all(v["bytes_reclaimable"] is None for v in meta["repositories"].values())
 
-    intent = prepare(world.cfg, world.store, plan_id)
-    assert intent.bytes_reclaimable is None and len(intent.targets) == len(world.deleted)
+    intent = prepare(pushed.cfg, pushed.store, plan_id)
+    assert intent.bytes_reclaimable is None and len(intent.targets) == len(pushed.deleted)
     head = render(intent).split("### ")[0]
     assert "freed by garbage collection: **unknown**" in head
     assert f"image sizes added up: {human_bytes(meta['image_bytes_deleted'])}" in head
 
 
-def test_a_blobs_table_unreadable_after_the_deletions_leaves_the_figure_unknown_not_the_report(world):
+def test_a_blobs_table_unreadable_after_the_deletions_leaves_the_figure_unknown_not_the_report(pushed):
     """The deletions have happened: a store that cannot give the blobs now costs the byte figure
     (unknown, with a warning), never the report of what was deleted."""
-    plan_id = make_plan(world.cfg, take_snapshot(world.cfg))
-    intent = prepare(world.cfg, world.store, plan_id)
+    plan_id = make_plan(pushed.cfg, take_snapshot(pushed.cfg))
+    intent = prepare(pushed.cfg, pushed.store, plan_id)
     assert intent.bytes_reclaimable is not None
-    blobs = Path(world.store.path("snapshots", intent.snapshot_id, "blobs.parquet"))
+    blobs = Path(pushed.store.path("snapshots", intent.snapshot_id, "blobs.parquet"))
     blobs.write_bytes(b"not parquet")
-    report = delete_targets(world.cfg, world.store, intent)
-    assert report.deleted == len(world.deleted) and report.failed == 0
+    report = delete_targets(pushed.cfg, pushed.store, intent)
+    assert report.deleted == len(pushed.deleted) and report.failed == 0
     assert report.bytes_reclaimable is None
     assert "unknown freed by garbage collection" in report.summary()
     assert any("reclaimable bytes unknown" in m and "blobs.parquet" in m for m in report.notes["warnings"]["messages"])
     for repo, tag in (("app/api", "new"), ("app/tools", "keep")):
-        assert get_manifest(world.client, repo, tag) is not None
+        assert get_manifest(pushed.client, repo, tag) is not None

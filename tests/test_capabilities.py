@@ -4,10 +4,8 @@ recorded in the snapshot and the plan, and used by the sweep before it asks for 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from tasks.registry.capabilities import Capabilities
 from tasks.config.models import load_config, parse_config
@@ -15,7 +13,11 @@ from tasks.common.errors import SweepFailed
 from tasks.store.store import Store
 from testbed import LocalRegistry, tag_manifest
 from tests.support.registry import READER_PASSWORD, READER_USER
-from tests.support.sweeps import edit_plan, journal_events, make_plan, old, status, take_snapshot, write_config
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import edit_plan, journal_events, make_plan, old, status, take_snapshot
+from tests.support.registry import (fault_proxy, fault_proxy_factory, fresh_registry,  # noqa: F401 (fixtures)
+                                     token_issuer, unique_repo)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 
 def snapshot_caps(cfg, sid: str) -> dict:
@@ -29,7 +31,7 @@ def test_a_registry_with_deletion_off_is_said_so_before_approval_is_asked(run_cl
         doomed = [old(c, "app", t) for t in ("a", "b")]
     proxy = fault_proxy_factory(reg)
     # No --yes: a sweep that reached the approval gate would wait there until the timeout.
-    path = write_config(tmp_path, proxy.url, "app", sweep={"approvalTimeout": "2m"})
+    path = config(SWEEP, url=proxy.url, repositories=["app"], sweep={"approvalTimeout": "2m"}, write=tmp_path)
 
     assert run_cli("snapshot", "--config", path).returncode == 0
     cfg = load_config(path)
@@ -60,7 +62,7 @@ def test_lone_tags_a_registry_cannot_delete_are_kept_without_asking_it(sweep, re
     d = old(c, repo, "nightly")
     tag_manifest(c, repo, d, "stable")
     gone = old(c, repo, "old")
-    cfg = load_config(write_config(tmp_path, fault_proxy.url, repo))
+    cfg = load_config(config(SWEEP, url=fault_proxy.url, repositories=[repo], write=tmp_path))
     edited = edit_plan(cfg, make_plan(cfg, take_snapshot(cfg, probe=True)), {"stable": "keep"})
     before = fault_proxy.count("DELETE", r"/manifests/nightly$")
 
@@ -79,7 +81,7 @@ def test_a_plan_probed_as_unable_to_delete_is_probed_again_before_refusing(sweep
     try:
         with reg.client() as c:
             doomed = old(c, "app", "a")
-        cfg = load_config(write_config(tmp_path, reg.url, "app"))
+        cfg = load_config(config(SWEEP, url=reg.url, repositories=["app"], write=tmp_path))
         sid = take_snapshot(cfg, probe=True)
         assert snapshot_caps(cfg, sid)["delete_digest"] == "no"
         plan = make_plan(cfg, sid)
@@ -100,7 +102,7 @@ def test_an_account_that_may_only_pull_is_denied_before_the_gate(sweep, token_re
     with token_registry.client() as c:
         doomed = old(c, "ro/app", "a")
     monkeypatch.setenv("REGSWEEP_READER_PW", READER_PASSWORD)
-    data = yaml.safe_load(Path(write_config(tmp_path, token_registry.url, "ro/app")).read_text())
+    data = config(SWEEP, url=token_registry.url, repositories=["ro/app"], store=tmp_path / "store")
     data["registry"]["auth"] = {"username": READER_USER, "password_env": "REGSWEEP_READER_PW"}
     cfg = parse_config(data)
     sid = take_snapshot(cfg, probe=True)
@@ -116,6 +118,7 @@ def test_an_account_that_may_only_pull_is_denied_before_the_gate(sweep, token_re
         assert status(c, "ro/app", doomed) == 200
 
 
+@pytest.mark.unit
 def test_capabilities_read_back_from_json_and_summarise():
     caps = Capabilities(api="ecr", delete_digest="yes", delete_tag="yes", delete_untagged="yes", referrers="no",
                         repository="team/app", notes={"delete_tag": "x"})
@@ -124,6 +127,7 @@ def test_capabilities_read_back_from_json_and_summarise():
     assert again.summary() == "delete by digest: yes; lone tags: yes; untagged: yes; referrers API: no"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("registry, key, words", [
     ({"api": "gitlab"}, "registry", "`api: gitlab` needs a `gitlab:` section naming the project or group"),
     ({"api": "gitlab", "gitlab": {"project": "a/b", "group": "a"}}, "registry", "exactly one of project or group"),

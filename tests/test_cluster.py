@@ -17,7 +17,8 @@ from tasks.config.models import parse_config
 from tasks.common.errors import ClusterError
 from tasks.snapshot.take import run_source
 from tasks.store.store import Store
-from tests.support.kube import pod, workload
+from testbed.kube import pod, workload
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
 
 TOKEN = "sekret-token-5f0c2d"
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
@@ -36,14 +37,14 @@ def rows_of(config) -> set[tuple]:
 
 
 @pytest.fixture
-def one(kube_env):
+def token_cluster(kube_env):
     """One server requiring a bearer token, and a kubeconfig whose current context points at it."""
     server = kube_env.server(token=TOKEN)
     return server, kube_env.kubeconfig({"prod": (server, TOKEN)})
 
 
-def test_the_test_server_speaks_the_shapes_the_typed_client_expects(one):
-    server, kubeconfig = one
+def test_the_test_server_speaks_the_shapes_the_typed_client_expects(token_cluster):
+    server, kubeconfig = token_cluster
     server.add(*(pod("a", f"p{i}", [f"r/x:{i}"]) for i in range(3)))
     api = k8s.CoreV1Api(new_client_from_config(config_file=str(kubeconfig), context="prod", persist_config=False))
     first = api.list_pod_for_all_namespaces(limit=2)
@@ -56,8 +57,8 @@ def test_the_test_server_speaks_the_shapes_the_typed_client_expects(one):
     assert api.list_namespaced_pod("elsewhere").items == []
 
 
-def test_every_kind_and_container_list(one, tmp_path):
-    server, kubeconfig = one
+def test_every_kind_and_container_list(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(
         pod("web", "web-7d9f-abcde", ["r/web:1"], init=["r/migrate:1"], ephemeral=["r/debug:1"]),
         workload("ReplicationController", "legacy", "rc", ["r/rc:1"]),
@@ -91,8 +92,8 @@ def test_every_kind_and_container_list(one, tmp_path):
     }
 
 
-def test_pod_status_image_ids_become_digests(one, tmp_path):
-    server, kubeconfig = one
+def test_pod_status_image_ids_become_digests(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(pod("a", "p", ["r/app:1", "r/side:1"], init=["r/init:1"], ephemeral=["r/dbg:1"],
                    image_ids={"c0": f"docker-pullable://registry.example.com/app@{D1}",
                               "c1": f"registry.example.com/side@{D2}",   # containerd
@@ -102,8 +103,8 @@ def test_pod_status_image_ids_become_digests(one, tmp_path):
     assert ids == {("c0", D1), ("c1", D2), ("init0", D3), ("debug0", None)}
 
 
-def test_scan_in_use_drops_finished_jobs_only(one, tmp_path):
-    server, kubeconfig = one
+def test_scan_in_use_drops_finished_jobs_only(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(workload("Job", "b", "done", ["r/done:1"], job_conditions=[("Complete", "True")]),
                workload("Job", "b", "live", ["r/live:1"]), workload("Deployment", "b", "d", ["r/d:1"]))
     df = cluster.scan_in_use(make_config(tmp_path, kubeconfig).kubernetes)
@@ -133,8 +134,8 @@ def test_kubeconfig_from_the_environment(kube_env, tmp_path, monkeypatch):
     assert {(r[0], r[3]) for r in rows_of(config)} == {("env-ctx", "ds")}
 
 
-def test_configured_namespaces_are_listed_one_by_one(one, tmp_path):
-    server, kubeconfig = one
+def test_configured_namespaces_are_listed_one_by_one(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     for ns in ("a", "b", "c"):
         server.add(pod(ns, "p", [f"r/{ns}:1"]), workload("Deployment", ns, "d", [f"r/{ns}:2"]))
     rows = rows_of(make_config(tmp_path, kubeconfig, namespaces=["a", "c"]))
@@ -145,8 +146,8 @@ def test_configured_namespaces_are_listed_one_by_one(one, tmp_path):
     assert "/api/v1/pods" not in paths   # no cluster-wide call when namespaces are configured
 
 
-def test_lists_are_paginated_with_the_configured_page_size(one, tmp_path):
-    server, kubeconfig = one
+def test_lists_are_paginated_with_the_configured_page_size(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(*(pod(f"ns{i % 3}", f"p{i:02d}", [f"r/p:{i}"]) for i in range(7)))
     rows = rows_of(make_config(tmp_path, kubeconfig, pageSize=2))
     assert sorted(r[6] for r in rows) == sorted(f"r/p:{i}" for i in range(7))
@@ -155,8 +156,8 @@ def test_lists_are_paginated_with_the_configured_page_size(one, tmp_path):
     assert "continue" not in pods[0] and all("continue" in q for q in pods[1:])
 
 
-def test_an_expired_continue_token_restarts_the_list(one, tmp_path):
-    server, kubeconfig = one
+def test_an_expired_continue_token_restarts_the_list(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(*(pod("a", f"p{i}", [f"r/p:{i}"]) for i in range(5)))
     server.expire_continue("pods", nth=2)
     rows = rows_of(make_config(tmp_path, kubeconfig, pageSize=2))  # rows_of also checks no duplicates
@@ -165,8 +166,8 @@ def test_an_expired_continue_token_restarts_the_list(one, tmp_path):
     assert len(starts) == 2   # the first list, and the restart after the 410
 
 
-def test_a_list_that_keeps_expiring_fails_after_bounded_restarts(one, tmp_path):
-    server, kubeconfig = one
+def test_a_list_that_keeps_expiring_fails_after_bounded_restarts(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(*(pod("a", f"p{i}", ["r/p:1"]) for i in range(3)))
     server.expire_continue("pods", nth=1, times=100)
     with pytest.raises(ClusterError, match=r"context prod, kind Pod\): listing pods kept expiring"):
@@ -174,8 +175,8 @@ def test_a_list_that_keeps_expiring_fails_after_bounded_restarts(one, tmp_path):
     assert len([q for q in server.list_requests("pods") if "continue" not in q]) == kube.MAX_LIST_RESTARTS + 1
 
 
-def test_forbidden_in_one_namespace_names_context_namespace_and_kind(one, tmp_path):
-    server, kubeconfig = one
+def test_forbidden_in_one_namespace_names_context_namespace_and_kind(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(workload("StatefulSet", "ok", "s", ["r/s:1"]), workload("StatefulSet", "locked", "s", ["r/s:2"]))
     server.forbid("statefulsets", namespace="locked")
     with pytest.raises(ClusterError) as e:
@@ -187,24 +188,24 @@ def test_forbidden_in_one_namespace_names_context_namespace_and_kind(one, tmp_pa
     assert 'cannot list resource "statefulsets"' in str(err)
 
 
-def test_forbidden_cluster_wide_list(one, tmp_path):
-    server, kubeconfig = one
+def test_forbidden_cluster_wide_list(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.forbid("cronjobs")
     with pytest.raises(ClusterError, match=r"\(context prod, kind CronJob\): listing cronjobs cluster-wide "
                                            r"is forbidden \(HTTP 403\)"):
         rows_of(make_config(tmp_path, kubeconfig))
 
 
-def test_server_error_fails_the_source(one, tmp_path):
-    server, kubeconfig = one
+def test_server_error_fails_the_source(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.fail("replicasets", 500)
     with pytest.raises(ClusterError, match=r"kind ReplicaSet\): listing replicasets cluster-wide failed: "
                                            r"HTTP 500 .*etcdserver: request timed out"):
         rows_of(make_config(tmp_path, kubeconfig))
 
 
-def test_server_error_on_a_later_page_fails_the_source(one, tmp_path):
-    server, kubeconfig = one
+def test_server_error_on_a_later_page_fails_the_source(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(*(pod("a", f"p{i}", ["r/p:1"]) for i in range(4)))
     server.fail("pods", 503, times=None)
     server._faults[-1].on_continue = 1      # the first page succeeds, the second does not
@@ -212,8 +213,8 @@ def test_server_error_on_a_later_page_fails_the_source(one, tmp_path):
         rows_of(make_config(tmp_path, kubeconfig, pageSize=2))
 
 
-def test_timeout_fails_the_source_quickly(one, tmp_path):
-    server, kubeconfig = one
+def test_timeout_fails_the_source_quickly(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.slow("daemonsets", 3.0)
     started = time.monotonic()
     with pytest.raises(ClusterError, match=r"kind DaemonSet\): listing daemonsets cluster-wide timed out after 0.3s"):
@@ -237,16 +238,16 @@ def test_wrong_token_fails_without_revealing_it(kube_env, tmp_path):
     assert TOKEN not in str(e.value) and "the-right-one" not in str(e.value)
 
 
-def test_unknown_context_and_missing_kubeconfig(one, tmp_path):
-    _, kubeconfig = one
+def test_unknown_context_and_missing_kubeconfig(token_cluster, tmp_path):
+    _, kubeconfig = token_cluster
     with pytest.raises(ClusterError, match=r"context nope\): no context 'nope' in kubeconfig .* \(has: prod\)"):
         rows_of(make_config(tmp_path, kubeconfig, contexts=["nope"]))
     with pytest.raises(ClusterError, match=r"kubeconfig .*missing.yaml does not exist"):
         rows_of(make_config(tmp_path, tmp_path / "missing.yaml"))
 
 
-def test_snapshot_source_failure_is_recorded_and_writes_no_table(one, tmp_path):
-    server, kubeconfig = one
+def test_snapshot_source_failure_is_recorded_and_writes_no_table(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(workload("Deployment", "a", "d", ["r/d:1"]))
     config = make_config(tmp_path, kubeconfig)
     store = Store(config.store)

@@ -22,7 +22,10 @@ from tasks.config.models import load_config
 from tasks.common.errors import SweepLocked
 from tasks.sweep.lock import lock_path, sweep_lock
 from tasks.store.store import Store
-from tests.support.sweeps import journal_events, old, plan_of, status, write_config
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import journal_events, old, plan_of, status
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
+from tests.support.s3 import s3_store  # noqa: F401 (fixtures)
 
 REGSWEEP = Path(sys.executable).parent / "regsweep"
 
@@ -77,13 +80,8 @@ def _start(path: Path, plan: str, env: dict) -> subprocess.Popen:
 
 
 def _config(tmp_path, url, repo, store: str | None) -> Path:
-    path = write_config(tmp_path, url, repo)
-    data = yaml.safe_load(path.read_text())
-    data["registry"]["timeout"] = 300     # the winner's DELETE waits at the gate meanwhile
-    if store:
-        data["store"] = store
-    path.write_text(yaml.safe_dump(data))
-    return path
+    # A long registry timeout: the winner's DELETE waits at the gate meanwhile.
+    return config(SWEEP, store=store, url=url, repositories=[repo], registry={"timeout": 300}, write=tmp_path)
 
 
 def _check_end(cfg, plan, doomed, kept, proxy, client, repo) -> None:

@@ -16,6 +16,7 @@ def with_(**extra):
     return {**BASE, **extra}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("data, key, words", [
     ({}, "registry", "required"),
     (with_(bogus=1), "bogus", "unknown key"),
@@ -45,6 +46,7 @@ def test_bad_configuration_names_the_key(data, key, words):
     assert e.value.exit_code == 2
 
 
+@pytest.mark.unit
 def test_werf_cleanup_section_is_accepted_verbatim(tmp_path):
     cfg_file = tmp_path / "regsweep.yaml"
     cfg_file.write_text(textwrap.dedent("""
@@ -78,6 +80,7 @@ def test_werf_cleanup_section_is_accepted_verbatim(tmp_path):
     assert cfg.enabled_sources() == ["registry", "helm", "git"]
 
 
+@pytest.mark.unit
 def test_default_keep_policies_are_werfs():
     cfg = parse_config(BASE)
     pols = cfg.cleanup.effective_keep_policies
@@ -87,6 +90,7 @@ def test_default_keep_policies_are_werfs():
     assert pols[2].references.pattern.match("master") and not pols[2].references.pattern.match("mastery")
 
 
+@pytest.mark.unit
 def test_policy_hash_ignores_nothing_that_matters():
     a = parse_config(with_(cleanup={"keepImagesBuiltWithinLastNHours": 2}))
     b = parse_config(with_(cleanup={"keepImagesBuiltWithinLastNHours": 3}))
@@ -94,6 +98,7 @@ def test_policy_hash_ignores_nothing_that_matters():
     assert a.cleanup.digest() == parse_config(BASE).cleanup.digest()
 
 
+@pytest.mark.unit
 def test_unreadable_and_invalid_yaml(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
@@ -130,6 +135,7 @@ def test_git_policies_without_a_git_source_are_refused_before_any_work(tmp_path,
     assert not (tmp_path / "var").exists()  # nothing was started, nothing written
 
 
+@pytest.mark.unit
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     (tmp_path / "conf").mkdir()
     cfg_file = tmp_path / "conf" / "regsweep.yaml"
@@ -144,12 +150,14 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     assert cfg.kubernetes.kubeconfig == str(base / "kube" / "config")
 
 
+@pytest.mark.unit
 def test_an_infinite_fresh_window_is_a_configuration_error():
     with pytest.raises(ConfigError) as e:
         parse_config(with_(cleanup={"keepImagesBuiltWithinLastNHours": float("inf")}))
     assert e.value.key == "cleanup.keepImagesBuiltWithinLastNHours"
 
 
+@pytest.mark.unit
 def test_runner_is_single_process_unless_dask_is_chosen():
     assert parse_config(BASE).runner.kind == "single"
     dask = parse_config(with_(runner={"kind": "dask", "dask": {"workers": 3, "batchRepositories": 10}})).runner
@@ -161,6 +169,7 @@ def test_runner_is_single_process_unless_dask_is_chosen():
         assert e.value.key == key
 
 
+@pytest.mark.unit
 def test_a_configuration_survives_prefects_stored_parameters():
     """Deployment runs and the UI form hand the flow its config as JSON, where pydantic writes
     durations in ISO 8601 (`P7D`): every duration key must read back to the same policy."""

@@ -130,6 +130,7 @@ def mutated(draw) -> dict:
     return doc
 
 
+@pytest.mark.unit
 def test_the_base_document_is_valid():
     assert isinstance(check(copy.deepcopy(BASE)), RegsweepConfig)
 

@@ -55,7 +55,7 @@ def _run_demo(tmp_path: Path, name: str):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PYTHONPATH"] = str(ROOT)
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.demo"], cwd=tmp_path, env=env, stdout=o, stderr=e,
+        proc = subprocess.Popen([sys.executable, "-m", "testbed.rundemo"], cwd=tmp_path, env=env, stdout=o, stderr=e,
                                 stdin=subprocess.DEVNULL)
     return proc, out, err
 

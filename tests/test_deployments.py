@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,7 @@ def _secretish(value, path=""):
             yield from _secretish(v, f"{path}[{i}]")
 
 
+@pytest.mark.unit
 def test_no_deployment_parameter_or_job_variable_holds_a_secret():
     for path in (PREFECT_YAML, K8S_YAML):
         for d in yaml.safe_load(path.read_text())["deployments"]:
@@ -100,6 +102,7 @@ def test_the_kubernetes_variant_runs_the_same_flows_in_cluster_with_the_rbac_ser
         assert (jv["service_account_name"], jv["namespace"]) == (sa["metadata"]["name"], sa["metadata"]["namespace"])
 
 
+@pytest.mark.unit
 def test_the_cluster_role_grants_exactly_the_reads_the_sources_make():
     from tasks.sources.kubernetes.workloads import WORKLOAD_KINDS
     from tasks.sources.kubernetes.client import CONFIGMAPS, SECRETS

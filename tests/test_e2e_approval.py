@@ -16,9 +16,11 @@ import pytest
 
 from tasks.store.store import Store
 from tests.support.e2e import E2E_POOL, ROOT, on_server
-from tests.support.kube import kubectl_list, workload
+from testbed.kube import kubectl_list, workload
 from tests.support.sweeps import fresh, old, status
 from testbed.prefect import deploy, deployment_file, wait_for_run
+from tests.support.e2e import browser  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +29,7 @@ SNAPSHOT, PLAN, SWEEP = ("regsweep-snapshot/snapshot-hourly", "regsweep-plan/pla
 
 
 @pytest.fixture
-def world(registry, registry_client, unique_repo, tmp_path, prefect_server, e2e_worker):
+def deployed_repo(registry, registry_client, unique_repo, tmp_path, prefect_server, e2e_worker):
     """A repository with two images to delete, one fresh and one in use (by a cluster dump); the
     deployments registered with a configuration for it; returns (config, repo, digests)."""
     c, repo = registry_client, unique_repo
@@ -88,9 +90,9 @@ def fill_and_submit(page, dialog, *, approve: bool, name: str, comment: str, sho
         raise
 
 
-def test_approval_through_the_ui_deletes_the_planned_tags_only(world, prefect_server, browser, registry_client,
+def test_approval_through_the_ui_deletes_the_planned_tags_only(deployed_repo, prefect_server, browser, registry_client,
                                                                screenshots):
-    config, repo, d = world
+    config, repo, d = deployed_repo
     run = paused_sweep(prefect_server)
     page, dialog = open_form(browser, prefect_server, run.id)
     page.screenshot(path=str(screenshots / "approval-form.png"), animations="disabled")
@@ -132,8 +134,8 @@ def test_approval_through_the_ui_deletes_the_planned_tags_only(world, prefect_se
     artifact.close()
 
 
-def test_rejection_through_the_ui_deletes_nothing(world, prefect_server, browser, registry_client, screenshots):
-    config, repo, d = world
+def test_rejection_through_the_ui_deletes_nothing(deployed_repo, prefect_server, browser, registry_client, screenshots):
+    config, repo, d = deployed_repo
     run = paused_sweep(prefect_server)
     page, dialog = open_form(browser, prefect_server, run.id)
     fill_and_submit(page, dialog, approve=False, name="Grace Hopper", comment="not before the release",

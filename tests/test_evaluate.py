@@ -2,15 +2,13 @@
 
 Registry, workload and Helm tables are written here as the extractors write them (same columns,
 same meaning); git tables always come from real repositories (tests/test_evaluate_git.py).
-`Snap` is the small builder both modules use.
+`Snap`, the small builder both modules use, is in tests/support/snapshots.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pandas as pd
 import pytest
@@ -18,110 +16,11 @@ import pytest
 from tasks.config.models import parse_config
 from tasks.plan.evaluate import plan_rows
 from tasks.store.schemas import SOURCE_TABLES
+from tests.support.configs import config
+from tests.support.snapshots import EVALUATION, NOW, OLD, REGISTRY, Snap, decisions, digest, plan_of, reasons
 
-NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
-REGISTRY = "https://registry.example.com"
-OCI_IMAGE = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-_n = itertools.count()
+pytestmark = pytest.mark.unit   # pure functions: no server, registry, cluster, git repository or flow
 
-
-def digest(seed: str | None = None) -> str:
-    return "sha256:" + hashlib.sha256((seed or f"d{next(_n)}").encode()).hexdigest()
-
-
-class Snap:
-    """Snapshot tables built row by row, as the extractors would write them."""
-
-    def __init__(self, now: datetime = NOW):
-        self.now = now
-        self.rows = {name: [] for schemas in SOURCE_TABLES.values() for name in schemas}
-        self.git = None
-        self.failed: dict[str, str] = {}
-        self.skipped: set[str] = set()
-
-    def manifest(self, repo, *tags, kind="image", created=None, revision=None, subject=None,
-                 size=1000, media_type=None, d=None, links=(), link_source="annotation") -> str:
-        d = d or digest()
-        mt = media_type or {"index": OCI_INDEX, "referrers-index": OCI_INDEX}.get(kind, OCI_IMAGE)
-        self.rows["manifests"].append(dict(repository=repo, digest=d, media_type=mt, kind=kind, artifact_type=None,
-                                           size=size, created=created, revision=revision, subject=subject))
-        for t in tags:
-            self.tag(repo, t, d)
-        for c in ([revision] if revision else []) + list(links):
-            self.rows["links"].append(dict(repository=repo, digest=d, commit=c, source=link_source))
-        return d
-
-    def image(self, repo, *tags, **kw) -> str:
-        return self.manifest(repo, *tags, kind="image", **kw)
-
-    def index(self, repo, *tags, platforms=(), **kw) -> str:
-        d = self.manifest(repo, *tags, kind="index", **kw)
-        for child, platform in platforms:
-            self.rows["children"].append(dict(repository=repo, index_digest=d, child_digest=child, platform=platform))
-        return d
-
-    def tag(self, repo, tag, d, gone=False):
-        self.rows["tags"].append(dict(repository=repo, tag=tag, digest=None if gone else d, gone=gone))
-
-    def workload(self, image, *, image_id=None, kind="Deployment", name="api", container="app",
-                 container_type="containers", context="prod", namespace="default", finished=False):
-        self.rows["workloads"].append(dict(context=context, namespace=namespace, kind=kind, name=name,
-                                           container=container, container_type=container_type, image=image,
-                                           image_id=image_id, finished=finished))
-
-    def helm(self, image, *, release="web", revision=1, status="deployed", context="prod", namespace="default"):
-        self.rows["helm"].append(dict(context=context, namespace=namespace, release=release, revision=revision,
-                                      status=status, chart="web-1.0.0", app_version="1.0", last_deployed=self.now,
-                                      driver="secret", image=image))
-
-    def tables(self) -> dict:
-        out = {}
-        for source, schemas in SOURCE_TABLES.items():
-            for name, schema in schemas.items():
-                if source in self.failed or source in self.skipped:
-                    out[name] = None
-                elif source == "git":
-                    out[name] = self.git[name] if self.git else None
-                else:
-                    out[name] = schema.empty_table().to_pandas() if not self.rows[name] else \
-                        pd.DataFrame(self.rows[name], columns=schema.names)
-        return out
-
-    def meta(self) -> dict:
-        sources = {}
-        for s in SOURCE_TABLES:
-            if s in self.failed:
-                sources[s] = {"status": "failed", "rows": 0, "seconds": 0.1, "error": self.failed[s]}
-            elif s in self.skipped or (s == "git" and self.git is None):
-                sources[s] = {"status": "skipped", "rows": 0, "seconds": 0}
-            else:
-                sources[s] = {"status": "ok", "rows": 1, "seconds": 0.1}
-        return {"id": "snap", "created_at": self.now.isoformat(), "complete": not self.failed,
-                "registry": REGISTRY, "sources": sources}
-
-
-def config(cleanup=None, **extra):
-    base = {"registry": {"url": REGISTRY, "aliases": ["registry.example.com:443", "reg.internal:5000"]},
-            "cleanup": {"disableGitHistoryBasedPolicy": True, **(cleanup or {})}}
-    return parse_config({**base, **extra})
-
-
-def plan_of(snap: Snap, cfg=None):
-    return plan_rows(snap.tables(), snap.meta(), cfg or config()).frame
-
-
-def decisions(plan) -> dict:
-    return {(r.repository, r.tag): r.action for r in plan.itertuples()}
-
-
-def reasons(plan, repo, tag) -> list[str]:
-    row = plan[(plan.repository == repo) & (plan.tag == tag)]
-    assert len(row) == 1, f"{repo}:{tag} not planned once"
-    return list(row.iloc[0]["reasons"])
-
-
-OLD = NOW - timedelta(days=30)
 H = "registry.example.com"
 
 
@@ -143,7 +42,7 @@ def test_in_use_matches_by_tag_digest_image_id_alias_and_default_port():
     s.workload(f"reg.internal:5000/team/web:v1", name="by-alias")
     s.workload(f"{H}:443/team/web:v2", name="by-port", container_type="initContainers", container="init")
     s.workload("docker.io/team/web:v4", name="elsewhere")
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     d = decisions(plan)
     assert d[("team/api", "v1")] == d[("team/api", "v2")] == d[("team/api", "v3")] == "keep"
     assert d[("team/web", "v1")] == d[("team/web", "v2")] == "keep"
@@ -167,19 +66,19 @@ def test_finished_jobs_do_not_keep_their_images_running_ones_do():
     s.workload(f"{H}/team/batch:done", kind="Job", name="migrate-1", finished=True)
     s.workload(f"{H}/team/batch:running", kind="Job", name="migrate-2")
     s.workload(f"{H}/team/batch:done", kind="CronJob", name="nightly", context="staging")  # a template: kept
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     assert reasons(plan, "team/batch", "done") == ["in use: staging/default/CronJob/nightly container app"]
     s2 = Snap()
     s2.image("team/batch", "done", created=OLD)
     s2.workload(f"{H}/team/batch:done", kind="Job", name="migrate-1", finished=True)
-    assert decisions(plan_of(s2, config(cleanup={"unlinkedImages": "delete"})))[("team/batch", "done")] == "delete"
+    assert decisions(plan_of(s2, config(EVALUATION, cleanup={"unlinkedImages": "delete"})))[("team/batch", "done")] == "delete"
 
 
 def test_disabled_kubernetes_policy_keeps_nothing_in_use():
     s = Snap()
     s.image("team/api", "v1", created=OLD)
     s.skipped.add("kubernetes")
-    cfg = config(cleanup={"unlinkedImages": "delete", "disableKubernetesBasedPolicy": True})
+    cfg = config(EVALUATION, cleanup={"unlinkedImages": "delete", "disableKubernetesBasedPolicy": True})
     plan = plan_of(s, cfg)
     assert decisions(plan)[("team/api", "v1")] == "delete"
     assert not any("in use" in r for r in reasons(plan, "team/api", "v1"))
@@ -194,7 +93,7 @@ def test_every_recorded_helm_revision_keeps_its_images():
     s.helm(f"{H}/team/web:1.1", revision=1, status="superseded")
     s.helm(f"{H}/team/web:1.2", revision=2, status="superseded")
     s.helm(f"{H}/team/web:1.3", revision=3, status="deployed")
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     d = decisions(plan)
     assert [d[("team/web", f"1.{i}")] for i in range(1, 5)] == ["keep", "keep", "keep", "delete"]
     assert reasons(plan, "team/web", "1.2") == ["helm: prod/default/web revision 2 (superseded)"]
@@ -206,7 +105,7 @@ def test_helm_disabled_keeps_nothing_by_helm():
     s.image("team/web", "1.1", created=OLD)
     s.helm(f"{H}/team/web:1.1")
     s.skipped.add("helm")
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}, helm={"enabled": False}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}, helm={"enabled": False}))
     assert decisions(plan)[("team/web", "1.1")] == "delete"
 
 
@@ -217,14 +116,14 @@ def test_fresh_images_are_kept_within_the_window_judged_at_snapshot_time():
     s.image("team/api", "new", created=NOW - timedelta(minutes=35))
     s.image("team/api", "old", created=NOW - timedelta(hours=3))
     s.image("team/api", "unknown", created=None)
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     assert decisions(plan) == {("team/api", "new"): "keep", ("team/api", "old"): "delete",
                                ("team/api", "unknown"): "delete"}
     assert reasons(plan, "team/api", "new") == ["built 35m ago (< 2h)"]
     assert "built 3h ago (not within 2h)" in reasons(plan, "team/api", "old")
     assert "build time unknown" in reasons(plan, "team/api", "unknown")
     # disabled: nothing is fresh
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete", "disableBuiltWithinLastNHoursPolicy": True}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete", "disableBuiltWithinLastNHoursPolicy": True}))
     assert decisions(plan)[("team/api", "new")] == "delete"
 
 
@@ -236,7 +135,7 @@ def test_unlinked_images_are_kept_unless_configured_to_delete():
     assert decisions(keep) == {("team/api", "unlinked"): "keep", ("team/api", "linked"): "delete"}
     assert reasons(keep, "team/api", "unlinked") == [
         "unlinked: no revision annotation, label or tag pattern links it to a commit"]
-    delete = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    delete = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     assert decisions(delete)[("team/api", "unlinked")] == "delete"
 
 
@@ -260,7 +159,7 @@ def test_a_multi_platform_index_with_one_fresh_platform_is_kept_whole():
     idx = s.index("team/api", "v1", platforms=[(amd, "linux/amd64"), (arm, "linux/arm64")])
     other_arm = s.image("team/api", created=OLD)
     s.index("team/api", "v0", platforms=[(other_arm, "linux/arm64")], created=None)
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     d = decisions(plan)
     assert d[("team/api", "v1")] == "keep" and d[("team/api", "v0")] == "delete"
     assert reasons(plan, "team/api", "v1") == [f"index of kept platform {amd} (linux/amd64)"]
@@ -277,7 +176,7 @@ def test_a_platform_in_use_by_digest_keeps_its_index_and_siblings():
     s.index("team/api", "v1", platforms=[(amd, "linux/amd64"), (arm, "linux/arm64")], created=OLD)
     s.workload(f"{H}/team/api:v1", image_id=f"containerd://{H}/team/api@{arm}", kind="Pod", name="p")
     s.rows["workloads"][-1]["image"] = f"{H}/team/api@{arm}"
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     assert decisions(plan)[("team/api", "v1")] == "keep"
     assert plan.tag.isna().sum() == 0   # nothing untagged is deleted
 
@@ -294,7 +193,7 @@ def test_fallback_referrers_tag_and_signatures_follow_their_subject():
     for ri, sig in ((ref_k, sig_k), (ref_g, sig_g)):
         s.rows["children"].append(dict(repository="team/api", index_digest=ri, child_digest=sig, platform=None))
     cosign = s.image("team/api", "sha256-" + gone.split(":")[1] + ".sig", created=NOW)  # fresh, but follows v0
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     d = decisions(plan)
     assert d[("team/api", "v1")] == "keep" and d[("team/api", "v0")] == "delete"
     assert d[("team/api", "sha256-" + kept.split(":")[1])] == "keep"
@@ -311,7 +210,7 @@ def test_referrer_of_a_subject_the_snapshot_does_not_know_is_kept():
     s = Snap()
     missing = digest("not in snapshot")
     s.manifest("team/api", "sha256-" + missing.split(":")[1], kind="referrers-index", created=OLD)
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     assert reasons(plan, "team/api", "sha256-" + missing.split(":")[1]) == [f"subject {missing} not in snapshot: kept"]
 
 
@@ -319,7 +218,7 @@ def test_unknown_media_types_and_missing_manifests_are_kept():
     s = Snap()
     s.manifest("team/api", "helm-chart", kind="unknown", media_type="application/vnd.cncf.helm.config.v1+json")
     s.tag("team/api", "dangling", digest("never read"))
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     assert reasons(plan, "team/api", "helm-chart") == [
         "unknown media type application/vnd.cncf.helm.config.v1+json: kept"]
     assert reasons(plan, "team/api", "dangling") == ["manifest not in snapshot: kept"]
@@ -331,7 +230,7 @@ def test_a_digest_with_a_kept_tag_and_a_would_be_deleted_tag_keeps_both():
     s = Snap()
     d = s.image("team/api", "prod", "sha-old", "build-17", created=OLD)
     s.workload(f"{H}/team/api:prod")
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     assert set(decisions(plan).values()) == {"keep"}
     assert all(r == ["in use: prod/default/Deployment/api container app"] for r in plan.reasons)
     assert set(plan.digest) == {d}
@@ -361,7 +260,7 @@ def test_incomplete_snapshot_plans_no_deletion_and_says_why(how):
     s = Snap()
     s.image("team/api", "old", created=OLD)
     s.image("team/api", "older", created=OLD)
-    cfg = config(cleanup={"unlinkedImages": "delete"})
+    cfg = parse_config(config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
     if how == "failed":
         s.failed["kubernetes"] = "kubernetes (context prod, kind Pod): 500 Internal Server Error"
         want = "snapshot incomplete: kubernetes failed: kubernetes (context prod, kind Pod): 500 Internal Server Error"
@@ -370,7 +269,7 @@ def test_incomplete_snapshot_plans_no_deletion_and_says_why(how):
         want = "snapshot incomplete: helm was skipped but this policy needs it"
     else:
         s.failed["helm"] = "helm release prod/default/web: bad gzip"
-        cfg = config(cleanup={"unlinkedImages": "delete"}, helm={"enabled": False})
+        cfg = parse_config(config(EVALUATION, cleanup={"unlinkedImages": "delete"}, helm={"enabled": False}))
         want = "snapshot incomplete: helm failed: helm release prod/default/web: bad gzip"
     plan = plan_rows(s.tables(), s.meta(), cfg).frame
     assert set(plan.action) == {"keep"} and len(plan) == 2
@@ -400,17 +299,17 @@ def test_replay_same_snapshot_and_policy_gives_the_identical_plan():
     assert {"keep", "delete"} <= set(a.action)
     # "now" is the snapshot's: evaluating later changes nothing
     meta = s.meta()
-    c = plan_rows(s.tables(), dict(meta), config()).frame
+    c = plan_rows(s.tables(), dict(meta), parse_config(EVALUATION)).frame
     pd.testing.assert_frame_equal(a, c)
 
 
 def test_replay_through_the_store_gives_the_identical_plan(tmp_path):
     from tasks.plan.make import make_plan
     from tasks.snapshot.take import SourceStatus
-from tasks.store.store import Store
+    from tasks.store.store import Store
 
     s = _busy_snapshot()
-    cfg = config(store=str(tmp_path / "store"))
+    cfg = parse_config(config(EVALUATION, store=tmp_path / "store"))
     store = Store(cfg.store)
     staging = store.snapshots.staging_dir("snap-1")
     statuses = {}

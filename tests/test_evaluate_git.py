@@ -18,7 +18,8 @@ from tasks.config.models import parse_config
 from tasks.plan.evaluate import plan_rows
 from tasks.store.store import Store
 from tests.support.gitrepo import RepoBuilder
-from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, decisions, reasons
+from tests.support.snapshots import NOW, OLD, REGISTRY, Snap, decisions, reasons
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
 
 h = lambda n: NOW - timedelta(hours=n)  # noqa: E731
 

@@ -16,6 +16,7 @@ BASE = {"registry": {"url": "http://127.0.0.1:5000"}}
 P = "cleanup.keepPolicies[0]"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("cleanup, key, words", [
     ({"keepPolicies": [{"references": {"branch": "main"}, "imagesPerReference": {"inn": "12h"}}]},
      f"{P}.imagesPerReference.inn", "unknown key"),
@@ -41,6 +42,7 @@ def test_bad_cleanup_section_names_the_key(cleanup, key, words):
     assert e.value.exit_code == 2
 
 
+@pytest.mark.unit
 def test_minus_one_and_zero_are_counts():
     cfg = parse_config({**BASE, "cleanup": {"keepPolicies": [
         {"references": {"branch": "/.*/", "limit": {"last": -1}}, "imagesPerReference": {"last": 0}}]}})
@@ -48,6 +50,7 @@ def test_minus_one_and_zero_are_counts():
     assert p.references.limit.last == -1 and p.imagesPerReference.last == 0
 
 
+@pytest.mark.unit
 def test_empty_keep_policies_mean_werfs_defaults():
     cfg = parse_config({**BASE, "cleanup": {"keepPolicies": []}})
     assert len(cfg.cleanup.effective_keep_policies) == 3

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pytest
-import yaml
 
 from tasks.config.models import load_config
 from tasks.common.errors import PlanRefused, RegsweepError, SweepFailed
 from tasks.store.store import Store
 from testbed import push_image, push_index
 from tests.support.faults import FaultProxy
-from tests.support.kube import KubeServer, workload, write_kubeconfig
-from tests.support.sweeps import make_plan, survivors, take_snapshot, utcnow, write_config
+from testbed.kube import workload
+from testbed.kubeapi import KubeServer, write_kubeconfig
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import make_plan, survivors, take_snapshot, utcnow
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FRESH = utcnow().replace(microsecond=0)   # one build time for every run's fresh image: the same digest
@@ -62,11 +63,10 @@ class Stack:
 
     def config(self, repo: str, timeout: float):
         kubeconfig = write_kubeconfig(self.tmp / f"kubeconfig-{len(self.repos)}", {"prod": (self.kube.url, None)})
-        path = write_config(self.tmp, self.reg.url, repo, kubeconfig=kubeconfig, name=f"{len(self.repos)}.yaml")
+        path = config(SWEEP, url=self.reg.url, repositories=[repo], kubeconfig=kubeconfig,
+                      registry={"timeout": timeout}, kubernetes={"timeout": timeout},
+                      write=self.tmp / f"{len(self.repos)}.yaml")
         self.repos.append(repo)
-        data = yaml.safe_load(path.read_text())
-        data["registry"]["timeout"] = data["kubernetes"]["timeout"] = timeout
-        path.write_text(yaml.safe_dump(data))
         return load_config(path)
 
     def faults(self) -> tuple[int, int]:

@@ -15,7 +15,9 @@ from tasks.common.errors import ConfigError, GitError
 from tasks.store.schemas import GIT_COMMITS, GIT_REFS
 from tasks.snapshot.take import run_source
 from tasks.store.store import Store
+from tests.support.configs import config
 from tests.support.gitrepo import RepoBuilder, shallow_clone
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
 
 UTC = timezone.utc
 CEST = timezone(timedelta(hours=2))
@@ -23,16 +25,12 @@ T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=30)
 
 
-def config(tmp_path: Path, **git_section):
-    data = {"store": str(tmp_path / "store"), "registry": {"url": "http://127.0.0.1:5000"}}
-    if git_section:
-        data["git"] = git_section
-    return parse_config(data)
+REGISTRY = "http://127.0.0.1:5000"   # never contacted: the git source reads no registry
 
 
 def extract(tmp_path: Path, **git_section) -> tuple[dict, dict]:
     """Run the source; return ({name: (kind, commit, date, annotated)}, {sha: (committed, parents)})."""
-    cfg = config(tmp_path, **git_section)
+    cfg = parse_config(config(store=tmp_path / "store", url=REGISTRY, git=git_section))
     tables = git.extract(cfg, Store(cfg.store), NOW)
     assert tables["git_refs"].schema == GIT_REFS
     assert tables["git_commits"].schema == GIT_COMMITS
@@ -244,8 +242,9 @@ def test_missing_commit_in_history_fails_instead_of_cutting_the_graph(git_repo, 
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.unit
 def test_enabled_git_policies_without_a_git_section_fail_with_what_to_set(tmp_path):
-    cfg = config(tmp_path)
+    cfg = parse_config(config(store=tmp_path / "store", url=REGISTRY))
     with pytest.raises(GitError) as err:
         git.extract(cfg, Store(cfg.store), NOW)
     assert "set git.path (a clone) or git.url, or set cleanup.disableGitHistoryBasedPolicy: true" in str(err.value)
@@ -254,7 +253,7 @@ def test_enabled_git_policies_without_a_git_section_fail_with_what_to_set(tmp_pa
 def test_path_and_url_together_are_refused(git_repo, tmp_path):
     section = {"path": str(git_repo.path), "url": git_repo.path.as_uri()}
     with pytest.raises(ConfigError, match="^git: set `path` or `url`, not both$"):
-        config(tmp_path, **section)
+        parse_config(config(store=tmp_path / "store", url=REGISTRY, git=section))
     # Flow parameters from a deployment skip parse_config: the source refuses too.
     cfg = RegsweepConfig.model_validate({"store": str(tmp_path / "store"), "registry": {"url": "http://127.0.0.1:5000"},
                                          "git": section})
@@ -304,6 +303,7 @@ def test_unreachable_url_fails_and_leaves_no_cache(tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+@pytest.mark.unit
 def test_url_with_a_password_is_refused_without_showing_it(tmp_path):
     with pytest.raises(GitError) as err:
         extract(tmp_path, url="https://ci:s3cret@git.example.invalid/team/app.git", cache=str(tmp_path / "c"))
@@ -315,7 +315,7 @@ def test_url_with_a_password_is_refused_without_showing_it(tmp_path):
 
 def test_run_source_writes_both_tables_with_exact_timestamps(git_repo, tmp_path):
     c = _graph(git_repo)
-    cfg = config(tmp_path, path=str(git_repo.path))
+    cfg = parse_config(config(store=tmp_path / "store", url=REGISTRY, git={"path": str(git_repo.path)}))
     staging = tmp_path / "staging"
     staging.mkdir()
 
@@ -336,7 +336,8 @@ def test_run_source_marks_a_shallow_clone_failed_and_writes_no_table(git_repo, t
     staging = tmp_path / "staging"
     staging.mkdir()
 
-    status = run_source("git", config(tmp_path, path=str(shallow)), str(staging), NOW)
+    cfg = parse_config(config(store=tmp_path / "store", url=REGISTRY, git={"path": str(shallow)}))
+    status = run_source("git", cfg, str(staging), NOW)
 
     assert status.status == "failed"
     assert status.error.startswith(f"git {shallow}: it is a shallow clone")

@@ -14,8 +14,8 @@ from tasks.sources.kubernetes import helm
 from tasks.config.models import parse_config
 from tasks.common.errors import HelmError
 from tasks.store.store import Store
-from tests.support.kube import (encode_release, helm_configmap, helm_release, helm_secret, manifest, pod_spec,
-                                workload)
+from testbed.kube import encode_release, helm_configmap, helm_release, helm_secret, manifest, pod_spec, workload
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
 
 TOKEN = "helm-sekret-token-77"
 
@@ -38,11 +38,13 @@ def app_manifest(tag: str) -> str:
 
 
 @pytest.fixture
-def one(kube_env):
+def token_cluster(kube_env):
+    """One server requiring a bearer token, and a kubeconfig whose current context points at it."""
     server = kube_env.server(token=TOKEN)
     return server, kube_env.kubeconfig({"prod": (server, TOKEN)})
 
 
+@pytest.mark.unit
 def test_encoder_matches_helms_storage_format():
     """data.release of a Secret is base64 of Helm's base64 string of the gzipped JSON."""
     rel = helm_release("app", "shop", 3, "kind: X\n")
@@ -58,8 +60,8 @@ def test_encoder_matches_helms_storage_format():
     assert cm["metadata"]["name"] == "app.v3"
 
 
-def test_secret_driver_every_revision_with_status_chart_and_date(one, tmp_path):
-    server, kubeconfig = one
+def test_secret_driver_every_revision_with_status_chart_and_date(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     for rev, status in ((1, "superseded"), (2, "failed"), (3, "deployed")):
         server.add(helm_secret(helm_release("app", "shop", rev, app_manifest(f"v{rev}"), status=status,
                                             chart="shop-app", chart_version=f"0.{rev}.0", app_version=f"{rev}.0",
@@ -75,8 +77,8 @@ def test_secret_driver_every_revision_with_status_chart_and_date(one, tmp_path):
     assert all(q.get("labelSelector") == "owner=helm" for q in server.list_requests("secrets"))
 
 
-def test_configmap_driver_and_uncompressed_payloads(one, tmp_path):
-    server, kubeconfig = one
+def test_configmap_driver_and_uncompressed_payloads(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(helm_configmap(helm_release("cm-app", "tools", 1, app_manifest("cm1"), status="superseded")),
                helm_configmap(helm_release("cm-app", "tools", 2, app_manifest("cm2")), compress=False),
                helm_secret(helm_release("old", "tools", 1, app_manifest("plain")), compress=False))
@@ -88,8 +90,8 @@ def test_configmap_driver_and_uncompressed_payloads(one, tmp_path):
     }
 
 
-def test_images_anywhere_in_the_manifest_including_custom_resources_and_hooks(one, tmp_path):
-    server, kubeconfig = one
+def test_images_anywhere_in_the_manifest_including_custom_resources_and_hooks(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     rollout = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "r"},
                "spec": {"template": {"spec": pod_spec(["r.io/rollout:1"], init=["r.io/rollout-init:1"])}}}
     pipeline = {"apiVersion": "example.com/v1", "kind": "Pipeline", "metadata": {"name": "p"},
@@ -117,8 +119,8 @@ def test_images_anywhere_in_the_manifest_including_custom_resources_and_hooks(on
                       "r.io/merged:1", "r.io/anchored:1", "r.io/tagged:1"}
 
 
-def test_keep_revisions_keeps_the_newest_n_per_release(one, tmp_path):
-    server, kubeconfig = one
+def test_keep_revisions_keeps_the_newest_n_per_release(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     for rev in range(1, 6):
         server.add(helm_secret(helm_release("a", "ns1", rev, app_manifest(f"a{rev}"))))
     for rev in range(1, 3):
@@ -130,15 +132,15 @@ def test_keep_revisions_keeps_the_newest_n_per_release(one, tmp_path):
     assert len(everything) == 8
 
 
-def test_keep_revisions_skips_decoding_revisions_it_drops(one, tmp_path):
-    server, kubeconfig = one
+def test_keep_revisions_skips_decoding_revisions_it_drops(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(helm_secret(helm_release("a", "n", 1, ""), payload="%%% corrupt but dropped %%%"),
                helm_secret(helm_release("a", "n", 2, app_manifest("two"))))
     assert {r["revision"] for r in rows_of(make_config(tmp_path, kubeconfig, keep=1))} == {2}
 
 
-def test_only_helm_release_objects_are_read(one, tmp_path):
-    server, kubeconfig = one
+def test_only_helm_release_objects_are_read(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     server.add(helm_secret(helm_release("app", "n", 1, app_manifest("1"))))
     # not labelled owner=helm: a selector-honouring server never returns it (its payload would not decode)
     server.add({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -151,8 +153,8 @@ def test_only_helm_release_objects_are_read(one, tmp_path):
     assert {r["release"] for r in rows_of(make_config(tmp_path, kubeconfig))} == {"app"}
 
 
-def test_many_revisions_across_pages_and_namespaces(one, tmp_path):
-    server, kubeconfig = one
+def test_many_revisions_across_pages_and_namespaces(token_cluster, tmp_path):
+    server, kubeconfig = token_cluster
     for ns in ("a", "b"):
         for rev in range(1, 8):
             server.add(helm_secret(helm_release("app", ns, rev, app_manifest(f"{ns}{rev}"))))
@@ -168,8 +170,8 @@ def test_many_revisions_across_pages_and_namespaces(one, tmp_path):
     ("configmap", base64.b64encode(gzip.compress(b'{"manifest": "spec:\\n  containers: [{image: r.io/x:1"}')).decode(),
      "rendered manifest is not valid YAML"),
 ])
-def test_a_release_that_cannot_be_decoded_fails_naming_it(one, tmp_path, driver, payload, problem):
-    server, kubeconfig = one
+def test_a_release_that_cannot_be_decoded_fails_naming_it(token_cluster, tmp_path, driver, payload, problem):
+    server, kubeconfig = token_cluster
     server.add(helm_secret(helm_release("good", "shop", 1, app_manifest("1"))))
     rel = helm_release("payments", "shop", 4, "")
     server.add(helm_secret(rel, payload=payload) if driver == "secret" else helm_configmap(rel, payload=payload))
@@ -181,16 +183,17 @@ def test_a_release_that_cannot_be_decoded_fails_naming_it(one, tmp_path, driver,
     assert TOKEN not in str(e.value)
 
 
-def test_listing_failure_is_a_cluster_error_naming_the_kind(one, tmp_path):
+def test_listing_failure_is_a_cluster_error_naming_the_kind(token_cluster, tmp_path):
     from tasks.common.errors import ClusterError
 
-    server, kubeconfig = one
+    server, kubeconfig = token_cluster
     server.forbid("configmaps", namespace="shop")
     with pytest.raises(ClusterError, match=r"context prod, namespace shop, kind ConfigMap\): listing configmaps "
                                            r"in namespace shop is forbidden"):
         rows_of(make_config(tmp_path, kubeconfig, namespaces=["shop"]))
 
 
+@pytest.mark.unit
 def test_encode_release_round_trips_through_the_decoder():
     rel = helm_release("x", "y", 9, "kind: Pod\n")
     for compress in (True, False):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from tasks.history.growth import growth
 from tasks.store.schemas import CHILDREN, LINKS, MANIFESTS, TAGS
 from tasks.store.store import Store, new_id
@@ -27,6 +29,7 @@ def _publish(store: Store, when: datetime, n_tags: int | None, complete: bool = 
     return sid
 
 
+@pytest.mark.unit
 def test_growth_counts_each_snapshot_and_its_delta(tmp_path):
     store = Store(str(tmp_path))
     _publish(store, T0, 10)

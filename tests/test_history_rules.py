@@ -21,8 +21,11 @@ from tasks.config.policy import CleanupPolicy
 from tasks.store.store import Store
 from tasks.common.units import utcnow
 from testbed import push_image, tag_manifest
-from tests.support.kube import helm_release, helm_secret, manifest, pod, workload
+from testbed.kube import helm_release, helm_secret, manifest, pod, workload
+from tests.support.configs import config
 from tests.support.sweeps import old, take_snapshot
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 #: Policy hashes as regsweep computed them before the history keys existed: plans made then stay
 #: valid for a sweep after the upgrade (the sweep compares hashes).
@@ -31,14 +34,10 @@ HASH_THESE_TESTS = "sha256:c1984d3e6217510e60b0883d0b5fcf21a3da54b918242d34989f8
 BASE_CLEANUP = {"disableGitHistoryBasedPolicy": True, "keepImagesBuiltWithinLastNHours": 2, "unlinkedImages": "delete"}
 
 
-def config(tmp_path, registry, repo, kubeconfig=None, **cleanup):
-    data = {"store": str(tmp_path / "store"),
-            "registry": {"url": registry.url, "repositories": [repo], "concurrency": 4},
-            "helm": {"enabled": kubeconfig is not None},
-            "cleanup": {**BASE_CLEANUP, "disableKubernetesBasedPolicy": kubeconfig is None, **cleanup}}
-    if kubeconfig is not None:
-        data["kubernetes"] = {"kubeconfig": str(kubeconfig)}
-    return parse_config(data)
+#: One repository, git off; no cluster unless a kubeconfig is given, and then Helm too (CLUSTER).
+HISTORY = config(registry={"concurrency": 4}, helm={"enabled": False},
+                 cleanup={**BASE_CLEANUP, "disableKubernetesBasedPolicy": True})
+CLUSTER = {"helm": {"enabled": True}}
 
 
 def plan(cfg, sid):
@@ -69,7 +68,8 @@ def cluster_history(registry, registry_client, unique_repo, kube_env):
 
 def test_an_image_seen_in_use_or_in_helm_within_the_window_is_kept_then_let_go(tmp_path, registry, cluster_history):
     repo, digests, kubeconfig, undeploy = cluster_history
-    cfg = config(tmp_path, registry, repo, kubeconfig, keepImagesSeenInUseWithin="168h")
+    cfg = parse_config(config(HISTORY, CLUSTER, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                              kubeconfig=kubeconfig, cleanup={"keepImagesSeenInUseWithin": "168h"}))
     t0 = utcnow() - timedelta(days=10)
     s1 = take_snapshot(cfg, now=t0)
     undeploy()   # scaled to zero and deleted, release uninstalled
@@ -94,7 +94,8 @@ def test_an_image_seen_in_use_or_in_helm_within_the_window_is_kept_then_let_go(t
 def test_sightings_count_only_from_sources_the_policy_reads(tmp_path, registry, cluster_history):
     """With Helm off today, what earlier snapshots saw in Helm keeps nothing; in-use sightings still do."""
     repo, digests, kubeconfig, undeploy = cluster_history
-    cfg = config(tmp_path, registry, repo, kubeconfig, keepImagesSeenInUseWithin="168h")
+    cfg = parse_config(config(HISTORY, CLUSTER, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                              kubeconfig=kubeconfig, cleanup={"keepImagesSeenInUseWithin": "168h"}))
     t0 = utcnow() - timedelta(days=10)
     take_snapshot(cfg, now=t0)
     undeploy()
@@ -115,8 +116,9 @@ def test_a_digest_a_pod_ran_stays_kept_after_its_tag_moved_on(tmp_path, registry
     server = kube_env.server()
     server.add(pod("shop", "api-7d4f", [f"{registry.host}/{repo}:api"],
                    image_ids={"c0": f"docker-pullable://{registry.host}/{repo}@{a}"}))
-    cfg = config(tmp_path, registry, repo, kube_env.kubeconfig({"prod": (server, None)}),
-                 keepImagesSeenInUseWithin="24h")
+    cfg = parse_config(config(HISTORY, CLUSTER, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                              kubeconfig=kube_env.kubeconfig({"prod": (server, None)}),
+                              cleanup={"keepImagesSeenInUseWithin": "24h"}))
     t0 = utcnow() - timedelta(days=10)
     s1 = take_snapshot(cfg, now=t0)
     old(c, repo, "api")   # a new build takes the tag
@@ -134,7 +136,8 @@ def test_an_image_without_build_time_is_fresh_from_when_it_was_first_seen(tmp_pa
     c, repo = registry_client, unique_repo
     repro = push_image(c, repo, "repro", config={"created": "1970-01-01T00:00:00Z", "config": {"Labels": {"x": repo}}})
     old(c, repo, "old")
-    cfg = config(tmp_path, registry, repo, firstSeenAsBuildTime=True)
+    cfg = parse_config(config(HISTORY, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                              cleanup={"firstSeenAsBuildTime": True}))
     t0 = utcnow() - timedelta(days=10)
     s1 = take_snapshot(cfg, now=t0)
     recorded = {r["digest"]: (r["created"], r["pushed"])
@@ -152,7 +155,7 @@ def test_an_image_without_build_time_is_fresh_from_when_it_was_first_seen(tmp_pa
     assert later["repro"][0] == "delete"
     assert f"first seen 5h ago (snapshot {s1}), no build time recorded (not within 2h)" in later["repro"][1]
 
-    off, _ = plan(config(tmp_path, registry, repo), s2)
+    off, _ = plan(parse_config(config(HISTORY, store=tmp_path / "store", url=registry.url, repositories=[repo])), s2)
     assert off["repro"][0] == "delete" and "build time unknown" in off["repro"][1]
 
     # reproducible: an old snapshot's plan does not change with the snapshots after it
@@ -166,7 +169,8 @@ def test_first_seen_forgets_a_snapshot_removed_from_the_store(tmp_path, registry
     c, repo = registry_client, unique_repo
     repro = push_image(c, repo, "repro", config={"created": "1970-01-01T00:00:00Z", "config": {"Labels": {"x": repo}}})
     old(c, repo, "old")   # has a build time: not recorded
-    cfg = config(tmp_path, registry, repo, firstSeenAsBuildTime=True)
+    cfg = parse_config(config(HISTORY, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                              cleanup={"firstSeenAsBuildTime": True}))
     t0 = utcnow() - timedelta(days=10)
     s1 = take_snapshot(cfg, now=t0)
     s2 = take_snapshot(cfg, now=t0 + timedelta(hours=4))
@@ -191,11 +195,14 @@ def cached_first_seen(cfg):
 def test_with_both_keys_off_plans_and_policy_hashes_are_as_before(tmp_path, registry, cluster_history):
     repo, digests, kubeconfig, undeploy = cluster_history
     t0 = utcnow() - timedelta(days=10)
-    cfg = config(tmp_path, registry, repo, kubeconfig)
+    cfg = parse_config(config(HISTORY, CLUSTER, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                              kubeconfig=kubeconfig))
     take_snapshot(cfg, now=t0)
     undeploy()
     s2 = take_snapshot(cfg, now=t0 + timedelta(days=1))
-    explicit = config(tmp_path, registry, repo, kubeconfig, keepImagesSeenInUseWithin=None, firstSeenAsBuildTime=False)
+    explicit = parse_config(config(HISTORY, CLUSTER, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                                   kubeconfig=kubeconfig,
+                                   cleanup={"keepImagesSeenInUseWithin": None, "firstSeenAsBuildTime": False}))
 
     rows, meta = plan(cfg, s2)
     rows_explicit, meta_explicit = plan(explicit, s2)

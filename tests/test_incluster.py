@@ -19,7 +19,8 @@ from tasks.sources.kubernetes import workloads as cluster
 from tasks.sources.kubernetes import helm
 from tasks.config.models import parse_config
 from tasks.common.errors import ClusterError
-from tests.support.kube import helm_release, helm_secret, manifest, pod_spec, workload
+from testbed.kube import helm_release, helm_secret, manifest, pod_spec, workload
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
 
 TOKEN = "sa-token-7c1e93b2"
 

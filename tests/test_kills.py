@@ -22,7 +22,9 @@ import pytest
 
 from tasks.config.models import load_config
 from testbed import push_artifact, push_image, push_index
-from tests.support.sweeps import journal_events, plan_of, survivors, utcnow, write_config
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import journal_events, plan_of, survivors, utcnow
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FRESH = utcnow().replace(microsecond=0)
@@ -50,7 +52,7 @@ def reference(registry, registry_client, tmp_path_factory, prefect_harness):
     repo = f"kills/reference-{os.getpid()}"
     world(registry_client, repo)
     before = survivors(registry_client, repo)
-    cfg = load_config(write_config(tmp_path_factory.mktemp("kill-ref"), registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path_factory.mktemp("kill-ref")))
     report = sweep_flow(config=cfg, plan=plan_of(cfg), approve=True)
     after = survivors(registry_client, repo)
     assert report["failed"] == 0 and set(after) == {"current"}, after
@@ -65,7 +67,8 @@ def test_a_sweep_killed_at_a_random_point_resumes_to_the_uninterrupted_end(
     c, repo = registry_client, unique_repo
     world(c, repo)
     assert survivors(c, repo) == before
-    path = write_config(tmp_path, fault_proxy.url, repo, sweep={"concurrency": rng.choice([1, 2, 4])})
+    path = config(SWEEP, url=fault_proxy.url, repositories=[repo], sweep={"concurrency": rng.choice([1, 2, 4])},
+                  write=tmp_path)
     cfg = load_config(path)
     plan = plan_of(cfg)
     fault_proxy.inject(delay=0.2, times=None, method="DELETE")   # deletions spread out in time

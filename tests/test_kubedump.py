@@ -13,9 +13,12 @@ from tasks.sources.kubernetes import helm
 from tasks.config.models import load_config, parse_config
 from tasks.common.errors import ClusterError, HelmError
 from tasks.store.store import Store
-from tests.support.kube import (helm_configmap, helm_release, helm_secret, kubectl_list, manifest, pod, pod_spec,
-                                workload)
-from tests.support.sweeps import old, plan_of, status, write_config
+from testbed.kube import helm_configmap, helm_release, helm_secret, kubectl_list, manifest, pod, pod_spec, workload
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import old, plan_of, status
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 D1 = "sha256:" + "1" * 64
 
@@ -78,6 +81,7 @@ def test_dumps_yield_the_same_tables_as_the_live_cluster(kube_env, tmp_path):
     assert _tables(offline) == want
 
 
+@pytest.mark.unit
 def test_a_typed_list_a_single_object_and_the_namespace_filter(tmp_path):
     items = [dict(o) for o in json.loads(json.dumps(OBJECTS)) if o["kind"] == "Pod"]
     for o in items:
@@ -91,6 +95,7 @@ def test_a_typed_list_a_single_object_and_the_namespace_filter(tmp_path):
                     ("sts", "db", "StatefulSet", "r/pg:16", None)}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("content, problem", [
     (json.dumps(kubectl_list(OBJECTS))[:-300], "is not valid JSON, truncated or garbled?"),
     ("\x00\x17garbage", "is not valid JSON, truncated or garbled?"),
@@ -116,7 +121,7 @@ def test_a_truncated_dump_makes_the_snapshot_incomplete_and_deletes_nothing(regi
     dump = tmp_path / "prod.json"
     good = json.dumps(kubectl_list([workload("Deployment", "shop", "other", ["r/other:1"])]))
     dump.write_text(good[: len(good) // 2])
-    path = write_config(tmp_path, registry.url, repo, kubeconfig=tmp_path / "unused")
+    path = config(SWEEP, url=registry.url, repositories=[repo], kubeconfig=tmp_path / "unused", write=tmp_path)
     data = yaml.safe_load(path.read_text())
     data["kubernetes"] = {"dumps": ["prod.json"]}  # relative to the config file
     path.write_text(yaml.safe_dump(data))
@@ -152,7 +157,7 @@ def test_the_sweeps_cluster_recheck_rereads_the_dumps(sweep, registry, registry_
     deployed_since, unused = old(c, repo, "v1"), old(c, repo, "v2")
     dump = tmp_path / "prod.json"
     dump.write_text(json.dumps(kubectl_list([])))
-    path = write_config(tmp_path, registry.url, repo, kubeconfig=tmp_path / "unused")
+    path = config(SWEEP, url=registry.url, repositories=[repo], kubeconfig=tmp_path / "unused", write=tmp_path)
     data = yaml.safe_load(path.read_text())
     data["kubernetes"] = {"dumps": [{"file": str(dump), "context": "prod"}]}
     path.write_text(yaml.safe_dump(data))
@@ -175,7 +180,7 @@ def test_a_dump_broken_before_the_sweep_deletes_nothing(sweep, registry, registr
     d = old(c, repo, "v1")
     dump = tmp_path / "prod.json"
     dump.write_text(json.dumps(kubectl_list([])))
-    path = write_config(tmp_path, registry.url, repo, kubeconfig=tmp_path / "unused")
+    path = config(SWEEP, url=registry.url, repositories=[repo], kubeconfig=tmp_path / "unused", write=tmp_path)
     data = yaml.safe_load(path.read_text())
     data["kubernetes"] = {"dumps": [str(dump)]}
     path.write_text(yaml.safe_dump(data))

@@ -12,24 +12,16 @@ import yaml
 
 from tasks.oci.manifest import fallback_tag
 from testbed import push_artifact, push_image, push_index
+from tests.support.configs import config
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 PATTERN = "^sha-(?P<commit>[0-9a-f]{7,40})$"
+#: Images linked by tag pattern and annotation; main keeps its newest image only; no cluster.
+MAIN_KEEPS_ONE = {"link": {"tagPatterns": [PATTERN]}, "helm": {"enabled": False},
+                  "cleanup": {"disableKubernetesBasedPolicy": True, "keepPolicies": [
+                      {"references": {"branch": "main"}, "imagesPerReference": {"last": 1}}]}}
 LONG_AGO = datetime(2025, 1, 1, tzinfo=timezone.utc)
-
-
-def write_config(tmp_path, registry, repo, git_path, **cleanup) -> str:
-    path = tmp_path / "regsweep.yaml"
-    path.write_text(yaml.safe_dump({
-        "store": str(tmp_path / "store"),
-        "registry": {"url": registry.url, "repositories": [repo]},
-        "link": {"tagPatterns": [PATTERN]},
-        "git": {"path": str(git_path)},
-        "helm": {"enabled": False},
-        "cleanup": {"disableKubernetesBasedPolicy": True,
-                    "keepPolicies": [{"references": {"branch": "main"}, "imagesPerReference": {"last": 1}}],
-                    **cleanup},
-    }))
-    return str(path)
 
 
 def image(client, repo, tag, seed, *, created=LONG_AGO, revision=None):
@@ -39,7 +31,7 @@ def image(client, repo, tag, seed, *, created=LONG_AGO, revision=None):
 
 
 @pytest.fixture
-def scene(registry, registry_client, unique_repo, git_repo, tmp_path):
+def linked_repo(registry, registry_client, unique_repo, git_repo, tmp_path):
     """main: old → head; a stale feature branch; images linked by tag pattern and annotation."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     old = git_repo.commit("main", now - timedelta(days=3))
@@ -57,12 +49,13 @@ def scene(registry, registry_client, unique_repo, git_repo, tmp_path):
     d["multi"] = push_index(c, repo, "multi", [(amd, {"os": "linux", "architecture": "amd64"}),
                                               (arm, {"os": "linux", "architecture": "arm64"})])
     d["sig"] = push_artifact(c, repo, subject=d["old"], artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json")
-    cfg = write_config(tmp_path, registry, repo, git_repo.path)
+    cfg = config(MAIN_KEEPS_ONE, store=tmp_path / "store", url=registry.url, repositories=[repo],
+                 git={"path": str(git_repo.path)}, write=tmp_path)
     return dict(cfg=cfg, repo=repo, d=d, head=head, old=old, amd=amd, arm=arm)
 
 
-def test_snapshot_plan_json_and_explain(scene, registry, run_cli, tmp_path):
-    cfg, repo, d = scene["cfg"], scene["repo"], scene["d"]
+def test_snapshot_plan_json_and_explain(linked_repo, registry, run_cli, tmp_path):
+    cfg, repo, d = linked_repo["cfg"], linked_repo["repo"], linked_repo["d"]
     snap = run_cli("snapshot", "--config", cfg)
     assert snap.returncode == 0, snap.stderr
     sid = snap.stdout.strip().splitlines()[-1]
@@ -75,7 +68,7 @@ def test_snapshot_plan_json_and_explain(scene, registry, run_cli, tmp_path):
     rows = json.loads(out.read_text())
     assert all(r["reasons"] and r["action"] in ("keep", "delete") for r in rows)
     by_tag = {r["tag"]: r for r in rows}
-    head_tag, old_tag = f"sha-{scene['head'][:7]}", f"sha-{scene['old'][:7]}"
+    head_tag, old_tag = f"sha-{linked_repo['head'][:7]}", f"sha-{linked_repo['old'][:7]}"
     fallback = fallback_tag(d["old"])
     assert {t: r["action"] for t, r in by_tag.items()} == {
         head_tag: "keep", "manual": "keep", "multi": "keep",       # git, unlinked, fresh platform
@@ -125,8 +118,8 @@ def test_snapshot_plan_json_and_explain(scene, registry, run_cli, tmp_path):
         f"regsweep: error: IMAGE_REF: {repo}:no-such-tag is not in the plan (no such repository, tag or digest)"]
 
 
-def test_plan_of_an_incomplete_snapshot_deletes_nothing_and_says_why(scene, run_cli, tmp_path):
-    cfg = scene["cfg"]
+def test_plan_of_an_incomplete_snapshot_deletes_nothing_and_says_why(linked_repo, run_cli, tmp_path):
+    cfg = linked_repo["cfg"]
     data = yaml.safe_load(open(cfg))
     data["git"]["path"] = str(tmp_path / "no-such-clone")
     with open(cfg, "w") as f:

@@ -26,7 +26,8 @@ from tasks.store.schemas import PLAN, SOURCE_TABLES
 from tasks.snapshot.take import SourceStatus
 from tasks.store.store import Store
 from tasks.plan.decision_cache import cache_current_decision, policy_key, read_current
-from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, digest
+from tests.support.snapshots import NOW, OLD, REGISTRY, Snap, digest
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
 
 H = "registry.example.com"
 REPOS = ["team/web", "alpha/x", "team/api", "zeta/db", "team/worker"]   # not in sorted order
@@ -181,6 +182,7 @@ def test_a_what_if_cache_that_cannot_be_written_leaves_the_plan_as_published(git
     assert store.plans.resolve("latest") == result.plan_id and read_current(store, sid, policy_key(cfg)) is None
 
 
+@pytest.mark.unit
 def test_commit_lookup_by_integer_keys_agrees_with_string_lookup():
     """Links resolve batch after batch through integer keys of the shas (tasks/plan/git/graph.py):
     full, abbreviated, ambiguous, absent, upper-case and malformed values resolve as by strings."""

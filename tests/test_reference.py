@@ -7,6 +7,8 @@ import pytest
 from tasks.oci.reference import (ImageRef, RegistryMatcher, digest_of_image_id, match_images, normalize_host,
                              parse_reference)
 
+pytestmark = pytest.mark.unit   # pure functions: no server, registry, cluster, git repository or flow
+
 D = "sha256:" + "ab" * 32
 D2 = "sha256:" + "cd" * 32
 
@@ -61,7 +63,7 @@ def test_str_round_trips_a_canonical_reference():
     ("index.docker.io", None, "docker.io"),
     ("registry-1.docker.io:443", "https", "docker.io"),
 ])
-def test_normalize_host(host, scheme, expected):
+def test_host_spellings_normalise_to_one_name_dropping_the_default_port_and_case(host, scheme, expected):
     assert normalize_host(host, scheme) == expected
 
 
@@ -127,5 +129,5 @@ def test_match_images_parses_each_distinct_string_once():
     ("docker://nginx:latest", None),
     ("sha256:abc", None),
 ])
-def test_digest_of_image_id(image_id, expected):
+def test_a_status_image_id_yields_its_digest_and_anything_else_none(image_id, expected):
     assert digest_of_image_id(image_id) == expected

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from tasks.oci import manifest as oci
-from tasks.config.models import parse_config
+from tasks.config.models import RegsweepConfig, parse_config
 from tasks.common.errors import ManifestUnknown, UnsupportedOperation
 from testbed import ImageSpec, push_artifact, push_image, push_images, push_index, push_tags, tag_manifest
 from tasks.sources.blobcache import CACHE_NAME, BlobCache
@@ -24,19 +24,20 @@ from tasks.registry.distribution import RegistryClient, RetryPolicy
 from tasks.sources.registry import extract, scan_registry
 from tasks.store.schemas import SOURCE_TABLES
 from tasks.store.store import Store
+from tests.support.configs import config
+from tests.support.registry import fresh_registry, unique_repo  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 PATTERN = "^sha-(?P<commit>[0-9a-f]{7,40})$"
 
 
-def config(reg, tmp_path, repositories=None, **registry):
-    return parse_config({"store": str(tmp_path / "store"),
-                         "registry": {"url": reg.url, "repositories": repositories or [], **registry},
-                         "link": {"tagPatterns": [PATTERN]}})
+LINK = {"link": {"tagPatterns": [PATTERN]}}
 
 
-def scan(cfg, cache=None, **kw):
+def scan(cfg: RegsweepConfig | dict, cache=None, **kw):
+    """Scan the registry of `cfg` (parsed, or a tests/support/configs dict): its tables and client."""
+    cfg = parse_config(cfg) if isinstance(cfg, dict) else cfg
     result, client = asyncio.run(scan_registry(cfg.registry, cfg.link, cache if cache is not None else BlobCache(),
                                                  retry=FAST, **kw))
     return result.tables(), client
@@ -73,7 +74,7 @@ def test_catalog_follows_pages_past_the_registry_page_cap(fresh_registry, tmp_pa
     assert "team0/app000" in names and "team1/app129" in names
 
     # Repository globs select from the whole catalog, not just the first page.
-    tables, _ = scan(config(reg, tmp_path, ["team1/app1*"]))
+    tables, _ = scan(config(LINK, url=reg.url, repositories=["team1/app1*"]))
     repos = {r["repository"] for r in rows(tables["tags"])}
     assert repos == {f"team1/app{i:03d}" for i in range(100, 130) if i % 2 == 1}
 
@@ -81,7 +82,7 @@ def test_catalog_follows_pages_past_the_registry_page_cap(fresh_registry, tmp_pa
 def test_repository_with_more_than_1000_tags(registry, registry_client, unique_repo, tmp_path):
     tags = [f"build-{i:04d}" for i in range(1001)]
     pushed = push_tags(registry_client, unique_repo, tags, distinct=False, workers=8)
-    tables, _ = scan(config(registry, tmp_path, [unique_repo]))
+    tables, _ = scan(config(LINK, url=registry.url, repositories=[unique_repo]))
     t = rows(tables["tags"])
     assert sorted(r["tag"] for r in t) == sorted(tags)
     assert {r["digest"] for r in t} == {pushed[tags[0]]}
@@ -91,7 +92,7 @@ def test_repository_with_more_than_1000_tags(registry, registry_client, unique_r
 
 def test_only_literal_repositories_need_no_catalog(registry, registry_client, unique_repo, tmp_path):
     push_image(registry_client, unique_repo, "v1")
-    tables, client = scan(config(registry, tmp_path, [unique_repo, unique_repo + "-never-pushed"]))
+    tables, client = scan(config(LINK, url=registry.url, repositories=[unique_repo, unique_repo + "-never-pushed"]))
     assert [(r["repository"], r["tag"]) for r in rows(tables["tags"])] == [(unique_repo, "v1")]
     # ping, tags/list × 2, manifest, config, one referrers probe: no catalog request at all
     assert client.requests == 6
@@ -108,7 +109,7 @@ def test_oci_index_records_platform_children_sizes_and_build_facts(registry, reg
                                  "config": {"Labels": {oci.ANN_REVISION: "A1B2C3D4E5F6"}}})
         kids.append((kid, {"os": "linux", "architecture": arch, **({"variant": "v8"} if arch == "arm64" else {})}))
     index = push_index(c, unique_repo, "sha-0123456789", kids)
-    tables, _ = scan(config(registry, tmp_path, [unique_repo]))
+    tables, _ = scan(config(LINK, url=registry.url, repositories=[unique_repo]))
 
     m = by(tables["manifests"], "digest")
     assert m[index]["kind"] == "index" and m[index]["media_type"] == oci.OCI_INDEX
@@ -139,7 +140,7 @@ def test_docker_v2_manifest_and_untrusted_build_time(registry, registry_client, 
     new = push_image(c, unique_repo, "fresh", media_type="docker", layers=[b"x", b"y"],
                      config={"created": "2026-11-28T23:00:00.123456789Z"},
                      annotations={oci.ANN_REVISION: "cafe1234"})
-    tables, _ = scan(config(registry, tmp_path, [unique_repo]))
+    tables, _ = scan(config(LINK, url=registry.url, repositories=[unique_repo]))
     m = by(tables["manifests"], "digest")
     assert m[old]["media_type"] == oci.DOCKER_MANIFEST and m[old]["kind"] == "image"
     assert m[old]["created"] is None                         # 1970 is a reproducible-build stamp, not a time
@@ -151,7 +152,7 @@ def test_docker_v2_manifest_and_untrusted_build_time(registry, registry_client, 
 def test_annotation_build_time_before_2013_falls_back_to_the_config(registry, registry_client, unique_repo, tmp_path):
     d = push_image(registry_client, unique_repo, "v1", config={"created": "2025-05-05T05:05:05Z"},
                    annotations={oci.ANN_CREATED: "1980-01-01T00:00:00Z"})
-    tables, _ = scan(config(registry, tmp_path, [unique_repo]))
+    tables, _ = scan(config(LINK, url=registry.url, repositories=[unique_repo]))
     assert by(tables["manifests"], "digest")[d]["created"] == datetime(2025, 5, 5, 5, 5, 5, tzinfo=timezone.utc)
 
 
@@ -160,7 +161,7 @@ def test_tag_patterns_link_one_digest_to_several_commits(registry, registry_clie
     tag_manifest(registry_client, unique_repo, d, "sha-bbbbbbbbbb")
     tag_manifest(registry_client, unique_repo, d, "latest")
     tag_manifest(registry_client, unique_repo, d, "sha-NOTHEX1")
-    tables, _ = scan(config(registry, tmp_path, [unique_repo]))
+    tables, _ = scan(config(LINK, url=registry.url, repositories=[unique_repo]))
     assert {(r["digest"], r["commit"], r["source"]) for r in rows(tables["links"])} == {
         (d, "aaaaaaa", "tag-pattern"), (d, "bbbbbbbbbb", "tag-pattern")}
 
@@ -170,7 +171,7 @@ def test_referrers_through_the_fallback_tag(registry, registry_client, unique_re
     image = push_image(c, unique_repo, "v1")
     sig = push_artifact(c, unique_repo, subject=image, artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json")
     sbom = push_artifact(c, unique_repo, subject=image, artifact_type="application/spdx+json")
-    tables, client = scan(config(registry, tmp_path, [unique_repo]))
+    tables, client = scan(config(LINK, url=registry.url, repositories=[unique_repo]))
     assert client.referrers_supported is False                 # Distribution 2.8: detected, asked once
 
     fallback = oci.fallback_tag(image)
@@ -203,7 +204,7 @@ def test_tag_repointed_between_listing_and_reading(registry, registry_client, un
     c = registry_client
     first = push_image(c, unique_repo, "moving", config={"config": {"Labels": {oci.ANN_REVISION: "1111111"}}})
     second = push_image(c, unique_repo, None, config={"config": {"Labels": {oci.ANN_REVISION: "2222222"}}})
-    cfg = config(registry, tmp_path, [unique_repo])
+    cfg = config(LINK, url=registry.url, repositories=[unique_repo])
 
     def repoint(work):
         assert (unique_repo, "moving") in work
@@ -231,7 +232,7 @@ def test_tag_deleted_between_listing_and_reading_is_gone_not_fatal(registry, reg
     def delete(work):
         assert c.delete(f"/v2/{unique_repo}/manifests/{doomed}").status_code == 202
 
-    tables, _ = scan(config(registry, tmp_path, [unique_repo]), after_listing=delete)
+    tables, _ = scan(config(LINK, url=registry.url, repositories=[unique_repo]), after_listing=delete)
     t = by(tables["tags"], "tag")
     assert t["doomed"] == {"repository": unique_repo, "tag": "doomed", "digest": None, "gone": True}
     assert t["kept"]["digest"] == kept and not t["kept"]["gone"]
@@ -253,7 +254,7 @@ def test_rescan_of_an_unchanged_registry_costs_one_head_per_tag(fresh_registry, 
                 for a in ("amd64", "arm64")]
         index = push_index(c, "app/web", "v1", kids)
         push_artifact(c, "app/web", subject=index, artifact_type="application/vnd.dev.sig")
-    cfg = config(reg, tmp_path)
+    cfg = parse_config(config(LINK, store=tmp_path / "store", url=reg.url, repositories=[]))
     store = Store(cfg.store)
 
     before = len(_access_lines(reg))
@@ -284,7 +285,7 @@ def test_rescan_of_an_unchanged_registry_costs_one_head_per_tag(fresh_registry, 
 
 def test_cache_survives_garbage_and_tables_match_the_schema(registry, registry_client, unique_repo, tmp_path):
     push_image(registry_client, unique_repo, "v1")
-    cfg = config(registry, tmp_path, [unique_repo])
+    cfg = parse_config(config(LINK, store=tmp_path / "store", url=registry.url, repositories=[unique_repo]))
     store = Store(cfg.store)
     store.write_table(store.path("cache", f"{CACHE_NAME}.parquet"), pa.table({"x": [1]}))  # not our schema
     tables = extract(cfg, store, NOW)
@@ -351,6 +352,7 @@ def test_delete_disabled_registry_is_unsupported(fresh_registry):
     assert err.status == 405 and "x/y@" in str(err)
 
 
+@pytest.mark.unit
 def test_repository_globs_stay_within_a_path_segment():
     from tasks.sources.registry import repository_globs
 

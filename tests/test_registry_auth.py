@@ -21,6 +21,7 @@ from tasks.sources.blobcache import BlobCache
 from tasks.registry.distribution import RegistryClient, RetryPolicy
 from tasks.sources.registry import scan_registry
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support.registry import token_issuer  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
 
@@ -251,6 +252,7 @@ def test_missing_credential_helper_is_an_auth_error(docker_config):
     assert "docker-credential-nonexistent-xyz" in str(e.value) and "PATH" in str(e.value)
 
 
+@pytest.mark.unit
 def test_configured_credentials_win_over_the_docker_config(docker_config, monkeypatch):
     (docker_config / "config.json").write_text(json.dumps(
         {"auths": {"reg.example": {"auth": base64.b64encode(b"docker:pw").decode()}}}))
@@ -262,7 +264,7 @@ def test_configured_credentials_win_over_the_docker_config(docker_config, monkey
     assert "s3cret" not in repr(resolve_credentials("reg.example", config.registry.auth))
 
 
-def test_password_file(htpasswd_registry, tmp_path):
+def test_a_password_file_logs_in_without_its_trailing_newline(htpasswd_registry, tmp_path):
     secret = tmp_path / "pw"
     secret.write_text(REGISTRY_PASSWORD + "\n")
     config = cfg(htpasswd_registry.url, auth={"username": REGISTRY_USER, "password_file": str(secret)})

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pyarrow.parquet as pq
-import yaml
 
 from testbed import push_image
+from tests.support.configs import config
 from tests.support.registry import REGISTRY_USER
-
-
-def write_config(tmp_path: Path, url: str, **registry) -> Path:
-    path = tmp_path / "regsweep.yaml"
-    path.write_text(yaml.safe_dump({"store": "store", "registry": {"url": url, **registry}}))
-    return path
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 
 def test_snapshot_registry_source(run_cli, registry, registry_client, unique_repo, tmp_path):
     d = push_image(registry_client, unique_repo, "v1")
-    cfg = write_config(tmp_path, registry.url, repositories=[unique_repo])
+    cfg = config(store="store", url=registry.url, repositories=[unique_repo], write=tmp_path)
     r = run_cli("snapshot", "--config", cfg, "--sources", "registry")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
@@ -34,7 +28,8 @@ def test_snapshot_registry_source(run_cli, registry, registry_client, unique_rep
 
 
 def test_wrong_credentials_exit_2_with_one_line(run_cli, htpasswd_registry, tmp_path):
-    cfg = write_config(tmp_path, htpasswd_registry.url, auth={"username": REGISTRY_USER, "password_env": "REGSWEEP_PW"})
+    cfg = config(store="store", url=htpasswd_registry.url,
+                 registry={"auth": {"username": REGISTRY_USER, "password_env": "REGSWEEP_PW"}}, write=tmp_path)
     r = run_cli("snapshot", "--config", cfg, "--sources", "registry", env={"REGSWEEP_PW": "wrong-horse-staple"})
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -47,7 +42,7 @@ def test_unreachable_registry_exit_1_without_traceback(run_cli, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = write_config(tmp_path, f"http://127.0.0.1:{port}")
+    cfg = config(store="store", url=f"http://127.0.0.1:{port}", write=tmp_path)
     r = run_cli("snapshot", "--config", cfg, "--sources", "registry")
     assert r.returncode == 1
     assert "Traceback" not in r.stderr

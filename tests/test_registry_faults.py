@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tasks.oci import manifest as oci
-from tasks.config.models import parse_config
+from tasks.config.models import RegsweepConfig, parse_config
 from tasks.common.errors import RegistryError, RegistryUnreachable, SourceError
 from tasks.oci.manifest import sha256_digest
 from testbed import push_image, push_tags
@@ -23,16 +23,16 @@ from tasks.registry.distribution import RegistryClient, RetryPolicy
 from tasks.sources.registry import scan_registry
 from tasks.snapshot.take import run_source
 from tasks.store.store import Store
-from tests.support.registry import FaultProxy
+from tests.support.configs import config
+from tests.support.faults import ServingProxy
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
 
 
-def config(url, tmp_path, repositories):
-    return parse_config({"store": str(tmp_path / "store"), "registry": {"url": url, "repositories": repositories}})
-
-
-def scan(cfg, retry=FAST):
+def scan(cfg: RegsweepConfig | dict, retry=FAST):
+    """Scan the registry of `cfg` (parsed, or a tests/support/configs dict)."""
+    cfg = parse_config(cfg) if isinstance(cfg, dict) else cfg
     return asyncio.run(scan_registry(cfg.registry, cfg.link, BlobCache(), retry=retry))
 
 
@@ -41,7 +41,7 @@ def test_503_and_429_then_recovery(fault_proxy, registry_client, unique_repo, tm
     fault_proxy.inject(503, times=2, path=re.escape(f"/v2/{unique_repo}/tags/list"))
     fault_proxy.inject(429, times=3, method="GET", path="/manifests/")
     fault_proxy.inject(502, times=1, path="/blobs/")
-    result, _ = scan(config(fault_proxy.url, tmp_path, [unique_repo]))
+    result, _ = scan(config(url=fault_proxy.url, repositories=[unique_repo]))
     assert {t["tag"]: t["digest"] for t in result.tags} == digests
     assert sorted(f[2] for f in fault_proxy.faulted) == ["429"] * 3 + ["502"] + ["503"] * 2
     assert fault_proxy.count("GET", "/tags/list") == 3
@@ -52,7 +52,7 @@ def test_annotations_with_build_time_and_revision_save_the_config_read(fault_pro
                       annotations={oci.ANN_CREATED: "2026-01-02T03:04:05Z", oci.ANN_REVISION: "abcdef0"})
     half = push_image(registry_client, unique_repo, "half", layers=[b"b"], annotations={oci.ANN_REVISION: "abcdef1"},
                       config={"created": "2026-02-02T00:00:00Z"})
-    result, _ = scan(config(fault_proxy.url, tmp_path, [unique_repo]))
+    result, _ = scan(config(url=fault_proxy.url, repositories=[unique_repo]))
     m = {r["digest"]: r for r in result.manifests}
     assert m[full]["created"] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc) and m[full]["revision"] == "abcdef0"
     assert m[half]["created"] == datetime(2026, 2, 2, tzinfo=timezone.utc)
@@ -64,7 +64,7 @@ def test_retry_after_is_honoured(fault_proxy, registry_client, unique_repo, tmp_
     fault_proxy.inject(429, times=1, path="/manifests/v1", retry_after="1")
 
     async def go():
-        async with RegistryClient(config(fault_proxy.url, tmp_path, []).registry, retry=FAST) as c:
+        async with RegistryClient(parse_config(config(url=fault_proxy.url)).registry, retry=FAST) as c:
             started = time.monotonic()
             got = await c.head_manifest(unique_repo, "v1")
             return got, time.monotonic() - started
@@ -76,7 +76,7 @@ def test_retry_after_is_honoured(fault_proxy, registry_client, unique_repo, tmp_
 def test_dropped_connections_are_retried(fault_proxy, registry_client, unique_repo, tmp_path):
     d = push_image(registry_client, unique_repo, "v1")
     fault_proxy.inject(drop=True, times=2, path="/manifests/v1")
-    result, _ = scan(config(fault_proxy.url, tmp_path, [unique_repo]))
+    result, _ = scan(config(url=fault_proxy.url, repositories=[unique_repo]))
     assert [(t["tag"], t["digest"]) for t in result.tags] == [("v1", d)]
     assert [f[2] for f in fault_proxy.faulted] == ["drop", "drop"]
 
@@ -85,7 +85,7 @@ def test_persistent_503_fails_after_bounded_attempts(fault_proxy, registry_clien
     push_image(registry_client, unique_repo, "v1")
     fault_proxy.inject(503, times=None, path="/manifests/v1")
     with pytest.raises(RegistryError) as e:
-        scan(config(fault_proxy.url, tmp_path, [unique_repo]))
+        scan(config(url=fault_proxy.url, repositories=[unique_repo]))
     assert e.value.status == 503 and f"{unique_repo}:v1" in str(e.value)
     assert fault_proxy.count("GET", "/manifests/v1") == FAST.attempts
 
@@ -94,7 +94,8 @@ def test_a_failed_tag_listing_fails_the_source_and_writes_no_table(fault_proxy, 
     push_image(registry_client, unique_repo + "-ok", "v1")
     push_image(registry_client, unique_repo + "-broken", "v1")
     fault_proxy.inject(500, times=None, path=re.escape(f"/v2/{unique_repo}-broken/tags/list"))
-    cfg = config(fault_proxy.url, tmp_path, [unique_repo + "-ok", unique_repo + "-broken"])
+    cfg = parse_config(config(store=tmp_path / "store", url=fault_proxy.url,
+                              repositories=[unique_repo + "-ok", unique_repo + "-broken"]))
     with pytest.raises(SourceError) as e:
         scan(cfg)
     assert f"{unique_repo}-broken" in str(e.value) and "500" in str(e.value)
@@ -111,41 +112,20 @@ def test_a_failed_catalog_page_fails_the_source(fault_proxy, registry_client, un
     push_image(registry_client, unique_repo, "v1")
     fault_proxy.inject(500, times=None, path="/v2/_catalog")
     with pytest.raises(RegistryError) as e:
-        scan(config(fault_proxy.url, tmp_path, ["t/*"]))
+        scan(config(url=fault_proxy.url, repositories=["t/*"]))
     assert "HTTP 500" in str(e.value)
 
 
-def test_unreachable_registry(tmp_path):
+def test_an_unreachable_registry_is_an_error_naming_its_host_and_cannot_connect(tmp_path):
     with socket.socket() as s:          # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(RegistryUnreachable) as e:
-        scan(config(f"http://127.0.0.1:{port}", tmp_path, []))
+        scan(config(url=f"http://127.0.0.1:{port}", repositories=[]))
     assert f"registry 127.0.0.1:{port}" in str(e.value) and "cannot connect" in str(e.value)
 
 
 # --- manifests a registry may hold that are not images -------------------------------------------
-
-class ServingProxy(FaultProxy):
-    """A FaultProxy that also serves fixed manifests, as registries that accept any media type do
-    (zot, Harbor, GHCR): Distribution 2.8 itself refuses to store them."""
-
-    def __init__(self, upstream: str, served: dict[str, tuple[str, bytes]]):
-        super().__init__(upstream)
-        self.served = served   # path regex → (content type, body)
-
-    class handler(FaultProxy.handler):
-        def _any(self):
-            for rx, (ctype, body) in self.owner.served.items():
-                if re.search(rx, self.path):
-                    self.read_body()
-                    with self.owner._lock:
-                        self.owner.requests.append((self.command, self.path))
-                    return self.reply(200, body, {"Content-Type": ctype, "Docker-Content-Digest": sha256_digest(body)})
-            return FaultProxy.handler._any(self)
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
-
 
 def test_unknown_and_malformed_manifests_are_kept_as_unknown(registry, registry_client, unique_repo, tmp_path, caplog):
     good = push_image(registry_client, unique_repo, "good")
@@ -163,7 +143,7 @@ def test_unknown_and_malformed_manifests_are_kept_as_unknown(registry, registry_
     }
     with ServingProxy(registry.url, served) as proxy:
         with caplog.at_level("WARNING", logger="regsweep.registry"):
-            result, _ = scan(config(proxy.url, tmp_path, [unique_repo]))
+            result, _ = scan(config(url=proxy.url, repositories=[unique_repo]))
     tags = {t["tag"]: t for t in result.tags}
     assert set(tags) == {"good", "helm-ish", "broken", "schema1"} and not any(t["gone"] for t in tags.values())
     m = {r["digest"]: r for r in result.manifests}

@@ -11,6 +11,8 @@ from tasks.oci import manifest as oci
 from tasks.registry.auth import Challenge, parse_challenges, resource_scope
 from tasks.common.units import parse_build_time
 
+pytestmark = pytest.mark.unit   # pure functions: no server, registry, cluster, git repository or flow
+
 
 def manifest(**extra):
     doc = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
@@ -96,7 +98,7 @@ def test_config_labels_and_created():
     assert oci.parse_config(b"nope").error and oci.parse_config(b"{}").labels == {}
 
 
-def test_fallback_tags():
+def test_a_referrers_fallback_tag_names_its_subject_and_other_tags_do_not():
     d = "sha256:" + "ab" * 32
     assert oci.fallback_tag(d) == "sha256-" + "ab" * 32
     assert oci.fallback_subject(oci.fallback_tag(d)) == d
@@ -104,13 +106,13 @@ def test_fallback_tags():
     assert oci.fallback_subject("latest") is None
 
 
-def test_link_next():
+def test_the_next_page_is_the_link_headers_rel_next():
     assert oci.parse_link_next('</v2/_catalog?last=b&n=100>; rel="next"') == "/v2/_catalog?last=b&n=100"
     assert oci.parse_link_next('<https://x/a>; rel="prev", <https://x/b?n=2>; rel=next') == "https://x/b?n=2"
     assert oci.parse_link_next(None) is None and oci.parse_link_next('<x>; rel="prev"') is None
 
 
-def test_www_authenticate_parsing():
+def test_www_authenticate_challenges_parse_into_scheme_realm_service_scope_and_error():
     header = ('Bearer realm="https://auth.example.com/token",service="registry.example.com",'
               'scope="repository:team/app:pull,push",error="insufficient_scope"')
     assert parse_challenges([header]) == [Challenge("bearer", "https://auth.example.com/token", "registry.example.com",
@@ -120,7 +122,7 @@ def test_www_authenticate_parsing():
     assert parse_challenges(['bearer realm=https://t/token, service=svc']) == [Challenge("bearer", "https://t/token", "svc")]
 
 
-def test_resource_scopes():
+def test_each_request_asks_for_the_token_scope_it_needs_and_a_delete_for_none():
     assert resource_scope("GET", "/v2/team/app/manifests/v1") == "repository:team/app:pull"
     assert resource_scope("HEAD", "/v2/a/b/c/blobs/sha256:x") == "repository:a/b/c:pull"
     assert resource_scope("GET", "/v2/_catalog") == "registry:catalog:*"

@@ -13,12 +13,12 @@ from tasks.config.models import parse_config
 from tasks.registry.distribution import RetryPolicy
 from tasks.sources.registry import scan_registry
 from testbed import push_repositories, push_tags
+from tests.support.configs import config
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
 
 
-def config(url, repositories, concurrency):
-    return parse_config({"registry": {"url": url, "repositories": repositories, "concurrency": concurrency}})
 
 
 def held_scan(proxy, cfg, path: str, expect: int):
@@ -45,7 +45,8 @@ def held_scan(proxy, cfg, path: str, expect: int):
 def test_one_repository_is_read_as_concurrently_as_the_registry_allows(fault_proxy, registry_client, unique_repo):
     tags = [f"t{i:03d}" for i in range(40)]
     push_tags(registry_client, unique_repo, tags, labels=lambda t: {"t": t})
-    at_once, result = held_scan(fault_proxy, config(fault_proxy.url, [unique_repo], 6), "/manifests/", 6)
+    cfg = parse_config(config(url=fault_proxy.url, repositories=[unique_repo], registry={"concurrency": 6}))
+    at_once, result = held_scan(fault_proxy, cfg, "/manifests/", 6)
     assert at_once == 6                    # the whole bound, inside one repository; never more
     assert sorted(t["tag"] for t in result.tags) == tags
 
@@ -53,7 +54,8 @@ def test_one_repository_is_read_as_concurrently_as_the_registry_allows(fault_pro
 def test_many_repositories_share_one_bound(fault_proxy, registry_client, unique_repo):
     repos = [f"{unique_repo}-{i}" for i in range(4)]
     push_repositories(registry_client, {r: [f"t{i}" for i in range(5)] for r in repos}, labels=lambda t: {"t": t})
-    at_once, result = held_scan(fault_proxy, config(fault_proxy.url, repos, 3), "/manifests/", 3)
+    cfg = parse_config(config(url=fault_proxy.url, repositories=repos, registry={"concurrency": 3}))
+    at_once, result = held_scan(fault_proxy, cfg, "/manifests/", 3)
     assert at_once == 3                    # not 3 per repository
     assert len(result.tags) == 20
 
@@ -61,7 +63,7 @@ def test_many_repositories_share_one_bound(fault_proxy, registry_client, unique_
 def test_a_rescan_makes_one_request_per_tag_and_finds_the_same(fault_proxy, registry_client, unique_repo):
     tags = [f"t{i:03d}" for i in range(30)]
     push_tags(registry_client, unique_repo, tags, labels=lambda t: {"t": t})
-    cfg = config(fault_proxy.url, [unique_repo], 8)
+    cfg = parse_config(config(url=fault_proxy.url, repositories=[unique_repo], registry={"concurrency": 8}))
     cache = BlobCache()
     cold, _ = asyncio.run(scan_registry(cfg.registry, cfg.link, cache, retry=FAST))
     before = len(fault_proxy.requests)

@@ -16,15 +16,19 @@ from tasks.common.errors import SweepFailed
 from tasks.oci.manifest import OCI_MANIFEST, sha256_digest
 from tasks.store.store import Store
 from testbed import push_image
-from tests.support.kube import workload
-from tests.support.sweeps import journal_events, old, plan_of, status, take_snapshot, write_config
-from tests.test_registry_faults import ServingProxy
+from testbed.kube import workload
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import journal_events, old, plan_of, status, take_snapshot
+from tests.support.faults import ServingProxy
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 
 def cluster_config(tmp_path, url, repo, kube_env, **kube):
     server = kube_env.server()
     kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
-    path = write_config(tmp_path, url, repo, kubeconfig=kubeconfig)
+    path = config(SWEEP, url=url, repositories=[repo], kubeconfig=kubeconfig, write=tmp_path)
     text = path.read_text()
     if kube:
         import yaml
@@ -86,7 +90,7 @@ def test_a_config_blob_that_404s_is_recorded_and_the_image_kept_as_fresh(registr
     gone = old(c, repo, "fine")
     config_digest = json.loads(broken.body)["config"]["digest"]
     assert c.delete(f"/v2/{repo}/blobs/{config_digest}").status_code == 202
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
 
     sid = take_snapshot(cfg)
 
@@ -110,7 +114,7 @@ def test_a_manifest_that_will_not_parse_is_recorded_and_kept(registry, registry_
     old(c, repo, "fine")
     body = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": '
     with ServingProxy(registry.url, {r"/manifests/broken$": (OCI_MANIFEST, body)}) as proxy:
-        cfg = load_config(write_config(tmp_path, proxy.url, repo))
+        cfg = load_config(config(SWEEP, url=proxy.url, repositories=[repo], write=tmp_path))
         sid = take_snapshot(cfg)
     store = Store(cfg.store)
     warnings = store.snapshots.meta(sid)["sources"]["registry"]["warnings"]

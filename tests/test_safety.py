@@ -3,7 +3,7 @@
 Each test here was written against a hole found in an audit (it failed before the fix next to
 it in the history). Real components throughout: a real Distribution registry, real git
 repositories, the loopback Kubernetes API server and Helm's storage encoding; evaluation-only
-cases build snapshot tables as the extractors write them (tests/test_evaluate.py's `Snap`).
+cases build snapshot tables as the extractors write them (tests/support/snapshots.py's `Snap`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ from tasks.sources.kubernetes import helm
 from tasks.config.models import load_config, parse_config
 from tasks.common.errors import PlanRefused, SweepLocked, SweepNotApproved
 from tasks.plan.evaluate import plan_rows
-from tasks.store.store import Store, utcnow
+from tasks.common.units import utcnow
+from tasks.store.store import Store
 from tasks.sweep.lock import sweep_lock
 from tests.support.gitrepo import RepoBuilder
 from testbed import push_artifact, push_index, tag_manifest
-from tests.support.kube import helm_release, helm_secret, manifest, workload
-from tests.test_evaluate import NOW, OLD, REGISTRY, Snap, config, decisions, plan_of, reasons
-from tests.support.sweeps import make_plan, old, plan_of as stored_plan_of, status, take_snapshot, write_config
+from testbed.kube import helm_release, helm_secret, manifest, workload
+from tests.support.configs import SWEEP, config
+from tests.support.snapshots import EVALUATION, NOW, OLD, REGISTRY, Snap, decisions, plan_of, reasons
+from tests.support.sweeps import make_plan, old, plan_of as stored_plan_of, status, take_snapshot
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 h = lambda n: NOW - timedelta(hours=n)  # noqa: E731
 
@@ -81,6 +87,7 @@ def test_a_revision_that_is_not_a_commit_id_leaves_the_image_unlinked(git_repo, 
 # --------------------------------------------------------------------------- image reference spellings
 
 
+@pytest.mark.unit
 def test_in_use_reference_spelled_with_another_host_keeps_the_same_named_image():
     """An IP for a host name, a forgotten alias, Docker Hub's implicit host: the repository and
     tag are ours, so the image is kept, and the reason says which host to add to the aliases."""
@@ -98,7 +105,7 @@ def test_in_use_reference_spelled_with_another_host_keeps_the_same_named_image()
     # a pod whose spec spells the host oddly: the digest it runs is ours under the same name
     s.workload("10.0.0.5/team/web:moved", kind="Pod", name="p", image_id=f"docker-pullable://10.0.0.5/team/web@{running}")
 
-    plan = plan_of(s, config(cleanup={"unlinkedImages": "delete"}))
+    plan = plan_of(s, config(EVALUATION, cleanup={"unlinkedImages": "delete"}))
 
     d = decisions(plan)
     assert d[("team/api", "v1")] == d[("team/api", "v2")] == d[("team/api", "v3")] == "keep"
@@ -121,7 +128,8 @@ def test_fresh_cluster_scan_protects_an_image_deployed_under_another_host_spelli
     port = registry.host.rsplit(":", 1)[1]
     used, pinned, unused = old(c, repo, "v1"), old(c, repo, "v2"), old(c, repo, "v3")
     server = kube_env.server()
-    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kube_env.kubeconfig({"prod": (server, None)})))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo],
+                             kubeconfig=kube_env.kubeconfig({"prod": (server, None)}), write=tmp_path))
     plan = stored_plan_of(cfg)   # nothing deployed yet: all three are planned away
     # deployed after planning, by a spelling the configuration does not list as an alias
     server.add(workload("Deployment", "shop", "web", [f"localhost:{port}/{repo}:v1"]),
@@ -162,18 +170,20 @@ def test_keep_revisions_never_drops_the_deployed_revision(kube_env, tmp_path):
 # --------------------------------------------------------------------------- snapshot completeness
 
 
+@pytest.mark.unit
 def test_an_enabled_source_with_a_status_other_than_ok_deletes_nothing():
     s = Snap()
     s.image("team/api", "old", created=OLD)
     meta = s.meta()
     meta["sources"]["kubernetes"]["status"] = "partial"   # written by some other tool or version
 
-    plan = plan_rows(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"})).frame
+    plan = plan_rows(s.tables(), meta, parse_config(config(EVALUATION, cleanup={"unlinkedImages": "delete"}))).frame
 
     assert list(plan.action) == ["keep"]
     assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes has status 'partial', not ok"]
 
 
+@pytest.mark.unit
 def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
     s = Snap()
     s.image("team/api", "old", created=OLD)
@@ -182,13 +192,14 @@ def test_a_table_shorter_than_its_snapshot_says_deletes_nothing():
     meta = s.meta()
     meta["sources"]["kubernetes"]["tables"] = {"workloads": 2}   # one row went missing on the way
 
-    plan = plan_rows(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"})).frame
+    plan = plan_rows(s.tables(), meta, parse_config(config(EVALUATION, cleanup={"unlinkedImages": "delete"}))).frame
 
     assert set(plan.action) == {"keep"}
     assert list(plan.reasons[0]) == ["snapshot incomplete: kubernetes table workloads has 1 rows, "
                                      "the snapshot recorded 2"]
 
 
+@pytest.mark.unit
 def test_a_snapshot_of_another_registry_deletes_nothing():
     """Two configurations sharing a store: `plan --snapshot latest` may pick the other registry's
     snapshot, whose tags say nothing about what this registry's images are used for."""
@@ -197,7 +208,7 @@ def test_a_snapshot_of_another_registry_deletes_nothing():
     meta = s.meta()
     meta["registry"] = "https://mirror.example.com"
 
-    plan = plan_rows(s.tables(), meta, config(cleanup={"unlinkedImages": "delete"})).frame
+    plan = plan_rows(s.tables(), meta, parse_config(config(EVALUATION, cleanup={"unlinkedImages": "delete"}))).frame
 
     assert list(plan.action) == ["keep"]
     assert list(plan.reasons[0]) == [f"snapshot incomplete: it is of registry https://mirror.example.com, not {REGISTRY}"]
@@ -210,7 +221,7 @@ def test_a_plan_from_a_snapshot_dated_in_the_future_is_refused(sweep, registry, 
     """A clock running ahead makes "now" wrong for the fresh rule and makes the plan never expire."""
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = make_plan(cfg, take_snapshot(cfg, now=utcnow() + timedelta(hours=1)))   # taken by a clock 1h ahead
 
     with pytest.raises(PlanRefused, match=r"taken in the future, 1.0h from now: a clock is wrong"):
@@ -218,6 +229,7 @@ def test_a_plan_from_a_snapshot_dated_in_the_future_is_refused(sweep, registry, 
     assert status(c, repo, d) == 200
 
 
+@pytest.mark.unit
 def test_one_lock_for_every_spelling_of_the_registry_url(tmp_path):
     """The sweep accepts a plan whatever the case of the registry host: the lock must agree."""
     store = Store(str(tmp_path / "store"))
@@ -241,9 +253,9 @@ def test_an_untagged_index_in_use_by_digest_keeps_a_platform_it_shares_with_a_de
     server = kube_env.server()
     server.add(workload("Deployment", "shop", "web", [f"{registry.host}/{repo}@{running}"]))
     for recheck in (False, True):   # from the snapshot's own workloads, and from the fresh scan
-        cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"recheckCluster": recheck},
-                                       kubeconfig=kube_env.kubeconfig({"prod": (server, None)}),
-                                       name=f"regsweep-{recheck}.yaml"))
+        cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], sweep={"recheckCluster": recheck},
+                                 kubeconfig=kube_env.kubeconfig({"prod": (server, None)}),
+                                 write=tmp_path / f"regsweep-{recheck}.yaml"))
         report = sweep(cfg, stored_plan_of(cfg), dry_run=True)
         why = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
         assert why == {shared: f"listed by index {running}, which the snapshot did not read"}, recheck
@@ -285,7 +297,7 @@ def test_up_front_approval_counts_platforms_and_referrers_that_go_with_a_manifes
     plat = lambda arch: {"os": "linux", "architecture": arch}  # noqa: E731
     index = push_index(c, repo, "v1", [(amd, plat("amd64")), (arm, plat("arm64"))])
     signature = push_artifact(c, repo, subject=index, artifact_type="application/vnd.dev.cosign.simplesigning.v1+json")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = stored_plan_of(cfg)   # one tag planned away; with it go 2 platforms, a signature, its fallback index
 
     with pytest.raises(SweepNotApproved, match="would delete 5 manifests/tags .* more than the 4"):
@@ -304,7 +316,7 @@ def test_a_cosign_signature_tag_stays_with_a_subject_the_sweep_keeps(sweep, regi
     sig_tag = f"sha256-{str(image).split(':')[1]}.sig"
     signature = old(c, repo, sig_tag)
     other = old(c, repo, "build-6")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = stored_plan_of(cfg)   # the image, its signature and build-6 are planned away
     tag_manifest(c, repo, image, "release-1.0")   # promoted after planning
 

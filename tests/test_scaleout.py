@@ -13,12 +13,14 @@ from tasks.plan.make import make_plan
 from tasks.store.schemas import SOURCE_TABLES
 from tasks.store.store import Store
 from testbed import push_artifact, push_image, push_index, push_repositories
+from tests.support.configs import config
+from tests.support.s3 import s3_store  # noqa: F401 (fixtures)
 
 SHA = "^sha-(?P<commit>[0-9a-f]{7,40})$"
 
 
 @pytest.fixture(scope="module")
-def world(registry, request):
+def scale_repos(registry, request):
     """Six repositories of uneven size (one far larger), an index with platforms and a signature."""
     base = f"scale{abs(hash(request.node.nodeid)) % 10**6}"
     with registry.client() as c:
@@ -33,11 +35,10 @@ def world(registry, request):
 
 
 def configs(registry, base, store):
-    doc = {"store": store, "registry": {"url": registry.url, "repositories": [f"{base}/*"], "concurrency": 4},
-           "link": {"tagPatterns": [SHA]}, "cleanup": {"disableGitHistoryBasedPolicy": True,
-                                                       "disableKubernetesBasedPolicy": True},
-           "helm": {"enabled": False}}
-    dask = {**doc, "runner": {"kind": "dask", "dask": {"workers": 2, "batchRepositories": 2}}}
+    doc = config(store=store, url=registry.url, repositories=[f"{base}/*"], registry={"concurrency": 4},
+                 link={"tagPatterns": [SHA]}, helm={"enabled": False},
+                 cleanup={"disableGitHistoryBasedPolicy": True, "disableKubernetesBasedPolicy": True})
+    dask = config(doc, runner={"kind": "dask", "dask": {"workers": 2, "batchRepositories": 2}})
     return parse_config(doc), parse_config(dask)
 
 
@@ -47,15 +48,16 @@ def same_tables(single_store: str, sid_single: str, dask_store: str, sid_dask: s
         ta, tb = a.snapshots.table(sid_single, name), b.snapshots.table(sid_dask, name)
         assert tb.schema.equals(ta.schema), name
         assert tb.to_pylist() == ta.to_pylist(), name        # row by row, in order
-    # blobs included: every manifest's body, config and layers (the world has an index and a signature)
+    # blobs included: every manifest's body, config and layers (the repositories hold an index and a signature)
     kinds = set(a.snapshots.table(sid_single, "blobs").column("kind").to_pylist())
     assert kinds == {"manifest", "config", "layer"}
 
 
-def test_dask_fan_out_writes_part_files_with_the_single_scans_rows(prefect_harness, registry, world, tmp_path):
+def test_dask_fan_out_writes_part_files_with_the_single_scans_rows(prefect_harness, registry, scale_repos, tmp_path):
     from flows.snapshot import snapshot_flow
 
-    single, dask = configs(registry, world, str(tmp_path / "single"))[0], configs(registry, world, str(tmp_path / "dask"))[1]
+    single, dask = (configs(registry, scale_repos, str(tmp_path / "single"))[0],
+                    configs(registry, scale_repos, str(tmp_path / "dask"))[1])
     sid_single = snapshot_flow(config=single, sources=["registry"])
     sid_dask = snapshot_flow(config=dask, sources=["registry"])
     same_tables(single.store, sid_single, dask.store, sid_dask)
@@ -78,10 +80,12 @@ def test_dask_fan_out_writes_part_files_with_the_single_scans_rows(prefect_harne
     assert plan_dask.meta["delete"] == plan_single.meta["delete"]
 
 
-def test_dask_fan_out_on_s3(prefect_harness, registry, world, tmp_path, s3_store):
+def test_dask_fan_out_into_an_s3_store_gives_the_single_scans_tables_and_plan(prefect_harness, registry, scale_repos,
+                                                                            tmp_path, s3_store):
     from flows.snapshot import snapshot_flow
 
-    single, dask = configs(registry, world, str(tmp_path / "single"))[0], configs(registry, world, s3_store)[1]
+    single, dask = (configs(registry, scale_repos, str(tmp_path / "single"))[0],
+                    configs(registry, scale_repos, s3_store)[1])
     sid_single = snapshot_flow(config=single, sources=["registry"])
     sid_dask = snapshot_flow(config=dask, sources=["registry"])
     same_tables(single.store, sid_single, dask.store, sid_dask)
@@ -93,14 +97,14 @@ def test_dask_fan_out_on_s3(prefect_harness, registry, world, tmp_path, s3_store
             == Store(single.store).plans.table(plan_single.plan_id).to_pylist())
 
 
-def test_a_failed_batch_fails_the_source_and_leaves_no_registry_table(prefect_harness, registry, world, tmp_path):
+def test_a_failed_batch_fails_the_source_and_leaves_no_registry_table(prefect_harness, registry, scale_repos, tmp_path):
     from flows.snapshot import snapshot_flow
     from tasks.common.errors import SnapshotIncomplete
     from tests.support.faults import FaultProxy
 
     with FaultProxy(registry.url) as proxy:
-        proxy.inject(500, times=None, path=f"/v2/{world}/r2/tags/list")   # one batch of three fails
-        dask = configs(proxy, world, str(tmp_path / "dask"))[1]
+        proxy.inject(500, times=None, path=f"/v2/{scale_repos}/r2/tags/list")   # one batch of three fails
+        dask = configs(proxy, scale_repos, str(tmp_path / "dask"))[1]
         with pytest.raises(SnapshotIncomplete):
             snapshot_flow(config=dask, sources=["registry"])
     store = Store(dask.store)

@@ -16,9 +16,11 @@ import trustme
 import yaml
 
 from tasks.store.store import Store
-from tests.support.kube import workload
+from testbed.kube import workload
 from tests.support.registry import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.sweeps import fresh, old
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import token_issuer  # noqa: F401 (fixtures)
 
 KUBE_TOKEN = "kube-bearer-7f3a9c1e5d2b4a68-secret"
 

@@ -12,12 +12,14 @@ from tasks.store.schemas import TAGS
 from tasks.store.store import Store, new_id
 
 
+@pytest.mark.unit
 def test_ids_sort_by_time():
     t0 = datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc)
     ids = [new_id(t0 + timedelta(milliseconds=ms)) for ms in (0, 1, 999, 1000, 86_400_000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
+@pytest.mark.unit
 def test_snapshot_invisible_until_published(tmp_path):
     store = Store(str(tmp_path / "store"))
     sid = new_id()
@@ -37,6 +39,7 @@ def test_snapshot_invisible_until_published(tmp_path):
         store.snapshots.resolve("nope")
 
 
+@pytest.mark.unit
 def test_tables_are_cast_to_their_schema(tmp_path):
     store = Store(str(tmp_path))
     sid = new_id()
@@ -46,6 +49,7 @@ def test_tables_are_cast_to_their_schema(tmp_path):
                                   {"tags": TAGS})
 
 
+@pytest.mark.unit
 def test_append_only_log_reads_back_in_order(tmp_path):
     store = Store(str(tmp_path))
     schema = pa.schema([("n", pa.int64())])
@@ -55,6 +59,7 @@ def test_append_only_log_reads_back_in_order(tmp_path):
     assert store.read_rows("journal/none", schema).num_rows == 0
 
 
+@pytest.mark.unit
 def test_fsspec_memory_store_round_trip():
     store = Store("memory://regsweep-test-" + new_id())
     sid = new_id()
@@ -66,6 +71,7 @@ def test_fsspec_memory_store_round_trip():
     assert store.snapshots.table(sid, "tags").num_rows == 0
 
 
+@pytest.mark.unit
 def test_a_durable_append_leaves_only_published_files(tmp_path):
     store = Store(str(tmp_path))
     schema = pa.schema([("n", pa.int64())])
@@ -75,6 +81,7 @@ def test_a_durable_append_leaves_only_published_files(tmp_path):
     assert len(names) == 3 and all(n.endswith(".parquet") and not n.startswith(".") for n in names)
 
 
+@pytest.mark.unit
 def test_a_store_root_that_is_a_file_fails_naming_the_path(tmp_path):
     root = tmp_path / "store"
     root.write_text("not a directory")

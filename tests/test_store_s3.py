@@ -9,6 +9,8 @@ import yaml
 from testbed import push_image
 from tasks.store.schemas import TAGS
 from tasks.store.store import Store, new_id
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.s3 import s3_store  # noqa: F401 (fixtures)
 
 
 def test_snapshot_on_s3_is_invisible_until_published_and_reads_back_typed(s3_store):

@@ -22,10 +22,15 @@ import pytest
 from tasks.config.models import load_config
 from tasks.common.errors import PlanRefused, StoreError, SweepFailed, SweepLocked, SweepNotApproved
 from testbed import push_artifact, push_index, tag_manifest
-from tasks.store.store import Store, new_id, utcnow
+from tasks.common.units import utcnow
+from tasks.store.store import Store, new_id
 from tasks.sweep.lock import lock_path, sweep_lock
-from tests.support.sweeps import (PROBE_DELETES, TARGET_DELETES, fresh, journal_events, make_plan, old, plan_of, resolves_to, status,
-                                  take_snapshot, write_config)
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import (PROBE_DELETES, TARGET_DELETES, fresh, journal_events, make_plan, old, plan_of,
+                                  resolves_to, status, take_snapshot)
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import fault_proxy, fresh_registry, unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 # --------------------------------------------------------------------------- what goes, what stays
 
@@ -38,7 +43,7 @@ def test_sweep_deletes_what_the_plan_deletes_and_nothing_else(sweep, registry, r
     gone_subject = old(c, repo, "signed-old")
     sig_old = push_artifact(c, repo, subject=gone_subject, artifact_type="application/vnd.dev.cosign.simplesigning.v1+json")
     sig_kept = push_artifact(c, repo, subject=keep, artifact_type="application/vnd.dev.cosign.simplesigning.v1+json")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
 
     report = sweep(cfg, plan, approve=True)
@@ -68,7 +73,7 @@ def test_index_and_its_children_go_together_while_a_kept_index_keeps_shared_chil
     plat = lambda arch: {"os": "linux", "architecture": arch}  # noqa: E731
     old_index = push_index(c, repo, "v1", [(amd_old, plat("amd64")), (shared, plat("arm64"))])
     new_index = push_index(c, repo, "v2", [(shared, plat("amd64")), (arm_new, plat("arm64"))])
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
 
     report = sweep(cfg, plan_of(cfg), approve=True)
 
@@ -83,7 +88,7 @@ def test_a_tag_repushed_after_planning_survives(sweep, registry, registry_client
     c, repo = registry_client, unique_repo
     first = old(c, repo, "latest")
     other = old(c, repo, "other")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
     second = fresh(c, repo, "latest")  # CI pushed a new `latest` after the plan was made
 
@@ -104,7 +109,7 @@ def test_a_tag_repushed_after_planning_survives(sweep, registry, registry_client
 def test_a_digest_shared_with_a_kept_tag_survives(sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     build = old(c, repo, "build-17")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
     tag_manifest(c, repo, build, "release-1.0")  # promoted after the plan: the digest now has a kept tag
 
@@ -122,7 +127,7 @@ def test_a_plan_deleting_one_of_two_tags_on_a_digest_keeps_the_digest(sweep, reg
     c, repo = registry_client, unique_repo
     d = old(c, repo, "nightly")
     tag_manifest(c, repo, d, "stable")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     store = Store(cfg.store)
     plan = plan_of(cfg)
     rows = store.plans.table(plan).to_pylist()
@@ -151,7 +156,7 @@ def test_incomplete_snapshot_plan_is_refused(sweep, registry, registry_client, u
     server = kube_env.server()
     kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
     server.fail("pods", 500)  # one list call fails: the snapshot is incomplete
-    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], kubeconfig=kubeconfig, write=tmp_path))
     sid = take_snapshot(cfg)
     assert Store(cfg.store).snapshots.meta(sid)["complete"] is False
     plan = make_plan(cfg, sid)
@@ -165,7 +170,7 @@ def test_incomplete_snapshot_plan_is_refused(sweep, registry, registry_client, u
 def test_too_old_plan_and_plan_for_another_registry_are_refused(sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
-    cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"maxPlanAge": "24h"}))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], sweep={"maxPlanAge": "24h"}, write=tmp_path))
     plan = plan_of(cfg)
     # A plan made now of a snapshot taken 25 hours ago: the observation is what has aged.
     stale = make_plan(cfg, take_snapshot(cfg, now=utcnow() - timedelta(hours=25)))
@@ -186,7 +191,8 @@ def test_over_max_deletions_deletes_nothing_and_without_approval_nothing_either(
         sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     ds = [old(c, repo, t) for t in ("a", "b", "c")]
-    cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"approvalTimeout": "1s"}))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], sweep={"approvalTimeout": "1s"},
+                             write=tmp_path))
     plan = plan_of(cfg)
 
     with pytest.raises(SweepNotApproved, match="would delete 3 .* more than the 2 that approval up front"):
@@ -202,7 +208,7 @@ def test_dry_run_deletes_nothing_and_reports_what_would_go(sweep, registry, regi
     c, repo = registry_client, unique_repo
     ds = [old(c, repo, t) for t in ("a", "b")]
     fresh(c, repo, "new")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
 
     report = sweep(cfg, plan, dry_run=True)
@@ -219,7 +225,7 @@ def test_registry_answering_503_then_429_recovers_with_retries(sweep, registry, 
                                                                 fault_proxy):
     c, repo = registry_client, unique_repo
     ds = [old(c, repo, t) for t in ("a", "b", "c")]
-    cfg = load_config(write_config(tmp_path, fault_proxy.url, repo))
+    cfg = load_config(config(SWEEP, url=fault_proxy.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
     fault_proxy.inject(503, times=2, method="DELETE", path=TARGET_DELETES)
     fault_proxy.inject(429, times=1, method="DELETE", path=TARGET_DELETES, retry_after="1")
@@ -248,7 +254,7 @@ def test_a_registry_failing_the_recheck_fails_the_sweep_and_deletes_nothing(
     c, repo = registry_client, unique_repo
     for t in ("a", "b", "c"):
         old(c, repo, t)
-    cfg = load_config(write_config(tmp_path, fault_proxy.url, repo))
+    cfg = load_config(config(SWEEP, url=fault_proxy.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
     planned = planned_tags(cfg, plan)
     assert len(planned) == 3
@@ -271,7 +277,7 @@ def test_registry_with_delete_disabled_is_refused_before_approval_in_one_line(sw
     repo = "app"
     with reg.client() as c:
         ds = [old(c, repo, t) for t in ("a", "b", "c", "d", "e")]
-        cfg = load_config(write_config(tmp_path, reg.url, repo))
+        cfg = load_config(config(SWEEP, url=reg.url, repositories=[repo], write=tmp_path))
         plan = plan_of(cfg)   # a plan that recorded no capabilities: the sweep asks the registry itself
 
         with pytest.raises(SweepFailed) as exc:
@@ -290,13 +296,13 @@ def test_registry_with_delete_disabled_is_refused_before_approval_in_one_line(sw
 
 def test_fresh_cluster_scan_keeps_an_image_deployed_after_planning(sweep, registry, registry_client, unique_repo, tmp_path,
                                                                     kube_env):
-    from tests.support.kube import pod, workload
+    from testbed.kube import pod, workload
 
     c, repo = registry_client, unique_repo
     used, by_digest, unused = old(c, repo, "v1"), old(c, repo, "v2"), old(c, repo, "v3")
     server = kube_env.server()
     kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
-    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], kubeconfig=kubeconfig, write=tmp_path))
     plan = plan_of(cfg)
     server.add(workload("Deployment", "shop", "web", [f"{registry.host}/{repo}:v1"]),
                pod("shop", "job-x", ["busybox"], image_ids={"c0": f"docker-pullable://{registry.host}/{repo}@{by_digest}"}))
@@ -316,7 +322,7 @@ def test_cluster_unreachable_before_deleting_deletes_nothing(sweep, registry, re
     d = old(c, repo, "v1")
     server = kube_env.server()
     kubeconfig = kube_env.kubeconfig({"prod": (server, None)})
-    cfg = load_config(write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], kubeconfig=kubeconfig, write=tmp_path))
     plan = plan_of(cfg)
     server.fail("deployments", 500)
 
@@ -332,7 +338,7 @@ def test_cluster_unreachable_before_deleting_deletes_nothing(sweep, registry, re
 def test_a_second_sweep_of_the_same_registry_is_refused(sweep, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
     store = Store(cfg.store)
 
@@ -349,7 +355,7 @@ def test_a_store_that_cannot_hold_the_lock_or_journal_fails_naming_the_path_and_
         sweep, registry, registry_client, unique_repo, tmp_path, part):
     c, repo = registry_client, unique_repo
     ds = [old(c, repo, t) for t in ("a", "b")]
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
     blocker = Path(Store(cfg.store).path(part))
     blocker.write_text("a file where the store needs a directory")

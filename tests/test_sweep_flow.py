@@ -20,7 +20,9 @@ import pytest
 from tasks.config.models import load_config
 from tasks.common.errors import SweepLocked, SweepNotApproved
 from tasks.store.store import Store
-from tests.support.sweeps import TARGET_DELETES, fresh, journal_events, old, plan_of, status, write_config
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import TARGET_DELETES, fresh, journal_events, old, plan_of, status
+from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
 
 
 def start_in_thread(fn, **kwargs):
@@ -74,7 +76,7 @@ def test_approval_through_prefect_api_deletes_and_a_second_sweep_meanwhile_is_re
     c, repo = registry_client, unique_repo
     doomed = [old(c, repo, t) for t in ("build-1", "build-2")]
     kept = fresh(c, repo, "build-3")
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
 
     th, box = start_in_thread(sweep_flow, config=cfg, plan=plan, approval_poll_interval=1)
@@ -105,7 +107,7 @@ def test_rejection_through_prefect_api_deletes_nothing(prefect_harness, registry
 
     c, repo = registry_client, unique_repo
     doomed = [old(c, repo, t) for t in ("a", "b")]
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
 
     th, box = start_in_thread(sweep_flow, config=cfg, plan=plan, approval_poll_interval=1)
@@ -128,7 +130,8 @@ def test_approval_timeout_deletes_nothing(prefect_harness, registry, registry_cl
 
     c, repo = registry_client, unique_repo
     d = old(c, repo, "a")
-    cfg = load_config(write_config(tmp_path, registry.url, repo, sweep={"approvalTimeout": "2s"}))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], sweep={"approvalTimeout": "2s"},
+                             write=tmp_path))
     plan = plan_of(cfg)
 
     with pytest.raises(SweepNotApproved, match=r"no approval for plan .* within sweep.approvalTimeout 2s: nothing was deleted"):
@@ -144,7 +147,7 @@ def test_dry_run_flow_reports_what_would_go(prefect_harness, registry, registry_
 
     c, repo = registry_client, unique_repo
     doomed = [old(c, repo, t) for t in ("a", "b", "c")]
-    cfg = load_config(write_config(tmp_path, registry.url, repo))
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path))
     plan = plan_of(cfg)
 
     result = sweep_flow(config=cfg, plan=plan, dry_run=True)  # no approval needed: nothing is deleted
@@ -157,7 +160,7 @@ def test_dry_run_flow_reports_what_would_go(prefect_harness, registry, registry_
 def test_cli_over_max_deletions_exits_1_and_deletes_nothing(run_cli, registry, registry_client, unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     doomed = [old(c, repo, t) for t in ("a", "b", "c")]
-    path = write_config(tmp_path, registry.url, repo)
+    path = config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path)
     plan = plan_of(load_config(path))
 
     over = run_cli("sweep", "--config", path, "--plan", plan, "--yes", "--max-deletions", "2")
@@ -177,7 +180,7 @@ def test_sweep_killed_midway_resumes_from_the_journal(prefect_api_url, run_cli, 
     c, repo = registry_client, unique_repo
     doomed = [old(c, repo, f"b{i:02d}") for i in range(10)]
     kept = fresh(c, repo, "current")
-    path = write_config(tmp_path, fault_proxy.url, repo, sweep={"concurrency": 2})
+    path = config(SWEEP, url=fault_proxy.url, repositories=[repo], sweep={"concurrency": 2}, write=tmp_path)
     cfg = load_config(path)
     plan = plan_of(cfg)
     fault_proxy.inject(delay=0.5, times=None, method="DELETE")  # slow deletes: time to kill mid-way
@@ -224,7 +227,7 @@ def test_cli_store_that_cannot_hold_the_journal_exits_1_naming_the_path(run_cli,
                                                                         unique_repo, tmp_path):
     c, repo = registry_client, unique_repo
     doomed = [old(c, repo, t) for t in ("a", "b")]
-    path = write_config(tmp_path, registry.url, repo)
+    path = config(SWEEP, url=registry.url, repositories=[repo], write=tmp_path)
     cfg = load_config(path)
     plan = plan_of(cfg)
     blocker = Path(Store(cfg.store).path("journal"))

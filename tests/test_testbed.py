@@ -13,6 +13,7 @@ from tasks.oci.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANI
 from testbed import (MANIFEST_ACCEPT, LocalRegistry, LocalRegistryError, PushError, get_manifest, push_artifact,
                      push_image, push_index, push_raw_manifest, push_repositories, push_tags, seed_demo, tag_manifest)
 from tests.support.registry import READER_PASSWORD, READER_USER, REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support.registry import fault_proxy, fresh_registry, token_issuer, unique_repo  # noqa: F401 (fixtures)
 
 
 def test_pushed_image_reads_back_by_tag_and_digest(registry_client, unique_repo):

@@ -21,8 +21,13 @@ from tasks.store.store import Store
 from tasks.common.units import utcnow
 from tasks.history.whatif import load_policy, whatif
 from testbed import push_image
-from tests.support.kube import pod, write_kubeconfig
-from tests.support.sweeps import OLD, make_plan, take_snapshot, write_config
+from testbed.kube import pod
+from testbed.kubeapi import write_kubeconfig
+from tests.support.configs import SWEEP, config
+from tests.support.sweeps import OLD, make_plan, take_snapshot
+from tests.support.kube import kube_env  # noqa: F401 (fixtures)
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 BASE = os.urandom(20_000)   # the base layer every image shares
 
@@ -61,7 +66,8 @@ def history(registry, registry_client, unique_repo, tmp_path, kube_env, sweep):
     empty, busy = kube_env.server(), kube_env.server()
     kubeconfig = tmp_path / "kubeconfig"
     write_kubeconfig(kubeconfig, {"prod": (empty.url, None)})
-    path = write_config(tmp_path, registry.url, repo, kubeconfig=kubeconfig, sweep={"maxPlanAge": "72h"})
+    path = config(SWEEP, url=registry.url, repositories=[repo], kubeconfig=kubeconfig, sweep={"maxPlanAge": "72h"},
+                  write=tmp_path)
     data = yaml.safe_load(path.read_text())
     data["cleanup"]["keepImagesBuiltWithinLastNHours"] = 72
     path.write_text(yaml.safe_dump(data))

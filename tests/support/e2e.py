@@ -3,9 +3,10 @@
     prefect_server   session: testbed.prefect.PrefectServer in the session's tmp dir (not the harness)
     e2e_worker       session: a process worker polling the E2E_POOL work pool, flow runs in the repo root
     on_server        context manager: this process's Prefect client talks to `prefect_server`
-    browser          session: Debian's chromium driven by Playwright (never a downloaded browser)
+    browser          module: Debian's chromium driven by Playwright (never a downloaded browser)
     screenshots      where screenshots go: $REGSWEEP_SCREENSHOTS, else var/screenshots (ignored by git)
 
+The session-scoped ones are global through tests/conftest.py; a test module imports `browser`.
 Tests using them are marked `e2e` and run by `make test-e2e` (README "Tests and benchmarks").
 """
 

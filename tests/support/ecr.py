@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from testbed import LocalRegistry, push_image, push_index, write_htpasswd
-from tests.support.registry import _Handler, _LoopbackServer
+from testbed.loopback import Handler, LoopbackServer
 
 ACCOUNT = "123456789012"           # moto's default account
 ECR_PASSWORD = f"{ACCOUNT}-auth-token"
@@ -38,7 +38,7 @@ _PAGED = {"AmazonEC2ContainerRegistry_V20150921.DescribeImages": "imageDetails",
           "AmazonEC2ContainerRegistry_V20150921.DescribeRepositories": "repositories"}
 
 
-class EcrPager(_LoopbackServer):
+class EcrPager(LoopbackServer):
     """Pages DescribeImages/DescribeRepositories in front of moto; counts the calls by target."""
 
     def __init__(self, upstream: str):
@@ -53,7 +53,7 @@ class EcrPager(_LoopbackServer):
     def count(self, operation: str) -> int:
         return sum(1 for c in self.calls if c.endswith("." + operation))
 
-    class handler(_Handler):
+    class handler(Handler):
         def do_POST(self):
             pager: EcrPager = self.owner
             body = self.read_body()

@@ -36,8 +36,8 @@ import httpx
 import pytest
 
 from testbed import LocalRegistry, MANIFEST_ACCEPT, push_image
+from testbed.loopback import Handler, LoopbackServer
 from tests.support.contracts import Recorder, contract
-from tests.support.registry import _Handler, _LoopbackServer
 
 TOKEN = "native-api-token-do-not-print"
 
@@ -92,7 +92,7 @@ def page_url(url: str, page: int) -> str:
     return str(httpx.URL(url).copy_set_param("page", str(page)))
 
 
-class FakeApi(_LoopbackServer):
+class FakeApi(LoopbackServer):
     """A native registry API in front of `registry`. Subclasses list `routes` as (method, regex, name)."""
 
     routes: list[tuple[str, str, str]] = []
@@ -200,7 +200,7 @@ class FakeApi(_LoopbackServer):
                 return getattr(self, name)(req)
         return reply(404, {"message": "404 Not Found"})
 
-    class handler(_Handler):
+    class handler(Handler):
         def _any(self):
             api: FakeApi = self.owner
             raw = self.read_body()
@@ -228,9 +228,12 @@ class FakeApi(_LoopbackServer):
 
 
 def api_fixture(cls: type[FakeApi]):
-    """A fixture factory for one fake: `make(registry, **options)` -> a started `cls`, stopped after the test."""
+    """A fixture for one fake: `make(registry, **options)` -> a started `cls`, stopped after the test.
+
+    Assign it to the fixture's name in the fake's module (`gitlab_api = api_fixture(FakeGitLab)`)."""
     @pytest.fixture
-    def factory():
+    def start_fake_api():
+        """`make(registry, **options)`: the fake API started on loopback in front of `registry`."""
         started: list[FakeApi] = []
 
         def make(registry: LocalRegistry, **options: Any) -> FakeApi:
@@ -245,4 +248,4 @@ def api_fixture(cls: type[FakeApi]):
         if broken:
             pytest.fail(f"{len(broken)} disagreement(s) with the vendor's API description "
                         "(tests/contracts/):\n" + "\n".join(dict.fromkeys(broken)), pytrace=False)
-    return factory
+    return start_fake_api

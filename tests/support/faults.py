@@ -18,6 +18,8 @@ method and path) this rule has already faulted is let through and the fault pass
 one, so a client that retries always gets through: the fault is intermittent, as behind a flaky
 load balancer, and a run's outcome does not depend on how concurrent requests interleave.
 Requests no rule faults are forwarded as they are.
+
+`ServingProxy` is a FaultProxy that answers some paths itself with fixed manifests.
 """
 
 from __future__ import annotations
@@ -28,82 +30,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request, client_address):
-        pass  # a client hanging up mid-request is expected in fault tests, not worth a traceback
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format, *args):
-        pass
-
-    def read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response_only(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body and self.command != "HEAD":
-            self.wfile.write(body)
-
-
-class LoopbackServer:
-    """A threading HTTP server on a free 127.0.0.1 port, started and stopped with its owner."""
-
-    handler: type[Handler]
-
-    def start(self):
-        handler = type("BoundHandler", (self.handler,), {"owner": self})
-        self._server = _QuietServer(("127.0.0.1", 0), handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
-                                        name=f"{type(self).__name__}:{self.port}")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+from tasks.oci.manifest import sha256_digest
+from testbed.loopback import Handler, LoopbackServer
 
 
 @dataclass
@@ -316,5 +248,26 @@ class FaultProxy(LoopbackServer):
                 return self._hang_up()
             if content and self.command != "HEAD":
                 self.wfile.write(content)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+
+class ServingProxy(FaultProxy):
+    """A FaultProxy that also serves fixed manifests, as registries that accept any media type do
+    (zot, Harbor, GHCR): Distribution 2.8 itself refuses to store them."""
+
+    def __init__(self, upstream: str, served: dict[str, tuple[str, bytes]]):
+        super().__init__(upstream)
+        self.served = served   # path regex → (content type, body)
+
+    class handler(FaultProxy.handler):
+        def _any(self):
+            for rx, (ctype, body) in self.owner.served.items():
+                if re.search(rx, self.path):
+                    self.read_body()
+                    with self.owner._lock:
+                        self.owner.requests.append((self.command, self.path))
+                    return self.reply(200, body, {"Content-Type": ctype, "Docker-Content-Digest": sha256_digest(body)})
+            return FaultProxy.handler._any(self)
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any

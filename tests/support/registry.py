@@ -12,6 +12,10 @@
     fault_proxy                 a FaultProxy (tests/support/faults.py) in front of `registry`;
                                 fault_proxy_factory(upstream) for others (a registry, a KubeServer, a URL)
 
+The session-scoped ones (registry, registry_client, registry_ca, tls_registry, htpasswd_registry,
+token_stack, token_registry) are global through tests/conftest.py; a test module imports the
+others (unique_repo, fresh_registry, token_issuer, fault_proxy, fault_proxy_factory).
+
 READER_USER / READER_PASSWORD is a second account of htpasswd and token registries; on the token
 registry it is granted `pull` only, so pushes and deletes are refused as on a read-only robot account.
 """
@@ -42,9 +46,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from testbed import LocalRegistry, TokenAuth, write_htpasswd
-from tests.support.faults import FaultProxy, FaultRule  # noqa: F401 - the proxy's home is tests/support/faults.py
-from tests.support.faults import Handler as _Handler
-from tests.support.faults import LoopbackServer as _LoopbackServer
+from testbed.loopback import Handler, LoopbackServer
+from tests.support.faults import FaultProxy
 
 REGISTRY_USER = "regsweep-ci"
 REGISTRY_PASSWORD = "correct horse battery staple"
@@ -86,7 +89,7 @@ def _signing_cert(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Cer
     return key, cert, path
 
 
-class TokenIssuer(_LoopbackServer):
+class TokenIssuer(LoopbackServer):
     """A Docker token server (`GET /token?service=&scope=&account=` with Basic credentials).
 
     Answers `{token, access_token, expires_in, issued_at}` with an ES256 JWT whose `x5c` header
@@ -168,7 +171,7 @@ class TokenIssuer(_LoopbackServer):
         issued_at = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"token": token, "access_token": token, "expires_in": expires_in, "issued_at": issued_at}
 
-    class handler(_Handler):
+    class handler(Handler):
         def do_GET(self):
             issuer: TokenIssuer = self.owner
             url = urlsplit(self.path)
@@ -270,7 +273,8 @@ def htpasswd_registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def _token_stack(tmp_path_factory):
+def token_stack(tmp_path_factory):
+    """The token registry and its issuer, started together once: (LocalRegistry, TokenIssuer)."""
     directory = tmp_path_factory.mktemp("registry-token")
     with TokenIssuer(directory, {REGISTRY_USER: REGISTRY_PASSWORD, READER_USER: READER_PASSWORD},
                      permissions={READER_USER: {"pull"}}) as issuer:
@@ -280,15 +284,15 @@ def _token_stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def token_registry(_token_stack):
+def token_registry(token_stack):
     """A registry behind Docker token auth served by `token_issuer`; `.credentials` is the known user."""
-    return _token_stack[0]
+    return token_stack[0]
 
 
 @pytest.fixture
-def token_issuer(_token_stack):
+def token_issuer(token_stack):
     """The token registry's issuer, with counters reset and the default `expires_in` (300 s)."""
-    issuer = _token_stack[1]
+    issuer = token_stack[1]
     issuer.reset()
     yield issuer
     issuer.reset()
@@ -316,6 +320,7 @@ def fault_proxy_factory():
 
 
 @pytest.fixture
-def fault_proxy(registry, fault_proxy_factory) -> FaultProxy:
+def fault_proxy(registry) -> FaultProxy:
     """A FaultProxy in front of the session `registry`; point clients at `fault_proxy.url`."""
-    return fault_proxy_factory(registry)
+    with FaultProxy(registry.url) as proxy:
+        yield proxy

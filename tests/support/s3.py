@@ -4,6 +4,8 @@
     s3_env         environment variables that point boto3/s3fs (and CLI subprocesses) at it
     s3_store       a store URL `s3://<fresh bucket>/regsweep` with the environment set for this test
 
+s3_server and s3_env are session-scoped, global through tests/conftest.py; import s3_store.
+
 boto3 and s3fs read the endpoint from `AWS_ENDPOINT_URL_S3` (botocore's service-specific endpoint
 variable), so product code is configured exactly as a user configures it for MinIO or Ceph:
 by environment, with no test-only switch.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,19 +24,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testbed.loopback import free_port
+
 _buckets = itertools.count()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> str:
     exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)

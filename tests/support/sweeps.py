@@ -1,7 +1,6 @@
-"""Sweep fixtures and builders: configs, snapshots and plans made by the real extractors and evaluation.
+"""Sweep fixtures and builders: snapshots and plans made by the real extractors and evaluation.
 
     sweep            fixture: sweep(cfg, plan, **flow parameters) runs the sweep flow; its JSON report
-    write_config     a sweep-test configuration for one repository (git off, fresh window 2 h)
     take_snapshot    a snapshot taken by the real extractors, at an optional clock (probe: with capabilities)
     make_plan, plan_of   plans stored as the plan flow stores them
     edit_plan        a stored plan with some tags' actions changed by hand, as a new plan
@@ -13,10 +12,8 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
-import yaml
 
 from tasks.snapshot.take import SourceStatus
 
@@ -31,23 +28,6 @@ OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 #: (a digest no content hashes to, and a random `regsweep-capability-probe-…` tag).
 TARGET_DELETES = r"/manifests/(?!sha256:0{64}$|regsweep-capability-probe-)"
 PROBE_DELETES = r"/manifests/(sha256:0{64}$|regsweep-capability-probe-)"
-
-
-def write_config(tmp_path: Path, url: str, repo: str, *, sweep: dict | None = None,
-                 kubeconfig: Path | None = None, name: str = "regsweep.yaml") -> Path:
-    data = {
-        "store": str(tmp_path / "store"),
-        "registry": {"url": url, "repositories": [repo], "concurrency": 4},
-        "cleanup": {"disableKubernetesBasedPolicy": kubeconfig is None, "disableGitHistoryBasedPolicy": True,
-                    "keepImagesBuiltWithinLastNHours": 2, "unlinkedImages": "delete"},
-        "helm": {"enabled": False},
-        "sweep": {"concurrency": 2, **(sweep or {})},
-    }
-    if kubeconfig is not None:
-        data["kubernetes"] = {"kubeconfig": str(kubeconfig)}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def take_snapshot(cfg, now: datetime | None = None, *, probe: bool = False) -> str:

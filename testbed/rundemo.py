@@ -7,7 +7,11 @@ deployments/prefect.yaml registered with the demo's configuration; one snapshot 
 cycle run through them, the sweep paused for approval in the UI. Everything lives under
 ./var/demo: the store and Prefect's database persist between runs (history grows), the registry,
 git repository and dumps are rebuilt. A run left over from an earlier demo is cancelled.
-The demo infrastructure is testbed/'s (demo.py: the sample world, prefect.py: server and worker).
+The demo infrastructure is the rest of testbed/ (demo.py: the sample world, prefect.py: server
+and worker), which is why this driver lives here and not in the product's flows/.
+
+    python -m testbed.rundemo [--until-paused]
+
 `--until-paused` stops everything as soon as the instructions are printed (a quick check).
 """
 
@@ -168,6 +172,7 @@ def watch(server, sweep_id) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo until Ctrl-C (or, with `--until-paused`, until the sweep waits for approval); exit code."""
     args = sys.argv[1:] if argv is None else argv
     base = Path("var/demo").resolve()
     home = base / "prefect"
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         dumps = write_dumps(base / "cluster", history, summary)
         config = demo_config(base, registry.url, dumps)
         config_path = base / "regsweep.yaml"
-        config_path.write_text("# Written by `make demo` (flows/demo.py); rewritten on every run.\n"
+        config_path.write_text("# Written by `make demo` (testbed/rundemo.py); rewritten on every run.\n"
                                + yaml.safe_dump(config, sort_keys=False))
         _note(f"registry {registry.url}: {summary['tags']} tags; waiting for the Prefect server")
         server.wait_healthy()
