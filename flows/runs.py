@@ -40,7 +40,7 @@ def run_config(config: RegsweepConfig | str) -> RegsweepConfig:
     return config
 
 
-def check_up_front_approval(config: RegsweepConfig, approve: bool, max_deletions: int | None) -> None:
+def check_run_approval(config: RegsweepConfig, approve: bool, max_deletions: int | None) -> None:
     """Refuse, in a deployment run, approval up front or a cap above `sweep.maxDeletions` unless the
     worker's configuration allows them; the approval form in the UI stays the way to approve."""
     if not in_deployment_run():

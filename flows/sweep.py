@@ -22,6 +22,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from flows.plan import DELETIONS_ARTIFACT, PLAN_ARTIFACT, PLAN_ARTIFACTS
+from flows.runs import ConfigParam, check_run_approval, run_config
 from tasks.config.models import RegsweepConfig, SweepConfig
 from tasks.common.errors import SweepNotApproved
 from tasks.sweep.lock import sweep_lock
@@ -97,7 +98,7 @@ def ask_approval(settings: SweepConfig, intent: Intent, poll_interval: int) -> S
 
 @flow(name="regsweep-sweep")
 def sweep_flow(
-    config: RegsweepConfig,
+    config: ConfigParam,
     plan: Annotated[str, Field(description="Plan id, or `latest`.")] = "latest",
     dry_run: Annotated[bool, Field(description="Re-check and report what would be deleted; delete nothing.")] = False,
     approve: Annotated[bool, Field(description="Approval given up front (no pause), within max_deletions.")] = False,
@@ -105,6 +106,8 @@ def sweep_flow(
     approval_poll_interval: Annotated[int, Field(ge=1, description="Seconds between checks for the approval.")] = 10,
 ) -> dict:
     """Delete what a plan decided: lock, approval, fresh re-checks, journalled deletions; returns the report."""
+    config = run_config(config)
+    check_run_approval(config, approve, max_deletions)   # a deployment run approves up front only if the worker allows
     store = Store(config.store)
     limit = config.sweep.maxDeletions if max_deletions is None else max_deletions
     with contextlib.nullcontext() if dry_run else sweep_lock(store, config.registry.url, plan):

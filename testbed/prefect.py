@@ -173,10 +173,11 @@ def run_cli(args: list[str], home: Path, api_url: str, cwd: Path, env: dict[str,
     return r.stdout
 
 
-def deployment_file(source: Path, dest: Path, *, config: dict, pool: str, sweep: dict | None = None,
+def deployment_file(source: Path, dest: Path, *, config: str, pool: str, sweep: dict | None = None,
                     schedules_active: bool = False) -> Path:
-    """`source` (deployments/prefect.yaml) with `config` as every deployment's configuration, the
-    work pool renamed, schedules paused unless asked, and `sweep` as extra sweep parameters."""
+    """`source` (deployments/prefect.yaml) with every deployment naming the worker-held configuration
+    `config` (see `hold_config`), the work pool renamed, schedules paused unless asked, and `sweep`
+    as extra sweep parameters."""
     doc = yaml.safe_load(Path(source).read_text())
     doc.pop("definitions", None)  # the anchors are resolved by now
     for d in doc["deployments"]:
@@ -190,6 +191,16 @@ def deployment_file(source: Path, dest: Path, *, config: dict, pool: str, sweep:
     dest.write_text("# Written by testbed/prefect.py from " + Path(source).name + "; edits are overwritten.\n"
                     + yaml.safe_dump(doc, sort_keys=False))
     return dest
+
+
+def hold_config(config_dir: Path, name: str, config: dict) -> Path:
+    """Write `config` as the worker-held configuration `name` (`<config_dir>/<name>.yaml`): the
+    worker is started with REGSWEEP_CONFIG_DIR=config_dir, and deployments name it (docs/security.md)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / f"{name}.yaml"
+    path.write_text("# A configuration the worker holds; deployment runs name it, never pass it.\n"
+                    + yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def deploy(prefect_file: Path, pool: str, home: Path, api_url: str, cwd: Path) -> None:

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from testbed import LocalRegistry
         from testbed.demo import build_history, seed_demo, write_dumps
-        from testbed.prefect import Worker, cancel_runs, deploy, deployment_file
+        from testbed.prefect import Worker, cancel_runs, deploy, deployment_file, hold_config
 
         now = datetime.now(timezone.utc).replace(microsecond=0)
         history = build_history(base / "git", now)
@@ -211,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         left = cancel_runs()
         if left:
             _note(f"cancelled {left} run(s) left over from an earlier demo")
-        prefect_file = deployment_file(ROOT / "deployments" / "prefect.yaml", base / "prefect.yaml", config=config,
+        hold_config(base / "worker-configs", "demo", config)   # the worker holds it; the deployments name it
+        prefect_file = deployment_file(ROOT / "deployments" / "prefect.yaml", base / "prefect.yaml", config="demo",
                                        pool=POOL, sweep={"approval_poll_interval": 2})
         deploy(prefect_file, POOL, home, server.api_url, ROOT)
-        worker = Worker(server, POOL, home, env={"REGSWEEP_HOME": str(ROOT)}).start()
+        worker = Worker(server, POOL, home, env={"REGSWEEP_HOME": str(ROOT),
+                                                 "REGSWEEP_CONFIG_DIR": str(base / "worker-configs")}).start()
         runs = run_cycle(server)
         for line in instructions(server, registry.url, summary, history, config, config_path, runs):
             _say(line)

@@ -20,15 +20,22 @@ def _deployments():
 
 
 def _validated(d: dict) -> dict:
-    """A deployment's parameters as its flow validates them; the what-if's candidate policy is
-    filled in from the UI form at run time, so a test fills one in."""
+    """A deployment's parameters as its flow validates them, with the configuration it names loaded
+    from deployments/configs as a worker holding that directory would; the what-if's candidate
+    policy is filled in from the UI form at run time, so a test fills one in."""
     from prefect.flows import load_flow_from_entrypoint
+
+    from tasks.config.models import load_config
+    from tasks.config.pinned import NAME
 
     flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
     given = d.get("parameters", {})
     if "candidate" in flow.parameters.required:
         given = {**given, "candidate": {"keepImagesBuiltWithinLastNHours": 1}}
-    return flow.validate_parameters(given)
+    params = flow.validate_parameters(given)
+    assert isinstance(params["config"], str) and NAME.match(params["config"]), d["name"]   # a name, never a config
+    params["config"] = load_config(ROOT / "deployments" / "configs" / f"{params['config']}.yaml")
+    return params
 
 
 def test_every_deployment_names_a_flow_whose_parameters_validate():
@@ -58,7 +65,7 @@ def test_deploy_registers_the_deployments_on_a_prefect_server(prefect_api_url, t
         client.read_deployment_by_name("regsweep-history/history")
         client.read_deployment_by_name("regsweep-whatif/whatif")
     assert [s.schedule.cron for s in snap.schedules] == ["5 * * * *"]
-    assert snap.parameters["config"]["registry"]["auth"] == {"username": "ci", "password_env": "REGISTRY_PASSWORD"}
+    assert snap.parameters["config"] == "team"   # the worker holds the configuration; the deployment names it
     assert sweep.parameters["plan"] == "latest"
     assert sweep.global_concurrency_limit.limit == 1
     assert sweep.concurrency_options.collision_strategy == "CANCEL_NEW"
@@ -87,8 +94,9 @@ def test_no_deployment_parameter_or_job_variable_holds_a_secret():
         for d in yaml.safe_load(path.read_text())["deployments"]:
             assert list(_secretish(d.get("parameters", {}))) == [], (path.name, d["name"])
             assert list(_secretish((d.get("work_pool") or {}).get("job_variables") or {})) == [], (path.name, d["name"])
-    k8s_auth = yaml.safe_load(K8S_YAML.read_text())["deployments"][0]["parameters"]["config"]["registry"]["auth"]
-    assert k8s_auth == {"username": "ci", "password_block": "regsweep-registry"}
+    held = yaml.safe_load((ROOT / "deployments" / "configs" / "team-in-cluster.yaml").read_text())
+    assert held["registry"]["auth"] == {"username": "ci", "password_block": "regsweep-registry"}
+    assert list(_secretish(held)) == []
 
 
 def test_the_kubernetes_variant_runs_the_same_flows_in_cluster_with_the_rbac_service_account():

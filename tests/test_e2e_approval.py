@@ -18,7 +18,7 @@ from tasks.store.store import Store
 from tests.support.e2e import E2E_POOL, ROOT, on_server
 from testbed.kube import kubectl_list, workload
 from tests.support.sweeps import fresh, old, status
-from testbed.prefect import deploy, deployment_file, wait_for_run
+from testbed.prefect import deploy, deployment_file, hold_config, wait_for_run
 from tests.support.e2e import browser  # noqa: F401 (fixtures)
 from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
@@ -29,7 +29,7 @@ SNAPSHOT, PLAN, SWEEP = ("regsweep-snapshot/snapshot-hourly", "regsweep-plan/pla
 
 
 @pytest.fixture
-def deployed_repo(registry, registry_client, unique_repo, tmp_path, prefect_server, e2e_worker):
+def deployed_repo(registry, registry_client, unique_repo, tmp_path, prefect_server, e2e_worker, worker_configs):
     """A repository with two images to delete, one fresh and one in use (by a cluster dump); the
     deployments registered with a configuration for it; returns (config, repo, digests)."""
     c, repo = registry_client, unique_repo
@@ -40,7 +40,9 @@ def deployed_repo(registry, registry_client, unique_repo, tmp_path, prefect_serv
               "kubernetes": {"dumps": [{"file": str(dump), "context": "prod"}]}, "helm": {"enabled": False},
               "cleanup": {"disableGitHistoryBasedPolicy": True, "keepImagesBuiltWithinLastNHours": 2,
                           "unlinkedImages": "delete"}}
-    prefect_file = deployment_file(ROOT / "deployments" / "prefect.yaml", tmp_path / "prefect.yaml", config=config,
+    name = re.sub(r"[^a-z0-9-]+", "-", repo.lower()).strip("-")[-60:]
+    hold_config(worker_configs, name, config)   # the worker holds it; the deployments name it
+    prefect_file = deployment_file(ROOT / "deployments" / "prefect.yaml", tmp_path / "prefect.yaml", config=name,
                                    pool=E2E_POOL, sweep={"approval_poll_interval": 1})
     deploy(prefect_file, E2E_POOL, tmp_path / "prefect-cli", prefect_server.api_url, ROOT)
     return config, repo, digests

@@ -29,7 +29,9 @@ SERVE = textwrap.dedent("""
     from flows.history import growth_flow
     from flows.plan import plan_flow
     from flows.snapshot import snapshot_flow
+    from flows.sweep import sweep_flow
     serve(snapshot_flow.to_deployment("trust", parameters={"config": "team"}),
+          sweep_flow.to_deployment("trust", parameters={"config": "team"}),
           plan_flow.to_deployment("trust", parameters={"config": "team"}),
           growth_flow.to_deployment("trust", parameters={"config": "team"}))
 """)
@@ -79,6 +81,8 @@ def worker_configs(tmp_path_factory, registry, evil):
             "helm": {"enabled": False},
             "cleanup": {"disableKubernetesBasedPolicy": True, "disableGitHistoryBasedPolicy": True}}
     (d / "team.yaml").write_text(yaml.safe_dump(team))
+    (d / "unattended.yaml").write_text(yaml.safe_dump({**team, "store": str(d / "store-unattended"),
+                                                       "sweep": {"upFrontApproval": True, "maxDeletions": 5}}))
     return d
 
 
@@ -96,7 +100,8 @@ def served(prefect_api_url, worker_configs):
     with get_client(sync_client=True) as client:
         while True:
             try:
-                for name in ("regsweep-snapshot/trust", "regsweep-plan/trust", "regsweep-history/trust"):
+                for name in ("regsweep-snapshot/trust", "regsweep-plan/trust", "regsweep-history/trust",
+                             "regsweep-sweep/trust"):
                     client.read_deployment_by_name(name)
                 break
             except Exception:
@@ -158,3 +163,18 @@ def test_the_worker_s_own_configuration_runs(served, registry_client, worker_con
     assert run.state.is_completed(), run.state.message
     published = list((worker_configs / "store" / "snapshots").glob("*/snapshot.json"))
     assert len(published) == 1 and '"complete": true' in published[0].read_text()
+
+
+def test_a_deployment_run_cannot_approve_up_front_unless_the_worker_s_configuration_allows_it(served):
+    run = _run("regsweep-sweep/trust", {"config": "team", "approve": True})
+    assert run.state.is_failed()
+    assert "approve: a deployment run cannot approve up front" in run.state.message
+    # the worker's own configuration may allow it: the run then gets past the gate (and finds no plan)
+    run = _run("regsweep-sweep/trust", {"config": "unattended", "approve": True, "max_deletions": 5})
+    assert run.state.is_failed() and "no plans yet" in run.state.message
+
+
+def test_a_deployment_run_cannot_raise_the_deletion_cap_above_the_worker_s(served):
+    run = _run("regsweep-sweep/trust", {"config": "unattended", "approve": True, "max_deletions": 1_000_000})
+    assert run.state.is_failed()
+    assert "max_deletions: above the worker's sweep.maxDeletions (5): refused" in run.state.message

@@ -46,9 +46,15 @@ def on_server(server: PrefectServer):
 
 
 @pytest.fixture(scope="session")
-def e2e_worker(prefect_server, tmp_path_factory):
+def worker_configs(tmp_path_factory) -> Path:
+    """The directory of configurations the end-to-end worker holds (REGSWEEP_CONFIG_DIR)."""
+    return tmp_path_factory.mktemp("worker-configs")
+
+
+@pytest.fixture(scope="session")
+def e2e_worker(prefect_server, tmp_path_factory, worker_configs):
     worker = Worker(prefect_server, E2E_POOL, tmp_path_factory.mktemp("prefect-worker"),
-                    env={"REGSWEEP_HOME": str(ROOT)}).start()
+                    env={"REGSWEEP_HOME": str(ROOT), "REGSWEEP_CONFIG_DIR": str(worker_configs)}).start()
     yield worker
     with on_server(prefect_server):
         cancel_runs()   # a test that failed may leave a run paused
