@@ -9,9 +9,10 @@ What it owns, in the order a sweep runs:
   (PlanRefused otherwise). It becomes an `Intent` (`intent`): the deletion targets
   (`targets.deletion_targets`) minus what an earlier run of the plan finished, with what the
   registry's probed capabilities keep up front.
-- **Targets** (`targets`). A manifest is deleted by digest only when every tag on it is `delete`
-  in the plan and nothing kept references it: no kept index lists it as a platform manifest,
-  and an artifact goes only with its subject. A deleted index takes its platform manifests
+- **Targets** (`targets`). Each says what its DELETE names, decided when it is made: a digest
+  (sha256 or sha512), or one tag alone. A manifest is deleted by digest only when every tag on
+  it is `delete` in the plan and nothing kept references it: no kept index lists it as a
+  platform manifest, and an artifact goes only with its subject. A deleted index takes its platform manifests
   along, a deleted subject its signatures, SBOMs and referrers fallback index; each of those
   waits for its parents to be gone first, and is skipped when one of them was not deleted. A
   `delete` tag on a digest that stays is removed on its own where the registry can do that.

@@ -178,7 +178,7 @@ class _Deletion:
     # -- outcomes and the journal ------------------------------------------------------------------
     def _finish(self, t: Target, status: str, detail: str = "") -> None:
         """Record how `t` ended, wake its children, and queue its end record for the journal."""
-        self.outcomes.append(Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, status, detail))
+        self.outcomes.append(t.outcome(status, detail))
         if not t.is_tag:
             fut = self.finished[f"{t.repository}@{t.digest}"]
             if not fut.done():
@@ -243,7 +243,8 @@ class _Deletion:
         for p in t.parents:
             if (t.repository, p) in self.done_before:
                 continue
-            if await self.finished[f"{t.repository}@{p}"] not in (DONE, WOULD_DELETE):
+            fut = self.finished.get(f"{t.repository}@{p}")
+            if fut is None or await fut not in (DONE, WOULD_DELETE):
                 return
 
     def _blocked(self, t: Target) -> str | None:
@@ -251,8 +252,9 @@ class _Deletion:
         for p in t.parents:
             if (t.repository, p) in self.done_before:
                 continue
-            fut = self.finished[f"{t.repository}@{p}"]
-            if fut.done() and fut.result() not in (DONE, WOULD_DELETE):
+            # A parent that is no target of this run (kept up front) was not deleted either.
+            fut = self.finished.get(f"{t.repository}@{p}")
+            if fut is None or (fut.done() and fut.result() not in (DONE, WOULD_DELETE)):
                 return f"{p}, which it belongs to, was not deleted"
         if self.stop:
             return f"not attempted: {self.stop}"

@@ -23,7 +23,7 @@ from tasks.store.store import Store
 from tasks.sweep.journal import Journal
 from tasks.sweep.recheck import merge_digests, referenced_digests
 from tasks.sweep.intent import Intent
-from tasks.sweep.targets import SKIPPED, Outcome, Target, deletion_targets
+from tasks.sweep.targets import SKIPPED, Target, deletion_targets
 from tasks.common.units import human_age, parse_duration, parse_time, utcnow
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def _apply_capabilities(intent: Intent, caps: Capabilities) -> None:
         elif not t.is_tag and not t.tags and untagged:
             why = caps.notes.get("delete_untagged") or f"registry {intent.registry} cannot delete untagged manifests"
         if why:
-            intent.skipped.append(Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, SKIPPED, why))
+            intent.skipped.append(t.outcome(SKIPPED, why))
         else:
             keep.append(t)
     intent.targets = keep
