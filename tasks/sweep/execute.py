@@ -19,7 +19,7 @@ from tasks.common.errors import RegistryAuthError, RegistryError, RegistryUnreac
 from tasks.common.notes import collecting, warn
 from tasks.store.store import Store
 from tasks.sweep.journal import Event, Journal
-from tasks.sweep.loading import no_tag_delete, reclaim_after
+from tasks.sweep.loading import check_age_after_approval, no_tag_delete, reclaim_after
 from tasks.sweep.recheck import Protection, merge_digests, recheck_cluster, recheck_registry
 from tasks.sweep.intent import Intent
 from tasks.sweep.report import SweepReport
@@ -35,11 +35,14 @@ log = logging.getLogger("regsweep.sweep")
 def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dry_run: bool = False) -> SweepReport:
     """Re-check and delete an approved intent (or, dry, report what would go).
 
-    Raises SweepFailed, deleting nothing, when a re-check cannot run; a target that fails is
-    recorded in the report (and the journal) instead.
+    Raises PlanRefused, deleting nothing, when the plan is now older than `sweep.maxPlanAge`, and
+    SweepFailed, deleting nothing, when a re-check cannot run; a target that fails is recorded in
+    the report (and the journal) instead.
     """
     from tasks.common.progress import reporter
 
+    # The plan was checked before approval; a wait for approval may have aged it past the limit.
+    check_age_after_approval(intent, config.sweep)
     outcomes: list[Outcome] = []
     rep = reporter()
     with collecting() as notes:

@@ -2,7 +2,8 @@
 
 A plan is refused (PlanRefused, nothing deleted) unless it was made for this registry under the
 current cleanup policy, from a complete snapshot that is younger than `sweep.maxPlanAge` and
-not dated in the future (README "Safety").
+not dated in the future (docs/safety.md). The age is checked again once approval came
+(`check_age_after_approval`): the wait for it may be long.
 
 The registry's capabilities recorded with the plan (probed with its snapshot, tasks/registry/capabilities.py)
 decide up front what cannot go: lone tags where the registry cannot delete a tag alone, untagged
@@ -49,6 +50,16 @@ class LoadedPlan:
     manifests: "pd.DataFrame"
     children: "pd.DataFrame"
     capabilities: Capabilities | None = None
+
+
+def check_age_after_approval(intent: Intent, settings: "SweepConfig") -> None:
+    """PlanRefused when the plan checked before approval has since passed `sweep.maxPlanAge`
+    (approval may wait for up to `sweep.approvalTimeout`): nothing is deleted then."""
+    try:
+        _check_age(intent.plan_id, intent.snapshot_id, {"created_at": intent.snapshot_created},
+                   {"created_at": intent.plan_created}, settings)
+    except PlanRefused as e:
+        raise PlanRefused(f"{e} (checked again after approval, before the first DELETE)") from None
 
 
 def _check_age(plan_id: str, snapshot_id: str, snap: dict, meta: dict, settings: "SweepConfig") -> None:
