@@ -18,12 +18,14 @@ What it owns, in the order a sweep runs:
   `delete` tag on a digest that stays is removed on its own where the registry can do that.
 - **Approval** (`approval.render`, the form's text; `report.check_deletable` and
   `report.check_up_front_approval`, the checks before asking).
-- **Re-checks** (`recheck`, `execute`), after approval and just before deleting: every planned
-  tag must still resolve to the planned digest (right before each DELETE); no other tag in the
-  repository may now point at a target (a tag pushed or moved after the snapshot); a new index,
-  or one that workloads or Helm name by digest only (untagged, so no snapshot read it), must not
-  list a target as a platform manifest; and, by default, a fresh cluster scan must not show a
-  target in use. A re-check that cannot run deletes nothing (fail closed).
+- **Re-checks** (`recheck`, `execute`), after approval: the plan must still be younger than
+  `sweep.maxPlanAge`; by default, a fresh cluster scan must not show a target in use; and right
+  before each DELETE (and before each retry of one) the target's repository is listed and every
+  tag resolved again, batched per repository: every planned tag must still resolve to the planned
+  digest, no other tag may now point at a target (pushed or moved since the snapshot, or while
+  the sweep ran), and no new index or artifact, nor one that workloads or Helm name by digest
+  only (untagged, so no snapshot read it), may list or refer to it. A re-check that cannot run
+  before the first DELETE deletes nothing (fail closed).
 - **Deleting and the journal** (`execute.delete_targets`, `journal`): `started` is durable
   (fsync) before each DELETE goes out, `done`/`skipped`/`failed` is written after. Running the
   same plan again resumes: `done` targets are never requested again, and a target left `started`
