@@ -3,16 +3,24 @@
 Against the real Distribution registry, through tests/support/faults.py's FaultProxy: a DELETE
 held at the proxy (or answered 503 with Retry-After) leaves time for someone to tag, promote or
 index a target; the sweep must look at the repository again right before each DELETE, and again
-before retrying one.
+before retrying one. A registry whose tag DELETE takes the manifest along is caught after the
+first lone tag, and no further lone tag is deleted.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
+import httpx
+import pytest
+
+from tasks.common.errors import SweepFailed
 from tasks.config.models import load_config
-from testbed import push_index, tag_manifest
-from tests.support.sweeps import (TARGET_DELETES, fresh, journal_events, old, plan_of, resolves_to,
+from testbed import MANIFEST_ACCEPT, push_index, tag_manifest
+from tests.support.faults import FaultProxy
+from tests.support.sweeps import (TARGET_DELETES, edit_plan, fresh, journal_events, old, plan_of, resolves_to,
                                   start_in_thread, status, write_config)
 
 MOVED = "tag hotfix now points at it (pushed or moved after the snapshot)"
@@ -103,3 +111,61 @@ def test_a_target_tagged_while_its_delete_waits_out_a_503_is_not_sent_again(
     assert fault_proxy.count("DELETE", f"/manifests/{d1}$") == 1   # the answered-503 one; no retry went out
     assert outcome_of(report, d1) == ("skipped", MOVED)
     assert report["retries"]["count"] == 1 and report["failed"] == 0
+
+
+# --------------------------------------------------------------------------- a tag DELETE that is not one
+
+
+class TagDeleteTakesTheManifest(FaultProxy):
+    """A registry whose DELETE of a tag deletes the manifest the tag names, and so every tag on
+    it, instead of the tag alone: Distribution behind a proxy that turns `DELETE
+    /v2/<repo>/manifests/<tag>` into a DELETE by the digest the tag resolves to."""
+
+    def __init__(self, upstream: str):
+        super().__init__(upstream)
+        self.tag_deletes: list[str] = []
+
+    class handler(FaultProxy.handler):
+        def do_DELETE(self):
+            proxy = self.owner
+            m = re.fullmatch(r"/v2/(.+)/manifests/([^/?:]+)", self.path)
+            if m:
+                repo, tag = m.groups()
+                proxy.tag_deletes.append(tag)
+                head = httpx.head(f"{proxy.upstream}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT})
+                if head.status_code != 200:
+                    body = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+                    return self.reply(404, body.encode(), {"Content-Type": "application/json"})
+                self.path = f"/v2/{repo}/manifests/{head.headers['docker-content-digest']}"
+            return self._any()
+
+
+def test_a_lone_tag_delete_that_took_its_digest_stops_every_further_lone_tag_delete(
+        sweep, registry, registry_client, unique_repo, tmp_path):
+    c, repo = registry_client, unique_repo
+    d = {old(c, repo, "old-1"): ("old-1", "release-1"), old(c, repo, "old-2"): ("old-2", "release-2")}
+    for digest, (_, release) in d.items():
+        tag_manifest(c, repo, digest, release)
+    with TagDeleteTakesTheManifest(registry.url) as proxy:
+        cfg = load_config(write_config(tmp_path, proxy.url, repo))
+        # Each digest keeps its release tag; its old tag goes alone. The capability probe (a
+        # random tag, answered 404) says lone tags can be deleted.
+        plan = edit_plan(cfg, plan_of(cfg), {"release-1": "keep", "release-2": "keep"})
+
+        with pytest.raises(SweepFailed) as exc:
+            sweep(cfg, plan, approve=True)
+
+    first, second = sorted(d)   # lone tags go in digest order, one at a time until one proves safe
+    first_tag, second_tag = d[first][0], d[second][0]
+    assert [t for t in proxy.tag_deletes if not t.startswith("regsweep-capability-probe-")] == [first_tag]
+    # The damage is the first lone tag's digest (found gone at once); the other digest is untouched.
+    assert status(c, repo, first) == 404
+    assert status(c, repo, second) == 200 and all(resolves_to(c, repo, t) == second for t in d[second])
+    unsafe = (f"registry {proxy.url} deleted manifest {first} with tag {repo}:{first_tag}: its tag deletion is "
+              "unsafe (it deletes the manifest and every tag on it, not the tag alone)")
+    report = exc.value.report
+    why = {o.ref: (o.status, o.detail) for o in report.outcomes}
+    assert why[first_tag] == ("failed", f"{unsafe}; no further lone tag is deleted")
+    assert why[second_tag] == ("skipped", f"not attempted: {unsafe}")
+    assert report.notes["warnings"]["count"] == 1
+    assert str(exc.value).startswith(f"1 deletions failed in {proxy.url} (first: {repo}@{first}: {unsafe}")

@@ -25,7 +25,8 @@ What it owns, in the order a sweep runs:
   digest, no other tag may now point at a target (pushed or moved since the snapshot, or while
   the sweep ran), and no new index or artifact, nor one that workloads or Helm name by digest
   only (untagged, so no snapshot read it), may list or refer to it. A re-check that cannot run
-  before the first DELETE deletes nothing (fail closed).
+  before the first DELETE deletes nothing (fail closed). A lone-tag DELETE is followed by a look
+  at its digest: gone means the registry's tag deletion is unsafe, and no further lone tag goes.
 - **Deleting and the journal** (`execute.delete_targets`, `journal`): `started` is durable
   (fsync) before each DELETE goes out, `done`/`skipped`/`failed` is written after. Running the
   same plan again resumes: `done` targets are never requested again, and a target left `started`

@@ -7,7 +7,8 @@ before each DELETE, and before each retry of one, the target's repository is rea
 (tasks/sweep/recheck.py `RegistryRecheck`): a tag, index or artifact pushed onto a target while
 the sweep ran keeps it. What the registry can delete comes from its probed capabilities
 (tasks/registry/capabilities.py), recorded with the plan; where none were recorded, the first
-refusal of a lone tag decides for the rest.
+refusal of a lone tag decides for the rest. A lone-tag DELETE that took its digest along stops
+every further one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from tasks.registry.capabilities import DENIED, NO, UNKNOWN, YES, Capabilities
+from tasks.registry.capabilities import DENIED, NO, YES, Capabilities
 from tasks.registry.distribution import RetryPolicy
 from tasks.common.errors import RegistryAuthError, RegistryError, RegistryUnreachable, StoreError, UnsupportedOperation
 from tasks.common.notes import collecting, warn
@@ -151,7 +152,7 @@ class _Deletion:
     The announcer journals `started` for a window of targets, then queues them; each worker takes
     a target, waits for its parents, asks `_blocked` whether anything rules it out, and otherwise
     `_delete`s it. Every target ends in exactly one `_finish`. All state lives on the event loop's
-    thread, so nothing here needs a lock except the order of journal files and the lone-tag probe.
+    thread, so nothing here needs a lock except the order of journal files and lone-tag deletion.
     """
 
     def __init__(self, backend: "Backend", intent: Intent, journal: Journal | None, settings: "SweepConfig", *,
@@ -186,7 +187,12 @@ class _Deletion:
         # from the first lone-tag DELETE of this run (the others wait for it).
         caps = intent.capabilities or Capabilities(api=backend.api)
         self.tag_delete: str = caps.delete_tag
-        self.tag_probe = asyncio.Lock()
+        #: Set once a lone-tag DELETE took its digest along: why no further lone tag is deleted.
+        self.tag_delete_unsafe: str | None = None
+        #: A lone-tag DELETE of this run removed its tag and its digest was still there after:
+        #: until then lone tags go one at a time, so that the first answer decides for the rest.
+        self.tag_delete_seen_safe = False
+        self.tag_lock = asyncio.Lock()
         #: Targets announced (`started` is durable) and not yet taken by a worker; None ends a worker.
         self.ready: asyncio.Queue[Target | None] = asyncio.Queue()
         #: Set when `ready` has drained to half a window: the announcer may journal the next one.
@@ -305,6 +311,8 @@ class _Deletion:
                 return f"{p}, which it belongs to, was not deleted"
         if self.stop:
             return f"not attempted: {self.stop}"
+        if t.is_tag and self.tag_delete_unsafe:
+            return f"not attempted: {self.tag_delete_unsafe}"
         if t.is_tag and self.tag_delete in (NO, DENIED):
             return no_tag_delete(self.registry, t)
         if not t.is_tag and self.intent.refusal:   # a dry run of a plan this registry cannot delete
@@ -381,12 +389,14 @@ class _Deletion:
         self._finish(t, FAILED, why)
 
     async def _delete_tag(self, t: Target) -> None:
-        """Look at `t`'s repository once more, then DELETE lone tag `t`.
+        """DELETE lone tag `t`, then check that its digest is still there.
 
-        Without a recorded probe the first lone-tag deletion finds out whether the registry can
-        do it; the rest wait for its answer instead of each being refused.
+        Until one lone-tag DELETE of this run has been seen to keep its digest, they go one at a
+        time: the first finds out whether the registry can delete a tag alone (where no probe
+        said), and whether it deletes only the tag; the rest wait for its answer. A registry that
+        took the digest along is unsafe: no further lone tag is deleted.
         """
-        async with self.tag_probe if self.tag_delete == UNKNOWN else contextlib.nullcontext():
+        async with contextlib.nullcontext() if self.tag_delete_seen_safe else self.tag_lock:
             why = self._blocked(t)   # the answer the others waited for
             if why is not None:
                 return self._finish(t, SKIPPED, why)
@@ -398,4 +408,16 @@ class _Deletion:
                 self.tag_delete = NO
                 return self._finish(t, SKIPPED, no_tag_delete(self.registry, t))
             self.tag_delete = YES
+            try:
+                survived = not existed or await self.backend.resolve(t.repository, t.digest) is not None
+            except RegistryError as e:
+                return self._finish(t, FAILED, f"tag removed, but whether digest {t.digest} stays could not be "
+                                               f"checked: {e}")
+            if not survived:
+                self.tag_delete_unsafe = (
+                    f"registry {self.registry} deleted manifest {t.digest} with tag {t.repository}:{t.ref}: its "
+                    "tag deletion is unsafe (it deletes the manifest and every tag on it, not the tag alone)")
+                warn(log, f"{self.tag_delete_unsafe}; no further lone tag is deleted")
+                return self._finish(t, FAILED, f"{self.tag_delete_unsafe}; no further lone tag is deleted")
+            self.tag_delete_seen_safe = self.tag_delete_seen_safe or existed
         self._finish(t, DONE, "tag removed, its digest stays" if existed else "already gone (404)")
