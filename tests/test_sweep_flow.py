@@ -6,38 +6,24 @@ go through Prefect's API exactly as the UI sends them (`resume_flow_run` with ru
 
 from __future__ import annotations
 
-import contextvars
 import os
 import re
 import signal
 import subprocess
-import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from tasks.config.models import load_config
-from tasks.common.errors import SweepLocked, SweepNotApproved
+from tasks.common.errors import PlanRefused, SweepLocked, SweepNotApproved
+from tasks.common.units import parse_time, utcnow
 from tasks.store.store import Store
 from tests.support.configs import SWEEP, config
-from tests.support.sweeps import TARGET_DELETES, fresh, journal_events, old, plan_of, status
+from tests.support.sweeps import (TARGET_DELETES, fresh, journal_events, make_plan, old, plan_of, start_in_thread,
+                                  status, take_snapshot)
 from tests.support.registry import fault_proxy, unique_repo  # noqa: F401 (fixtures)
-
-
-def start_in_thread(fn, **kwargs):
-    """Run a flow in a thread (carrying the harness's Prefect settings); returns (thread, box)."""
-    ctx, box = contextvars.copy_context(), {}
-
-    def target():
-        try:
-            box["result"] = ctx.run(fn, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    return th, box
 
 
 def wait_for_approval_form(plan_id: str, timeout: float = 60):
@@ -239,3 +225,38 @@ def test_cli_store_that_cannot_hold_the_journal_exits_1_naming_the_path(run_cli,
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and str(blocker) in r.stderr
     assert r.stdout.strip().splitlines()[-1] == f"failed: store error; journal/{plan} in the store records every deletion made"
     assert all(status(c, repo, d) == 200 for d in doomed)
+
+
+def test_a_plan_that_ages_past_max_plan_age_while_awaiting_approval_is_refused_after_it(
+        prefect_harness, registry, registry_client, unique_repo, tmp_path):
+    """The plan's age is checked when the sweep starts and again once approval came, before any DELETE."""
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.sweep import sweep_flow
+
+    c, repo = registry_client, unique_repo
+    doomed = old(c, repo, "a")
+    # Long enough for the snapshot, the plan and the flow's start on a loaded machine (the first
+    # check must pass), short enough to wait out in a test.
+    limit = 12
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo], sweep={"maxPlanAge": f"{limit}s"}, write=tmp_path))
+    sid = take_snapshot(cfg)
+    plan = make_plan(cfg, sid)
+    taken = parse_time(Store(cfg.store).snapshots.meta(sid)["created_at"])
+
+    th, box = start_in_thread(sweep_flow, config=cfg, plan=plan, approval_poll_interval=1)
+    run, _ = wait_for_approval_form(plan)
+    assert utcnow() - taken < timedelta(seconds=limit), "the setup took longer than the plan may age"
+    while utcnow() - taken <= timedelta(seconds=limit + 1):   # approval comes after the plan aged out
+        time.sleep(0.2)
+    resume_flow_run(run.id, run_input={"approve": True, "approver": "carol", "comment": ""})
+    th.join(60)
+
+    error = box.get("error")
+    assert isinstance(error, PlanRefused), box
+    assert str(error).startswith(f"plan {plan} is based on snapshot {sid} taken ")
+    assert str(error).endswith(f"older than sweep.maxPlanAge {limit}s: take a new snapshot and plan; nothing was "
+                               "deleted (checked again after approval, before the first DELETE)")
+    assert status(c, repo, doomed) == 200
+    assert not any(e["event"] in ("planned", "started") for e in journal_events(cfg, plan))
+    assert final_state(run.id).is_failed()

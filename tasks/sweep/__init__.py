@@ -9,20 +9,24 @@ What it owns, in the order a sweep runs:
   (PlanRefused otherwise). It becomes an `Intent` (`intent`): the deletion targets
   (`targets.deletion_targets`) minus what an earlier run of the plan finished, with what the
   registry's probed capabilities keep up front.
-- **Targets** (`targets`). A manifest is deleted by digest only when every tag on it is `delete`
-  in the plan and nothing kept references it: no kept index lists it as a platform manifest,
-  and an artifact goes only with its subject. A deleted index takes its platform manifests
+- **Targets** (`targets`). Each says what its DELETE names, decided when it is made: a digest
+  (sha256 or sha512), or one tag alone. A manifest is deleted by digest only when every tag on
+  it is `delete` in the plan and nothing kept references it: no kept index lists it as a
+  platform manifest, and an artifact goes only with its subject. A deleted index takes its platform manifests
   along, a deleted subject its signatures, SBOMs and referrers fallback index; each of those
   waits for its parents to be gone first, and is skipped when one of them was not deleted. A
   `delete` tag on a digest that stays is removed on its own where the registry can do that.
 - **Approval** (`approval.render`, the form's text; `report.check_deletable` and
   `report.check_up_front_approval`, the checks before asking).
-- **Re-checks** (`recheck`, `execute`), after approval and just before deleting: every planned
-  tag must still resolve to the planned digest (right before each DELETE); no other tag in the
-  repository may now point at a target (a tag pushed or moved after the snapshot); a new index,
-  or one that workloads or Helm name by digest only (untagged, so no snapshot read it), must not
-  list a target as a platform manifest; and, by default, a fresh cluster scan must not show a
-  target in use. A re-check that cannot run deletes nothing (fail closed).
+- **Re-checks** (`recheck`, `execute`), after approval: the plan must still be younger than
+  `sweep.maxPlanAge`; by default, a fresh cluster scan must not show a target in use; and right
+  before each DELETE (and before each retry of one) the target's repository is listed and every
+  tag resolved again, batched per repository: every planned tag must still resolve to the planned
+  digest, no other tag may now point at a target (pushed or moved since the snapshot, or while
+  the sweep ran), and no new index or artifact, nor one that workloads or Helm name by digest
+  only (untagged, so no snapshot read it), may list or refer to it. A re-check that cannot run
+  before the first DELETE deletes nothing (fail closed). A lone-tag DELETE is followed by a look
+  at its digest: gone means the registry's tag deletion is unsafe, and no further lone tag goes.
 - **Deleting and the journal** (`execute.delete_targets`, `journal`): `started` is durable
   (fsync) before each DELETE goes out, `done`/`skipped`/`failed` is written after. Running the
   same plan again resumes: `done` targets are never requested again, and a target left `started`

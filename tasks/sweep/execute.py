@@ -1,10 +1,14 @@
 """Deleting: the async loop that sends each DELETE after its last re-check, journalling every attempt.
 
-`delete_targets` runs the whole step after approval: the fresh cluster scan, the `planned`
-records, the registry re-check and the loop, over one registry backend (tasks/registry/backends/: the
-Distribution API, or the native API `registry.api` names). What the registry can delete comes
-from its probed capabilities (tasks/registry/capabilities.py), recorded with the plan; where none were
-recorded, the first refusal of a lone tag decides for the rest.
+`delete_targets` runs the whole step after approval: the plan's age once more, the fresh cluster
+scan, the `planned` records, the registry re-check and the loop, over one registry backend
+(tasks/registry/backends/: the Distribution API, or the native API `registry.api` names). Right
+before each DELETE, and before each retry of one, the target's repository is read again
+(tasks/sweep/recheck.py `RegistryRecheck`): a tag, index or artifact pushed onto a target while
+the sweep ran keeps it. What the registry can delete comes from its probed capabilities
+(tasks/registry/capabilities.py), recorded with the plan; where none were recorded, the first
+refusal of a lone tag decides for the rest. A lone-tag DELETE that took its digest along stops
+every further one.
 """
 
 from __future__ import annotations
@@ -12,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
-from tasks.registry.capabilities import DENIED, NO, UNKNOWN, YES, Capabilities
+from tasks.registry.capabilities import DENIED, NO, YES, Capabilities
+from tasks.registry.distribution import RetryPolicy
 from tasks.common.errors import RegistryAuthError, RegistryError, RegistryUnreachable, StoreError, UnsupportedOperation
 from tasks.common.notes import collecting, warn
 from tasks.store.store import Store
 from tasks.sweep.journal import Event, Journal
-from tasks.sweep.loading import no_tag_delete, reclaim_after
-from tasks.sweep.recheck import Protection, merge_digests, recheck_cluster, recheck_registry
+from tasks.sweep.loading import check_age_after_approval, no_tag_delete, reclaim_after
+from tasks.sweep.recheck import Protection, RegistryRecheck, merge_digests, recheck_cluster, recheck_registry
 from tasks.sweep.intent import Intent
 from tasks.sweep.report import SweepReport
 from tasks.sweep.targets import DONE, FAILED, PLANNED, SKIPPED, STARTED, WOULD_DELETE, Outcome, Target
@@ -35,11 +40,14 @@ log = logging.getLogger("regsweep.sweep")
 def delete_targets(config: "RegsweepConfig", store: Store, intent: Intent, *, dry_run: bool = False) -> SweepReport:
     """Re-check and delete an approved intent (or, dry, report what would go).
 
-    Raises SweepFailed, deleting nothing, when a re-check cannot run; a target that fails is
-    recorded in the report (and the journal) instead.
+    Raises PlanRefused, deleting nothing, when the plan is now older than `sweep.maxPlanAge`, and
+    SweepFailed, deleting nothing, when a re-check cannot run; a target that fails is recorded in
+    the report (and the journal) instead.
     """
     from tasks.common.progress import reporter
 
+    # The plan was checked before approval; a wait for approval may have aged it past the limit.
+    check_age_after_approval(intent, config.sweep)
     outcomes: list[Outcome] = []
     rep = reporter()
     with collecting() as notes:
@@ -86,15 +94,17 @@ async def _recheck_and_execute(config: "RegsweepConfig", intent: Intent, prot: P
     from tasks.registry.backends import open_backend
 
     async with open_backend(config.registry) as backend:
-        prot.update(await recheck_registry(backend, intent.targets, intent.known, config.registry.concurrency,
-                                           merge_digests(intent.referenced, prot.referenced)))
+        recheck = RegistryRecheck(backend, intent.targets, intent.known, config.registry.concurrency,
+                                  merge_digests(intent.referenced, prot.referenced))
+        prot.update(await recheck_registry(recheck, intent.targets))
         return await execute(backend, intent, journal, config.sweep, dry_run=dry_run, protection=prot,
-                             progress=progress)
+                             progress=progress, recheck=recheck)
 
 
 async def execute(backend: "Backend", intent: Intent, journal: Journal | None, settings: "SweepConfig", *,
                   dry_run: bool = False, protection: Protection | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[Outcome]:
+                  progress: Callable[[int], None] | None = None, recheck: RegistryRecheck | None = None,
+                  deleter: "Backend | None" = None) -> list[Outcome]:
     """Delete `intent.targets` in order with bounded concurrency, journalling each attempt (`journal`
     is None on a dry run, which sends no DELETE).
 
@@ -102,9 +112,38 @@ async def execute(backend: "Backend", intent: Intent, journal: Journal | None, s
     any of them is requested; `done`/`skipped`/`failed` records ride along with the next such
     file or are written within a second. A sweep killed in between leaves targets `started`
     without an end: the next run looks each of those up before anything else.
+
+    Right before each DELETE, and again after any wait to retry it, the target's repository is
+    read again (`recheck`, shared by the DELETEs that ask at the same time): its planned tags
+    must still resolve to it and no other tag, new index or new artifact may now need it.
+    DELETEs go through `deleter`, a backend that does not retry on its own (opened here when not
+    given), so that no retry goes out without that look; reads go through `backend`.
     """
-    return await _Deletion(backend, intent, journal, settings, dry_run=dry_run, protection=protection,
-                           progress=progress).run()
+    run = _Deletion(backend, intent, journal, settings, dry_run=dry_run, protection=protection, progress=progress,
+                    recheck=recheck or RegistryRecheck(backend, intent.targets, intent.known,
+                                                       backend.config.concurrency, intent.referenced))
+    if dry_run or deleter is not None:
+        return await run.run(deleter or backend)
+    from tasks.registry.backends import open_backend
+
+    async with open_backend(backend.config, RetryPolicy(attempts=1)) as own:
+        return await run.run(own)
+
+
+class _Settled(Exception):
+    """A look at the registry while retrying a DELETE ended the target: (status, detail)."""
+
+    def __init__(self, status: str, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class _RecheckFailed(Exception):
+    """A look at the registry while retrying a DELETE failed: not a reason to retry the DELETE."""
+
+    def __init__(self, error: RegistryError):
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Deletion:
@@ -113,15 +152,21 @@ class _Deletion:
     The announcer journals `started` for a window of targets, then queues them; each worker takes
     a target, waits for its parents, asks `_blocked` whether anything rules it out, and otherwise
     `_delete`s it. Every target ends in exactly one `_finish`. All state lives on the event loop's
-    thread, so nothing here needs a lock except the order of journal files and the lone-tag probe.
+    thread, so nothing here needs a lock except the order of journal files and lone-tag deletion.
     """
 
     def __init__(self, backend: "Backend", intent: Intent, journal: Journal | None, settings: "SweepConfig", *,
-                 dry_run: bool, protection: Protection | None, progress: Callable[[int], None] | None):
+                 dry_run: bool, protection: Protection | None, progress: Callable[[int], None] | None,
+                 recheck: RegistryRecheck):
         self.backend, self.intent, self.journal, self.dry_run = backend, intent, journal, dry_run
         self.registry = intent.registry
         self.protection = protection or Protection()
         self.progress = progress
+        #: The registry read again right before each DELETE, per repository.
+        self.recheck = recheck
+        #: Where DELETEs go: a backend without retries of its own (set by `run`); `self.retry` retries them.
+        self.deleter: "Backend" = backend
+        self.retry = backend.retry
         self.workers = settings.concurrency
         #: How many targets one `started` journal file announces; workers refill at half of it.
         self.window = max(64, 8 * self.workers)
@@ -138,11 +183,16 @@ class _Deletion:
         #: The first error that makes every further request pointless; set once, then every
         #: target not yet attempted is skipped with it.
         self.stop: str | None = None
-        # What the registry answers to a lone-tag DELETE: the recorded probe's answer, else
-        # learnt from the first lone-tag DELETE of this run (the others wait for it).
+        # What the registry answers to a lone-tag DELETE: the recorded probe's answer, else learnt
+        # from the first lone-tag DELETE of this run (the others wait for it).
         caps = intent.capabilities or Capabilities(api=backend.api)
         self.tag_delete: str = caps.delete_tag
-        self.tag_probe = asyncio.Lock()
+        #: Set once a lone-tag DELETE took its digest along: why no further lone tag is deleted.
+        self.tag_delete_unsafe: str | None = None
+        #: A lone-tag DELETE of this run removed its tag and its digest was still there after:
+        #: until then lone tags go one at a time, so that the first answer decides for the rest.
+        self.tag_delete_seen_safe = False
+        self.tag_lock = asyncio.Lock()
         #: Targets announced (`started` is durable) and not yet taken by a worker; None ends a worker.
         self.ready: asyncio.Queue[Target | None] = asyncio.Queue()
         #: Set when `ready` has drained to half a window: the announcer may journal the next one.
@@ -150,7 +200,9 @@ class _Deletion:
         #: One journal file at a time, so files sort in the order written.
         self.writing = asyncio.Lock()
 
-    async def run(self) -> list[Outcome]:
+    async def run(self, deleter: "Backend") -> list[Outcome]:
+        """Delete every target through `deleter`; the outcomes, in the order they ended."""
+        self.deleter = deleter
         all_done = asyncio.Event()
 
         async def deleting() -> None:
@@ -173,12 +225,13 @@ class _Deletion:
             raise first from None
         finally:
             await self._flush_now()
+            await self.recheck.close()
         return self.outcomes
 
     # -- outcomes and the journal ------------------------------------------------------------------
     def _finish(self, t: Target, status: str, detail: str = "") -> None:
         """Record how `t` ended, wake its children, and queue its end record for the journal."""
-        self.outcomes.append(Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, status, detail))
+        self.outcomes.append(t.outcome(status, detail))
         if not t.is_tag:
             fut = self.finished[f"{t.repository}@{t.digest}"]
             if not fut.done():
@@ -243,7 +296,8 @@ class _Deletion:
         for p in t.parents:
             if (t.repository, p) in self.done_before:
                 continue
-            if await self.finished[f"{t.repository}@{p}"] not in (DONE, WOULD_DELETE):
+            fut = self.finished.get(f"{t.repository}@{p}")
+            if fut is None or await fut not in (DONE, WOULD_DELETE):
                 return
 
     def _blocked(self, t: Target) -> str | None:
@@ -251,11 +305,14 @@ class _Deletion:
         for p in t.parents:
             if (t.repository, p) in self.done_before:
                 continue
-            fut = self.finished[f"{t.repository}@{p}"]
-            if fut.done() and fut.result() not in (DONE, WOULD_DELETE):
+            # A parent that is no target of this run (kept up front) was not deleted either.
+            fut = self.finished.get(f"{t.repository}@{p}")
+            if fut is None or (fut.done() and fut.result() not in (DONE, WOULD_DELETE)):
                 return f"{p}, which it belongs to, was not deleted"
         if self.stop:
             return f"not attempted: {self.stop}"
+        if t.is_tag and self.tag_delete_unsafe:
+            return f"not attempted: {self.tag_delete_unsafe}"
         if t.is_tag and self.tag_delete in (NO, DENIED):
             return no_tag_delete(self.registry, t)
         if not t.is_tag and self.intent.refusal:   # a dry run of a plan this registry cannot delete
@@ -266,28 +323,60 @@ class _Deletion:
 
     # -- the requests ------------------------------------------------------------------------------
     async def _delete(self, t: Target) -> None:
-        """Re-check `t`'s tags, then DELETE it (a dry run stops before the DELETE); ends `t`."""
-        backend = self.backend
+        """Look at `t`'s repository once more, then DELETE `t` (a dry run stops before it); ends `t`."""
         try:
             if t.key in self.intent.in_flight:
                 # An earlier run announced this DELETE and died: it may have gone out.
-                if await backend.resolve(t.repository, t.ref) is None:
+                if await self.backend.resolve(t.repository, t.ref) is None:
                     return self._finish(t, DONE, "deleted by an earlier run (found gone on resume)")
-            for tag in t.tags:
-                now = await backend.resolve(t.repository, tag)
-                if now != t.digest:
-                    if now is None and (t.is_tag or await backend.resolve(t.repository, t.digest) is None):
-                        return self._finish(t, DONE, "already gone from the registry")
-                    why = f"tag {tag} is gone" if now is None else f"tag {tag} now points at {now}"
-                    return self._finish(t, SKIPPED, f"{why}, not the planned {t.digest}")
+            if t.is_tag and not self.dry_run:
+                return await self._delete_tag(t)
+            if (end := await self._look_again(t)) is not None:
+                return self._finish(t, *end)
             if self.dry_run:
                 return self._finish(t, WOULD_DELETE)
-            if t.is_tag:
-                return await self._delete_tag(t)
-            existed = await backend.delete_manifest(t.repository, t.digest, t.tags)
+            existed = await self._send(t, lambda: self.deleter.delete_manifest(t.repository, t.digest, t.tags))
+        except _Settled as s:
+            return self._finish(t, s.status, s.detail)
+        except _RecheckFailed as e:
+            return self._failed(t, e.error)
         except RegistryError as e:
             return self._failed(t, e)
         self._finish(t, DONE, "" if existed else "already gone (404)")
+
+    async def _look_again(self, t: Target) -> tuple[str, str] | None:
+        """`t`'s repository read by a read started now: (status, detail) when `t` must not be
+        sent (already gone, or something now needs it); None when it may go."""
+        now = await self.recheck.fresh(t.repository, self.recheck.mark())
+        for tag in t.tags:
+            current = now.tags.get(tag)
+            if current != t.digest:
+                if current is None and (t.is_tag or await self.backend.resolve(t.repository, t.digest) is None):
+                    return DONE, "already gone from the registry"
+                why = f"tag {tag} is gone" if current is None else f"tag {tag} now points at {current}"
+                return SKIPPED, f"{why}, not the planned {t.digest}"
+        why_kept = None if t.is_tag else now.why_kept(t)
+        return (SKIPPED, why_kept) if why_kept else None
+
+    async def _send(self, t: Target, request: Callable[[], Awaitable[bool]]) -> bool:
+        """Send `t`'s DELETE; when the registry asks for a retry, wait as it says, then look at the
+        repository again and send again only if `t` may still go (_Settled when it may not)."""
+        first = True
+
+        async def attempt() -> bool:
+            nonlocal first
+            if not first:
+                try:
+                    end = await self._look_again(t)
+                except RegistryError as e:
+                    raise _RecheckFailed(e) from None
+                if end is not None:
+                    raise _Settled(*end)
+            first = False
+            async with self.recheck.sending(t.repository):
+                return await request()
+
+        return await self.retry.run(attempt)
 
     def _failed(self, t: Target, e: RegistryError) -> None:
         """End `t` as failed; an answer every other request would get too stops the sweep instead
@@ -300,15 +389,35 @@ class _Deletion:
         self._finish(t, FAILED, why)
 
     async def _delete_tag(self, t: Target) -> None:
-        # Without a recorded probe the first lone-tag deletion finds out whether the registry can
-        # do it; the rest wait for its answer instead of each being refused.
-        async with self.tag_probe if self.tag_delete == UNKNOWN else contextlib.nullcontext():
-            if self.tag_delete in (NO, DENIED):
-                return self._finish(t, SKIPPED, no_tag_delete(self.registry, t))
+        """DELETE lone tag `t`, then check that its digest is still there.
+
+        Until one lone-tag DELETE of this run has been seen to keep its digest, they go one at a
+        time: the first finds out whether the registry can delete a tag alone (where no probe
+        said), and whether it deletes only the tag; the rest wait for its answer. A registry that
+        took the digest along is unsafe: no further lone tag is deleted.
+        """
+        async with contextlib.nullcontext() if self.tag_delete_seen_safe else self.tag_lock:
+            why = self._blocked(t)   # the answer the others waited for
+            if why is not None:
+                return self._finish(t, SKIPPED, why)
+            if (end := await self._look_again(t)) is not None:
+                return self._finish(t, *end)
             try:
-                existed = await self.backend.delete_tag(t.repository, t.ref)
+                existed = await self._send(t, lambda: self.deleter.delete_tag(t.repository, t.ref))
             except UnsupportedOperation:
                 self.tag_delete = NO
                 return self._finish(t, SKIPPED, no_tag_delete(self.registry, t))
             self.tag_delete = YES
+            try:
+                survived = not existed or await self.backend.resolve(t.repository, t.digest) is not None
+            except RegistryError as e:
+                return self._finish(t, FAILED, f"tag removed, but whether digest {t.digest} stays could not be "
+                                               f"checked: {e}")
+            if not survived:
+                self.tag_delete_unsafe = (
+                    f"registry {self.registry} deleted manifest {t.digest} with tag {t.repository}:{t.ref}: its "
+                    "tag deletion is unsafe (it deletes the manifest and every tag on it, not the tag alone)")
+                warn(log, f"{self.tag_delete_unsafe}; no further lone tag is deleted")
+                return self._finish(t, FAILED, f"{self.tag_delete_unsafe}; no further lone tag is deleted")
+            self.tag_delete_seen_safe = self.tag_delete_seen_safe or existed
         self._finish(t, DONE, "tag removed, its digest stays" if existed else "already gone (404)")

@@ -2,7 +2,8 @@
 
 A plan is refused (PlanRefused, nothing deleted) unless it was made for this registry under the
 current cleanup policy, from a complete snapshot that is younger than `sweep.maxPlanAge` and
-not dated in the future (README "Safety").
+not dated in the future (docs/safety.md). The age is checked again once approval came
+(`check_age_after_approval`): the wait for it may be long.
 
 The registry's capabilities recorded with the plan (probed with its snapshot, tasks/registry/capabilities.py)
 decide up front what cannot go: lone tags where the registry cannot delete a tag alone, untagged
@@ -23,7 +24,7 @@ from tasks.store.store import Store
 from tasks.sweep.journal import Journal
 from tasks.sweep.recheck import merge_digests, referenced_digests
 from tasks.sweep.intent import Intent
-from tasks.sweep.targets import SKIPPED, Outcome, Target, deletion_targets
+from tasks.sweep.targets import SKIPPED, Target, deletion_targets
 from tasks.common.units import human_age, parse_duration, parse_time, utcnow
 
 if TYPE_CHECKING:
@@ -49,6 +50,16 @@ class LoadedPlan:
     manifests: "pd.DataFrame"
     children: "pd.DataFrame"
     capabilities: Capabilities | None = None
+
+
+def check_age_after_approval(intent: Intent, settings: "SweepConfig") -> None:
+    """PlanRefused when the plan checked before approval has since passed `sweep.maxPlanAge`
+    (approval may wait for up to `sweep.approvalTimeout`): nothing is deleted then."""
+    try:
+        _check_age(intent.plan_id, intent.snapshot_id, {"created_at": intent.snapshot_created},
+                   {"created_at": intent.plan_created}, settings)
+    except PlanRefused as e:
+        raise PlanRefused(f"{e} (checked again after approval, before the first DELETE)") from None
 
 
 def _check_age(plan_id: str, snapshot_id: str, snap: dict, meta: dict, settings: "SweepConfig") -> None:
@@ -226,7 +237,7 @@ def _apply_capabilities(intent: Intent, caps: Capabilities) -> None:
         elif not t.is_tag and not t.tags and untagged:
             why = caps.notes.get("delete_untagged") or f"registry {intent.registry} cannot delete untagged manifests"
         if why:
-            intent.skipped.append(Outcome(t.repository, t.ref, t.digest, t.kind, t.tags, t.size, SKIPPED, why))
+            intent.skipped.append(t.outcome(SKIPPED, why))
         else:
             keep.append(t)
     intent.targets = keep

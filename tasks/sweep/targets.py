@@ -7,6 +7,7 @@ after it. README "Safety": digest-level decisions.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,27 @@ WOULD_DELETE = "would-delete"
 
 Key = tuple[str, str]  # (repository, digest)
 
+# What a target's DELETE names: a manifest by its digest, or one tag alone.
+DIGEST, TAG = "digest", "tag"
+
+# The digests a sweep deletes by (the algorithms the OCI image spec registers). Anything else in
+# a plan or snapshot where a digest belongs is not one, whatever it looks like: a DELETE naming it
+# could name a tag instead (security review, finding 7).
+_DIGEST_RX = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+# A tag as the distribution spec writes it: no `/`, `..` or `?` that could turn a lone-tag DELETE
+# into a request for something else.
+_TAG_RX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+def is_deletable_digest(ref: str) -> bool:
+    """Whether `ref` is a digest a sweep may name in a DELETE (sha256 or sha512, lowercase hex)."""
+    return bool(_DIGEST_RX.match(ref))
+
+
+def is_tag_name(ref: str) -> bool:
+    """Whether `ref` is a valid tag name (the distribution spec's grammar)."""
+    return bool(_TAG_RX.match(ref))
+
 
 @dataclass
 class Target:
@@ -31,18 +53,34 @@ class Target:
     ref: str                    # what DELETE names: the digest, or the tag for a lone-tag deletion
     digest: str                 # the planned digest
     kind: str                   # image | index | artifact | referrers-index | unknown
+    ref_kind: str               # DIGEST (the manifest, with every tag on it) or TAG (this tag alone)
     tags: tuple[str, ...] = ()  # tags that must still resolve to `digest` right before deleting
     size: int = 0               # bytes counted for the report (0 for platform manifests of a deleted index)
     parents: tuple[str, ...] = ()  # digests (same repository) that must be deleted first
     note: str = ""              # for a lone tag: why its digest stays
 
+    def __post_init__(self) -> None:
+        # What a DELETE names is decided when the target is made, never later from what `ref`
+        # looks like; a target that would name something else cannot be made (fail closed).
+        if self.ref_kind == DIGEST:
+            ok = self.ref == self.digest and is_deletable_digest(self.ref)
+        else:
+            ok = self.ref_kind == TAG and is_tag_name(self.ref) and is_deletable_digest(self.digest)
+        if not ok:
+            raise ValueError(f"not a {self.ref_kind} target: {self.ref!r} of {self.digest!r}")
+
     @property
     def is_tag(self) -> bool:
-        return not self.ref.startswith("sha256:")
+        return self.ref_kind == TAG
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.repository, self.ref)
+
+    def outcome(self, status: str, detail: str = "") -> "Outcome":
+        """This target ended with `status` (`detail` says why or how)."""
+        return Outcome(self.repository, self.ref, self.digest, self.kind, self.ref_kind, self.tags, self.size,
+                       status, detail)
 
 
 @dataclass
@@ -53,6 +91,7 @@ class Outcome:
     ref: str
     digest: str
     kind: str
+    ref_kind: str               # DIGEST or TAG, as the target's
     tags: tuple[str, ...]
     size: int
     status: str                 # done | skipped | failed | would-delete
@@ -60,7 +99,7 @@ class Outcome:
 
     @property
     def is_tag(self) -> bool:
-        return not self.ref.startswith("sha256:")
+        return self.ref_kind == TAG
 
 
 @dataclass
@@ -151,6 +190,10 @@ def _deletable(g: _Graph) -> tuple[set[Key], dict[Key, str]]:
                 cand.add(k)
                 stack.append(k)
     why_not = {k: why_kept[k] for k in cand if k in why_kept}
+    for k in cand:
+        if not is_deletable_digest(k[1]):
+            # Fail closed: a DELETE must never name something that only claims to be a digest.
+            why_not[k] = f"{k[1]!r} is not a sha256 or sha512 digest"
     cand -= set(why_not)
     # Remove, until nothing changes, whatever a surviving manifest still needs.
     changed = True
@@ -193,7 +236,7 @@ def deletion_targets(plan: "pd.DataFrame", tags: "pd.DataFrame", manifests: "pd.
         ps = tuple(sorted(p for p in g.parents(k) if (repo, p) in cand))
         in_index = any((repo, p) in cand for p in g.indexes_of.get(k, set()))
         tags_on = g.snapshot_tags.get(k, set()) | g.planned_delete_tags.get(k, set())
-        targets.append(Target(repository=repo, ref=d, digest=d, kind=g.kind.get(k, "unknown"),
+        targets.append(Target(repository=repo, ref=d, digest=d, kind=g.kind.get(k, "unknown"), ref_kind=DIGEST,
                               tags=tuple(sorted(tags_on)), size=0 if in_index else g.size.get(k, 0), parents=ps))
 
     # Planned deletions that will not happen as digests: a lone `delete` tag may still go alone.
@@ -201,12 +244,19 @@ def deletion_targets(plan: "pd.DataFrame", tags: "pd.DataFrame", manifests: "pd.
     for k in sorted(g.seeds - cand):
         repo, d = k
         reason = why_not.get(k, "kept by the sweep")
+        kind = g.kind.get(k, "unknown")
         # A referrers fallback (or cosign) tag is its subject's, never an image tag of its own to remove.
-        lone = sorted(t for t in g.planned_delete_tags.get(k, set()) if not tag_subject(t))
+        # A lone tag is removed only when its digest and its own name are what they claim to be.
+        planned = [] if not is_deletable_digest(d) else sorted(
+            t for t in g.planned_delete_tags.get(k, set()) if not tag_subject(t))
+        lone = [t for t in planned if is_tag_name(t)]
+        for t in planned:
+            if not is_tag_name(t):
+                skipped.append(Outcome(repo, t, d, kind, TAG, (t,), 0, SKIPPED,
+                                       f"{t!r} is not a valid tag name: a DELETE naming it could name something else"))
         for t in lone:
-            targets.append(Target(repository=repo, ref=t, digest=d, kind=g.kind.get(k, "unknown"), tags=(t,),
-                                  note=reason))
+            targets.append(Target(repository=repo, ref=t, digest=d, kind=kind, ref_kind=TAG, tags=(t,), note=reason))
         if not lone:
-            skipped.append(Outcome(repo, d, d, g.kind.get(k, "unknown"), tuple(sorted(g.snapshot_tags.get(k, set()))),
+            skipped.append(Outcome(repo, d, d, kind, DIGEST, tuple(sorted(g.snapshot_tags.get(k, set()))),
                                    g.size.get(k, 0), SKIPPED, reason))
     return targets, skipped

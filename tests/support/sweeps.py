@@ -1,6 +1,7 @@
 """Sweep fixtures and builders: snapshots and plans made by the real extractors and evaluation.
 
     sweep            fixture: sweep(cfg, plan, **flow parameters) runs the sweep flow; its JSON report
+    start_in_thread  run a flow (or the `sweep` fixture) in a thread, to act while it runs
     take_snapshot    a snapshot taken by the real extractors, at an optional clock (probe: with capabilities)
     make_plan, plan_of   plans stored as the plan flow stores them
     edit_plan        a stored plan with some tags' actions changed by hand, as a new plan
@@ -11,6 +12,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -110,6 +113,22 @@ def sweep(prefect_harness):
         return sweep_flow(config=cfg, plan=plan, **parameters)
 
     return run
+
+
+def start_in_thread(fn, **kwargs):
+    """Run a flow in a thread (carrying the harness's Prefect settings); returns (thread, box):
+    `box["result"]` or `box["error"]` once the thread ends."""
+    ctx, box = contextvars.copy_context(), {}
+
+    def target():
+        try:
+            box["result"] = ctx.run(fn, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, box
 
 
 def journal_events(cfg, plan_id: str) -> list[dict]:
