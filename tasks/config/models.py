@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.common.errors import ConfigError
+from tasks.common.redact import remember
 from tasks.config.policy import CleanupPolicy
 from tasks.common.units import parse_duration
 
@@ -30,20 +31,68 @@ def read_secret(env: str | None, file: str | None, key: str, names: tuple[str, s
                 block: str | None = None, block_name: str = "token_block") -> str | None:
     """A secret read at the moment it is needed from the environment variable `env`, the file
     `file` or the Prefect Secret block `block`; None when none is set. `key` and `names` spell
-    the keys for messages."""
+    the keys for messages.
+
+    The value is checked as it is read (`checked_secret`): one trailing line ending is taken off
+    a file's value (`echo token > file` writes one), and then an empty value or any control
+    character is a ConfigError naming the variable, file or block, never the value. The value
+    is remembered for redaction (tasks/common/redact.py)."""
     if env:
         value = os.environ.get(env)
         if value is None:
             raise ConfigError(f"{key}.{names[0]}", f"environment variable {env} is not set")
-        return value
+        return checked_secret(value, f"{key}.{names[0]}", f"environment variable {env}")
     if file:
         try:
-            return Path(file).expanduser().read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"{key}.{names[1]}", f"cannot read {file}: {e.strerror}") from None
+            value = Path(file).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+            raise ConfigError(f"{key}.{names[1]}", f"cannot read {file}: {why}") from None
+        return checked_secret(_one_line_ending_off(value), f"{key}.{names[1]}", f"file {file}")
     if block:
-        return _secret_block(block, f"{key}.{block_name}")
+        return checked_secret(_secret_block(block, f"{key}.{block_name}"), f"{key}.{block_name}",
+                              f"Secret block {block!r}")
     return None
+
+
+def _one_line_ending_off(value: str) -> str:
+    # A file written by `echo`, an editor or a Kubernetes Secret created --from-file ends with a
+    # line ending that is no part of the secret; only one is taken, anything else is refused.
+    for ending in ("\r\n", "\n"):
+        if value.endswith(ending):
+            return value[:-len(ending)]
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def checked_secret(value: str, key: str, source: str) -> str:
+    """`value` if it can be a secret, remembered for redaction; else a ConfigError naming `key`
+    and `source` (the variable, file, block or docker config it came from), never the value.
+
+    A control character (a trailing newline in an environment variable or a Secret block above
+    all) would otherwise reach an HTTP header, where the HTTP library refuses it and quotes the
+    whole value in its error, which then travels into logs and snapshot.json.
+    """
+    if not value:
+        raise ConfigError(key, f"{source} is empty")
+    bad = _CONTROL.search(value)
+    if bad:
+        # Remembered all the same: the value may already be in a message on another path.
+        remember(value)
+        for part in _CONTROL.split(value):
+            remember(part)
+        where = "ends with" if bad.start() == len(value.rstrip("\r\n")) else "contains"
+        raise ConfigError(key, f"{source} {where} a control character ({_char_name(bad.group())}); "
+                          "remove it from the stored secret (a trailing newline often comes from "
+                          "`echo` or `kubectl create secret --from-file`)")
+    remember(value)
+    return value
+
+
+def _char_name(c: str) -> str:
+    return {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}.get(c, f"U+{ord(c):04X}")
 
 
 class RegistryAuth(_Strict):
