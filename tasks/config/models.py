@@ -11,9 +11,11 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from tasks.common.errors import ConfigError
 from tasks.common.redact import remember
@@ -231,10 +233,82 @@ class LinkConfig(_Strict):
 
 
 class GitConfig(_Strict):
+    # A refused git.url may hold a token: pydantic must not quote it back in its errors.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+
     path: str | None = Field(None, description="A local clone (not shallow).")
-    url: str | None = Field(None, description="A repository URL, cloned/fetched into `cache`.")
+    # Before `url`, whose check reads it.
+    allowInsecureTransport: bool = Field(False, description=(
+        "Accept an http:// or git:// git.url. Off by default: anyone on the network path could then serve "
+        "a history that decides which images are kept."))
+    url: str | None = Field(None, description="A repository URL, cloned/fetched into `cache`: https://, ssh:// or "
+                            "file://, with no credentials in it (no user info, no query string).")
     cache: str | None = Field(None, description="Cache directory for `url` clones (default: <store>/git-cache).")
     remote: str = Field("origin", description="Branches are refs/remotes/<remote>/* when present, else refs/heads/*.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_safe(cls, v: str | None, info: ValidationInfo) -> str | None:
+        problem = git_url_problem(v, allow_insecure=bool(info.data.get("allowInsecureTransport"))) if v else None
+        if problem:
+            _remember_url_credentials(v)
+            raise ValueError(problem)
+        return v
+
+
+#: git.url schemes that protect what is fetched; scp-like `host:path` is ssh.
+_GIT_SCHEMES = ("https", "ssh", "git+ssh", "ssh+git", "file")
+_INSECURE_GIT_SCHEMES = ("http", "git")
+
+
+def _remember_url_credentials(url: str) -> None:
+    # A refused URL may still be quoted by someone else (Prefect's own report of a flow
+    # parameter it could not validate, say): its user info and query are masked from then on.
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    for secret in (parts.username, parts.password, parts.query, parts.fragment):
+        remember(secret)
+    for _key, value in parse_qsl(parts.query):
+        remember(value)
+
+
+def git_url_problem(url: str, *, allow_insecure: bool = False) -> str | None:
+    """Why `url` cannot be git.url, in words that never quote it; None when it can.
+
+    Credentials in the URL (user info such as `https://ghp_TOKEN@github.com/o/r.git`, or a query
+    string such as `?private_token=`) are refused: the URL is stored in the cache clone's
+    config, shown in progress lines and errors, and recorded in snapshot.json. An ssh user name
+    alone (`ssh://git@host/r.git`, `git@host:r.git`) names an account, not a secret, and is kept.
+    http:// and git:// need `allow_insecure`.
+    """
+    if "://" not in url:
+        # git's other spellings: scp-like `[user@]host:path` (ssh), or a local path.
+        host_part = url.split("/", 1)[0]
+        if ":" in host_part and ":" in host_part.split("@", 1)[0] and "@" in host_part:
+            return "must not contain a password (user:password@); use a URL that needs none"
+        return None
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in _INSECURE_GIT_SCHEMES and not allow_insecure:
+        return (f"{scheme}:// fetches the history unauthenticated and in clear text (anyone on the network "
+                "path can change which images are kept); use https:// or ssh://, or set "
+                "git.allowInsecureTransport: true")
+    if scheme not in _GIT_SCHEMES + _INSECURE_GIT_SCHEMES:
+        return f"unsupported scheme {scheme}:// (use https://, ssh:// or file://)"
+    try:
+        parts = urlsplit(url)
+        password, username = parts.password, parts.username
+    except ValueError:
+        return "is not a valid URL"
+    if password is not None or (username is not None and "ssh" not in scheme):
+        return ("must not contain credentials (user info before @): the URL is stored in the cache clone and "
+                "shown in messages; use a URL that needs none (a read-only mirror, file://, or git.path on "
+                "a clone you manage)")
+    if parts.query or parts.fragment:
+        return ("must not contain a query string or fragment (tokens such as ?private_token= travel in them); "
+                "use a URL that needs no credentials")
+    return None
 
 
 class DumpFile(_Strict):
@@ -302,6 +376,9 @@ class RunnerConfig(_Strict):
 
 class RegsweepConfig(_Strict):
     """Everything one regsweep run needs; the YAML file maps onto it key for key."""
+
+    # Refused values (a URL carrying a token) are never quoted back in pydantic's errors.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
     store: str = Field("./var/regsweep", description="Snapshots and plans: a local path or an fsspec URL (s3://bucket/prefix).")
     registry: RegistryConfig
