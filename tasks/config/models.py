@@ -345,6 +345,9 @@ class HelmConfig(_Strict):
     dumps: Dumps = Field(default_factory=list, description=(
         "Offline input: read release history from these `kubectl get secrets,configmaps -A -l owner=helm -o json` "
         "dumps instead of a live cluster."))
+    maxReleaseBytes: int = Field(64 * 2**20, ge=1024, le=2**34, description=(
+        "Largest decompressed release record read (bytes; default 64 MiB). Anyone who can create a Secret can "
+        "store a release; a larger one fails the Helm source (the snapshot is incomplete) instead of the worker's memory."))
 
 
 class SweepConfig(_Strict):
