@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from tasks.common.redact import install_log_filter
+
 _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",   # with no network, telemetry fails loudly
     "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -24,6 +26,7 @@ def set_defaults(**overrides: str) -> None:
     """Quiet Prefect for a script or a test session; `overrides` replace defaults, not the environment."""
     for key, value in {**_DEFAULTS, **overrides}.items():
         os.environ.setdefault(key, value)
+    install_log_filter()   # every log record, Prefect's included, is masked of the secrets read
 
 
 def set_cli_defaults(verbose: bool = False) -> None:

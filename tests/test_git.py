@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pygit2
 import pytest
+from pydantic import ValidationError
 
 from tasks.sources import git
 from tasks.config.models import RegsweepConfig, parse_config
@@ -26,6 +27,11 @@ NOW = T0 + timedelta(days=30)
 
 
 REGISTRY = "http://127.0.0.1:5000"   # never contacted: the git source reads no registry
+
+
+def git_config(tmp_path: Path, **git_section):
+    """A parsed configuration with this `git:` section (the registry is never contacted)."""
+    return parse_config(config(store=tmp_path / "store", url=REGISTRY, git=git_section))
 
 
 def extract(tmp_path: Path, **git_section) -> tuple[dict, dict]:
@@ -303,14 +309,44 @@ def test_unreachable_url_fails_and_leaves_no_cache(tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-@pytest.mark.unit
-def test_url_with_a_password_is_refused_without_showing_it(tmp_path):
+@pytest.mark.parametrize("url", ["https://ci:s3cret-SENTINEL@git.example.invalid/team/app.git",
+                                 "https://ghp_SENTINEL0123456789@github.com/team/app.git",
+                                 "https://git.example.invalid/team/app.git?private_token=glpat-SENTINEL"])
+def test_url_with_credentials_is_refused_at_load_without_showing_them(tmp_path, url):
+    with pytest.raises(ConfigError) as err:
+        git_config(tmp_path, url=url, cache=str(tmp_path / "c"))
+    assert err.value.key == "git.url"
+    assert "SENTINEL" not in str(err.value)
+    # Flow parameters are validated by the same model, and pydantic's report quotes no input.
+    with pytest.raises(ValidationError) as verr:
+        RegsweepConfig.model_validate({"store": str(tmp_path / "store"), "registry": {"url": "http://127.0.0.1:5000"},
+                                       "git": {"url": url}})
+    assert "SENTINEL" not in str(verr.value)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_cache_sync_refuses_credentials_without_showing_them(tmp_path):
+    """Callers that build no configuration (or bypass it) meet the same refusal in the source."""
     with pytest.raises(GitError) as err:
-        extract(tmp_path, url="https://ci:s3cret@git.example.invalid/team/app.git", cache=str(tmp_path / "c"))
-    assert str(err.value).startswith(
-        "git https://ci:***@git.example.invalid/team/app.git: git.url must not contain a password")
-    assert "s3cret" not in str(err.value)
-    assert not (tmp_path / "c").exists() or list((tmp_path / "c").iterdir()) == []
+        git.sync_cache("https://ghp_SENTINEL0123456789@github.com/team/app.git", tmp_path / "c")
+    assert str(err.value).startswith("git https://***@github.com/team/app.git: git.url must not contain credentials")
+    assert "SENTINEL" not in str(err.value)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("scheme", ["http", "git"])
+def test_unauthenticated_transports_need_an_explicit_allow(tmp_path, scheme):
+    url = f"{scheme}://git.example.invalid/team/app.git"
+    with pytest.raises(ConfigError, match=rf"^git.url: {scheme}:// fetches the history unauthenticated .* set "
+                                          r"git.allowInsecureTransport: true$"):
+        git_config(tmp_path, url=url)
+    assert git_config(tmp_path, url=url, allowInsecureTransport=True).git.url == url
+
+
+def test_ssh_account_names_and_local_paths_are_accepted(git_repo, tmp_path):
+    for url in ("ssh://git@git.example.invalid/team/app.git", "git@github.com:team/app.git",
+                git_repo.path.as_uri(), "https://git.example.invalid/team/app.git"):
+        assert git_config(tmp_path, url=url).git.url == url
 
 
 def test_run_source_writes_both_tables_with_exact_timestamps(git_repo, tmp_path):

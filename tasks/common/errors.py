@@ -21,16 +21,24 @@
     └── SweepFailed                  deletions failed, or a re-check could not run
 
 Expected failures are turned into a one-line message and an exit code by the CLI;
-anything outside this tree is a bug and keeps its traceback.
+anything outside this tree is a bug and keeps its traceback. Every message passes through
+tasks/common/redact.py on its way out, which masks every secret the process has read.
 """
 
 from __future__ import annotations
+
+from tasks.common.redact import redact
 
 
 class RegsweepError(Exception):
     """Base of every error regsweep raises on purpose."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        # Messages quote what others said (a registry, a protocol library, a helper program):
+        # mask any secret that slipped into them, wherever the message ends up.
+        return redact(super().__str__())
 
 
 class ConfigError(RegsweepError):

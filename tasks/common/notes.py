@@ -5,6 +5,8 @@
 below calls `warn(log, message)` and `retried(log, message)`, which log as well. Collection
 follows the context: asyncio tasks inherit it, and threads run through `in_context` do, so
 two sources of one snapshot, or two snapshots in one process, never mix their notes.
+Messages are redacted (tasks/common/redact.py) before they are logged or kept: they quote
+what registries and libraries said, and they end up in snapshot.json and the run logs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
+
+from tasks.common.redact import redact
 
 #: Messages kept per kind; the count goes on.
 MAX_MESSAGES = 5
@@ -74,12 +78,14 @@ def _note(kind: str, message: str) -> None:
 
 def warn(log: logging.Logger, message: str) -> None:
     """Log a warning and count it for snapshot.json."""
+    message = redact(message)
     log.warning(message)
     _note("warnings", message)
 
 
 def retried(log: logging.Logger, message: str) -> None:
     """Log a request about to be tried again and count it."""
+    message = redact(message)
     log.warning(message)
     _note("retries", message)
 

@@ -11,11 +11,14 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from tasks.common.errors import ConfigError, InputFileError
+from tasks.common.redact import remember
 from tasks.config.policy import CleanupPolicy
 from tasks.common.units import parse_duration
 
@@ -30,20 +33,68 @@ def read_secret(env: str | None, file: str | None, key: str, names: tuple[str, s
                 block: str | None = None, block_name: str = "token_block") -> str | None:
     """A secret read at the moment it is needed from the environment variable `env`, the file
     `file` or the Prefect Secret block `block`; None when none is set. `key` and `names` spell
-    the keys for messages."""
+    the keys for messages.
+
+    The value is checked as it is read (`checked_secret`): one trailing line ending is taken off
+    a file's value (`echo token > file` writes one), and then an empty value or any control
+    character is a ConfigError naming the variable, file or block, never the value. The value
+    is remembered for redaction (tasks/common/redact.py)."""
     if env:
         value = os.environ.get(env)
         if value is None:
             raise ConfigError(f"{key}.{names[0]}", f"environment variable {env} is not set")
-        return value
+        return checked_secret(value, f"{key}.{names[0]}", f"environment variable {env}")
     if file:
         try:
-            return Path(file).expanduser().read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"{key}.{names[1]}", f"cannot read {file}: {e.strerror}") from None
+            value = Path(file).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+            raise ConfigError(f"{key}.{names[1]}", f"cannot read {file}: {why}") from None
+        return checked_secret(_one_line_ending_off(value), f"{key}.{names[1]}", f"file {file}")
     if block:
-        return _secret_block(block, f"{key}.{block_name}")
+        return checked_secret(_secret_block(block, f"{key}.{block_name}"), f"{key}.{block_name}",
+                              f"Secret block {block!r}")
     return None
+
+
+def _one_line_ending_off(value: str) -> str:
+    # A file written by `echo`, an editor or a Kubernetes Secret created --from-file ends with a
+    # line ending that is no part of the secret; only one is taken, anything else is refused.
+    for ending in ("\r\n", "\n"):
+        if value.endswith(ending):
+            return value[:-len(ending)]
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def checked_secret(value: str, key: str, source: str) -> str:
+    """`value` if it can be a secret, remembered for redaction; else a ConfigError naming `key`
+    and `source` (the variable, file, block or docker config it came from), never the value.
+
+    A control character (a trailing newline in an environment variable or a Secret block above
+    all) would otherwise reach an HTTP header, where the HTTP library refuses it and quotes the
+    whole value in its error, which then travels into logs and snapshot.json.
+    """
+    if not value:
+        raise ConfigError(key, f"{source} is empty")
+    bad = _CONTROL.search(value)
+    if bad:
+        # Remembered all the same: the value may already be in a message on another path.
+        remember(value)
+        for part in _CONTROL.split(value):
+            remember(part)
+        where = "ends with" if bad.start() == len(value.rstrip("\r\n")) else "contains"
+        raise ConfigError(key, f"{source} {where} a control character ({_char_name(bad.group())}); "
+                          "remove it from the stored secret (a trailing newline often comes from "
+                          "`echo` or `kubectl create secret --from-file`)")
+    remember(value)
+    return value
+
+
+def _char_name(c: str) -> str:
+    return {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}.get(c, f"U+{ord(c):04X}")
 
 
 class RegistryAuth(_Strict):
@@ -182,10 +233,82 @@ class LinkConfig(_Strict):
 
 
 class GitConfig(_Strict):
+    # A refused git.url may hold a token: pydantic must not quote it back in its errors.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+
     path: str | None = Field(None, description="A local clone (not shallow).")
-    url: str | None = Field(None, description="A repository URL, cloned/fetched into `cache`.")
+    # Before `url`, whose check reads it.
+    allowInsecureTransport: bool = Field(False, description=(
+        "Accept an http:// or git:// git.url. Off by default: anyone on the network path could then serve "
+        "a history that decides which images are kept."))
+    url: str | None = Field(None, description="A repository URL, cloned/fetched into `cache`: https://, ssh:// or "
+                            "file://, with no credentials in it (no user info, no query string).")
     cache: str | None = Field(None, description="Cache directory for `url` clones (default: <store>/git-cache).")
     remote: str = Field("origin", description="Branches are refs/remotes/<remote>/* when present, else refs/heads/*.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_safe(cls, v: str | None, info: ValidationInfo) -> str | None:
+        problem = git_url_problem(v, allow_insecure=bool(info.data.get("allowInsecureTransport"))) if v else None
+        if problem:
+            _remember_url_credentials(v)
+            raise ValueError(problem)
+        return v
+
+
+#: git.url schemes that protect what is fetched; scp-like `host:path` is ssh.
+_GIT_SCHEMES = ("https", "ssh", "git+ssh", "ssh+git", "file")
+_INSECURE_GIT_SCHEMES = ("http", "git")
+
+
+def _remember_url_credentials(url: str) -> None:
+    # A refused URL may still be quoted by someone else (Prefect's own report of a flow
+    # parameter it could not validate, say): its user info and query are masked from then on.
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    for secret in (parts.username, parts.password, parts.query, parts.fragment):
+        remember(secret)
+    for _key, value in parse_qsl(parts.query):
+        remember(value)
+
+
+def git_url_problem(url: str, *, allow_insecure: bool = False) -> str | None:
+    """Why `url` cannot be git.url, in words that never quote it; None when it can.
+
+    Credentials in the URL (user info such as `https://ghp_TOKEN@github.com/o/r.git`, or a query
+    string such as `?private_token=`) are refused: the URL is stored in the cache clone's
+    config, shown in progress lines and errors, and recorded in snapshot.json. An ssh user name
+    alone (`ssh://git@host/r.git`, `git@host:r.git`) names an account, not a secret, and is kept.
+    http:// and git:// need `allow_insecure`.
+    """
+    if "://" not in url:
+        # git's other spellings: scp-like `[user@]host:path` (ssh), or a local path.
+        host_part = url.split("/", 1)[0]
+        if ":" in host_part and ":" in host_part.split("@", 1)[0] and "@" in host_part:
+            return "must not contain a password (user:password@); use a URL that needs none"
+        return None
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in _INSECURE_GIT_SCHEMES and not allow_insecure:
+        return (f"{scheme}:// fetches the history unauthenticated and in clear text (anyone on the network "
+                "path can change which images are kept); use https:// or ssh://, or set "
+                "git.allowInsecureTransport: true")
+    if scheme not in _GIT_SCHEMES + _INSECURE_GIT_SCHEMES:
+        return f"unsupported scheme {scheme}:// (use https://, ssh:// or file://)"
+    try:
+        parts = urlsplit(url)
+        password, username = parts.password, parts.username
+    except ValueError:
+        return "is not a valid URL"
+    if password is not None or (username is not None and "ssh" not in scheme):
+        return ("must not contain credentials (user info before @): the URL is stored in the cache clone and "
+                "shown in messages; use a URL that needs none (a read-only mirror, file://, or git.path on "
+                "a clone you manage)")
+    if parts.query or parts.fragment:
+        return ("must not contain a query string or fragment (tokens such as ?private_token= travel in them); "
+                "use a URL that needs no credentials")
+    return None
 
 
 class DumpFile(_Strict):
@@ -222,6 +345,9 @@ class HelmConfig(_Strict):
     dumps: Dumps = Field(default_factory=list, description=(
         "Offline input: read release history from these `kubectl get secrets,configmaps -A -l owner=helm -o json` "
         "dumps instead of a live cluster."))
+    maxReleaseBytes: int = Field(64 * 2**20, ge=1024, le=2**34, description=(
+        "Largest decompressed release record read (bytes; default 64 MiB). Anyone who can create a Secret can "
+        "store a release; a larger one fails the Helm source (the snapshot is incomplete) instead of the worker's memory."))
 
 
 class SweepConfig(_Strict):
@@ -256,6 +382,9 @@ class RunnerConfig(_Strict):
 
 class RegsweepConfig(_Strict):
     """Everything one regsweep run needs; the YAML file maps onto it key for key."""
+
+    # Refused values (a URL carrying a token) are never quoted back in pydantic's errors.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
     store: str = Field("./var/regsweep", description="Snapshots and plans: a local path or an fsspec URL (s3://bucket/prefix).")
     registry: RegistryConfig

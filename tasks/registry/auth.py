@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tasks.config.models import RegistryAuth as AuthConfig
+from tasks.config.models import RegistryAuth as AuthConfig, checked_secret
 from tasks.common.errors import ConfigError, RegistryAuthError, RegistryError
 from tasks.registry.errors import TokenService, registry_error
 from tasks.oci.reference import DOCKER_HUB_HOSTS
@@ -47,6 +47,11 @@ class Credentials:
     secret: str
     identity_token: bool = False
     origin: str = "config"   # where they came from, for messages: config | docker-config | helper name
+
+    def __post_init__(self) -> None:
+        # Wherever they were found (the docker config, a helper): refused if unfit for a header
+        # (a control character), and remembered for redaction (tasks/common/redact.py).
+        checked_secret(self.secret, self.origin, f"the secret of user {self.username!r}")
 
     def __repr__(self) -> str:  # never show the secret
         return f"Credentials(username={self.username!r}, origin={self.origin!r})"

@@ -3,19 +3,23 @@
 Every source module exposes `extract(config, store, now) -> {table name: pyarrow.Table}` and
 raises a `SourceError` when it could not read everything. A failed source writes no table at
 all, so nobody can mistake "could not list" for "nothing there" (README "Safety": fail closed).
+Any other exception a source lets out (hostile input meeting a bug, a MemoryError) fails that
+source the same way, so the snapshot is still published, incomplete, instead of the flow crashing.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass, field
 import time
 from datetime import datetime
 from typing import Any
 
 from tasks.config.models import ALL_SOURCES, RegsweepConfig, git_section_problem
-from tasks.common.errors import ConfigError, NotFound, SourceError
+from tasks.common.errors import ConfigError, NotFound, RegsweepError, SourceError
 from tasks.common.notes import collecting
+from tasks.common.redact import redact
 from tasks.store.schemas import SOURCE_TABLES
 from tasks.store.store import Store
 
@@ -40,6 +44,11 @@ class SourceStatus:
         d.update(self.notes)
         return d
 
+
+log = logging.getLogger("regsweep.snapshot")
+
+#: Longest text of an unexpected exception kept in its one-line message.
+UNEXPECTED_TEXT_MAX = 200
 
 SOURCE_MODULES = {"registry": "tasks.sources.registry", "kubernetes": "tasks.sources.kubernetes.workloads",
                   "helm": "tasks.sources.kubernetes.helm", "git": "tasks.sources.git"}
@@ -71,7 +80,13 @@ def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime, *
                options: dict[str, Any] | None = None) -> SourceStatus:
     """Extract one source and write its tables into `staging`; never raises for a source failure.
     A batch of a scaled-out source writes its tables as part `part` (Store.write_source_tables),
-    with `options` for its extract."""
+    with `options` for its extract.
+
+    A SourceError, and any exception that is not one of regsweep's own (a bug met by hostile
+    input, a MemoryError), fails the source: its status is `failed` with a one-line error naming
+    the source and the exception type, and the snapshot is published incomplete. regsweep's
+    other typed errors (a ConfigError, a StoreError) say what the user must fix and still stop
+    the run."""
     store = Store(config.store)
     started = time.monotonic()
     with collecting() as notes:
@@ -81,8 +96,31 @@ def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime, *
             counts = store.snapshots.write_source_tables(staging, tables, SOURCE_TABLES[name], part=part)
         except SourceError as e:
             return SourceStatus("failed", seconds=time.monotonic() - started, error=str(e), notes=notes.to_json())
+        except RegsweepError:
+            raise
+        except Exception as e:
+            error = unexpected_failure(name, e)
+            # The traceback is for whoever fixes the bug: in the run log (redacted), not in snapshot.json.
+            log.error(error, exc_info=True)
+            if part is None:   # writing may have failed half way; a batch's parts are scaleout.finish's
+                store.snapshots.remove_tables(staging, SOURCE_TABLES[name])
+            return SourceStatus("failed", seconds=time.monotonic() - started, error=error, notes=notes.to_json())
     rows = counts[next(iter(SOURCE_TABLES[name]))]
     return SourceStatus("ok", rows=rows, seconds=time.monotonic() - started, tables=counts, notes=notes.to_json())
+
+
+def unexpected_failure(source: str, e: BaseException) -> str:
+    """One line for an exception a source did not expect: the source, the exception type and the
+    first line of its text (shortened, secrets masked), never a traceback."""
+    try:
+        lines = str(e).strip().splitlines()
+    except Exception:   # an exception whose text cannot even be rendered
+        lines = []
+    text = redact(lines[0] if lines else "")
+    if len(text) > UNEXPECTED_TEXT_MAX:
+        text = text[:UNEXPECTED_TEXT_MAX - 1] + "…"
+    return (f"{source}: unexpected {type(e).__name__}" + (f": {text}" if text else "")
+            + " (a bug or input regsweep does not understand; the source is counted as failed)")
 
 
 def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[str, SourceStatus],

@@ -6,8 +6,9 @@ Where the repository comes from (`git:` in the configuration):
 - `url`: a bare cache clone under `git.cache` (default `<store>/git-cache` for a local store),
   created on first use and fetched with prune on every run, so branches deleted upstream stop
   keeping images; its branches are the upstream's refs/heads/* (git.remote does not apply).
-  Only URLs that need no credentials are supported (a URL with a password is refused, as the
-  cache would store it); for private repositories use `path`.
+  Only URLs that need no credentials are supported (user info or a query string in the URL is
+  refused, as the cache would store it and messages would show it; http:// and git:// need
+  git.allowInsecureTransport); for private repositories use `path`.
 
 Branches are `refs/remotes/<remote>/*` (named without the `<remote>/` prefix, `<remote>/HEAD`
 skipped) when the repository has any, else `refs/heads/*`: werf looks only at what was pushed,
@@ -41,8 +42,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 import pygit2
 
-from tasks.config.models import GitConfig, RegsweepConfig, git_section_problem
+from tasks.config.models import GitConfig, RegsweepConfig, git_section_problem, git_url_problem
 from tasks.common.errors import GitError
+from tasks.common.redact import redact as redact_secrets
 from tasks.common.progress import reporter
 from tasks.store.schemas import GIT_COMMITS, GIT_REFS, TS
 from tasks.store.store import Store
@@ -66,6 +68,12 @@ def read_repository(git: GitConfig | None, store: Store) -> dict[str, pa.Table]:
     problem = git_section_problem(git, full_keys=True)
     if problem:
         raise GitError(git.path if git is not None and git.path else "(not configured)", problem)
+    if git.url:
+        # parse_config and flow parameters refused such a URL already; a config built otherwise
+        # (model_construct) must not get past the source either.
+        problem = git_url_problem(git.url, allow_insecure=git.allowInsecureTransport)
+        if problem:
+            raise GitError(redact(git.url), f"git.url {problem}")
     progress = reporter()
     label = git.path or redact(git.url)
     progress.start("git", f"git {label}: reading", None)
@@ -96,12 +104,24 @@ def open_repository(path: str) -> pygit2.Repository:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ***, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[1]}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL fit for messages and logs: a password, a user name that is not an ssh account
+    (a token used as user name: https://ghp_x@github.com/...), the query and the fragment are ***."""
+    try:
+        parts = urlsplit(url)
+        password, username = parts.password, parts.username
+    except ValueError:
+        return "(git.url, not a valid URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        host = netloc.rsplit("@", 1)[1]
+        if password is not None:
+            netloc = f"{username}:***@{host}" if "ssh" in parts.scheme else f"***@{host}"
+        elif "ssh" not in parts.scheme:
+            netloc = f"***@{host}"
+    if "://" in url and (netloc != parts.netloc or parts.query or parts.fragment):
+        url = urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
+                          "***" if parts.fragment else ""))
+    return redact_secrets(url)
 
 
 def cache_dir(git: GitConfig, store: Store) -> Path:
@@ -121,10 +141,11 @@ def _cache_name(url: str) -> str:
 def sync_cache(url: str, cache: Path, remote: str = CACHE_REMOTE) -> pygit2.Repository:
     """Clone `url` bare into the cache on first use, else fetch it with prune; returns the repository."""
     shown = redact(url)
-    if shown != url:
-        # The cache's config would keep the password on disk, next to the snapshots.
-        raise GitError(shown, "git.url must not contain a password; use a URL that needs none "
-                       "(a read-only mirror, file://, or git.path on a clone you manage)")
+    # The cache's config would keep credentials on disk, next to the snapshots. The transport
+    # (http://, git://) was the configuration's to allow.
+    problem = git_url_problem(url, allow_insecure=True)
+    if problem:
+        raise GitError(shown, f"git.url {problem}")
     target = cache / _cache_name(url)
     refspecs = [f"+refs/heads/*:refs/remotes/{remote}/*", "+refs/tags/*:refs/tags/*"]
     try:

@@ -27,6 +27,7 @@ from urllib3.util.retry import Retry
 from tasks.common.errors import ClusterError, ConfigError
 from tasks.common.notes import in_context, retried
 from tasks.common.progress import reporter
+from tasks.common.redact import remember
 
 if TYPE_CHECKING:
     from tasks.config.models import KubernetesConfig
@@ -109,6 +110,8 @@ def connect(k: "KubernetesConfig") -> list[Cluster]:
         # A refused connection twice, a reset or slow answer once, and a throttled or briefly
         # unavailable API server (429, 502-504, honouring Retry-After) three times; any other
         # status is handled (410) or fails the source. Lists are GETs: safe to send again.
+        for value in (cfg.api_key or {}).values():   # the bearer token: masked in every message
+            remember(str(value).removeprefix("Bearer "))
         cfg.retries = _Retry(total=6, connect=2, read=1, status=3, redirect=0, other=0, backoff_factor=0.25,
                              backoff_max=8, status_forcelist=(429, 502, 503, 504), allowed_methods=frozenset({"GET"}),
                              respect_retry_after_header=True, raise_on_status=False)
