@@ -80,7 +80,7 @@ def _since(option: str | None):
 @app.command()
 def snapshot(
     config: ConfigOpt,
-    sources: Annotated[Optional[str], typer.Option(help="Comma-separated subset of registry,kubernetes,helm,git.")] = None,
+    sources: Annotated[Optional[str], typer.Option(help="Comma-separated subset of registry,kubernetes,helm,git,keeplist.")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Take a snapshot of every enabled source; prints the snapshot id last."""

@@ -19,14 +19,17 @@ from tasks.store.schemas import SOURCE_TABLES
 from tasks.store.store import SourceStatus, Store
 
 SOURCE_MODULES = {"registry": "tasks.sources.registry", "kubernetes": "tasks.sources.kubernetes.workloads",
-                  "helm": "tasks.sources.kubernetes.helm", "git": "tasks.sources.git"}
+                  "helm": "tasks.sources.kubernetes.helm", "git": "tasks.sources.git",
+                  "keeplist": "tasks.sources.keeplists"}
 
 
 def select_sources(config: RegsweepConfig, requested: list[str] | None) -> dict[str, bool]:
-    """Map every source to whether this run extracts it (requested and enabled by the config)."""
+    """Map every source to whether this run extracts it (requested and enabled by the config).
+    The keep-list source is left out of a configuration without `keep.lists`: snapshot.json then
+    records no keep-list source at all, as before keep lists existed."""
     enabled = set(config.enabled_sources())
     wanted = set(requested) if requested else set(ALL_SOURCES)
-    return {s: (s in enabled and s in wanted) for s in ALL_SOURCES}
+    return {s: (s in enabled and s in wanted) for s in ALL_SOURCES if s != "keeplist" or config.keep.lists}
 
 
 def check_sources(config: RegsweepConfig, chosen: dict[str, bool]) -> None:

@@ -89,6 +89,16 @@ HELM = pa.schema([
     *_text("driver", "image"),
 ])
 
+# --- keep-list source (tasks/sources/keeplists.py) ------------------------------------------
+
+#: One row per image reference on a keep list (`keep.lists`): the list as configured (an absolute
+#: path or an fsspec URL), the line it is on (1-based) and the reference as written there.
+KEEP_LIST = pa.schema([
+    *_text("file"),
+    pa.field("line", pa.int32(), nullable=False),
+    *_text("image"),
+])
+
 # --- git source ------------------------------------------------------------------------------
 
 #: Branches and tags. kind: branch | tag. date: branch head committer date, annotated tag's
@@ -116,6 +126,7 @@ SOURCE_TABLES: dict[str, dict[str, pa.Schema]] = {
     "kubernetes": {"workloads": WORKLOADS},
     "helm": {"helm": HELM},
     "git": {"git_refs": GIT_REFS, "git_commits": GIT_COMMITS},
+    "keeplist": {"keep_list": KEEP_LIST},
 }
 
 # --- history (tasks/plan/history_rules.py): what earlier snapshots saw, derived from them at plan time ---------
