@@ -66,8 +66,10 @@ def run_source(name: str, config: RegsweepConfig, staging: str, now: datetime, *
 
 
 def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[str, SourceStatus],
-                  capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
-    """snapshot.json; `capabilities` is the registry's probe (`registry_capabilities`), if it ran."""
+                  capabilities: dict[str, Any] | None = None, missing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """snapshot.json; `capabilities` is the registry's probe (`registry_capabilities`), if it ran;
+    `missing` the counts of images in use the registry does not have (tasks/snapshot/missing.py),
+    if they could be found (the registry source completed)."""
     complete = all(s.status != "failed" for s in statuses.values())
     meta = {
         "created_at": created_at.isoformat(),
@@ -77,6 +79,8 @@ def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[s
     }
     if capabilities is not None:
         meta["registry_capabilities"] = capabilities
+    if missing is not None:
+        meta["missing"] = missing
     return meta
 
 
