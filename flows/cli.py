@@ -92,7 +92,7 @@ def _since(option: str | None):
 @app.command()
 def snapshot(
     config: ConfigOpt,
-    sources: Annotated[Optional[str], typer.Option(help="Comma-separated subset of registry,kubernetes,helm,git.")] = None,
+    sources: Annotated[Optional[str], typer.Option(help="Comma-separated subset of registry,kubernetes,helm,git,keeplist.")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Take a snapshot of every enabled source; prints the snapshot id last."""
@@ -128,15 +128,28 @@ def snapshot(
         except SnapshotIncomplete as e:
             for err in e.failures.values():
                 typer.echo(f"regsweep: error: {err}", err=True)
+            _missing_line(cfg, e.snapshot_id)
             typer.echo(f"regsweep: snapshot {e.snapshot_id} is incomplete; no plan made from it will delete anything", err=True)
             typer.echo(e.snapshot_id)
             raise typer.Exit(1)
         from tasks.store.store import Store
 
+        _missing_line(cfg, sid)
         typer.echo(f"snapshot written to {Store(cfg.store).path('snapshots', sid)}", err=True)
         typer.echo(sid)
 
     _run(body)
+
+
+def _missing_line(cfg, sid: str) -> None:
+    """The snapshot's images in use that the registry does not have, as one line on stderr (none
+    when nothing is missing)."""
+    from tasks.snapshot.missing import summary_line
+    from tasks.store.store import Store
+
+    line = summary_line(Store(cfg.store).snapshots.meta(sid).get("missing"))
+    if line:
+        typer.echo(f"regsweep: warning: {line} (snapshot table missing.parquet lists each)", err=True)
 
 
 def _reclaim_text(meta: dict) -> str:

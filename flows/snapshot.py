@@ -1,6 +1,7 @@
-"""Snapshot flow: extract every enabled source in parallel into one published snapshot, then cache
-what history and the what-if read of it; with `runner.kind: dask` the registry source fans out as
-repository-batch tasks on a Dask cluster (tasks/snapshot/scaleout.py). The steps are tasks/snapshot/tasks.py's."""
+"""Snapshot flow: extract every enabled source in parallel, list the images in use that the registry
+does not have, publish it all as one snapshot, then cache what history and the what-if read of it;
+with `runner.kind: dask` the registry source fans out as repository-batch tasks on a Dask cluster
+(tasks/snapshot/scaleout.py). The steps are tasks/snapshot/tasks.py's."""
 
 # No `from __future__ import annotations`: a deployment run rebuilds the parameter model from the
 # flow signature in another process, where string annotations do not resolve. See flows/sweep.py.
@@ -20,8 +21,8 @@ from tasks.config.models import RegsweepConfig
 from tasks.snapshot.render import summary_markdown
 from tasks.snapshot.scaleout import batches, empty_tables, finish, list_repositories, merge_statuses
 from tasks.snapshot.take import SourceStatus, check_sources, preload_sources, select_sources, snapshot_meta
-from tasks.snapshot.tasks import (cache_history_inputs_task, dask_runner, extract_source, probe_registry,
-                                  scan_registry_batch)
+from tasks.snapshot.tasks import (cache_history_inputs_task, dask_runner, extract_source, find_missing_images,
+                                  probe_registry, scan_registry_batch)
 from tasks.store.store import Store, new_id
 
 
@@ -68,11 +69,12 @@ def snapshot_flow(
         done[name] = future.result()
     statuses = {name: done.get(name, SourceStatus("skipped")) for name in chosen}
     caps = probe_registry(config, staging) if statuses["registry"].status == "ok" else None
-    meta = snapshot_meta(now, config, statuses, caps)
+    missing = find_missing_images(config, staging, {name: s.status for name, s in statuses.items()})
+    meta = snapshot_meta(now, config, statuses, caps, None if missing is None else missing.to_json())
     store.snapshots.publish(snapshot_id, meta)
     counts = cache_history_inputs_task(config.store, snapshot_id)
-    create_markdown_artifact(summary_markdown(snapshot_id, meta, counts), key="regsweep-snapshot",
-                             description=f"Snapshot {snapshot_id}")
+    create_markdown_artifact(summary_markdown(snapshot_id, meta, counts, None if missing is None else missing.shown),
+                             key="regsweep-snapshot", description=f"Snapshot {snapshot_id}")
     if not meta["complete"]:
         raise SnapshotIncomplete(snapshot_id, {n: s.error or "failed" for n, s in statuses.items() if s.status == "failed"})
     return snapshot_id

@@ -22,7 +22,7 @@ from tasks.common.redact import remember
 from tasks.config.policy import CleanupPolicy
 from tasks.common.units import parse_duration
 
-ALL_SOURCES = ("registry", "kubernetes", "helm", "git")
+ALL_SOURCES = ("registry", "kubernetes", "helm", "git", "keeplist")
 
 
 class _Strict(BaseModel):
@@ -380,6 +380,20 @@ class RunnerConfig(_Strict):
     dask: DaskConfig = Field(default_factory=DaskConfig, description="The Dask cluster, for kind: dask.")
 
 
+class KeepConfig(_Strict):
+    lists: list[str] = Field(default_factory=list, description=(
+        "Keep lists: files of image references to keep, one per line (werf's --keep-list format: `#` comments, "
+        "blank lines), for images used outside the scanned clusters. Local paths (relative to the config file) or "
+        "fsspec URLs (s3://bucket/keep.txt). Read into each snapshot; one that cannot be read makes it incomplete."))
+
+    @field_validator("lists")
+    @classmethod
+    def _lists(cls, v: list[str]) -> list[str]:
+        if any(not p.strip() for p in v):
+            raise ValueError("a keep list is named by a path or URL, not an empty string")
+        return [p.strip() for p in v]
+
+
 class RegsweepConfig(_Strict):
     """Everything one regsweep run needs; the YAML file maps onto it key for key."""
 
@@ -395,6 +409,7 @@ class RegsweepConfig(_Strict):
     cleanup: CleanupPolicy = Field(default_factory=CleanupPolicy)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where the snapshot's registry scan runs.")
+    keep: KeepConfig = Field(default_factory=KeepConfig, description="Images to keep whatever the policy says.")
 
     def enabled_sources(self) -> list[str]:
         """Sources this configuration leaves something to do for (others are skipped, not failed)."""
@@ -405,6 +420,8 @@ class RegsweepConfig(_Strict):
             out.append("helm")
         if not self.cleanup.disableGitHistoryBasedPolicy:
             out.append("git")
+        if self.keep.lists:
+            out.append("keeplist")
         return out
 
 
@@ -518,4 +535,6 @@ def _anchor_paths(cfg: RegsweepConfig, base: Path) -> RegsweepConfig:
     for section in ("kubernetes", "helm"):
         for d in (data.get(section) or {}).get("dumps") or ():
             d["file"] = anchor(d["file"])
+    if data.get("keep", {}).get("lists"):
+        data["keep"]["lists"] = [anchor(p) for p in data["keep"]["lists"]]
     return RegsweepConfig.model_validate(data)

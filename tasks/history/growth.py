@@ -9,7 +9,8 @@ only the columns counted.
 
 Incomplete snapshots are included and marked (their complete flag): a registry table that was
 read fully still says how big the registry was; one whose registry source failed is a gap, and
-the diff spans it. Reclaimable bytes over time come from the stored plans (plan.json).
+the diff spans it. Reclaimable bytes over time come from the stored plans (plan.json). The
+latest snapshot's images in use that the registry does not have close the report ("broken now").
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Growth:
     totals: dict
     basis: str                   # "unique" or "image": which bytes growth is measured in
     series: pd.DataFrame         # those bytes per snapshot time (rows) and repository (columns)
+    broken: dict | None = None   # the latest snapshot's images in use the registry lacks (`broken_now`)
 
 
 def _summaries(store: Store, sids: list[str], workers: int) -> list[tuple[str, pa.Table, pa.Table | None]]:
@@ -124,7 +126,21 @@ def growth_report(store: Store, since: datetime | None = None, workers: int = WO
     counted = df[df["tags"].notna()]
     basis = "unique" if len(counted) and counted["unique_bytes"].notna().all() else "image"
     repos, totals, series = _per_repository(counted, per_repo, diffs, basis)
-    return Growth(df, repos, totals, basis, series)
+    return Growth(df, repos, totals, basis, series, broken_now(store, sids[-1], metas[sids[-1]]) if sids else None)
+
+
+#: Rows of the latest snapshot's MISSING table the report lists.
+BROKEN_SHOWN = 10
+
+
+def broken_now(store: Store, sid: str, meta: dict) -> dict:
+    """What the latest snapshot found in use but missing from the registry (tasks/snapshot/missing.py):
+    its counts (None: unknown, the registry source did not complete or the snapshot predates the
+    table) and its first rows."""
+    found = meta.get("missing")
+    table = store.snapshots.table(sid, "missing") if found else None
+    rows = table.slice(0, BROKEN_SHOWN).to_pylist() if table is not None else []
+    return {"snapshot": sid, "missing": found, "rows": rows}
 
 
 def _per_repository(counted: pd.DataFrame, per_repo: list[pd.DataFrame], diffs: list[pd.DataFrame], basis: str):
@@ -222,7 +238,26 @@ def render_text(report: Growth, top: int = 10) -> str:
                   r.assign(**{c: r[c].map(_b) for c in ("unique_bytes", "image_bytes", "bytes_per_day",
                                                         *[f"bytes_in_{d}d" for d in PROJECT_DAYS])},
                            tags_per_day=r["tags_per_day"].astype(float).round(1)).to_string(index=False, na_rep="-")]
+    if report.broken is not None:
+        lines += ["", *_broken_lines(report.broken)]
     return "\n".join(lines)
+
+
+def _broken_lines(broken: dict) -> list[str]:
+    """`broken now: …` for the latest snapshot, then its first missing images, one a line."""
+    from tasks.snapshot.missing import summary_line
+
+    sid, found = broken["snapshot"], broken["missing"]
+    if found is None:
+        return [f"broken now: unknown (snapshot {sid} has no complete registry listing to compare with)"]
+    line = summary_line(found)
+    if line is None:
+        return [f"broken now: nothing (snapshot {sid}: every image in use is in the registry)"]
+    out = [f"broken now (snapshot {sid}): {line}"]
+    out += [f"  {r['source']} {r['where']}: {r['image']}: {r['why']}" for r in broken["rows"]]
+    if found.get("rows", 0) > len(broken["rows"]):
+        out.append(f"  … and {found['rows'] - len(broken['rows'])} more (the snapshot's missing.parquet)")
+    return out
 
 
 def render_markdown(report: Growth, top: int = 10) -> str:
@@ -237,4 +272,4 @@ def to_json(report: Growth, top: int = 10) -> dict:
 
     snaps = report.snapshots.assign(created_at=report.snapshots["created_at"].map(lambda t: t.isoformat()))
     return {"basis": report.basis, "totals": report.totals, "snapshots": clean(snaps),
-            "repositories": clean(report.repositories.head(top))}
+            "repositories": clean(report.repositories.head(top)), "broken_now": report.broken}

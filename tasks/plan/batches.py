@@ -11,8 +11,8 @@ The repository-keyed tables (tags, manifests, children, links) are read once int
 compact: no Python object per value, low-cardinality columns dictionary-encoded — ordered by
 repository (the registry source writes them so; other snapshots are sorted here) and cut into
 runs of whole repositories of about `batch_rows` rows. Each run becomes pandas only while it is
-evaluated. Tables without a repository column (workloads, helm, git) are read whole; workload
-and Helm rows go only to the batches holding a repository they reference, and any other pandas
+evaluated. Tables without a repository column (workloads, helm, keep_list, git) are read whole; workload,
+Helm and keep-list rows go only to the batches holding a repository they reference, and any other pandas
 table with a repository column is filtered to the batch's repositories.
 """
 
@@ -36,7 +36,7 @@ from tasks.plan.references import references
 BATCH_ROWS = 200_000
 
 #: Tables whose rows name images by reference, not by repository: (image column, pod imageIDs too).
-_REFERENCING = {"workloads": ("image", True), "helm": ("image", False)}
+_REFERENCING = {"workloads": ("image", True), "helm": ("image", False), "keep_list": ("image", False)}
 
 
 def plan_batches(tables: dict[str, Any], meta: dict[str, Any], config: RegsweepConfig,

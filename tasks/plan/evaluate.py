@@ -4,7 +4,8 @@ Decisions are made per manifest digest of a repository (a "node"); every tag on 
 the digest's decision, because deleting a manifest deletes all of its tags (README "Safety").
 A node is kept when any rule keeps it, and its reasons list every rule that did:
 
-  1. in use      workload images (not finished Jobs) by digest (imageID, @sha256) and by tag;
+  1. in use      workload images (not finished Jobs) by digest (imageID, @sha256) and by tag, and
+                 the images keep lists name (`tables["keep_list"]`, when `keep.lists` is set), alike;
                  a reference into another host keeps the same-named repository's image (fail closed)
   2. helm        every stored revision the Helm source recorded
   2b. seen        (keepImagesSeenInUseWithin, regsweep's own) what earlier snapshots within the window
@@ -50,7 +51,7 @@ from tasks.plan.inputs import Shared, snapshot_now, to_frame
 from tasks.plan.nodes import K_ARTIFACT, K_MISSING, K_REFERRERS, K_UNKNOWN, KINDS, Nodes
 from tasks.oci.manifest import tag_subject
 from tasks.plan.reasons import NoReasons, Reasons
-from tasks.plan.references import helm_revision_names, note_other_hosts, references, workload_names
+from tasks.plan.references import helm_revision_names, keep_list_names, note_other_hosts, references, workload_names
 from tasks.oci.reference import RegistryMatcher
 from tasks.store.schemas import PLAN
 from tasks.common.units import compact_ages, format_duration
@@ -130,11 +131,21 @@ def _evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], conf
     matcher = matcher or RegistryMatcher(config.registry.url, config.registry.aliases)
 
     refs = {}   # per reference rule, in rule order: (repository, tag, digest, host, text)
+    in_use, not_in_use = [], []
     if not problems and not cleanup.disableKubernetesBasedPolicy and tables.get("workloads") is not None:
         wl = tables["workloads"]
         wl = wl[~wl["finished"].astype(bool)]
         wl = wl.assign(text=_prefixed("in use: ", workload_names(wl)))
-        refs[IN_USE] = references(wl, matcher, carry="text", with_ids=True)
+        in_use.append(references(wl, matcher, carry="text", with_ids=True))
+        not_in_use.append("in any scanned workload")
+    if not problems and config.keep.lists and tables.get("keep_list") is not None:
+        # a keep list names images in use where no scanned cluster shows them: rule 1, matched alike
+        kl = tables["keep_list"]
+        kl = kl.assign(text=_prefixed("in use: keep list ", keep_list_names(kl)))
+        in_use.append(references(kl, matcher, carry="text"))
+        not_in_use.append("on any keep list")
+    if in_use:
+        refs[IN_USE] = pd.concat(in_use, ignore_index=True) if len(in_use) > 1 else in_use[0]
     if not problems and config.helm.enabled and tables.get("helm") is not None:
         h = tables["helm"]
         h = h.assign(text=_prefixed("helm: ", helm_revision_names(h, status=True)))
@@ -169,7 +180,7 @@ def _evaluate(tables: dict[str, pd.DataFrame | None], meta: dict[str, Any], conf
         uniq = pd.DataFrame({"node": node[ok], "text": text[ok]}).drop_duplicates().sort_values(["node", "text"])
         kept[uniq["node"].to_numpy()] = True
         reasons.add(uniq["node"].to_numpy(), uniq["text"].to_numpy(dtype=object), order)
-        reasons.add_common({IN_USE: "not in use in any scanned workload", HELM: "in no stored Helm revision"}.get(order)
+        reasons.add_common({IN_USE: "not in use " + " or ".join(not_in_use), HELM: "in no stored Helm revision"}.get(order)
                            or f"not seen in use or in Helm within {format_duration(cleanup.keepImagesSeenInUseWithin)}")
 
     links = nodes.encoded.links

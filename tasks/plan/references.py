@@ -1,28 +1,26 @@
 """Image references as the plan reads them, and the texts that say where one was found.
 
-Rules 1 (in use), 2 (Helm) and 2b (seen in use or in Helm by earlier snapshots) keep what image
-references name. `references` reads them once for all three — and for tasks/plan/batches.py, which
+Rules 1 (in use, by workloads and keep lists), 2 (Helm) and 2b (seen in use or in Helm by earlier
+snapshots) keep what image references name. `references` reads them once for all three — and for tasks/plan/batches.py, which
 must send each workload and Helm row to the batch holding the repository it names — the same way:
 by tag and by digest, a pod's `imageID` too, and a reference into another host by name (fail
 closed). Which row a reading came from travels in a passthrough column of the caller's choice.
 
-`workload_names` and `helm_revision_names` are the one spelling of a workload and of a Helm
-revision, for the plan's reasons (tasks/plan/evaluate.py) and for the sightings earlier snapshots
-recorded (tasks/plan/history_rules.py).
+`workload_names`, `helm_revision_names` and `keep_list_names` (tasks/snapshot/places.py, imported
+here) are the one spelling of a workload, of a Helm revision and of a keep-list line, for the
+plan's reasons (tasks/plan/evaluate.py), for the sightings earlier snapshots recorded
+(tasks/plan/history_rules.py) and for the snapshot's images missing from the registry.
 """
 
 from __future__ import annotations
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from tasks.oci.reference import RegistryMatcher, digest_of_image_id, match_images, other_host_images
-
-#: How a workload's container list (WORKLOADS `container_type`) is named in texts; any other
-#: value is a "container".
-CONTAINER_TYPES = {"containers": "container", "initContainers": "init container",
-                   "ephemeralContainers": "ephemeral container"}
+# The one spelling of where a snapshot names an image lives with the snapshot, whose list of images
+# missing from the registry (tasks/snapshot/missing.py) names places as the plan's reasons do.
+from tasks.snapshot.places import (CONTAINER_TYPES, helm_revision_names, keep_list_names,  # noqa: F401
+                                   workload_names)
 
 #: The columns of `references` besides the passthrough one.
 REFERENCE_COLUMNS = ["repository", "tag", "digest", "host"]
@@ -81,47 +79,3 @@ def _image_id_refs(image_ids: pd.Series, matcher: RegistryMatcher) -> pd.DataFra
         ref = matcher.parse(s.rsplit("@", 1)[0]) if "@" in s else None
         rows.append((iid, ref.repository if ref else None, d))
     return pd.DataFrame(rows, columns=["image_id", "id_repository", "id_digest"], dtype=object)
-
-
-# ------------------------------------------------------------------ where a reference was found
-
-def workload_names(workloads: pa.Table | pd.DataFrame) -> pa.Array | pa.ChunkedArray:
-    """`context/namespace/Kind/name <container type> container` per WORKLOADS row."""
-    col = lambda name: _strings(workloads[name])  # noqa: E731
-    return _join(col("context"), "/", col("namespace"), "/", col("kind"), "/", col("name"), " ",
-                 _container_types(col("container_type")), " ", col("container"))
-
-
-def helm_revision_names(helm: pa.Table | pd.DataFrame, *, status: bool) -> pa.Array | pa.ChunkedArray:
-    """`context/namespace/release revision N` per HELM row; with `status`, then ` (deployed)`
-    (`unknown` where none was recorded).
-
-    The plan's Helm rule (2) names the status: what the revision is in the snapshot being
-    planned. A sighting recorded by an earlier snapshot (tasks/plan/history_rules.py) leaves it
-    out, deliberately: a status read then is stale now (the revision deployed a week ago is
-    superseded today), and the seen rule keeps an image whatever its revision's status, as
-    rule 2 does — so a sighting names the revision only, and its status is not read.
-    """
-    names = _join(_strings(helm["context"]), "/", _strings(helm["namespace"]), "/", _strings(helm["release"]),
-                  " revision ", _strings(helm["revision"]))
-    if not status:
-        return names
-    return _join(names, " (", pc.fill_null(_strings(helm["status"]), "unknown"), ")")
-
-
-def _container_types(container_type) -> pa.Array | pa.ChunkedArray:
-    label = pa.scalar("container")   # any other list, or none recorded
-    for key, text in CONTAINER_TYPES.items():
-        label = pc.if_else(pc.fill_null(pc.equal(container_type, key), False), text, label)
-    return label
-
-
-def _strings(col) -> pa.Array | pa.ChunkedArray:
-    """A pandas or Arrow column as Arrow strings (numbers written out, as `str` writes them)."""
-    if isinstance(col, pd.Series):
-        col = pa.array(col, from_pandas=True)
-    return pc.cast(col, pa.string())
-
-
-def _join(*parts) -> pa.Array | pa.ChunkedArray:
-    return pc.binary_join_element_wise(*parts, "")

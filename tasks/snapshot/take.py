@@ -51,14 +51,17 @@ log = logging.getLogger("regsweep.snapshot")
 UNEXPECTED_TEXT_MAX = 200
 
 SOURCE_MODULES = {"registry": "tasks.sources.registry", "kubernetes": "tasks.sources.kubernetes.workloads",
-                  "helm": "tasks.sources.kubernetes.helm", "git": "tasks.sources.git"}
+                  "helm": "tasks.sources.kubernetes.helm", "git": "tasks.sources.git",
+                  "keeplist": "tasks.sources.keeplists"}
 
 
 def select_sources(config: RegsweepConfig, requested: list[str] | None) -> dict[str, bool]:
-    """Map every source to whether this run extracts it (requested and enabled by the config)."""
+    """Map every source to whether this run extracts it (requested and enabled by the config).
+    The keep-list source is left out of a configuration without `keep.lists`: snapshot.json then
+    records no keep-list source at all, as before keep lists existed."""
     enabled = set(config.enabled_sources())
     wanted = set(requested) if requested else set(ALL_SOURCES)
-    return {s: (s in enabled and s in wanted) for s in ALL_SOURCES}
+    return {s: (s in enabled and s in wanted) for s in ALL_SOURCES if s != "keeplist" or config.keep.lists}
 
 
 def check_sources(config: RegsweepConfig, chosen: dict[str, bool]) -> None:
@@ -124,8 +127,10 @@ def unexpected_failure(source: str, e: BaseException) -> str:
 
 
 def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[str, SourceStatus],
-                  capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
-    """snapshot.json; `capabilities` is the registry's probe (`registry_capabilities`), if it ran."""
+                  capabilities: dict[str, Any] | None = None, missing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """snapshot.json; `capabilities` is the registry's probe (`registry_capabilities`), if it ran;
+    `missing` the counts of images in use the registry does not have (tasks/snapshot/missing.py),
+    if they could be found (the registry source completed)."""
     complete = all(s.status != "failed" for s in statuses.values())
     meta = {
         "created_at": created_at.isoformat(),
@@ -135,6 +140,8 @@ def snapshot_meta(created_at: datetime, config: RegsweepConfig, statuses: dict[s
     }
     if capabilities is not None:
         meta["registry_capabilities"] = capabilities
+    if missing is not None:
+        meta["missing"] = missing
     return meta
 
 

@@ -1,8 +1,9 @@
 """The Prefect tasks the snapshot flow runs (flows/snapshot.py sequences them).
 
 One task per source (never per tag), one per repository batch when the registry scan fans out on
-Dask, the capability probe, and the step that caches what history and the what-if read of the new
-snapshot. Each is a thin wrapper over a plain function of this package.
+Dask, the capability probe, the step that lists images in use the registry does not have (after
+every source, before publishing), and the step that caches what history and the what-if read of
+the new snapshot. Each is a thin wrapper over a plain function of this package.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from prefect import task
 
 from tasks.config.models import RegsweepConfig
+from tasks.snapshot.missing import MissingImages, record_missing
 from tasks.snapshot.scaleout import scan_batch
 from tasks.snapshot.summary import cache_history_inputs
 from tasks.snapshot.take import run_source, staged_repositories
@@ -32,6 +34,14 @@ def extract_source(name: str, config: RegsweepConfig, staging: str, now_iso: str
 def probe_registry(config: RegsweepConfig, staging: str) -> dict | None:
     """What the registry lets regsweep do (tasks/registry/capabilities.py), probed in a repository just scanned."""
     return probe_capabilities(config.registry, staged_repositories(Store(config.store), staging))
+
+
+@task(name="find-missing-images")
+def find_missing_images(config: RegsweepConfig, staging: str, statuses: dict[str, str]) -> MissingImages | None:
+    """Images workloads, Helm revisions and keep lists name that the registry does not have
+    (tasks/snapshot/missing.py), from the sources whose status is ok; None when the registry
+    source did not complete (nothing can be called missing then)."""
+    return record_missing(config, Store(config.store), staging, statuses)
 
 
 @task(name="scan-registry-batch", task_run_name="scan-registry-batch-{part}")

@@ -89,6 +89,16 @@ HELM = pa.schema([
     *_text("driver", "image"),
 ])
 
+# --- keep-list source (tasks/sources/keeplists.py) ------------------------------------------
+
+#: One row per image reference on a keep list (`keep.lists`): the list as configured (an absolute
+#: path or an fsspec URL), the line it is on (1-based) and the reference as written there.
+KEEP_LIST = pa.schema([
+    *_text("file"),
+    pa.field("line", pa.int32(), nullable=False),
+    *_text("image"),
+])
+
 # --- git source ------------------------------------------------------------------------------
 
 #: Branches and tags. kind: branch | tag. date: branch head committer date, annotated tag's
@@ -116,7 +126,23 @@ SOURCE_TABLES: dict[str, dict[str, pa.Schema]] = {
     "kubernetes": {"workloads": WORKLOADS},
     "helm": {"helm": HELM},
     "git": {"git_refs": GIT_REFS, "git_commits": GIT_COMMITS},
+    "keeplist": {"keep_list": KEEP_LIST},
 }
+
+# --- after every source (tasks/snapshot/missing.py) ------------------------------------------------
+
+#: Images in use that the registry does not have: one row per place (a workload container, a Helm
+#: revision, a keep-list line) naming, in this registry (its host or an alias), a tag or digest the
+#: registry source did not list. source: kubernetes | helm | keeplist. where: the workload
+#: (`context/namespace/Kind/name <type> container`), the Helm revision (`context/namespace/release
+#: revision N (status)`) or `file:line`. Written when the registry source completed, from the
+#: sources that completed; informational: no keep rule reads it.
+MISSING = pa.schema([
+    *_text("source", "where", "image", "repository"),
+    pa.field("tag", pa.string()),                      # the tag the reference names; null when it names a digest only
+    pa.field("digest", pa.string()),                   # the digest it names, if any (then the tag is not pulled)
+    *_text("why"),
+])
 
 # --- history (tasks/plan/history_rules.py): what earlier snapshots saw, derived from them at plan time ---------
 
