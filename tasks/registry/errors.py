@@ -1,24 +1,38 @@
-"""THE mapping from a registry's HTTP answer, or a failure to get one, to regsweep's typed errors.
+"""THE mapping from a registry's answer, or a failure to get one, to regsweep's typed errors.
 
-Every registry client and the auth flow raise what `registry_error` returns, so which status
-means which error class (and whether to try again) is decided here and nowhere else:
+Every registry client raises what this module returns: `registry_error` for an HTTP answer or
+transport failure (the Distribution API, the auth flow, every native REST API), `aws_error` for
+ECR's API through botocore. Which answer means which error class, and whether to try again, is
+decided here and nowhere else:
 
-    401/403                          RegistryAuthError   (a token service's refusal names the user)
-    405, or OCI code UNSUPPORTED     UnsupportedOperation
+    HTTP status (registry_error)                    AWS error code (aws_error)
+    401/403                  RegistryAuthError      AccessDenied..., ExpiredToken..., 401/403
+    405, OCI UNSUPPORTED     UnsupportedOperation   UnsupportedImageTypeException
     a tag delete refused 400 DIGEST_INVALID (Distribution 2.8 deletes by digest only) → UnsupportedOperation
-    404                              ManifestUnknown
-    TLS, connect, timeout, dropped   RegistryUnreachable
-    anything else                    RegistryError
+    404                      ManifestUnknown        RepositoryNotFound..., ImageNotFound...
+    TLS, connect, timeout, dropped  RegistryUnreachable   EndpointConnectionError, timeouts, closed
+    anything else            RegistryError          anything else
 
-429, 502, 503, 504 and dropped connections are `retryable`, with the registry's Retry-After.
+Retried (`retryable`, with the server's Retry-After) are 429, 502, 503, 504, an answer the API's
+rate-limit hook recognises (`rate_limited`: GitHub's 403 with x-ratelimit-remaining: 0), AWS's
+throttling codes, and dropped connections and timeouts. Nothing else is, in any API.
+
+ECR's 500 (`ServerException`, `InternalFailure`) is decided like every other API's 500: not
+retried, so the source fails and the snapshot is published incomplete (README "Reliability").
+botocore's own retries are off (tasks/registry/backends/ecr.py: `total_max_attempts: 1`), so
+no layer below retries it either. A 500 is an answer, not an outage: retrying it five times
+hides a registry bug for minutes, and the sweep's DELETE that got one is journalled `failed`
+and left for the next run instead. ECR's 502/503/504 are retried as anywhere else.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Callable
 
 import httpx
 
@@ -57,12 +71,14 @@ def oci_errors(response: httpx.Response) -> tuple[tuple[str, ...], str]:
 def registry_error(registry: str, *, response: httpx.Response | None = None, exc: BaseException | None = None,
                    repository: str | None = None, reference: str | None = None, tag_delete: bool = False,
                    token_service: TokenService | None = None,
-                   credentials_hint: str = "registry.auth, or the docker config") -> RegistryError:
+                   credentials_hint: str = "registry.auth, or the docker config",
+                   rate_limited: Callable[[httpx.Response], bool] | None = None) -> RegistryError:
     """The typed error for an error `response` (or a transport failure `exc`) from `registry`.
 
     `tag_delete` says the response answers a DELETE by tag, `token_service` that it is a token
-    service's answer, `credentials_hint` where a refused request's credentials came from. A
-    RegistryError passed as `exc` (the auth flow raises them) is returned as is.
+    service's answer, `credentials_hint` where a refused request's credentials came from, and
+    `rate_limited` is the API's own hook for a rate limit its status does not say (retried, with
+    Retry-After). A RegistryError passed as `exc` (the auth flow raises them) is returned as is.
     """
     where = {"repository": repository, "reference": reference}
     if exc is not None:
@@ -87,7 +103,7 @@ def registry_error(registry: str, *, response: httpx.Response | None = None, exc
         cls, detail = UnsupportedOperation, f"{detail} (the registry does not allow this operation)"
     elif status == 404:
         cls = ManifestUnknown
-    retryable = status in RETRY_STATUSES
+    retryable = status in RETRY_STATUSES or (rate_limited is not None and rate_limited(response))
     after = parse_retry_after(response.headers.get("retry-after")) if retryable else None
     return cls(registry, detail, status=status, codes=codes, retryable=retryable, retry_after=after, **where)
 
@@ -131,3 +147,54 @@ def parse_retry_after(value: str | None) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
+
+
+# --- ECR's API (botocore) -------------------------------------------------------------------------
+
+AWS_AUTH_CODES = frozenset({"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
+                            "ExpiredTokenException", "InvalidClientTokenId", "MissingAuthenticationTokenException"})
+AWS_NOT_FOUND_CODES = frozenset({"RepositoryNotFoundException", "ImageNotFoundException"})
+AWS_THROTTLE_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"})
+AWS_CREDENTIALS_HINT = ("the AWS default chain: AWS_PROFILE or registry.ecr.profile, "
+                        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a role")
+
+
+def aws_error(registry: str, op: str, exc: Exception, *, repository: str | None = None,
+              reference: str | None = None) -> RegistryError:
+    """The typed error for a failed ECR API call `op` (botocore's exception `exc`)."""
+    import botocore.exceptions as bex
+
+    where = {"repository": repository, "reference": reference}
+    if isinstance(exc, RegistryError):
+        return exc
+    if isinstance(exc, bex.ClientError):
+        err, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+        code, message = aws_code_message(str(err.get("Code", "")), str(err.get("Message", "")))
+        status = int(meta.get("HTTPStatusCode") or 0) or None
+        text = f"ECR {op}: {code}" + (f": {message}" if message else "")
+        if code in AWS_AUTH_CODES or status in (401, 403):
+            return RegistryAuthError(registry, f"{text} (check the credentials: {AWS_CREDENTIALS_HINT})",
+                                     status=status, codes=(code,), **where)
+        if code in AWS_NOT_FOUND_CODES:
+            return ManifestUnknown(registry, text, status=status, codes=(code,), **where)
+        if code == "UnsupportedImageTypeException":
+            return UnsupportedOperation(registry, text, status=status, codes=(code,), **where)
+        retryable = code in AWS_THROTTLE_CODES or status in RETRY_STATUSES
+        after = (meta.get("HTTPHeaders") or {}).get("retry-after")
+        return RegistryError(registry, text, status=status, codes=(code,), retryable=retryable,
+                             retry_after=parse_retry_after(after) if retryable else None, **where)
+    if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+        return RegistryAuthError(registry, f"ECR {op}: no AWS credentials found ({AWS_CREDENTIALS_HINT})", **where)
+    if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
+                        bex.ConnectionClosedError)):
+        return RegistryUnreachable(registry, f"ECR {op}: {exc}", retryable=True, **where)
+    return RegistryError(registry, f"ECR {op}: {type(exc).__name__}: {exc}", **where)
+
+
+def aws_code_message(code: str, message: str) -> tuple[str, str]:
+    """The error code and a one-line message, also from an XML error body botocore could not parse."""
+    if message.lstrip().startswith("<"):
+        found = {k: re.search(rf"<{k}>(.*?)</{k}>", message, re.S) for k in ("Code", "Message")}
+        code = found["Code"].group(1).strip() if found["Code"] else code
+        message = found["Message"].group(1) if found["Message"] else ""
+    return code, " ".join(message.split())[:300]

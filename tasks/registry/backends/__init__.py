@@ -14,7 +14,7 @@ import importlib
 
 from tasks.registry.backends.base import PROBE_DIGEST, Backend, TagInfo
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import RetryPolicy
 
 _MODULES = {"distribution": ("tasks.registry.backends.base", "Backend"), "ecr": ("tasks.registry.backends.ecr", "EcrBackend"),
             "gitlab": ("tasks.registry.backends.gitlab", "GitLabBackend"), "harbor": ("tasks.registry.backends.harbor", "HarborBackend"),

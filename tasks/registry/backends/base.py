@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from tasks.registry.auth import Credentials
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RegistryClient, RetryPolicy
+from tasks.registry.distribution import RegistryClient
+from tasks.registry.transport import RetryPolicy
 
 #: A manifest digest no registry holds (no content hashes to it): what the capability probe deletes.
 PROBE_DIGEST = "sha256:" + "0" * 64

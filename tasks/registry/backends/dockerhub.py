@@ -24,7 +24,7 @@ from tasks.registry.auth import resolve_credentials
 from tasks.registry.backends.api import ApiBackend, body_next
 from tasks.registry.backends.base import TagInfo, probe_tag
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import RetryPolicy
 from tasks.common.errors import ManifestUnknown, RegistryAuthError, RegistryError, UnsupportedOperation
 from tasks.oci.manifest import is_digest
 from tasks.common.units import parse_build_time

@@ -24,7 +24,7 @@ import httpx
 from tasks.registry.backends.api import ApiBackend
 from tasks.registry.backends.base import TagInfo
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import RetryPolicy
 from tasks.common.errors import ManifestUnknown, UnsupportedOperation
 from tasks.common.units import parse_build_time
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from tasks.registry.backends.api import ApiBackend, x_next_page
 from tasks.registry.backends.base import TagInfo
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import RetryPolicy
 from tasks.common.errors import ManifestUnknown
 from tasks.common.units import parse_build_time
 

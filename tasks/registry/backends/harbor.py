@@ -20,7 +20,7 @@ from tasks.registry.auth import resolve_credentials
 from tasks.registry.backends.api import ApiBackend, link_next
 from tasks.registry.backends.base import PROBE_DIGEST, TagInfo, probe_tag
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import RetryPolicy
 from tasks.common.units import parse_build_time
 
 

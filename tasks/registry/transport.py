@@ -1,0 +1,281 @@
+"""The one HTTP transport under every registry API client: the Distribution client
+(tasks/registry/distribution.py) and every native API (tasks/registry/backends/).
+
+- `Gate`: at most `registry.concurrency` calls in flight, each counted, retried by one
+  `RetryPolicy` (exponential backoff with full jitter; Retry-After wins) and logged and counted
+  in the source's notes (tasks/common/notes.py) before each wait. ECR's boto3 calls go through
+  a Gate too, so every API of a registry is bounded, counted and retried alike.
+- `Transport`: one keep-alive `httpx.AsyncClient` for one API of one registry; `request` sends
+  one request through the Gate and turns every failure into a typed error by
+  tasks/registry/errors.py (which statuses retry is decided there, and only there);
+  `paged` is the one paginator, with a pluggable next-page function: `link_next` (RFC 8288
+  `Link: rel="next"`: Distribution, GitHub, Harbor, GitLab), `x_next_page` (GitLab) and
+  `body_next` (Docker Hub's `next` URL in the body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from tasks.common.errors import ConfigError, RegistryError
+from tasks.common.notes import retried
+from tasks.oci import manifest as oci
+from tasks.registry.errors import registry_error
+
+if TYPE_CHECKING:
+    from tasks.config.models import RegistryConfig
+
+log = logging.getLogger("regsweep.registry")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter; Retry-After wins when given."""
+
+    attempts: int = 5
+    initial: float = 0.25
+    maximum: float = 8.0
+    retry_after_cap: float = 60.0
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RegistryError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.retry_after_cap)
+        return random.uniform(0, min(self.maximum, self.initial * 2 ** (state.attempt_number - 1)))
+
+    def _note_retry(self, state: RetryCallState) -> None:
+        retried(log, f"{state.outcome.exception()} (attempt {state.attempt_number} of {self.attempts}); "
+                     f"retrying in {state.upcoming_sleep:.1f}s")
+
+    async def run(self, attempt: Callable[[], Awaitable[T]], *,
+                  on_retry: Callable[[RetryCallState], None] | None = None) -> T:
+        """`attempt()` until it returns, or raises anything but a retryable RegistryError, or the
+        attempts run out (the last error is raised). Each retry is logged and counted in the source's
+        notes (tasks/common/notes.py) before its wait, or handed to `on_retry` instead."""
+        def retryable(e: BaseException) -> bool:
+            return isinstance(e, RegistryError) and e.retryable
+
+        async for tried in AsyncRetrying(stop=stop_after_attempt(self.attempts), wait=self.wait,
+                                         retry=retry_if_exception(retryable), reraise=True,
+                                         before_sleep=on_retry or self._note_retry):
+            with tried:
+                return await attempt()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def ssl_context(config: "RegistryConfig") -> ssl.SSLContext | bool:
+    """The TLS verification for `config`'s registry: the system's CAs plus `registry.caFile`."""
+    if config.insecure:
+        return False
+    ctx = httpx.create_ssl_context()
+    if config.caFile:
+        path = Path(config.caFile).expanduser()
+        try:
+            ctx.load_verify_locations(cafile=str(path))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError("registry.caFile", f"cannot load {config.caFile}: {getattr(e, 'strerror', None) or e}") from None
+    return ctx
+
+
+class Gate:
+    """At most `concurrency` calls in flight, each counted and retried by `retry`."""
+
+    def __init__(self, retry: RetryPolicy, concurrency: int):
+        self.retry = retry
+        self._sem = asyncio.Semaphore(concurrency)
+        self.requests = 0   # calls sent, retries included
+        self.retries = 0    # calls sent again after a retryable failure (each also logged)
+
+    async def call(self, attempt: Callable[[], Awaitable[T]], label: str) -> T:
+        """`attempt()` under the bound, retried; `label` (a method, an operation) goes into the retry note."""
+        async def once() -> T:
+            async with self._sem:
+                self.requests += 1
+                return await attempt()
+
+        def on_retry(state: RetryCallState) -> None:
+            self.retries += 1
+            retried(log, f"{state.outcome.exception()} ({label}, attempt {state.attempt_number} of "
+                         f"{self.retry.attempts}); retrying in {state.upcoming_sleep:.1f}s")
+
+        return await self.retry.run(once, on_retry=on_retry)
+
+
+# --- next-page functions ------------------------------------------------------------------------
+
+#: How the next page is found: from the answer (and the URL it answered), None on the last page.
+NextPage = Callable[[httpx.Response], "str | httpx.URL | None"]
+
+
+def link_next(r: httpx.Response) -> httpx.URL | None:
+    """RFC 8288 `Link: <...>; rel="next"` (Distribution, GitHub, Harbor, GitLab)."""
+    link = oci.parse_link_next(r.headers.get("link"))
+    return r.request.url.join(link) if link else None
+
+
+def x_next_page(r: httpx.Response) -> httpx.URL | None:
+    """GitLab's `X-Next-Page: 3` (empty on the last page), with the Link header as a fallback."""
+    page = (r.headers.get("x-next-page") or "").strip()
+    if page:
+        return r.request.url.copy_set_param("page", page)
+    return None if "x-next-page" in r.headers else link_next(r)
+
+
+def body_next(r: httpx.Response) -> str | None:
+    """Docker Hub's `{"next": "<url>" | null, "results": [...]}`."""
+    try:
+        nxt = r.json().get("next")
+    except (ValueError, AttributeError):
+        return None
+    return nxt if isinstance(nxt, str) and nxt else None
+
+
+# --- the transport ------------------------------------------------------------------------------
+
+class Transport:
+    """One API of one registry over HTTP; use as `async with Transport(...) as t:`.
+
+    `auth` is an httpx.Auth (the Distribution API's challenge flow); `auth_headers` (a callable,
+    so secrets are read when first needed and never stored on settings) gives a native API's
+    auth headers instead; `credentials_hint` names where they come from, for a 401/403 message;
+    `rate_limited` lets the error map call a refusal a rate limit (GitHub's 403 with
+    x-ratelimit-remaining: 0).
+    """
+
+    def __init__(self, name: str, base_url: str, *, retry: RetryPolicy, concurrency: int, timeout: float,
+                 verify: ssl.SSLContext | bool = True, auth: httpx.Auth | None = None,
+                 auth_headers: Callable[[], dict[str, str]] | None = None, headers: dict[str, str] | None = None,
+                 credentials_hint: str = "registry.auth, or the docker config",
+                 rate_limited: Callable[[httpx.Response], bool] | None = None):
+        self.name, self.base_url = name, base_url.rstrip("/")
+        self.gate = Gate(retry, concurrency)
+        self.credentials_hint = credentials_hint
+        self._auth_source = auth_headers
+        self._auth_headers: dict[str, str] | None = None
+        self._rate_limited = rate_limited
+        self._options: dict[str, Any] = dict(
+            auth=auth, timeout=timeout, verify=verify, follow_redirects=True,
+            # As many connections as requests in flight: a token request needs no spare one (the
+            # refused request's connection is released first), and every idle connection costs
+            # httpcore a readability check on each request.
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            headers={"User-Agent": "regsweep", **(headers or {})})
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.gate.retry
+
+    @property
+    def requests(self) -> int:
+        return self.gate.requests
+
+    @property
+    def retries(self) -> int:
+        return self.gate.retries
+
+    async def open(self) -> None:
+        self._http = httpx.AsyncClient(base_url=self.base_url, **self._options)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> "Transport":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def set_auth(self, headers: dict[str, str]) -> None:
+        """Replace the auth headers (a login that yields a token)."""
+        self._auth_headers = dict(headers)
+
+    def _auth(self) -> dict[str, str]:
+        if self._auth_headers is None:
+            self._auth_headers = self._auth_source() if self._auth_source else {}
+        return self._auth_headers
+
+    async def request(self, method: str, url: str | httpx.URL, *, params: dict | None = None, json: Any = None,
+                      headers: dict[str, str] | None = None, ok: Iterable[int] = (200,),
+                      passthrough: Iterable[int] = (), repository: str | None = None,
+                      reference: str | None = None, tag_delete: bool = False, auth: bool = True) -> httpx.Response:
+        """Send with retries; return answers with a status in `ok` or `passthrough`, raise otherwise."""
+        if self._http is None:
+            raise RuntimeError(f"{type(self).__name__} used outside `async with`")
+        ok, passthrough = frozenset(ok), frozenset(passthrough)
+        http = self._http
+        where = {"repository": repository, "reference": reference}
+
+        async def attempt() -> httpx.Response:
+            sent = {**(self._auth() if auth else {}), **(headers or {})}
+            try:
+                r = await http.request(method, url, params=params, json=json, headers=sent)
+            except (httpx.HTTPError, RegistryError, ssl.SSLError, OSError) as e:
+                raise registry_error(self.name, exc=e, **where) from None
+            if r.status_code in ok or r.status_code in passthrough:
+                return r
+            raise registry_error(self.name, response=r, tag_delete=tag_delete, credentials_hint=self.credentials_hint,
+                                 rate_limited=self._rate_limited, **where)
+
+        return await self.gate.call(attempt, method)
+
+    async def paged(self, url: str | httpx.URL, *, items: Callable[[Any], list], params: dict | None = None,
+                    next_page: NextPage = link_next, repository: str | None = None, reference: str | None = None,
+                    first: httpx.Response | None = None,
+                    recover: Callable[[RegistryError], "str | None"] | None = None) -> list:
+        """Every item of a paginated list; a page that fails fails the listing (fail closed).
+
+        `items` takes a page's JSON to its list of items; `first` is the first page when the
+        caller already has it; `recover` may name a URL to start over from when the first page
+        is refused (a registry that refuses the page size asked for), None to fail.
+        """
+        out: list = []
+        seen: set[str] = set()
+        target: str | httpx.URL | None = url
+        page_params = params
+        while target is not None:
+            if first is not None:
+                r, first = first, None
+            else:
+                try:
+                    r = await self.request("GET", target, params=page_params, repository=repository,
+                                           reference=reference)
+                except RegistryError as e:
+                    restart = recover(e) if (recover is not None and not seen and target == url) else None
+                    if restart is None:
+                        raise
+                    recover, target = None, restart
+                    continue
+            page_params = None
+            try:
+                page = items(r.json())
+            except (ValueError, AttributeError, TypeError, KeyError):
+                page = None
+            if not isinstance(page, list):
+                raise RegistryError(self.name, f"{r.request.url.path}: the answer is not a JSON list page",
+                                    repository=repository, reference=reference)
+            out.extend(page)
+            target = next_page(r)
+            if target is not None:
+                if str(target) in seen:   # a registry that links a page to itself must not loop us
+                    raise RegistryError(self.name, f"pagination loops at {target}", repository=repository,
+                                        reference=reference)
+                seen.add(str(target))
+        return out
+
+
+__all__ = ["Gate", "NextPage", "RetryPolicy", "Transport", "body_next", "link_next", "ssl_context", "x_next_page"]
