@@ -14,7 +14,7 @@ from tests.support.registry import REGISTRY_USER
 
 def write_config(tmp_path: Path, url: str, **registry) -> Path:
     path = tmp_path / "regsweep.yaml"
-    path.write_text(yaml.safe_dump({"store": "store", "registry": {"url": url, **registry}}))
+    path.write_text(yaml.safe_dump({"store": "store", "registry": {"url": url, "allowInsecureCredentials": True, **registry}}))
     return path
 
 

@@ -22,7 +22,7 @@ from tasks.oci import manifest as oci
 from tasks.registry.auth import ChallengeAuth, Credentials, resolve_credentials
 from tasks.config.models import RegistryConfig
 from tasks.common.errors import ManifestUnknown, RegistryError, UnsupportedOperation
-from tasks.registry.transport import RetryPolicy, Transport, link_next, ssl_context
+from tasks.registry.transport import RetryPolicy, Transport, link_next, refuse_clear_text, ssl_context
 
 _PAGE = 1000  # Distribution rejects n > 1000 on the catalog; larger registries cap it themselves
 
@@ -42,7 +42,15 @@ class RegistryClient:
         self.config = config
         self.name = config.host
         # A native backend may supply the credentials (ECR: its authorization token).
-        self.auth = ChallengeAuth(config.host, credentials or (lambda: resolve_credentials(config.host, config.auth)))
+        source = credentials or (lambda: resolve_credentials(config.host, config.auth))
+
+        def checked() -> Credentials | None:
+            found = source()
+            if found is not None:
+                refuse_clear_text(config, config.url, found.origin)
+            return found
+
+        self.auth = ChallengeAuth(config.host, checked)
         self.http = Transport(config.host, config.url, retry=retry or RetryPolicy(), concurrency=config.concurrency,
                               timeout=config.timeout, verify=ssl_context(config), auth=self.auth)
         # Learned at run time, once per client.

@@ -88,6 +88,17 @@ def ssl_context(config: "RegistryConfig") -> ssl.SSLContext | bool:
     return ctx
 
 
+def refuse_clear_text(config: "RegistryConfig", url: str, origin: str) -> None:
+    """ConfigError unless credentials (from `origin`) may go to `url`: https, or the explicit opt-in.
+
+    Configured credentials are checked when the configuration is loaded; this catches the ones
+    found at run time (the docker config, ECR's authorization token)."""
+    if url.lower().startswith("http://") and not config.allowInsecureCredentials:
+        raise ConfigError("registry.allowInsecureCredentials",
+                          f"{httpx.URL(url).netloc.decode()} is plain http:// and the credentials from {origin} would "
+                          "travel in clear text: use https, or set registry.allowInsecureCredentials: true")
+
+
 class Gate:
     """At most `concurrency` calls in flight, each counted and retried by `retry`."""
 
@@ -278,4 +289,5 @@ class Transport:
         return out
 
 
-__all__ = ["Gate", "NextPage", "RetryPolicy", "Transport", "body_next", "link_next", "ssl_context", "x_next_page"]
+__all__ = ["Gate", "NextPage", "RetryPolicy", "Transport", "body_next", "link_next", "refuse_clear_text",
+           "ssl_context", "x_next_page"]

@@ -24,7 +24,7 @@ from tasks.registry.auth import resolve_credentials
 from tasks.registry.backends.api import ApiBackend, body_next
 from tasks.registry.backends.base import TagInfo, probe_tag
 from tasks.config.models import RegistryConfig
-from tasks.registry.transport import RetryPolicy
+from tasks.registry.transport import RetryPolicy, refuse_clear_text
 from tasks.common.errors import ManifestUnknown, RegistryAuthError, RegistryError, UnsupportedOperation
 from tasks.oci.manifest import is_digest
 from tasks.common.units import parse_build_time
@@ -51,6 +51,7 @@ class DockerHubBackend(ApiBackend):
         if not user or not secret:
             raise RegistryAuthError(self.name, "Docker Hub's API needs a user and a token: set registry.dockerhub."
                                     "username and token_env, or registry.auth, or `docker login`")
+        refuse_clear_text(self.config, s.url, creds.origin if creds else f"registry.{self.api}")
         return user, secret
 
     async def open(self) -> None:
