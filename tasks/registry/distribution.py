@@ -50,9 +50,10 @@ class RegistryClient:
                 refuse_clear_text(config, config.url, found.origin)
             return found
 
-        self.auth = ChallengeAuth(config.host, checked)
+        self.auth = ChallengeAuth(config.host, checked, origin=config.url)
         self.http = Transport(config.host, config.url, retry=retry or RetryPolicy(), concurrency=config.concurrency,
-                              timeout=config.timeout, verify=ssl_context(config), auth=self.auth)
+                              timeout=config.timeout, verify=ssl_context(config),
+                              insecure_origin=config.url if config.insecure else None, auth=self.auth)
         # Learned at run time, once per client.
         self.referrers_supported: bool | None = None
         self.tag_delete_supported: bool | None = None

@@ -10,6 +10,8 @@ decided here and nowhere else:
     405, OCI UNSUPPORTED     UnsupportedOperation   UnsupportedImageTypeException
     a tag delete refused 400 DIGEST_INVALID (Distribution 2.8 deletes by digest only) → UnsupportedOperation
     404                      ManifestUnknown        RepositoryNotFound..., ImageNotFound...
+    3xx to a DELETE or POST  RegistryError: never followed ("the registry redirected a DELETE")
+    401/403 where a redirect led (another origin, sent no credentials): RegistryError
     TLS, connect, timeout, dropped  RegistryUnreachable   EndpointConnectionError, timeouts, closed
     anything else            RegistryError          anything else
 
@@ -72,13 +74,16 @@ def registry_error(registry: str, *, response: httpx.Response | None = None, exc
                    repository: str | None = None, reference: str | None = None, tag_delete: bool = False,
                    token_service: TokenService | None = None,
                    credentials_hint: str = "registry.auth, or the docker config",
-                   rate_limited: Callable[[httpx.Response], bool] | None = None) -> RegistryError:
+                   rate_limited: Callable[[httpx.Response], bool] | None = None,
+                   foreign: bool = False) -> RegistryError:
     """The typed error for an error `response` (or a transport failure `exc`) from `registry`.
 
     `tag_delete` says the response answers a DELETE by tag, `token_service` that it is a token
     service's answer, `credentials_hint` where a refused request's credentials came from, and
     `rate_limited` is the API's own hook for a rate limit its status does not say (retried, with
-    Retry-After). A RegistryError passed as `exc` (the auth flow raises them) is returned as is.
+    Retry-After). `foreign` says the answer came from another origin, where a redirect led (and
+    where no credentials were sent). A RegistryError passed as `exc` (the auth flow raises them)
+    is returned as is.
     """
     where = {"repository": repository, "reference": reference}
     if exc is not None:
@@ -94,6 +99,15 @@ def registry_error(registry: str, *, response: httpx.Response | None = None, exc
                                               f"for scope {token_service.scope or '(none)'}: HTTP {status}")
         else:
             detail = f"token service {token_service.realm} answered HTTP {status}"
+    elif 300 <= status < 400:
+        # Only reads are followed (tasks/registry/transport.py): a redirected DELETE is not done.
+        method = response.request.method
+        to = _host_of(response.headers.get("location"), response.request.url)
+        detail = f"the registry redirected a {method} (HTTP {status}{' to ' + to if to else ''}); not followed"
+    elif foreign and status in (401, 403):
+        cls = RegistryError
+        detail = (f"HTTP {status} from {response.request.url.netloc.decode()}, where a redirect led: credentials "
+                  "are sent to the registry's own origin only")
     elif status in (401, 403):
         cls, detail = RegistryAuthError, f"{detail} (check the credentials: {credentials_hint})"
     elif tag_delete and (status == 405 or {"DIGEST_INVALID", "UNSUPPORTED"} & set(codes)):
@@ -106,6 +120,16 @@ def registry_error(registry: str, *, response: httpx.Response | None = None, exc
     retryable = status in RETRY_STATUSES or (rate_limited is not None and rate_limited(response))
     after = parse_retry_after(response.headers.get("retry-after")) if retryable else None
     return cls(registry, detail, status=status, codes=codes, retryable=retryable, retry_after=after, **where)
+
+
+def _host_of(location: str | None, base: httpx.URL) -> str:
+    """The host[:port] a Location header names (never its path or query: they may carry tokens)."""
+    if not location:
+        return ""
+    try:
+        return base.join(location).netloc.decode()
+    except (httpx.InvalidURL, ValueError):
+        return "an invalid URL"
 
 
 def _failure(registry: str, exc: BaseException, where: dict) -> RegistryError:

@@ -11,6 +11,13 @@
   `paged` is the one paginator, with a pluggable next-page function: `link_next` (RFC 8288
   `Link: rel="next"`: Distribution, GitHub, Harbor, GitLab), `x_next_page` (GitLab) and
   `body_next` (Docker Hub's `next` URL in the body).
+
+Credentials never leave their origin (scheme, host and port of `registry.url` or the API's URL):
+auth headers and the challenge flow's Basic or Bearer header go only to requests for that
+origin. Redirects are followed by the transport itself, for reads only (GET, HEAD): a hop to
+another origin (a blob on a CDN) is sent with no credential at all, and a redirected DELETE or
+POST is a failure, never followed. `registry.insecure` turns TLS verification off for the
+registry's own origin only: a token realm on another host and a native API's host stay verified.
 """
 
 from __future__ import annotations
@@ -74,10 +81,10 @@ class RetryPolicy:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def ssl_context(config: "RegistryConfig") -> ssl.SSLContext | bool:
-    """The TLS verification for `config`'s registry: the system's CAs plus `registry.caFile`."""
-    if config.insecure:
-        return False
+def ssl_context(config: "RegistryConfig") -> ssl.SSLContext:
+    """The TLS verification for every host `config`'s clients talk to: the system's CAs plus
+    `registry.caFile`. (`registry.insecure` is applied by the Transport, to the registry's own
+    origin only.)"""
     ctx = httpx.create_ssl_context()
     if config.caFile:
         path = Path(config.caFile).expanduser()
@@ -86,6 +93,16 @@ def ssl_context(config: "RegistryConfig") -> ssl.SSLContext | bool:
         except (OSError, ssl.SSLError) as e:
             raise ConfigError("registry.caFile", f"cannot load {config.caFile}: {getattr(e, 'strerror', None) or e}") from None
     return ctx
+
+
+#: Redirects followed per request (httpx's own default is 20).
+MAX_REDIRECTS = 10
+
+
+def origin_of(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of `url`, the default port spelt out: what "the same origin" compares."""
+    u = url if isinstance(url, httpx.URL) else httpx.URL(url)
+    return u.scheme, u.host.lower(), u.port or {"http": 80, "https": 443}.get(u.scheme)
 
 
 def refuse_clear_text(config: "RegistryConfig", url: str, origin: str) -> None:
@@ -154,6 +171,25 @@ def body_next(r: httpx.Response) -> str | None:
 
 # --- the transport ------------------------------------------------------------------------------
 
+class _Routes(httpx.AsyncBaseTransport):
+    """Connection pools by origin: an unverified one for the one origin `registry.insecure` names,
+    the verified one for every other host (a token realm elsewhere, a native API, a CDN)."""
+
+    def __init__(self, verify: ssl.SSLContext | bool, limits: httpx.Limits, insecure_origin: str | None):
+        self._verified = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+        self._origin = origin_of(insecure_origin) if insecure_origin else None
+        self._insecure = httpx.AsyncHTTPTransport(verify=False, limits=limits) if insecure_origin else None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool = self._insecure if self._insecure is not None and origin_of(request.url) == self._origin else self._verified
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._verified.aclose()
+        if self._insecure is not None:
+            await self._insecure.aclose()
+
+
 class Transport:
     """One API of one registry over HTTP; use as `async with Transport(...) as t:`.
 
@@ -161,27 +197,30 @@ class Transport:
     so secrets are read when first needed and never stored on settings) gives a native API's
     auth headers instead; `credentials_hint` names where they come from, for a 401/403 message;
     `rate_limited` lets the error map call a refusal a rate limit (GitHub's 403 with
-    x-ratelimit-remaining: 0).
+    x-ratelimit-remaining: 0). Both go to `base_url`'s origin only. `insecure_origin` is the one
+    origin whose TLS certificate is not verified (`registry.insecure`: the registry's).
     """
 
     def __init__(self, name: str, base_url: str, *, retry: RetryPolicy, concurrency: int, timeout: float,
-                 verify: ssl.SSLContext | bool = True, auth: httpx.Auth | None = None,
-                 auth_headers: Callable[[], dict[str, str]] | None = None, headers: dict[str, str] | None = None,
-                 credentials_hint: str = "registry.auth, or the docker config",
+                 verify: ssl.SSLContext | bool = True, insecure_origin: str | None = None,
+                 auth: httpx.Auth | None = None, auth_headers: Callable[[], dict[str, str]] | None = None,
+                 headers: dict[str, str] | None = None, credentials_hint: str = "registry.auth, or the docker config",
                  rate_limited: Callable[[httpx.Response], bool] | None = None):
         self.name, self.base_url = name, base_url.rstrip("/")
+        self.origin = origin_of(self.base_url)
         self.gate = Gate(retry, concurrency)
         self.credentials_hint = credentials_hint
         self._auth_source = auth_headers
         self._auth_headers: dict[str, str] | None = None
         self._rate_limited = rate_limited
-        self._options: dict[str, Any] = dict(
-            auth=auth, timeout=timeout, verify=verify, follow_redirects=True,
-            # As many connections as requests in flight: a token request needs no spare one (the
-            # refused request's connection is released first), and every idle connection costs
-            # httpcore a readability check on each request.
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            headers={"User-Agent": "regsweep", **(headers or {})})
+        self._verify, self._insecure_origin = verify, insecure_origin
+        # As many connections as requests in flight: a token request needs no spare one (the
+        # refused request's connection is released first), and every idle connection costs
+        # httpcore a readability check on each request.
+        self._limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        # Redirects are followed here (`_exchange`), so that credentials stay with their origin.
+        self._options: dict[str, Any] = dict(auth=auth, timeout=timeout, follow_redirects=False,
+                                             headers={"User-Agent": "regsweep", **(headers or {})})
         self._http: httpx.AsyncClient | None = None
 
     @property
@@ -197,7 +236,8 @@ class Transport:
         return self.gate.retries
 
     async def open(self) -> None:
-        self._http = httpx.AsyncClient(base_url=self.base_url, **self._options)
+        self._http = httpx.AsyncClient(base_url=self.base_url, **self._options,
+                                       transport=_Routes(self._verify, self._limits, self._insecure_origin))
 
     async def close(self) -> None:
         if self._http is not None:
@@ -232,17 +272,38 @@ class Transport:
         where = {"repository": repository, "reference": reference}
 
         async def attempt() -> httpx.Response:
-            sent = {**(self._auth() if auth else {}), **(headers or {})}
             try:
-                r = await http.request(method, url, params=params, json=json, headers=sent)
+                r = await self._exchange(method, url, params=params, json=json, headers=headers, auth=auth)
             except (httpx.HTTPError, RegistryError, ssl.SSLError, OSError) as e:
                 raise registry_error(self.name, exc=e, **where) from None
             if r.status_code in ok or r.status_code in passthrough:
                 return r
             raise registry_error(self.name, response=r, tag_delete=tag_delete, credentials_hint=self.credentials_hint,
-                                 rate_limited=self._rate_limited, **where)
+                                 rate_limited=self._rate_limited, foreign=origin_of(r.url) != self.origin, **where)
 
         return await self.gate.call(attempt, method)
+
+    async def _exchange(self, method: str, url: str | httpx.URL, *, params: dict | None, json: Any,
+                        headers: dict[str, str] | None, auth: bool) -> httpx.Response:
+        """One request and the redirects of a read, each hop with credentials only for our origin."""
+        assert self._http is not None
+        http, target = self._http, url
+        for hop in range(MAX_REDIRECTS + 1):
+            request = http.build_request(method, target, params=params if hop == 0 else None,
+                                         json=json if hop == 0 else None, headers=headers)
+            own = origin_of(request.url) == self.origin
+            if own and auth:
+                for key, value in self._auth().items():
+                    if key not in (headers or {}):   # the caller's own headers win (an Accept)
+                        request.headers[key] = value
+            # Another origin gets no credential: not the challenge flow's, not the auth headers.
+            r = await http.send(request, **({} if own else {"auth": None}))
+            if not (r.is_redirect and method in ("GET", "HEAD")):
+                return r
+            target = request.url.join(r.headers["location"])
+            if target.scheme not in ("http", "https"):
+                return r   # not followed: the error map says where it led
+        raise RegistryError(self.name, f"more than {MAX_REDIRECTS} redirects for one {method}")
 
     async def paged(self, url: str | httpx.URL, *, items: Callable[[Any], list], params: dict | None = None,
                     next_page: NextPage = link_next, repository: str | None = None, reference: str | None = None,

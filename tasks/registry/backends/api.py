@@ -29,10 +29,11 @@ class ApiClient(Transport):
     """
 
     def __init__(self, name: str, base_url: str, *, retry: RetryPolicy, concurrency: int, timeout: float,
-                 verify: Any = True, headers: Callable[[], dict[str, str]] | None = None,
-                 credentials_hint: str = "", rate_limited: Callable[[httpx.Response], bool] | None = None):
+                 verify: Any = True, insecure_origin: str | None = None,
+                 headers: Callable[[], dict[str, str]] | None = None, credentials_hint: str = "",
+                 rate_limited: Callable[[httpx.Response], bool] | None = None):
         super().__init__(name, base_url, retry=retry, concurrency=concurrency, timeout=timeout, verify=verify,
-                         auth_headers=headers, headers={"Accept": "application/json"},
+                         insecure_origin=insecure_origin, auth_headers=headers, headers={"Accept": "application/json"},
                          credentials_hint=credentials_hint, rate_limited=rate_limited)
 
     async def json(self, method: str, url: str | httpx.URL, **kw: Any) -> Any:
@@ -65,10 +66,12 @@ class ApiBackend(Backend):
 
     def api_client(self, base_url: str, *, headers: Callable[[], dict[str, str]] | None = None, hint: str = "",
                    rate_limited: Callable[[httpx.Response], bool] | None = None) -> ApiClient:
-        """The API's client, with the registry's concurrency, timeout and TLS settings."""
+        """The API's client, with the registry's concurrency, timeout and TLS settings (`registry.insecure`
+        reaches the API only where it answers on the registry's own origin, as Harbor's does by default)."""
         c = self.config
         return ApiClient(c.host, base_url, retry=self.retry, concurrency=c.concurrency, timeout=c.timeout,
-                         verify=ssl_context(c), headers=headers, credentials_hint=hint, rate_limited=rate_limited)
+                         verify=ssl_context(c), insecure_origin=c.url if c.insecure else None, headers=headers,
+                         credentials_hint=hint, rate_limited=rate_limited)
 
     def token(self) -> str | None:
         """The API token (`registry.<api>.token_env` / `token_file`), read when first needed."""
