@@ -22,7 +22,7 @@ from tasks.oci import manifest as oci
 from tasks.registry.auth import ChallengeAuth, Credentials, resolve_credentials
 from tasks.config.models import RegistryConfig
 from tasks.common.errors import ManifestUnknown, RegistryError, UnsupportedOperation
-from tasks.registry.transport import RetryPolicy, Transport, link_next, refuse_clear_text, ssl_context
+from tasks.registry.transport import Bounds, RetryPolicy, Transport, link_next, refuse_clear_text, ssl_context
 
 _PAGE = 1000  # Distribution rejects n > 1000 on the catalog; larger registries cap it themselves
 
@@ -38,7 +38,7 @@ class RegistryClient:
     """
 
     def __init__(self, config: RegistryConfig, *, retry: RetryPolicy | None = None,
-                 credentials: Callable[[], Credentials | None] | None = None):
+                 credentials: Callable[[], Credentials | None] | None = None, bounds: Bounds | None = None):
         self.config = config
         self.name = config.host
         # A native backend may supply the credentials (ECR: its authorization token).
@@ -53,7 +53,7 @@ class RegistryClient:
         self.auth = ChallengeAuth(config.host, checked, origin=config.url)
         self.http = Transport(config.host, config.url, retry=retry or RetryPolicy(), concurrency=config.concurrency,
                               timeout=config.timeout, verify=ssl_context(config),
-                              insecure_origin=config.url if config.insecure else None, auth=self.auth)
+                              insecure_origin=config.url if config.insecure else None, auth=self.auth, bounds=bounds)
         # Learned at run time, once per client.
         self.referrers_supported: bool | None = None
         self.tag_delete_supported: bool | None = None
@@ -89,7 +89,8 @@ class RegistryClient:
             # A registry configured with a smaller page cap: take its default page size.
             return path if "PAGINATION_NUMBER_INVALID" in e.codes else None
 
-        return await self.http.paged(f"{path}?n={_PAGE}", items=lambda doc: list(doc.get(key) or []),
+        # `"tags": null` (or no key) is how registries say "none"; anything but a list of names is an error.
+        return await self.http.paged(f"{path}?n={_PAGE}", items=lambda doc: doc.get(key), each=str, what=key,
                                      next_page=link_next, repository=repository, recover=smaller_page)
 
     # -- the API the scan and the sweep use --------------------------------------------------------
@@ -156,7 +157,7 @@ class RegistryClient:
             self.referrers_supported = False
             return None
         self.referrers_supported = True
-        found = await self.http.paged(url, first=first, items=lambda doc: list(doc.get("manifests") or []),
+        found = await self.http.paged(url, first=first, items=lambda doc: doc.get("manifests"), what="referrers",
                                       next_page=link_next, repository=repo, reference=digest)
         return [d for d in found if isinstance(d, dict)]
 

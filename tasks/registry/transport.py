@@ -81,6 +81,46 @@ class RetryPolicy:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much one registry may make regsweep read, and for how long: a registry (or whatever
+    answers in its name) that pages forever, sends a huge body or drips it byte by byte must fail
+    the source, not stall or exhaust the worker."""
+
+    max_pages: int = 100_000          # pages of one listing
+    max_items: int = 10_000_000       # items of one listing
+
+
+class PageGuard:
+    """Loop detection and the page and item caps of one listing (any paginator: HTTP or ECR's tokens)."""
+
+    def __init__(self, name: str, bounds: Bounds, what: str, where: dict[str, str | None]):
+        self.name, self.bounds, self.what, self.where = name, bounds, what, where
+        self.seen: set[str] = set()
+        self.pages = self.items = 0
+
+    def _fail(self, text: str) -> RegistryError:
+        return RegistryError(self.name, f"listing {self.what}: {text}", **self.where)
+
+    def page(self, items: int) -> None:
+        """Count a page of `items` items."""
+        self.pages += 1
+        self.items += items
+        if self.items > self.bounds.max_items:
+            raise self._fail(f"more than {self.bounds.max_items} items; stopped")
+
+    def next(self, key: str) -> None:
+        """Allow a next page named by `key` (its URL, or a token): never one seen before, never past the cap."""
+        if key in self.seen:   # a registry that links a page to itself (or round a cycle) must not loop us
+            raise self._fail("pagination loops (a page names one already read as the next)")
+        if self.pages >= self.bounds.max_pages:
+            raise self._fail(f"more than {self.bounds.max_pages} pages; stopped")
+        self.seen.add(key)
+
+
 def ssl_context(config: "RegistryConfig") -> ssl.SSLContext:
     """The TLS verification for every host `config`'s clients talk to: the system's CAs plus
     `registry.caFile`. (`registry.insecure` is applied by the Transport, to the registry's own
@@ -205,9 +245,10 @@ class Transport:
                  verify: ssl.SSLContext | bool = True, insecure_origin: str | None = None,
                  auth: httpx.Auth | None = None, auth_headers: Callable[[], dict[str, str]] | None = None,
                  headers: dict[str, str] | None = None, credentials_hint: str = "registry.auth, or the docker config",
-                 rate_limited: Callable[[httpx.Response], bool] | None = None):
+                 rate_limited: Callable[[httpx.Response], bool] | None = None, bounds: Bounds | None = None):
         self.name, self.base_url = name, base_url.rstrip("/")
         self.origin = origin_of(self.base_url)
+        self.bounds = bounds or Bounds()
         self.gate = Gate(retry, concurrency)
         self.credentials_hint = credentials_hint
         self._auth_source = auth_headers
@@ -305,18 +346,21 @@ class Transport:
                 return r   # not followed: the error map says where it led
         raise RegistryError(self.name, f"more than {MAX_REDIRECTS} redirects for one {method}")
 
-    async def paged(self, url: str | httpx.URL, *, items: Callable[[Any], list], params: dict | None = None,
-                    next_page: NextPage = link_next, repository: str | None = None, reference: str | None = None,
-                    first: httpx.Response | None = None,
+    async def paged(self, url: str | httpx.URL, *, items: Callable[[Any], list | None], each: type | tuple = object,
+                    what: str = "items", params: dict | None = None, next_page: NextPage = link_next,
+                    repository: str | None = None, reference: str | None = None, first: httpx.Response | None = None,
                     recover: Callable[[RegistryError], "str | None"] | None = None) -> list:
         """Every item of a paginated list; a page that fails fails the listing (fail closed).
 
-        `items` takes a page's JSON to its list of items; `first` is the first page when the
-        caller already has it; `recover` may name a URL to start over from when the first page
-        is refused (a registry that refuses the page size asked for), None to fail.
+        `items` takes a page's JSON to its list of items (None: an empty page), each an instance of
+        `each`, `what` they are (for messages); `first` is the first page when the caller already
+        has it; `recover` may name a URL to start over from when the first page is refused (a
+        registry that refuses the page size asked for), None to fail. A next page is followed only
+        on the origin that served the page, never twice, and never past `Bounds`.
         """
+        where = {"repository": repository, "reference": reference}
+        guard = PageGuard(self.name, self.bounds, what, where)
         out: list = []
-        seen: set[str] = set()
         target: str | httpx.URL | None = url
         page_params = params
         while target is not None:
@@ -324,10 +368,9 @@ class Transport:
                 r, first = first, None
             else:
                 try:
-                    r = await self.request("GET", target, params=page_params, repository=repository,
-                                           reference=reference)
+                    r = await self.request("GET", target, params=page_params, **where)
                 except RegistryError as e:
-                    restart = recover(e) if (recover is not None and not seen and target == url) else None
+                    restart = recover(e) if (recover is not None and not guard.pages and target == url) else None
                     if restart is None:
                         raise
                     recover, target = None, restart
@@ -336,19 +379,24 @@ class Transport:
             try:
                 page = items(r.json())
             except (ValueError, AttributeError, TypeError, KeyError):
-                page = None
-            if not isinstance(page, list):
-                raise RegistryError(self.name, f"{r.request.url.path}: the answer is not a JSON list page",
-                                    repository=repository, reference=reference)
+                page = False
+            page = [] if page is None else page
+            if not isinstance(page, list) or not all(isinstance(i, each) for i in page):
+                raise RegistryError(self.name, f"{r.request.url.path}: the answer is not a JSON page of {what}", **where)
+            guard.page(len(page))
             out.extend(page)
-            target = next_page(r)
-            if target is not None:
-                if str(target) in seen:   # a registry that links a page to itself must not loop us
-                    raise RegistryError(self.name, f"pagination loops at {target}", repository=repository,
-                                        reference=reference)
-                seen.add(str(target))
+            nxt = next_page(r)
+            target = None
+            if nxt is not None:
+                target = r.request.url.join(nxt)
+                served = origin_of(r.request.url)
+                if origin_of(target) != served:
+                    # Credentials would not follow it (transport docstring); neither does the listing.
+                    raise RegistryError(self.name, f"listing {what}: pagination leaves {served[0]}://"
+                                        f"{r.request.url.netloc.decode()} for {target.scheme}://"
+                                        f"{target.netloc.decode()}; refused", **where)
+                guard.next(str(target))
         return out
 
-
-__all__ = ["Gate", "NextPage", "RetryPolicy", "Transport", "body_next", "link_next", "refuse_clear_text",
+__all__ = ["Bounds", "Gate", "NextPage", "PageGuard", "RetryPolicy", "Transport", "body_next", "link_next", "refuse_clear_text",
            "ssl_context", "x_next_page"]

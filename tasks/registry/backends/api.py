@@ -17,7 +17,7 @@ import httpx
 from tasks.registry.backends.base import Backend
 from tasks.config.models import RegistryConfig
 from tasks.common.errors import RegistryError
-from tasks.registry.transport import NextPage, RetryPolicy, Transport, body_next, link_next, ssl_context, x_next_page
+from tasks.registry.transport import Bounds, NextPage, RetryPolicy, Transport, body_next, link_next, ssl_context, x_next_page
 
 
 class ApiClient(Transport):
@@ -31,9 +31,9 @@ class ApiClient(Transport):
     def __init__(self, name: str, base_url: str, *, retry: RetryPolicy, concurrency: int, timeout: float,
                  verify: Any = True, insecure_origin: str | None = None,
                  headers: Callable[[], dict[str, str]] | None = None, credentials_hint: str = "",
-                 rate_limited: Callable[[httpx.Response], bool] | None = None):
+                 rate_limited: Callable[[httpx.Response], bool] | None = None, bounds: Bounds | None = None):
         super().__init__(name, base_url, retry=retry, concurrency=concurrency, timeout=timeout, verify=verify,
-                         insecure_origin=insecure_origin, auth_headers=headers, headers={"Accept": "application/json"},
+                         insecure_origin=insecure_origin, auth_headers=headers, bounds=bounds, headers={"Accept": "application/json"},
                          credentials_hint=credentials_hint, rate_limited=rate_limited)
 
     async def json(self, method: str, url: str | httpx.URL, **kw: Any) -> Any:
@@ -46,11 +46,12 @@ class ApiClient(Transport):
         except ValueError:
             raise RegistryError(self.name, f"{r.request.url.path}: the answer is not JSON", repository=repository) from None
 
-    async def paged(self, url: str | httpx.URL, *, items: Callable[[Any], list] = lambda doc: doc,  # type: ignore[override]
+    async def paged(self, url: str | httpx.URL, *, items: Callable[[Any], list | None] = lambda doc: doc,  # type: ignore[override]
                     params: dict | None = None, next_page: NextPage = link_next, repository: str | None = None,
-                    **kw: Any) -> list:
-        """Every item of a paginated list (a page is the list itself unless `items` says where it is)."""
-        return await super().paged(url, items=items, params=params, next_page=next_page, repository=repository, **kw)
+                    each: type | tuple = dict, **kw: Any) -> list:
+        """Every item of a paginated list: JSON objects, the page itself unless `items` says where they are."""
+        return await super().paged(url, items=items, each=each, params=params, next_page=next_page,
+                                   repository=repository, **kw)
 
 
 class ApiBackend(Backend):
@@ -59,8 +60,8 @@ class ApiBackend(Backend):
 
     http: ApiClient
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
-        super().__init__(config, retry)
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
+        super().__init__(config, retry, bounds)
         self.settings: Any = getattr(config, self.api)
         assert self.settings is not None
 
@@ -71,7 +72,7 @@ class ApiBackend(Backend):
         c = self.config
         return ApiClient(c.host, base_url, retry=self.retry, concurrency=c.concurrency, timeout=c.timeout,
                          verify=ssl_context(c), insecure_origin=c.url if c.insecure else None, headers=headers,
-                         credentials_hint=hint, rate_limited=rate_limited)
+                         credentials_hint=hint, rate_limited=rate_limited, bounds=self.bounds)
 
     def token(self) -> str | None:
         """The API token (`registry.<api>.token_env` / `token_file`), read when first needed."""

@@ -24,7 +24,7 @@ from tasks.registry.auth import resolve_credentials
 from tasks.registry.backends.api import ApiBackend, body_next
 from tasks.registry.backends.base import TagInfo, probe_tag
 from tasks.config.models import RegistryConfig
-from tasks.registry.transport import RetryPolicy, refuse_clear_text
+from tasks.registry.transport import Bounds, RetryPolicy, refuse_clear_text
 from tasks.common.errors import ManifestUnknown, RegistryAuthError, RegistryError, UnsupportedOperation
 from tasks.oci.manifest import is_digest
 from tasks.common.units import parse_build_time
@@ -35,8 +35,8 @@ class DockerHubBackend(ApiBackend):
     untagged_deletable = False
     enable_hint = "the access token needs the Read, Write & Delete scope"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
-        super().__init__(config, retry)
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
+        super().__init__(config, retry, bounds)
         s = self.settings
         self.ns = s.namespace
         hint = self.token_hint if (s.token_env or s.token_file) else "registry.auth, or the docker config"

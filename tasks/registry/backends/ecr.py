@@ -30,7 +30,7 @@ from typing import Any, Callable
 from tasks.registry.auth import Credentials
 from tasks.registry.backends.base import Backend, TagInfo
 from tasks.config.models import RegistryConfig
-from tasks.registry.transport import Gate, RetryPolicy
+from tasks.registry.transport import Bounds, Gate, PageGuard, RetryPolicy
 from tasks.common.errors import ConfigError, ManifestUnknown, RegistryError
 from tasks.registry.errors import aws_error
 
@@ -41,7 +41,7 @@ class EcrBackend(Backend):
     api = "ecr"
     enable_hint = "the IAM policy needs ecr:BatchDeleteImage on the repository"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
         settings = config.ecr
         assert settings is not None
         m = _HOST_RX.match(config.host)
@@ -49,7 +49,7 @@ class EcrBackend(Backend):
         self.registry_id = settings.registryId or (m.group(1) if m else None)
         self.settings = settings
         self._client: Any = None
-        super().__init__(config, retry)
+        super().__init__(config, retry, bounds)
         self.gate = Gate(self.retry, config.concurrency)
 
     @property
@@ -93,19 +93,23 @@ class EcrBackend(Backend):
         return await self.gate.call(attempt, op)
 
     async def _pages(self, op: str, key: str, *, repository: str | None = None, **kw: Any) -> list[dict]:
+        """Every item of a paged ECR call, `nextToken` by `nextToken`, under the same guard as every
+        other paginator (tasks/registry/transport.py: no loops, page and item caps)."""
         out: list[dict] = []
         token: str | None = None
-        seen: set[str] = set()
+        guard = PageGuard(self.name, self.bounds, f"ECR {op}", {"repository": repository, "reference": None})
         while True:
             page = await self._call(op, repository=repository, maxResults=self.settings.pageSize,
                                     **({"nextToken": token} if token else {}), **self._ids(), **kw)
-            out.extend(page.get(key) or [])
+            items = page.get(key) or []
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise RegistryError(self.name, f"ECR {op}: the answer's {key} is not a list", repository=repository)
+            guard.page(len(items))
+            out.extend(items)
             token = page.get("nextToken")
             if not token:
                 return out
-            if token in seen:
-                raise RegistryError(self.name, f"ECR {op}: pagination loops", repository=repository)
-            seen.add(token)
+            guard.next(str(token))
 
     # -- the interface -------------------------------------------------------------------------------
     def oci_credentials(self) -> Callable[[], Credentials | None]:

@@ -20,7 +20,7 @@ from tasks.registry.auth import resolve_credentials
 from tasks.registry.backends.api import ApiBackend, link_next
 from tasks.registry.backends.base import PROBE_DIGEST, TagInfo, probe_tag
 from tasks.config.models import RegistryConfig
-from tasks.registry.transport import RetryPolicy, refuse_clear_text
+from tasks.registry.transport import Bounds, RetryPolicy, refuse_clear_text
 from tasks.common.units import parse_build_time
 
 
@@ -34,8 +34,8 @@ class HarborBackend(ApiBackend):
     api = "harbor"
     enable_hint = "the account needs the project's delete permission (a robot account: `delete artifact`)"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
-        super().__init__(config, retry)
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
+        super().__init__(config, retry, bounds)
 
         url = (self.settings.url or config.url).rstrip("/")
 
