@@ -124,16 +124,21 @@ class RegistryClient:
     async def get_manifest(self, repo: str, ref: str) -> tuple[str, str, bytes]:
         """(digest, media type, body) of a manifest by tag or digest; ManifestUnknown on 404."""
         r = await self._request("GET", f"/v2/{repo}/manifests/{ref}", repository=repo, reference=ref,
-                                headers={"Accept": oci.ACCEPT})
+                                headers={"Accept": oci.ACCEPT}, limit=self.http.bounds.manifest, what="manifest")
         body = r.content
         digest = oci.sha256_digest(body)
         if oci.is_digest(ref) and digest != ref:
             raise RegistryError(self.name, f"served content with digest {digest}", repository=repo, reference=ref)
         return digest, oci.effective_media_type(r.headers.get("content-type"), body), body
 
-    async def get_blob(self, repo: str, digest: str) -> bytes:
-        """A blob's bytes (meant for configs and other small blobs), verified against its digest."""
-        r = await self._request("GET", f"/v2/{repo}/blobs/{digest}", repository=repo, reference=digest)
+    async def get_blob(self, repo: str, digest: str, max_bytes: int | None = None) -> bytes:
+        """A blob's bytes (meant for configs and other small blobs), verified against its digest.
+
+        At most `max_bytes` are read (default `Bounds.blob`, 4 MiB): pass min(the descriptor's size,
+        a cap), so a descriptor that understates the size cannot make regsweep read more. A larger
+        blob is not read (streamed and abandoned): ResponseTooLarge."""
+        r = await self._request("GET", f"/v2/{repo}/blobs/{digest}", repository=repo, reference=digest,
+                                limit=max_bytes if max_bytes is not None else self.http.bounds.blob, what="blob")
         if digest.startswith("sha256:") and oci.sha256_digest(r.content) != digest:
             raise RegistryError(self.name, "blob content does not match its digest", repository=repo, reference=digest)
         return r.content

@@ -43,6 +43,16 @@ from tasks.common.errors import ManifestUnknown, RegistryAuthError, RegistryErro
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
+class ResponseTooLarge(RegistryError):
+    """An answer larger than regsweep reads of its kind (tasks/registry/transport.py `Bounds`):
+    a manifest over 4 MiB, a blob over what the caller asked for, a page or token answer over its
+    cap. Never retried; `limit` is the cap in bytes."""
+
+    def __init__(self, registry: str, message: str, *, limit: int | None = None, **kw):
+        self.limit, self.detail = limit, message
+        super().__init__(registry, message, **kw)
+
+
 @dataclass(frozen=True)
 class TokenService:
     """Hint for `registry_error`: the answer came from a token service, asked for `scope`."""

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from tasks.common.errors import ConfigError, RegistryError
+from tasks.common.errors import ConfigError, RegistryError, RegistryUnreachable
 from tasks.common.notes import retried
 from tasks.oci import manifest as oci
-from tasks.registry.errors import registry_error
+from tasks.registry.errors import ResponseTooLarge, registry_error
 
 if TYPE_CHECKING:
     from tasks.config.models import RegistryConfig
@@ -92,6 +92,19 @@ class Bounds:
 
     max_pages: int = 100_000          # pages of one listing
     max_items: int = 10_000_000       # items of one listing
+    manifest: int = 4 * MiB           # a manifest (Distribution's own limit)
+    blob: int = 4 * MiB               # a blob, unless the caller asks for less (get_blob's max_bytes)
+    page: int = 16 * MiB              # a JSON answer: a list page, an API object
+    small: int = 1 * MiB              # a token answer, an error body, a 401's challenge, anything else
+    deadline: float = 4.0             # one request, its redirects, auth and body: this many times registry.timeout
+
+
+def size_text(n: int) -> str:
+    """`4 MiB`, `64 KiB`, `1000 bytes`: a limit as written in Bounds."""
+    for unit, size in (("MiB", MiB), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
 
 
 class PageGuard:
@@ -211,18 +224,52 @@ def body_next(r: httpx.Response) -> str | None:
 
 # --- the transport ------------------------------------------------------------------------------
 
+#: The request extension that carries (the most bytes its answer may have on the wire, what it is).
+LIMIT = "regsweep_limit"
+
+
+def too_large(name: str, what: str, limit: int) -> ResponseTooLarge:
+    return ResponseTooLarge(name, f"the {what} is larger than {size_text(limit)}; not read", limit=limit)
+
+
+class _Capped(httpx.AsyncByteStream):
+    """A response body that raises ResponseTooLarge past `limit` bytes, whoever reads it (httpx
+    itself reads the 401s and token answers of the auth flow)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, limit: int, what: str, name: str):
+        self._stream, self._limit, self._what, self._name, self._read = stream, limit, what, name, 0
+
+    async def __aiter__(self):
+        async for chunk in self._stream:
+            self._read += len(chunk)
+            if self._read > self._limit:
+                raise too_large(self._name, self._what, self._limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 class _Routes(httpx.AsyncBaseTransport):
     """Connection pools by origin: an unverified one for the one origin `registry.insecure` names,
-    the verified one for every other host (a token realm elsewhere, a native API, a CDN)."""
+    the verified one for every other host (a token realm elsewhere, a native API, a CDN). Every
+    answer's body is capped on the wire: by the request's LIMIT, else `Bounds.small`."""
 
-    def __init__(self, verify: ssl.SSLContext | bool, limits: httpx.Limits, insecure_origin: str | None):
+    def __init__(self, name: str, verify: ssl.SSLContext | bool, limits: httpx.Limits, insecure_origin: str | None,
+                 bounds: "Bounds"):
+        self._name, self._bounds = name, bounds
         self._verified = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
         self._origin = origin_of(insecure_origin) if insecure_origin else None
         self._insecure = httpx.AsyncHTTPTransport(verify=False, limits=limits) if insecure_origin else None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         pool = self._insecure if self._insecure is not None and origin_of(request.url) == self._origin else self._verified
-        return await pool.handle_async_request(request)
+        r = await pool.handle_async_request(request)
+        # Requests of the auth flow (a token, a challenge read again) carry no LIMIT: the small cap.
+        limit, what = request.extensions.get(LIMIT) or (self._bounds.small, "answer of the token service or challenge")
+        assert isinstance(r.stream, httpx.AsyncByteStream)
+        return httpx.Response(r.status_code, headers=r.headers, stream=_Capped(r.stream, limit, what, self._name),
+                              extensions=r.extensions)
 
     async def aclose(self) -> None:
         await self._verified.aclose()
@@ -260,6 +307,7 @@ class Transport:
         # httpcore a readability check on each request.
         self._limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         # Redirects are followed here (`_exchange`), so that credentials stay with their origin.
+        self._timeout = timeout
         self._options: dict[str, Any] = dict(auth=auth, timeout=timeout, follow_redirects=False,
                                              headers={"User-Agent": "regsweep", **(headers or {})})
         self._http: httpx.AsyncClient | None = None
@@ -278,7 +326,8 @@ class Transport:
 
     async def open(self) -> None:
         self._http = httpx.AsyncClient(base_url=self.base_url, **self._options,
-                                       transport=_Routes(self._verify, self._limits, self._insecure_origin))
+                                       transport=_Routes(self.name, self._verify, self._limits, self._insecure_origin,
+                                                         self.bounds))
 
     async def close(self) -> None:
         if self._http is not None:
@@ -304,17 +353,33 @@ class Transport:
     async def request(self, method: str, url: str | httpx.URL, *, params: dict | None = None, json: Any = None,
                       headers: dict[str, str] | None = None, ok: Iterable[int] = (200,),
                       passthrough: Iterable[int] = (), repository: str | None = None,
-                      reference: str | None = None, tag_delete: bool = False, auth: bool = True) -> httpx.Response:
-        """Send with retries; return answers with a status in `ok` or `passthrough`, raise otherwise."""
+                      reference: str | None = None, tag_delete: bool = False, auth: bool = True,
+                      limit: int | None = None, what: str = "answer") -> httpx.Response:
+        """Send with retries; return answers with a status in `ok` or `passthrough`, raise otherwise.
+
+        The answer is read whole, at most `limit` bytes of it (default `Bounds.page`; `what` it is,
+        for the message: ResponseTooLarge past it), and within the deadline (`Bounds.deadline`
+        times `registry.timeout`), redirects and authentication included: a server that drips
+        its answer is abandoned, however often it sends a byte. Error answers are read only in
+        part, for their message."""
         if self._http is None:
             raise RuntimeError(f"{type(self).__name__} used outside `async with`")
         ok, passthrough = frozenset(ok), frozenset(passthrough)
-        http = self._http
         where = {"repository": repository, "reference": reference}
+        limit = self.bounds.page if limit is None else limit
+        deadline = self.bounds.deadline * self._timeout
 
         async def attempt() -> httpx.Response:
             try:
-                r = await self._exchange(method, url, params=params, json=json, headers=headers, auth=auth)
+                async with asyncio.timeout(deadline):
+                    r = await self._exchange(method, url, params=params, json=json, headers=headers, auth=auth,
+                                             limit=limit, what=what, ok=ok | passthrough)
+            except TimeoutError:
+                raise RegistryUnreachable(self.name, f"no complete answer within {deadline:g} s "
+                                          f"({self.bounds.deadline:g} × registry.timeout)", retryable=True,
+                                          **where) from None
+            except ResponseTooLarge as e:
+                raise ResponseTooLarge(self.name, e.detail, limit=e.limit, **where) from None
             except (httpx.HTTPError, RegistryError, ssl.SSLError, OSError) as e:
                 raise registry_error(self.name, exc=e, **where) from None
             if r.status_code in ok or r.status_code in passthrough:
@@ -325,26 +390,58 @@ class Transport:
         return await self.gate.call(attempt, method)
 
     async def _exchange(self, method: str, url: str | httpx.URL, *, params: dict | None, json: Any,
-                        headers: dict[str, str] | None, auth: bool) -> httpx.Response:
-        """One request and the redirects of a read, each hop with credentials only for our origin."""
+                        headers: dict[str, str] | None, auth: bool, limit: int, what: str,
+                        ok: frozenset[int]) -> httpx.Response:
+        """One request and the redirects of a read, each hop with credentials only for our origin;
+        the last answer read (`_read`)."""
         assert self._http is not None
         http, target = self._http, url
         for hop in range(MAX_REDIRECTS + 1):
             request = http.build_request(method, target, params=params if hop == 0 else None,
-                                         json=json if hop == 0 else None, headers=headers)
+                                         json=json if hop == 0 else None, headers=headers,
+                                         extensions={LIMIT: (max(limit, self.bounds.small), what)})
             own = origin_of(request.url) == self.origin
             if own and auth:
                 for key, value in self._auth().items():
                     if key not in (headers or {}):   # the caller's own headers win (an Accept)
                         request.headers[key] = value
             # Another origin gets no credential: not the challenge flow's, not the auth headers.
-            r = await http.send(request, **({} if own else {"auth": None}))
-            if not (r.is_redirect and method in ("GET", "HEAD")):
-                return r
-            target = request.url.join(r.headers["location"])
-            if target.scheme not in ("http", "https"):
-                return r   # not followed: the error map says where it led
+            r = await http.send(request, stream=True, **({} if own else {"auth": None}))
+            follow = r.is_redirect and method in ("GET", "HEAD")
+            if follow:
+                target = request.url.join(r.headers["location"])
+                follow = target.scheme in ("http", "https")   # else not followed: the error map says where it led
+            if not follow:
+                return await self._read(r, limit if r.status_code in ok else self.bounds.small, what,
+                                        whole=r.status_code in ok)
+            await r.aclose()
         raise RegistryError(self.name, f"more than {MAX_REDIRECTS} redirects for one {method}")
+
+    async def _read(self, r: httpx.Response, limit: int, what: str, *, whole: bool) -> httpx.Response:
+        """`r` read into memory: ResponseTooLarge past `limit` bytes (decoded) when it must be read
+        `whole`, else (an error answer, read for its message) its first `limit` bytes."""
+        body = bytearray()
+        try:
+            declared = r.headers.get("content-length", "")
+            if whole and r.request.method != "HEAD" and declared.isdigit() and int(declared) > limit:
+                raise too_large(self.name, what, limit)   # not worth starting
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    if whole:
+                        raise too_large(self.name, what, limit)
+                    del body[limit:]
+                    break
+        except ResponseTooLarge:
+            if whole:
+                raise
+        finally:
+            await r.aclose()
+        # The body is decoded already: the copy must not claim an encoding or the wire's length.
+        headers = httpx.Headers([(k, v) for k, v in r.headers.multi_items()
+                                 if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")])
+        return httpx.Response(r.status_code, headers=headers, content=bytes(body), request=r.request,
+                              extensions=r.extensions)
 
     async def paged(self, url: str | httpx.URL, *, items: Callable[[Any], list | None], each: type | tuple = object,
                     what: str = "items", params: dict | None = None, next_page: NextPage = link_next,
@@ -368,7 +465,7 @@ class Transport:
                 r, first = first, None
             else:
                 try:
-                    r = await self.request("GET", target, params=page_params, **where)
+                    r = await self.request("GET", target, params=page_params, what=f"page of {what}", **where)
                 except RegistryError as e:
                     restart = recover(e) if (recover is not None and not guard.pages and target == url) else None
                     if restart is None:

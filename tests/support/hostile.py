@@ -7,6 +7,8 @@
                                      front.answer("GET", r"/referrers/", 200, body, {"Link": ...})
                                      front.rewrite("GET", r"/_catalog", lambda ex: ex.headers.append(...))
                                      front.drip("GET", r"/tags/list", every=0.3)   # headers, then a byte at a time
+                                     front.answer(..., chunked=True)   # no Content-Length; rule.sent counts
+                                                                       # the bytes the client took before hanging up
     tls_context(ca, hosts)       a server-side TLS context with a certificate `ca` (trustme) issued for `hosts`
 
 Both bind any loopback address (127.0.0.0/8 is all loopback: 127.0.0.2 is another origin than
@@ -155,7 +157,9 @@ class Rule:
     answer: tuple[int, bytes, dict[str, str]] | None = None
     rewrite: Callable[[Exchange], None] | None = None
     drip: float = 0.0
+    chunked: bool = False
     hits: int = 0
+    sent: int = 0                                       # body bytes written (chunked answers)
 
     def matches(self, method: str, path: str) -> bool:
         return ((self.times is None or self.hits < self.times) and (self.method in (None, method))
@@ -185,11 +189,11 @@ class Front(Hostile):
         return rule
 
     def answer(self, method: str | None, path: str, status: int, body: Any = b"", headers: dict[str, str] | None = None,
-               *, times: int | None = None) -> Rule:
-        """Answer matching requests without asking the upstream."""
+               *, times: int | None = None, chunked: bool = False) -> Rule:
+        """Answer matching requests without asking the upstream (`chunked`: without a Content-Length)."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return self._add(method, path, times, answer=(status, data, {"Content-Type": "application/json",
-                                                                       **(headers or {})}))
+        return self._add(method, path, times, chunked=chunked,
+                         answer=(status, data, {"Content-Type": "application/json", **(headers or {})}))
 
     def rewrite(self, method: str | None, path: str, fn: Callable[[Exchange], None], *, times: int | None = None) -> Rule:
         """Forward matching requests, then let `fn` change the upstream's answer."""
@@ -220,6 +224,8 @@ class Front(Hostile):
             rule = front._rule(self.command, self.path)
             if rule is not None and rule.answer is not None:
                 status, data, headers = rule.answer
+                if rule.chunked:
+                    return self._chunked(rule, status, data, headers)
                 return self.reply(status, data, headers)
             headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() != "host"]
             try:
@@ -248,6 +254,22 @@ class Front(Hostile):
                     time.sleep(rule.drip)
                 return
             self.wfile.write(ex.body)
+
+        def _chunked(self, rule: Rule, status: int, data: bytes, headers: dict[str, str]) -> None:
+            self.send_response_only(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            step = 64 * 1024
+            try:
+                for i in range(0, len(data), step):
+                    chunk = data[i:i + step]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    rule.sent += len(chunk)
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                self.close_connection = True   # the client hung up: what a size test wants
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
 
