@@ -22,7 +22,8 @@ from tasks.oci import manifest as oci
 from tasks.registry.auth import ChallengeAuth, Credentials, resolve_credentials
 from tasks.config.models import RegistryConfig
 from tasks.common.errors import ManifestUnknown, RegistryError, UnsupportedOperation
-from tasks.registry.transport import Bounds, RetryPolicy, Transport, link_next, refuse_clear_text, ssl_context
+from tasks.registry.transport import (Bounds, RetryPolicy, Transport, link_next, reference_segment, refuse_clear_text,
+                                      repository_path, ssl_context)
 
 _PAGE = 1000  # Distribution rejects n > 1000 on the catalog; larger registries cap it themselves
 
@@ -93,6 +94,12 @@ class RegistryClient:
         return await self.http.paged(f"{path}?n={_PAGE}", items=lambda doc: doc.get(key), each=str, what=key,
                                      next_page=link_next, repository=repository, recover=smaller_page)
 
+    def _path(self, repo: str, kind: str, ref: str | None = None) -> str:
+        """/v2/<repo>/<kind>[/<ref>], every name escaped (or refused) so that no request reaches
+        another path than the one meant (tasks/registry/transport.py `repository_path`)."""
+        tail = f"/{reference_segment(self.name, repo, ref)}" if ref is not None else ""
+        return f"/v2/{repository_path(self.name, repo)}/{kind}{tail}"
+
     # -- the API the scan and the sweep use --------------------------------------------------------
     async def ping(self) -> None:
         """GET /v2/: reachable, speaks Distribution v2, and our credentials (if any) are accepted."""
@@ -104,11 +111,11 @@ class RegistryClient:
 
     async def list_tags(self, repo: str) -> list[str]:
         """Every tag of `repo`, following pagination."""
-        return await self._list(f"/v2/{repo}/tags/list", "tags", repository=repo)
+        return await self._list(self._path(repo, "tags/list"), "tags", repository=repo)
 
     async def head_manifest(self, repo: str, ref: str) -> str | None:
         """The digest `ref` resolves to, or None when the registry does not know it (404)."""
-        r = await self._request("HEAD", f"/v2/{repo}/manifests/{ref}", repository=repo, reference=ref,
+        r = await self._request("HEAD", self._path(repo, "manifests", ref), repository=repo, reference=ref,
                                 headers={"Accept": oci.ACCEPT}, passthrough=(404,))
         if r.status_code == 404:
             return None
@@ -123,7 +130,7 @@ class RegistryClient:
 
     async def get_manifest(self, repo: str, ref: str) -> tuple[str, str, bytes]:
         """(digest, media type, body) of a manifest by tag or digest; ManifestUnknown on 404."""
-        r = await self._request("GET", f"/v2/{repo}/manifests/{ref}", repository=repo, reference=ref,
+        r = await self._request("GET", self._path(repo, "manifests", ref), repository=repo, reference=ref,
                                 headers={"Accept": oci.ACCEPT}, limit=self.http.bounds.manifest, what="manifest")
         body = r.content
         digest = oci.sha256_digest(body)
@@ -137,7 +144,7 @@ class RegistryClient:
         At most `max_bytes` are read (default `Bounds.blob`, 4 MiB): pass min(the descriptor's size,
         a cap), so a descriptor that understates the size cannot make regsweep read more. A larger
         blob is not read (streamed and abandoned): ResponseTooLarge."""
-        r = await self._request("GET", f"/v2/{repo}/blobs/{digest}", repository=repo, reference=digest,
+        r = await self._request("GET", self._path(repo, "blobs", digest), repository=repo, reference=digest,
                                 limit=max_bytes if max_bytes is not None else self.http.bounds.blob, what="blob")
         if digest.startswith("sha256:") and oci.sha256_digest(r.content) != digest:
             raise RegistryError(self.name, "blob content does not match its digest", repository=repo, reference=digest)
@@ -155,7 +162,7 @@ class RegistryClient:
         return await self._referrers(repo, digest)
 
     async def _referrers(self, repo: str, digest: str) -> list[dict] | None:
-        url = f"/v2/{repo}/referrers/{digest}"
+        url = self._path(repo, "referrers", digest)
         first = await self._request("GET", url, repository=repo, reference=digest, passthrough=(404,))
         if first.status_code == 404:
             # The spec forbids 404 from a registry that has the API: this one does not (Distribution 2.8).
@@ -168,7 +175,7 @@ class RegistryClient:
 
     async def delete_manifest(self, repo: str, digest: str) -> bool:
         """Delete a manifest (and so every tag on it): True deleted, False already gone."""
-        r = await self._request("DELETE", f"/v2/{repo}/manifests/{digest}", repository=repo, reference=digest,
+        r = await self._request("DELETE", self._path(repo, "manifests", digest), repository=repo, reference=digest,
                                 ok=(200, 202, 204), passthrough=(404,))
         return r.status_code != 404
 
@@ -177,7 +184,7 @@ class RegistryClient:
         if self.tag_delete_supported is False:
             raise UnsupportedOperation(self.name, "the registry cannot delete a tag alone", repository=repo, reference=tag)
         try:
-            r = await self._request("DELETE", f"/v2/{repo}/manifests/{tag}", repository=repo, reference=tag,
+            r = await self._request("DELETE", self._path(repo, "manifests", tag), repository=repo, reference=tag,
                                     ok=(200, 202, 204), passthrough=(404,), tag_delete=True)
         except UnsupportedOperation:
             self.tag_delete_supported = False   # learned once: later lone tags are not asked for

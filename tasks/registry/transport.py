@@ -29,6 +29,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar
+from urllib.parse import quote
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -167,6 +168,33 @@ def refuse_clear_text(config: "RegistryConfig", url: str, origin: str) -> None:
         raise ConfigError("registry.allowInsecureCredentials",
                           f"{httpx.URL(url).netloc.decode()} is plain http:// and the credentials from {origin} would "
                           "travel in clear text: use https, or set registry.allowInsecureCredentials: true")
+
+
+def _unsafe(text: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 100 else text[:100] + "…")
+
+
+def repository_path(registry: str, name: str) -> str:
+    """`name` as URL path segments, each percent-escaped: a name httpx would normalise (`..`, `.`,
+    an empty segment) or a control character is refused (RegistryError), so no request reaches a
+    path other than the one meant (`x/../app` is not `app`); `?`, `#` and `%` are escaped."""
+    segments = name.split("/")
+    if not name or _unsafe(name) or any(s in ("", ".", "..") for s in segments):
+        raise RegistryError(registry, f"repository name {_shown(name)} cannot be requested as it is (an empty, '.' or "
+                            "'..' path segment, or a control character); not requested")
+    return "/".join(quote(s, safe="") for s in segments)
+
+
+def reference_segment(registry: str, repository: str, ref: str) -> str:
+    """A tag or digest as one percent-escaped URL path segment; RegistryError for one that cannot be."""
+    if ref in ("", ".", "..") or "/" in ref or _unsafe(ref):
+        raise RegistryError(registry, f"reference {_shown(ref)} is not one URL path segment; not requested",
+                            repository=repository)
+    return quote(ref, safe=":")   # a digest's ':' is a valid path character, kept for readable paths
 
 
 class Gate:
@@ -495,5 +523,5 @@ class Transport:
                 guard.next(str(target))
         return out
 
-__all__ = ["Bounds", "Gate", "NextPage", "PageGuard", "RetryPolicy", "Transport", "body_next", "link_next", "refuse_clear_text",
-           "ssl_context", "x_next_page"]
+__all__ = ["Bounds", "Gate", "NextPage", "PageGuard", "RetryPolicy", "Transport", "body_next", "link_next",
+           "reference_segment", "refuse_clear_text", "repository_path", "ssl_context", "x_next_page"]

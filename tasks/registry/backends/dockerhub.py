@@ -39,6 +39,7 @@ class DockerHubBackend(ApiBackend):
         super().__init__(config, retry, bounds)
         s = self.settings
         self.ns = s.namespace
+        self._ns = quote(s.namespace, safe="")   # as it goes into a URL path
         hint = self.token_hint if (s.token_env or s.token_file) else "registry.auth, or the docker config"
         self.http = self.api_client(s.url, hint=hint)
 
@@ -70,16 +71,16 @@ class DockerHubBackend(ApiBackend):
         return quote(name, safe="")
 
     async def ping(self) -> None:
-        await self.http.request("GET", f"/v2/namespaces/{self.ns}/repositories", params={"page_size": 1})
+        await self.http.request("GET", f"/v2/namespaces/{self._ns}/repositories", params={"page_size": 1})
         await self.oci.ping()
 
     async def list_repositories(self) -> list[str]:
-        rows = await self.http.paged(f"/v2/namespaces/{self.ns}/repositories", params={"page_size": self.settings.pageSize},
+        rows = await self.http.paged(f"/v2/namespaces/{self._ns}/repositories", params={"page_size": self.settings.pageSize},
                                      next_page=body_next, items=lambda d: d.get("results"))
         return [f"{self.ns}/{r['name']}" for r in rows]
 
     async def list_tags(self, repo: str) -> list[TagInfo]:
-        rows = await self.http.paged(f"/v2/namespaces/{self.ns}/repositories/{self._name(repo)}/tags", repository=repo,
+        rows = await self.http.paged(f"/v2/namespaces/{self._ns}/repositories/{self._name(repo)}/tags", repository=repo,
                                      params={"page_size": self.settings.pageSize}, next_page=body_next,
                                      items=lambda d: d.get("results"))
         out: list[TagInfo] = []
@@ -94,7 +95,7 @@ class DockerHubBackend(ApiBackend):
         return out
 
     async def delete_tag(self, repo: str, tag: str) -> bool:
-        r = await self.http.request("DELETE", f"/v2/repositories/{self.ns}/{self._name(repo)}/tags/{quote(tag, safe='')}/",
+        r = await self.http.request("DELETE", f"/v2/repositories/{self._ns}/{self._name(repo)}/tags/{quote(tag, safe='')}/",
                                     ok=(200, 202, 204), passthrough=(404,), repository=repo, reference=tag)
         return r.status_code != 404
 

@@ -77,7 +77,7 @@ class HarborBackend(ApiBackend):
         return out
 
     async def delete_manifest(self, repo: str, digest: str, tags: tuple[str, ...] = ()) -> bool:
-        r = await self.http.request("DELETE", f"{_path(repo)}/artifacts/{digest}", passthrough=(404,),
+        r = await self.http.request("DELETE", f"{_path(repo)}/artifacts/{quote(digest, safe=':')}", passthrough=(404,),
                                     repository=repo, reference=digest)
         return r.status_code != 404
 
