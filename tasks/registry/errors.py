@@ -19,6 +19,12 @@ Retried (`retryable`, with the server's Retry-After) are 429, 502, 503, 504, an 
 rate-limit hook recognises (`rate_limited`: GitHub's 403 with x-ratelimit-remaining: 0), AWS's
 throttling codes, and dropped connections and timeouts. Nothing else is, in any API.
 
+Text that comes from elsewhere (a transport exception, a registry's error message, botocore's)
+goes into a message only through `redact`, the one redaction step: a header value that h11
+refused ("Illegal header value b'<token>\n'") is never repeated, nor a Basic or Bearer value, a
+URL's user info or a token-like query value. A request httpx cannot even send
+(LocalProtocolError: a token with a newline) is not retried: it would fail the same way.
+
 ECR's 500 (`ServerException`, `InternalFailure`) is decided like every other API's 500: not
 retried, so the source fails and the snapshot is published incomplete (README "Reliability").
 botocore's own retries are off (tasks/registry/backends/ecr.py: `total_max_attempts: 1`), so
@@ -62,6 +68,29 @@ class TokenService:
     scope: str
 
 
+_SECRETS = [
+    # h11's "Illegal header value b'...'" and any other bytes repr: what was (to be) sent.
+    (re.compile(r"""\bb(['"]).*?(?<!\\)\1|\bb(['"]).*$""", re.S), "[redacted bytes]"),
+    # A Basic or Bearer value: long, and with a digit or punctuation no English word has.
+    (re.compile(r"(?i)\b(basic|bearer|jwt)\s+(?=[A-Za-z0-9._~+/=:-]*[0-9._+/=])[A-Za-z0-9._~+/=:-]{8,}"),
+     r"\1 [redacted]"),
+    (re.compile(r"(?i)(private-token|job-token|authorization|x-api-key)(['\"]?\s*[:=]\s*['\"]?)[^\s,;'\"}]+"),
+     r"\1\2[redacted]"),
+    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]+@"), r"\1[redacted]@"),
+    (re.compile(r"(?i)\b([a-z_-]*(?:token|secret|password|signature|key|auth)[a-z_-]*=)[^&\s'\"]+"), r"\1[redacted]"),
+]
+
+
+def redact(text: object, limit: int = 300) -> str:
+    """`text` (from an exception, a registry, botocore) fit for a message: one line, at most
+    `limit` characters, with whatever may be a credential replaced (module docstring)."""
+    out = str(text)
+    for rx, repl in _SECRETS:
+        out = rx.sub(repl, out)
+    out = " ".join(out.split())
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
 def oci_errors(response: httpx.Response) -> tuple[tuple[str, ...], str]:
     """The OCI error codes and first message of an error response, if it has a JSON body.
 
@@ -74,8 +103,8 @@ def oci_errors(response: httpx.Response) -> tuple[tuple[str, ...], str]:
         codes = tuple(str(e.get("code", "")) for e in errs if isinstance(e, dict))
         msg = next((str(e.get("message")) for e in errs if isinstance(e, dict) and e.get("message")), "")
         if not errs:
-            msg = str(doc.get("message") or doc.get("detail") or doc.get("error") or "")[:300]
-        return codes, msg
+            msg = str(doc.get("message") or doc.get("detail") or doc.get("error") or "")
+        return tuple(redact(c, 100) for c in codes), redact(msg)
     except (ValueError, AttributeError, httpx.ResponseNotRead):
         return (), ""
 
@@ -148,16 +177,21 @@ def _failure(registry: str, exc: BaseException, where: dict) -> RegistryError:
     tls = _tls_failure(exc)
     if tls is not None:
         reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
-        return RegistryUnreachable(registry, f"TLS handshake failed ({reason}); trust the registry's CA with "
+        return RegistryUnreachable(registry, f"TLS handshake failed ({redact(reason)}); trust the registry's CA with "
                                    "registry.caFile, or set registry.insecure: true", **where)
+    if isinstance(exc, httpx.LocalProtocolError):
+        # h11's text repeats the header value it refused: the token itself. Never shown, never retried.
+        return RegistryError(registry, "the request could not be sent: a header value is not valid HTTP (a token or "
+                             "password with a newline or another control character? check the secret's source)",
+                             **where)
     if isinstance(exc, httpx.ConnectError):
-        text = f"cannot connect: {exc}" if str(exc) else "cannot connect"
+        text = f"cannot connect: {redact(exc)}" if str(exc) else "cannot connect"
     elif isinstance(exc, httpx.TimeoutException):
         text = f"timed out ({type(exc).__name__})"
     elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        text = f"connection dropped ({exc or type(exc).__name__})"
+        text = f"connection dropped ({redact(exc) or type(exc).__name__})"
     else:
-        text = f"{type(exc).__name__}: {exc}"
+        text = f"{type(exc).__name__}: {redact(exc)}"
     return RegistryUnreachable(registry, text, retryable=isinstance(exc, httpx.TransportError), **where)
 
 
@@ -221,8 +255,8 @@ def aws_error(registry: str, op: str, exc: Exception, *, repository: str | None 
         return RegistryAuthError(registry, f"ECR {op}: no AWS credentials found ({AWS_CREDENTIALS_HINT})", **where)
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
                         bex.ConnectionClosedError)):
-        return RegistryUnreachable(registry, f"ECR {op}: {exc}", retryable=True, **where)
-    return RegistryError(registry, f"ECR {op}: {type(exc).__name__}: {exc}", **where)
+        return RegistryUnreachable(registry, f"ECR {op}: {redact(exc)}", retryable=True, **where)
+    return RegistryError(registry, f"ECR {op}: {type(exc).__name__}: {redact(exc)}", **where)
 
 
 def aws_code_message(code: str, message: str) -> tuple[str, str]:
@@ -231,4 +265,4 @@ def aws_code_message(code: str, message: str) -> tuple[str, str]:
         found = {k: re.search(rf"<{k}>(.*?)</{k}>", message, re.S) for k in ("Code", "Message")}
         code = found["Code"].group(1).strip() if found["Code"] else code
         message = found["Message"].group(1) if found["Message"] else ""
-    return code, " ".join(message.split())[:300]
+    return redact(code, 100), redact(message)
