@@ -40,6 +40,7 @@ import httpx
 from tasks.config.models import RegistryAuth as AuthConfig
 from tasks.common.errors import ConfigError, RegistryAuthError, RegistryError
 from tasks.registry.errors import TokenService, registry_error
+from tasks.registry.transport import origin_of
 from tasks.oci.reference import DOCKER_HUB_HOSTS
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -229,11 +230,6 @@ class _Token:
     expires: float   # monotonic seconds
 
 
-def _origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
-    u = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    return u.scheme, u.host.lower(), u.port or {"http": 80, "https": 443}.get(u.scheme)
-
-
 def _show(url: str) -> str:
     """A realm for a message: scheme, host and path, never a query (it may carry anything)."""
     try:
@@ -255,7 +251,7 @@ class ChallengeAuth(httpx.Auth):
     def __init__(self, registry: str, credentials: Callable[[], Credentials | None] | Credentials | None = None,
                  clock: Callable[[], float] = time.monotonic, *, origin: str | None = None):
         self.registry = registry
-        self.origin = _origin(origin) if origin else None
+        self.origin = origin_of(origin) if origin else None
         self._base = origin.rstrip("/") if origin else None
         self._v2_known = False                      # whether the registry's /v2/ challenge was read
         self._v2_realm: str | None = None           # the realm it names (None: it names none)
@@ -374,8 +370,8 @@ class ChallengeAuth(httpx.Auth):
     def _own(self, url: httpx.URL) -> bool:
         """Whether `url` is on the registry's origin (the first request's, when none was given)."""
         if self.origin is None:
-            self.origin, self._base = _origin(url), f"{url.scheme}://{url.netloc.decode()}"
-        return _origin(url) == self.origin
+            self.origin, self._base = origin_of(url), f"{url.scheme}://{url.netloc.decode()}"
+        return origin_of(url) == self.origin
 
     def _check_realm(self, ch: Challenge) -> None:
         """RegistryAuthError unless credentials may go to `ch.realm` (module docstring)."""
@@ -393,7 +389,7 @@ class ChallengeAuth(httpx.Auth):
         if self._v2_realm is not None and ch.realm != self._v2_realm:
             raise RegistryAuthError(self.registry, f"token realm {_show(ch.realm)} is not the one the registry's /v2/ "
                                     f"names ({_show(self._v2_realm)}); refusing to send credentials")
-        if self._v2_realm is None and _origin(realm) != self.origin:
+        if self._v2_realm is None and origin_of(realm) != self.origin:
             raise RegistryAuthError(self.registry, f"token realm {_show(ch.realm)} is on another host and the "
                                     "registry's /v2/ names no realm; refusing to send credentials")
 
