@@ -13,15 +13,17 @@ decided here and nowhere else:
     3xx to a DELETE or POST  RegistryError: never followed ("the registry redirected a DELETE")
     401/403 where a redirect led (another origin, sent no credentials): RegistryError
     TLS, connect, timeout, dropped  RegistryUnreachable   EndpointConnectionError, timeouts, closed
+    no whole answer within the deadline (tasks/registry/transport.py Bounds): RegistryUnreachable
+    an answer over its size cap (Bounds): ResponseTooLarge
     anything else            RegistryError          anything else
 
 Retried (`retryable`, with the server's Retry-After) are 429, 502, 503, 504, an answer the API's
 rate-limit hook recognises (`rate_limited`: GitHub's 403 with x-ratelimit-remaining: 0), AWS's
-throttling codes, and dropped connections and timeouts. Nothing else is, in any API.
+throttling codes, dropped connections, timeouts and a missed deadline. Nothing else is, in any API.
 
 Text that comes from elsewhere (a transport exception, a registry's error message, botocore's)
 goes into a message only through `redact`, the one redaction step: a header value that h11
-refused ("Illegal header value b'<token>\n'") is never repeated, nor a Basic or Bearer value, a
+refused ("Illegal header value b'<token>\\n'") is never repeated, nor a Basic or Bearer value, a
 URL's user info or a token-like query value. A request httpx cannot even send
 (LocalProtocolError: a token with a newline) is not retried: it would fail the same way.
 
