@@ -305,7 +305,7 @@ def test_gitlab_group_lists_the_registries_of_every_project_in_it(gitlab_api, tm
         for repo in ("grp/app", "grp/app/cache", "grp/lib/base", "other/x"):
             push_image(c, repo, "v1", config={"config": {"Labels": {"r": repo}}})
         cfg = parse_config({"store": str(tmp_path / "store"), "registry": {
-            "url": reg.url, "api": "gitlab", "repositories": ["grp/**"],
+            "url": reg.url, "api": "gitlab", "repositories": ["grp/**"], "allowInsecureCredentials": True,
             "gitlab": {"url": api.url, "group": "grp", "token_env": TOKEN_ENV, "pageSize": 1}}})
 
         result, _ = scan(cfg)

@@ -104,6 +104,7 @@ def test_an_account_that_may_only_pull_is_denied_before_the_gate(sweep, token_re
     monkeypatch.setenv("REGSWEEP_READER_PW", READER_PASSWORD)
     data = config(SWEEP, url=token_registry.url, repositories=["ro/app"], store=tmp_path / "store")
     data["registry"]["auth"] = {"username": READER_USER, "password_env": "REGSWEEP_READER_PW"}
+    data["registry"]["allowInsecureCredentials"] = True   # a plain-http loopback registry
     cfg = parse_config(data)
     sid = take_snapshot(cfg, probe=True)
     caps = Capabilities.from_json(snapshot_caps(cfg, sid))

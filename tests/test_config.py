@@ -139,7 +139,7 @@ def test_git_policies_without_a_git_source_are_refused_before_any_work(tmp_path,
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     (tmp_path / "conf").mkdir()
     cfg_file = tmp_path / "conf" / "regsweep.yaml"
-    cfg_file.write_text("store: store\nregistry: {url: http://x, caFile: ca.pem, auth: {username: u, password_file: pw}}\n"
+    cfg_file.write_text("store: store\nregistry: {url: https://x, caFile: ca.pem, auth: {username: u, password_file: pw}}\n"
                         "git: {path: ../checkout}\nkubernetes: {kubeconfig: kube/config}\n")
     cfg = load_config(cfg_file)
     base = (tmp_path / "conf").resolve()

@@ -28,6 +28,10 @@ from tasks.registry.distribution import RetryPolicy
 from tests.support.contracts import ERRATA, NOT_DESCRIBED, Contract, contract, load_description
 from tests.support.fakeapi import TOKEN
 from tests.support.rigs import USER, make_rig
+from tests.support.harbor import harbor_api  # noqa: F401 (fixtures)
+from tests.support.dockerhub import dockerhub_api  # noqa: F401 (fixtures)
+from tests.support.github import github_api  # noqa: F401 (fixtures)
+from tests.support.gitlab import gitlab_api  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=2, initial=0.01, maximum=0.05)
 AMD, ARM = {"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "arm64"}

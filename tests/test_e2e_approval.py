@@ -21,6 +21,7 @@ from tests.support.sweeps import fresh, old, status
 from testbed.prefect import deploy, deployment_file, hold_config, wait_for_run
 from tests.support.e2e import browser  # noqa: F401 (fixtures)
 from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
+from tests.support.e2e import worker_configs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.e2e
 

@@ -37,6 +37,7 @@ from tasks.config.models import parse_config
 from tasks.sources.registry import extract
 from tasks.store.store import Store
 from tests.support.gitrepo import RepoBuilder
+from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)              # buildah commit --timestamp: an old build
 UMOCI_CREATED = datetime(2024, 2, 3, 4, 5, 6, tzinfo=timezone.utc)

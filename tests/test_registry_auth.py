@@ -27,7 +27,8 @@ FAST = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
 
 
 def cfg(url, tmp_path=None, auth=None, **registry):
-    data = {"registry": {"url": url, **registry}}
+    # The loopback registries are plain http: credentials need the explicit opt-in.
+    data = {"registry": {"url": url, "allowInsecureCredentials": url.startswith("http://"), **registry}}
     if auth:
         data["registry"]["auth"] = auth
     if tmp_path is not None:

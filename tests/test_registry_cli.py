@@ -29,7 +29,8 @@ def test_snapshot_registry_source(run_cli, registry, registry_client, unique_rep
 
 def test_wrong_credentials_exit_2_with_one_line(run_cli, htpasswd_registry, tmp_path):
     cfg = config(store="store", url=htpasswd_registry.url,
-                 registry={"auth": {"username": REGISTRY_USER, "password_env": "REGSWEEP_PW"}}, write=tmp_path)
+                 registry={"allowInsecureCredentials": True,
+                           "auth": {"username": REGISTRY_USER, "password_env": "REGSWEEP_PW"}}, write=tmp_path)
     r = run_cli("snapshot", "--config", cfg, "--sources", "registry", env={"REGSWEEP_PW": "wrong-horse-staple"})
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

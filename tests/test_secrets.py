@@ -48,6 +48,7 @@ def test_no_secret_reaches_output_store_or_prefect(run_cli, token_registry, toke
     cfg.write_text(yaml.safe_dump({
         "store": str(tmp_path / "store"),
         "registry": {"url": token_registry.url, "repositories": [repo], "caFile": token_registry.ca_pem,
+                     "allowInsecureCredentials": True,
                      "auth": {"username": REGISTRY_USER, "password_env": "REGSWEEP_SECRET_TEST_PASSWORD"}},
         "kubernetes": {"kubeconfig": str(kubeconfig)},
         "helm": {"enabled": True},

@@ -57,7 +57,8 @@ from tasks.plan.evaluate import plan_rows
 from tasks.sources import git as git_source
 from tasks.store.store import Store
 from tests.support.gitrepo import RepoBuilder
-from tests.test_evaluate import NOW, REGISTRY, Snap, decisions
+from tests.support.snapshots import NOW, REGISTRY, Snap, decisions
+from tests.support.gitrepo import git_repo  # noqa: F401 (fixtures)
 
 SPEC = "test/legacy_e2e/suites/cleanup/cleanup_test.go"
 DOCS = "docs/pages_en/usage/cleanup/cr_cleanup.md"

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from tasks.common.errors import ConfigError, InputFileError
 from tasks.common.redact import remember
@@ -140,22 +140,44 @@ class _ApiToken(_Strict):
         return read_secret(self.token_env, self.token_file, key, ("token_env", "token_file"), block=self.token_block)
 
 
+def _service_url(v: str) -> str:
+    """A registry API's URL: http(s), a host, no user info, query or fragment. The message never
+    repeats the value, which may carry a secret (`https://user:token@host`)."""
+    v = v.strip()
+    try:
+        u = urlsplit(v)
+        u.port   # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("is not a URL like https://host.example") from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError("is not a URL like https://host.example (http or https)")
+    if "@" in u.netloc:
+        raise ValueError("must not carry user info (user:secret@): credentials are never written in a URL")
+    if u.query or u.fragment or "?" in v or "#" in v:
+        raise ValueError("must not carry a query or fragment")
+    return v.rstrip("/")
+
+
+#: A native API's (or ECR endpoint's) URL, checked by `_service_url`.
+ServiceUrl = Annotated[str, AfterValidator(_service_url)]
+
+
 class EcrSettings(_Strict):
     region: str | None = Field(None, description="AWS region; default: from the registry host, else the AWS default chain.")
     registryId: str | None = Field(None, description="AWS account id of the registry; default: from the registry host.")
-    endpoint: str | None = Field(None, description="ECR API endpoint; default: AWS_ENDPOINT_URL_ECR, else AWS's own.")
+    endpoint: ServiceUrl | None = Field(None, description="ECR API endpoint; default: AWS_ENDPOINT_URL_ECR, else AWS's own.")
     profile: str | None = Field(None, description="AWS profile; default: the AWS default credential chain.")
     pageSize: int = Field(1000, ge=1, le=1000, description="Items per DescribeRepositories/DescribeImages page.")
 
 
 class GitLabSettings(_ApiToken):
-    url: str = Field("https://gitlab.com", description="The GitLab instance (its API is <url>/api/v4).")
+    url: ServiceUrl = Field("https://gitlab.com", description="The GitLab instance (its API is <url>/api/v4).")
     project: str | None = Field(None, description="Project path or id whose container registry is swept.")
     group: str | None = Field(None, description="Group path or id: every project registry in it.")
 
 
 class HarborSettings(_Strict):
-    url: str | None = Field(None, description="Harbor's URL (API at <url>/api/v2.0); default: registry.url.")
+    url: ServiceUrl | None = Field(None, description="Harbor's URL (API at <url>/api/v2.0); default: registry.url.")
     projects: list[str] = Field(default_factory=list, description="Projects to list; default: every project visible.")
     pageSize: int = Field(100, ge=1, le=100, description="Items per list page.")
 
@@ -163,13 +185,13 @@ class HarborSettings(_Strict):
 class GitHubSettings(_ApiToken):
     owner: str = Field(description="Organisation or user owning the container packages.")
     ownerType: Literal["org", "user"] = Field("org", description="`org` or `user`.")
-    url: str = Field("https://api.github.com", description="GitHub's REST API.")
+    url: ServiceUrl = Field("https://api.github.com", description="GitHub's REST API.")
 
 
 class DockerHubSettings(_ApiToken):
     namespace: str = Field(description="Docker Hub user or organisation whose repositories are swept.")
     username: str | None = Field(None, description="Docker Hub user for the API login; default: registry.auth, else the docker config.")
-    url: str = Field("https://hub.docker.com", description="Docker Hub's API.")
+    url: ServiceUrl = Field("https://hub.docker.com", description="Docker Hub's API.")
 
 
 class RegistryConfig(_Strict):
@@ -187,6 +209,9 @@ class RegistryConfig(_Strict):
     harbor: HarborSettings | None = Field(None, description="Harbor v2 API settings (registry.api: harbor).")
     github: GitHubSettings | None = Field(None, description="GitHub Packages settings (registry.api: github).")
     dockerhub: DockerHubSettings | None = Field(None, description="Docker Hub API settings (registry.api: dockerhub).")
+    allowInsecureCredentials: bool = Field(
+        False, validate_default=True,
+        description="Send credentials to a plain http:// registry or API (in clear text); never the default.")
 
     @model_validator(mode="after")
     def _api_settings(self) -> "RegistryConfig":
@@ -204,10 +229,36 @@ class RegistryConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
+        # The message never repeats the value: it may carry a secret (https://user:password@host).
         v = v.strip().rstrip("/")
-        if not re.match(r"^https?://[^/\s]+$", v):
-            raise ValueError(f"{v!r} is not a registry URL like https://registry.example.com")
+        if re.match(r"^https?://[^/\s]*@", v):
+            raise ValueError("must not carry user info (user:secret@): put credentials in registry.auth")
+        if re.match(r"^https?://[^/\s]*[?#]", v):
+            raise ValueError("must not carry a query or fragment")
+        if not re.match(r"^https?://[^/\s?#@]+$", v):
+            raise ValueError("is not a registry URL like https://registry.example.com")
         return v
+
+    @field_validator("allowInsecureCredentials")
+    @classmethod
+    def _clear_text(cls, allowed: bool, info: ValidationInfo) -> bool:
+        """Credentials configured for a plain http:// registry or API need the explicit opt-in."""
+        if allowed:
+            return allowed
+        d = info.data
+        plain = [f"registry.{key}" for key in ("url",) if str(d.get("url") or "").startswith("http://")
+                 and d.get("auth") is not None]
+        for api in ("gitlab", "github", "dockerhub", "harbor"):
+            s = d.get(api)
+            url = getattr(s, "url", None) or (d.get("url") if api == "harbor" else None)
+            secret = (api == "harbor" and d.get("auth") is not None) or any(
+                getattr(s, k, None) for k in ("token_env", "token_file", "token_block"))
+            if s is not None and secret and str(url or "").startswith("http://"):
+                plain.append(f"registry.{api}.url")
+        if plain:
+            raise ValueError(f"{plain[0]} is plain http:// and credentials are configured for it: they would travel "
+                             "in clear text. Use https, or set registry.allowInsecureCredentials: true")
+        return allowed
 
     @property
     def host(self) -> str:

@@ -12,7 +12,13 @@ requested up front rather than after a 401 each (as regclient and containerd do)
 Credentials come from the configuration (`registry.auth`) or, failing that, from the Docker
 client's config (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`: `credHelpers`,
 `credsStore`, `auths`). They are read when the registry first asks for them, are never part of
-an error message, a log line or a repr, and are only sent to the registry and its token realm.
+an error message, a log line or a repr, and are only sent to the registry and its token realm:
+
+- Basic and Bearer headers go only to the registry's origin (scheme, host and port of
+  `registry.url`); a request anywhere else (a blob on a CDN) goes without them.
+- A 401 challenge is honoured only from the registry's origin, never from where a redirect led.
+- The token realm must be the one the registry's own `/v2/` challenge names (asked once when a
+  challenge comes from another path first), and `https` when the registry is.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import httpx
 from tasks.config.models import RegistryAuth as AuthConfig, checked_secret
 from tasks.common.errors import ConfigError, RegistryAuthError, RegistryError
 from tasks.registry.errors import TokenService, registry_error
+from tasks.registry.transport import origin_of
 from tasks.oci.reference import DOCKER_HUB_HOSTS
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -228,15 +235,32 @@ class _Token:
     expires: float   # monotonic seconds
 
 
+def _show(url: str) -> str:
+    """A realm for a message: scheme, host and path, never a query (it may carry anything)."""
+    try:
+        u = httpx.URL(url)
+        return f"{u.scheme}://{u.netloc.decode()}{u.path}"
+    except (httpx.InvalidURL, ValueError):
+        return "(not a URL)"
+
+
 class ChallengeAuth(httpx.Auth):
-    """httpx auth for one registry (async clients only): anonymous, Basic, or Bearer tokens cached per scope."""
+    """httpx auth for one registry (async clients only): anonymous, Basic, or Bearer tokens cached per scope.
+
+    `origin` is the registry's URL: credentials go to that origin only. Without it, the origin of
+    the first request the flow sees is taken (a client whose base URL is the registry)."""
 
     #: Renew a token this long before the registry would start refusing it.
     EXPIRY_MARGIN = 5.0
 
     def __init__(self, registry: str, credentials: Callable[[], Credentials | None] | Credentials | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *, origin: str | None = None):
         self.registry = registry
+        self.origin = origin_of(origin) if origin else None
+        self._base = origin.rstrip("/") if origin else None
+        self._v2_known = False                      # whether the registry's /v2/ challenge was read
+        self._v2_realm: str | None = None           # the realm it names (None: it names none)
+        self._v2_lock = asyncio.Lock()
         self._provider = credentials if callable(credentials) else (lambda: credentials)
         self._creds_loaded = False
         self._creds: Credentials | None = None
@@ -348,22 +372,70 @@ class ChallengeAuth(httpx.Auth):
             return None
         return tok.value
 
+    def _own(self, url: httpx.URL) -> bool:
+        """Whether `url` is on the registry's origin (the first request's, when none was given)."""
+        if self.origin is None:
+            self.origin, self._base = origin_of(url), f"{url.scheme}://{url.netloc.decode()}"
+        return origin_of(url) == self.origin
+
+    def _check_realm(self, ch: Challenge) -> None:
+        """RegistryAuthError unless credentials may go to `ch.realm` (module docstring)."""
+        try:
+            realm = httpx.URL(ch.realm)
+            ok = realm.scheme in ("http", "https") and bool(realm.host)
+        except (httpx.InvalidURL, ValueError):
+            ok = False
+        if not ok:
+            raise RegistryAuthError(self.registry, "the token realm is not an http(s) URL; refusing to send credentials")
+        assert self.origin is not None
+        if self.origin[0] == "https" and realm.scheme != "https":
+            raise RegistryAuthError(self.registry, f"token realm {_show(ch.realm)} is not https; refusing to send "
+                                    "credentials")
+        if self._v2_realm is not None and ch.realm != self._v2_realm:
+            raise RegistryAuthError(self.registry, f"token realm {_show(ch.realm)} is not the one the registry's /v2/ "
+                                    f"names ({_show(self._v2_realm)}); refusing to send credentials")
+        if self._v2_realm is None and origin_of(realm) != self.origin:
+            raise RegistryAuthError(self.registry, f"token realm {_show(ch.realm)} is on another host and the "
+                                    "registry's /v2/ names no realm; refusing to send credentials")
+
+    def _learn_v2(self, response: httpx.Response) -> None:
+        found = _pick(parse_challenges(response.headers.get_list("www-authenticate")))
+        self._v2_realm = found.realm if (response.status_code == 401 and found is not None
+                                         and found.scheme == "bearer") else None
+        self._v2_known = True
+
     # -- httpx entry points ------------------------------------------------------------------------
     def sync_auth_flow(self, request: httpx.Request) -> NoReturn:
         raise TypeError("ChallengeAuth works in an httpx.AsyncClient only: requests refused at once share "
                         "one token request under an asyncio lock")
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        self._apply(request)
+        own = self._own(request.url)
+        if own:
+            self._apply(request)
         response = yield request
-        if response.status_code != 401:
+        # A challenge counts from the registry's own origin only: never from where a redirect led.
+        if response.status_code != 401 or not own or not self._own(response.request.url):
             return
         # Release the 401's connection first: with every pooled connection held by a refused
         # request, the token request would wait for a free one forever.
         await response.aread()
-        ch = self._challenge(request, response)
+        ch = _pick(parse_challenges(response.headers.get_list("www-authenticate")))
         if ch is None:
             return
+        if ch.scheme == "bearer":
+            if response.request.url.path == "/v2/":
+                self._learn_v2(response)
+            elif not self._v2_known:
+                # The realm must be the one the registry's /v2/ names: ask it once.
+                async with self._v2_lock:
+                    if not self._v2_known:
+                        v2 = yield httpx.Request("GET", f"{self._base}/v2/")
+                        await v2.aread()
+                        if self._own(v2.request.url):
+                            self._learn_v2(v2)
+            self._check_realm(ch)
+        self._challenge(request, response)
         if ch.scheme == "basic":
             if self._basic_retry(request):
                 yield request

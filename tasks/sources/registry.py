@@ -44,6 +44,7 @@ from tasks.registry.capabilities import Capabilities, probe_registry
 from tasks.config.models import LinkConfig, RegistryConfig, RegsweepConfig
 from tasks.registry.distribution import RegistryClient, RetryPolicy
 from tasks.common.errors import ManifestUnknown, RegistryAuthError, RegistryError, RegsweepError
+from tasks.registry.errors import ResponseTooLarge
 from tasks.common.notes import warn
 from tasks.common.progress import reporter
 from tasks.oci.reference import is_repository_name, is_tag_name, repository_globs
@@ -207,8 +208,9 @@ class Scanner:
         self.times[(repo, info.digest)] = (_later(pushed, info.pushed), _later(pulled, info.last_pulled))
 
     # -- reading ----------------------------------------------------------------------------------
-    async def _blob(self, repo: str, digest: str, *, manifest: bool) -> tuple[str, bytes]:
-        """A manifest or config by digest, from the cache or fetched once however many ask."""
+    async def _blob(self, repo: str, digest: str, *, manifest: bool, max_bytes: int | None = None) -> tuple[str, bytes]:
+        """A manifest or config by digest, from the cache or fetched once however many ask; a blob
+        is read up to `max_bytes` (ResponseTooLarge past it)."""
         hit = self.cache.get(digest)
         if hit is not None:
             return hit
@@ -221,7 +223,7 @@ class Scanner:
                 if manifest:
                     _, media_type, body = await self.client.get_manifest(repo, digest)
                 else:
-                    media_type, body = "blob", await self.client.get_blob(repo, digest)
+                    media_type, body = "blob", await self.client.get_blob(repo, digest, max_bytes=max_bytes)
                 # The client verifies sha256 content; other algorithms are verified here.
                 if not digest.startswith("sha256:") and not oci.matches_digest(body, digest):
                     raise RegistryError(self.client.name, f"served content that does not hash to {digest}",
@@ -231,8 +233,9 @@ class Scanner:
             task = self._blobs[digest] = asyncio.ensure_future(fetch())
         try:
             return await task
-        except ManifestUnknown:
-            # Deleted here, perhaps present in another repository: let a later ask retry.
+        except (ManifestUnknown, ResponseTooLarge):
+            # Deleted here, perhaps present in another repository; or larger than *this* asker's
+            # descriptor says (another descriptor of the same blob may be honest): let a later ask retry.
             self._blobs.pop(digest, None)
             raise
 
@@ -415,12 +418,14 @@ class Scanner:
             warn(log, f"{where}: {problem}")
             return None, problem
         try:
-            # needs: RegistryClient.get_blob(repo, digest, max_bytes=d.size) that stops reading past
-            # the limit (it reads the whole body today); until then a descriptor that understates
-            # the size is caught just below, after the read, and the body is neither parsed nor cached.
-            _, body = await self._blob(repo, d.digest, manifest=False)
+            # Read no more than the descriptor says: one that understates the size stops the read there.
+            _, body = await self._blob(repo, d.digest, manifest=False, max_bytes=d.size)
         except ManifestUnknown:
             problem = f"config blob {d.digest} is missing (HTTP 404)"
+            warn(log, f"{where}: {problem}")
+            return None, problem
+        except ResponseTooLarge:
+            problem = f"config larger than its descriptor: {d.digest} is over {d.size:,} bytes, its descriptor's size; not read"
             warn(log, f"{where}: {problem}")
             return None, problem
         if len(body) > d.size:

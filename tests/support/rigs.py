@@ -68,7 +68,9 @@ class Rig:
         return push_index(self.client, repo, tag, children)
 
     def registry_config(self, url: str, repos: list[str], *, api_url: str | None = None, **more) -> dict:
-        return {"url": url, "repositories": repos, "concurrency": 4, **self.settings(api_url), **more}
+        # The loopback registries and fake APIs are plain http: the credentials need the explicit opt-in.
+        return {"url": url, "repositories": repos, "concurrency": 4, "allowInsecureCredentials": True,
+                **self.settings(api_url), **more}
 
     def tags(self, repo: str) -> dict[str, str]:
         """tag -> digest, as the registry's own API sees them now."""

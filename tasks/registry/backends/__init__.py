@@ -14,7 +14,7 @@ import importlib
 
 from tasks.registry.backends.base import PROBE_DIGEST, Backend, TagInfo
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import Bounds, RetryPolicy
 
 _MODULES = {"distribution": ("tasks.registry.backends.base", "Backend"), "ecr": ("tasks.registry.backends.ecr", "EcrBackend"),
             "gitlab": ("tasks.registry.backends.gitlab", "GitLabBackend"), "harbor": ("tasks.registry.backends.harbor", "HarborBackend"),
@@ -27,9 +27,9 @@ def backend_class(api: str) -> type[Backend]:
     return getattr(importlib.import_module(module), name)
 
 
-def open_backend(config: RegistryConfig, retry: RetryPolicy | None = None) -> Backend:
+def open_backend(config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None) -> Backend:
     """The backend `config.api` selects; use as `async with open_backend(cfg) as backend:`."""
-    return backend_class(config.api)(config, retry)
+    return backend_class(config.api)(config, retry, bounds)
 
 
 __all__ = ["PROBE_DIGEST", "Backend", "TagInfo", "backend_class", "open_backend"]

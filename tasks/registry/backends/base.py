@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from tasks.registry.auth import Credentials
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RegistryClient, RetryPolicy
+from tasks.registry.distribution import RegistryClient
+from tasks.registry.transport import Bounds, RetryPolicy
 
 #: A manifest digest no registry holds (no content hashes to it): what the capability probe deletes.
 PROBE_DIGEST = "sha256:" + "0" * 64
@@ -47,10 +48,11 @@ class Backend:
     #: How to let this registry delete, for the message when it cannot.
     enable_hint = "Distribution: set storage.delete.enabled: true"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
         self.config = config
         self.retry = retry or RetryPolicy()
-        self.oci = RegistryClient(config, retry=self.retry, credentials=self.oci_credentials())
+        self.bounds = bounds or Bounds()
+        self.oci = RegistryClient(config, retry=self.retry, credentials=self.oci_credentials(), bounds=self.bounds)
 
     @property
     def name(self) -> str:

@@ -24,7 +24,7 @@ from tasks.registry.auth import resolve_credentials
 from tasks.registry.backends.api import ApiBackend, body_next
 from tasks.registry.backends.base import TagInfo, probe_tag
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import Bounds, RetryPolicy, refuse_clear_text
 from tasks.common.errors import ManifestUnknown, RegistryAuthError, RegistryError, UnsupportedOperation
 from tasks.oci.manifest import is_digest
 from tasks.common.units import parse_build_time
@@ -35,10 +35,11 @@ class DockerHubBackend(ApiBackend):
     untagged_deletable = False
     enable_hint = "the access token needs the Read, Write & Delete scope"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
-        super().__init__(config, retry)
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
+        super().__init__(config, retry, bounds)
         s = self.settings
         self.ns = s.namespace
+        self._ns = quote(s.namespace, safe="")   # as it goes into a URL path
         hint = self.token_hint if (s.token_env or s.token_file) else "registry.auth, or the docker config"
         self.http = self.api_client(s.url, hint=hint)
 
@@ -51,6 +52,7 @@ class DockerHubBackend(ApiBackend):
         if not user or not secret:
             raise RegistryAuthError(self.name, "Docker Hub's API needs a user and a token: set registry.dockerhub."
                                     "username and token_env, or registry.auth, or `docker login`")
+        refuse_clear_text(self.config, s.url, creds.origin if creds else f"registry.{self.api}")
         return user, secret
 
     async def open(self) -> None:
@@ -69,16 +71,16 @@ class DockerHubBackend(ApiBackend):
         return quote(name, safe="")
 
     async def ping(self) -> None:
-        await self.http.request("GET", f"/v2/namespaces/{self.ns}/repositories", params={"page_size": 1})
+        await self.http.request("GET", f"/v2/namespaces/{self._ns}/repositories", params={"page_size": 1})
         await self.oci.ping()
 
     async def list_repositories(self) -> list[str]:
-        rows = await self.http.paged(f"/v2/namespaces/{self.ns}/repositories", params={"page_size": self.settings.pageSize},
+        rows = await self.http.paged(f"/v2/namespaces/{self._ns}/repositories", params={"page_size": self.settings.pageSize},
                                      next_page=body_next, items=lambda d: d.get("results"))
         return [f"{self.ns}/{r['name']}" for r in rows]
 
     async def list_tags(self, repo: str) -> list[TagInfo]:
-        rows = await self.http.paged(f"/v2/namespaces/{self.ns}/repositories/{self._name(repo)}/tags", repository=repo,
+        rows = await self.http.paged(f"/v2/namespaces/{self._ns}/repositories/{self._name(repo)}/tags", repository=repo,
                                      params={"page_size": self.settings.pageSize}, next_page=body_next,
                                      items=lambda d: d.get("results"))
         out: list[TagInfo] = []
@@ -93,7 +95,7 @@ class DockerHubBackend(ApiBackend):
         return out
 
     async def delete_tag(self, repo: str, tag: str) -> bool:
-        r = await self.http.request("DELETE", f"/v2/repositories/{self.ns}/{self._name(repo)}/tags/{quote(tag, safe='')}/",
+        r = await self.http.request("DELETE", f"/v2/repositories/{self._ns}/{self._name(repo)}/tags/{quote(tag, safe='')}/",
                                     ok=(200, 202, 204), passthrough=(404,), repository=repo, reference=tag)
         return r.status_code != 404
 

@@ -13,8 +13,11 @@
   (for manifests and configs) logs in with `GetAuthorizationToken`'s user `AWS` and token.
 - Endpoint: `registry.ecr.endpoint`, else botocore's own lookup (`AWS_ENDPOINT_URL_ECR`, then AWS).
 
-botocore's own retries are off: throttling (`ThrottlingException`, HTTP 429, with Retry-After
-when sent) and 5xx answers are retried by the shared RetryPolicy, as for every other API.
+botocore's own retries are off (`total_max_attempts: 1`): every call goes through the same Gate
+as every other API's requests (tasks/registry/transport.py: bounded, counted, retried), and
+tasks/registry/errors.py (`aws_error`) decides what is retried: throttling (`ThrottlingException`,
+HTTP 429, with Retry-After when sent) and 502/503/504, not a 500 (`ServerException`), as for
+every other API.
 """
 
 from __future__ import annotations
@@ -27,23 +30,18 @@ from typing import Any, Callable
 from tasks.registry.auth import Credentials
 from tasks.registry.backends.base import Backend, TagInfo
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
-from tasks.common.errors import (ConfigError, ManifestUnknown, RegistryAuthError, RegistryError, RegistryUnreachable,
-                          UnsupportedOperation)
-from tasks.registry.errors import RETRY_STATUSES, parse_retry_after
+from tasks.registry.transport import Bounds, Gate, PageGuard, RetryPolicy
+from tasks.common.errors import ConfigError, ManifestUnknown, RegistryError
+from tasks.registry.errors import aws_error
 
 _HOST_RX = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?(?::\d+)?$")
-_AUTH_CODES = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
-               "ExpiredTokenException", "InvalidClientTokenId", "MissingAuthenticationTokenException"}
-_THROTTLE_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
-_CHAIN = "the AWS default chain: AWS_PROFILE or registry.ecr.profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a role"
 
 
 class EcrBackend(Backend):
     api = "ecr"
     enable_hint = "the IAM policy needs ecr:BatchDeleteImage on the repository"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
         settings = config.ecr
         assert settings is not None
         m = _HOST_RX.match(config.host)
@@ -51,9 +49,13 @@ class EcrBackend(Backend):
         self.registry_id = settings.registryId or (m.group(1) if m else None)
         self.settings = settings
         self._client: Any = None
-        self._sem = asyncio.Semaphore(config.concurrency)
-        self.requests = 0
-        super().__init__(config, retry)
+        super().__init__(config, retry, bounds)
+        self.gate = Gate(self.retry, config.concurrency)
+
+    @property
+    def requests(self) -> int:
+        """ECR API calls made so far, retries included."""
+        return self.gate.requests
 
     # -- boto3, on threads -------------------------------------------------------------------------
     def _boto(self) -> Any:
@@ -80,59 +82,34 @@ class EcrBackend(Backend):
         return {"registryId": self.registry_id} if self.registry_id else {}
 
     async def _call(self, op: str, *, repository: str | None = None, reference: str | None = None, **kw: Any) -> dict:
-        """One ECR API call on a thread, retried, every failure a typed error."""
+        """One ECR API call on a thread, through the Gate, every failure a typed error."""
         async def attempt() -> dict:
-            async with self._sem:
-                self.requests += 1
-                try:
-                    return await asyncio.to_thread(lambda: getattr(self._boto(), op)(**kw))
-                except (ConfigError, RegistryError):
-                    raise
-                except Exception as e:  # botocore's tree: mapped below, never a traceback
-                    raise self._error(op, e, repository, reference) from None
-        return await self.retry.run(attempt)
-
-    def _error(self, op: str, e: Exception, repository: str | None, reference: str | None) -> RegistryError:
-        import botocore.exceptions as bex
-
-        where = {"repository": repository, "reference": reference}
-        if isinstance(e, bex.ClientError):
-            err, meta = e.response.get("Error", {}), e.response.get("ResponseMetadata", {})
-            code, message = _code_message(str(err.get("Code", "")), str(err.get("Message", "")))
-            status = int(meta.get("HTTPStatusCode") or 0) or None
-            text = f"ECR {op}: {code}" + (f": {message}" if message else "")
-            if code in _AUTH_CODES or status in (401, 403):
-                return RegistryAuthError(self.name, f"{text} (check the credentials: {_CHAIN})", status=status,
-                                         codes=(code,), **where)
-            if code in ("RepositoryNotFoundException", "ImageNotFoundException"):
-                return ManifestUnknown(self.name, text, status=status, codes=(code,), **where)
-            if code == "UnsupportedImageTypeException":
-                return UnsupportedOperation(self.name, text, status=status, codes=(code,), **where)
-            retryable = code in _THROTTLE_CODES or status in RETRY_STATUSES or (status or 0) >= 500
-            after = (meta.get("HTTPHeaders") or {}).get("retry-after")
-            return RegistryError(self.name, text, status=status, codes=(code,), retryable=retryable,
-                                 retry_after=parse_retry_after(after) if retryable else None, **where)
-        if isinstance(e, (bex.NoCredentialsError, bex.PartialCredentialsError)):
-            return RegistryAuthError(self.name, f"ECR {op}: no AWS credentials found ({_CHAIN})", **where)
-        if isinstance(e, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
-                          bex.ConnectionClosedError)):
-            return RegistryUnreachable(self.name, f"ECR {op}: {e}", retryable=True, **where)
-        return RegistryError(self.name, f"ECR {op}: {type(e).__name__}: {e}", **where)
+            try:
+                return await asyncio.to_thread(lambda: getattr(self._boto(), op)(**kw))
+            except (ConfigError, RegistryError):
+                raise
+            except Exception as e:  # botocore's tree: mapped by tasks/registry/errors.py, never a traceback
+                raise aws_error(self.name, op, e, repository=repository, reference=reference) from None
+        return await self.gate.call(attempt, op)
 
     async def _pages(self, op: str, key: str, *, repository: str | None = None, **kw: Any) -> list[dict]:
+        """Every item of a paged ECR call, `nextToken` by `nextToken`, under the same guard as every
+        other paginator (tasks/registry/transport.py: no loops, page and item caps)."""
         out: list[dict] = []
         token: str | None = None
-        seen: set[str] = set()
+        guard = PageGuard(self.name, self.bounds, f"ECR {op}", {"repository": repository, "reference": None})
         while True:
             page = await self._call(op, repository=repository, maxResults=self.settings.pageSize,
                                     **({"nextToken": token} if token else {}), **self._ids(), **kw)
-            out.extend(page.get(key) or [])
+            items = page.get(key) or []
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise RegistryError(self.name, f"ECR {op}: the answer's {key} is not a list", repository=repository)
+            guard.page(len(items))
+            out.extend(items)
             token = page.get("nextToken")
             if not token:
                 return out
-            if token in seen:
-                raise RegistryError(self.name, f"ECR {op}: pagination loops", repository=repository)
-            seen.add(token)
+            guard.next(str(token))
 
     # -- the interface -------------------------------------------------------------------------------
     def oci_credentials(self) -> Callable[[], Credentials | None]:
@@ -145,7 +122,7 @@ class EcrBackend(Backend):
             except (ConfigError, RegistryError):
                 raise
             except Exception as e:
-                raise self._error("GetAuthorizationToken", e, None, None) from None
+                raise aws_error(self.name, "GetAuthorizationToken", e) from None
             return Credentials(user, password, origin="ECR GetAuthorizationToken")
         return token
 
@@ -191,11 +168,3 @@ class EcrBackend(Backend):
     async def delete_tag(self, repo: str, tag: str) -> bool:
         return await self._delete(repo, {"imageTag": tag})
 
-
-def _code_message(code: str, message: str) -> tuple[str, str]:
-    """The error code and a one-line message, also from an XML error body botocore could not parse."""
-    if message.lstrip().startswith("<"):
-        found = {k: re.search(rf"<{k}>(.*?)</{k}>", message, re.S) for k in ("Code", "Message")}
-        code = found["Code"].group(1).strip() if found["Code"] else code
-        message = found["Message"].group(1) if found["Message"] else ""
-    return code, " ".join(message.split())[:300]

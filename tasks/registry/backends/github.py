@@ -24,7 +24,7 @@ import httpx
 from tasks.registry.backends.api import ApiBackend
 from tasks.registry.backends.base import TagInfo
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import Bounds, RetryPolicy
 from tasks.common.errors import ManifestUnknown, UnsupportedOperation
 from tasks.common.units import parse_build_time
 
@@ -37,8 +37,8 @@ class GitHubBackend(ApiBackend):
     api = "github"
     enable_hint = "the token needs the delete:packages scope and admin rights on the package"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
-        super().__init__(config, retry)
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
+        super().__init__(config, retry, bounds)
         s = self.settings
         self.owner = s.owner.lower()
         self.prefix = f"/{'orgs' if s.ownerType == 'org' else 'users'}/{quote(s.owner, safe='')}/packages"

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from tasks.registry.backends.api import ApiBackend, x_next_page
 from tasks.registry.backends.base import TagInfo
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import Bounds, RetryPolicy
 from tasks.common.errors import ManifestUnknown
 from tasks.common.units import parse_build_time
 
@@ -29,8 +29,8 @@ class GitLabBackend(ApiBackend):
     api = "gitlab"
     enable_hint = "the token needs the Maintainer role (or Developer) and the api scope"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
-        super().__init__(config, retry)
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
+        super().__init__(config, retry, bounds)
         s = self.settings
         owner = s.project or s.group
         self.base = f"/{'projects' if s.project else 'groups'}/{quote(str(owner), safe='')}"

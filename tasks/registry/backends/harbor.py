@@ -20,7 +20,7 @@ from tasks.registry.auth import resolve_credentials
 from tasks.registry.backends.api import ApiBackend, link_next
 from tasks.registry.backends.base import PROBE_DIGEST, TagInfo, probe_tag
 from tasks.config.models import RegistryConfig
-from tasks.registry.distribution import RetryPolicy
+from tasks.registry.transport import Bounds, RetryPolicy, refuse_clear_text
 from tasks.common.units import parse_build_time
 
 
@@ -34,14 +34,19 @@ class HarborBackend(ApiBackend):
     api = "harbor"
     enable_hint = "the account needs the project's delete permission (a robot account: `delete artifact`)"
 
-    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None):
-        super().__init__(config, retry)
+    def __init__(self, config: RegistryConfig, retry: RetryPolicy | None = None, bounds: Bounds | None = None):
+        super().__init__(config, retry, bounds)
+
+        url = (self.settings.url or config.url).rstrip("/")
 
         def headers() -> dict[str, str]:
             creds = resolve_credentials(config.host, config.auth)
-            return {"Authorization": creds.basic_header()} if creds and not creds.identity_token else {}
+            if creds is None or creds.identity_token:
+                return {}
+            refuse_clear_text(config, url, creds.origin)
+            return {"Authorization": creds.basic_header()}
 
-        self.http = self.api_client((self.settings.url or config.url).rstrip("/") + "/api/v2.0", headers=headers,
+        self.http = self.api_client(url + "/api/v2.0", headers=headers,
                                     hint="registry.auth, or the docker config")
 
     async def ping(self) -> None:
@@ -72,7 +77,7 @@ class HarborBackend(ApiBackend):
         return out
 
     async def delete_manifest(self, repo: str, digest: str, tags: tuple[str, ...] = ()) -> bool:
-        r = await self.http.request("DELETE", f"{_path(repo)}/artifacts/{digest}", passthrough=(404,),
+        r = await self.http.request("DELETE", f"{_path(repo)}/artifacts/{quote(digest, safe=':')}", passthrough=(404,),
                                     repository=repo, reference=digest)
         return r.status_code != 404
 
