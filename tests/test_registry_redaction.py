@@ -1,6 +1,6 @@
 """No error message, retry note or log line repeats a credential: text from a transport exception,
-a registry's error body or botocore goes into a message only through the one redaction step
-(tasks/registry/errors.py `redact`), and a request httpx cannot send (a token with a newline:
+a registry's error body or botocore goes into a message only through `scrub`
+(tasks/registry/errors.py, over the one redaction step of tasks/common/redact.py), and a request httpx cannot send (a token with a newline:
 h11's "Illegal header value b'<token>\\n'") fails once, in one line, without the token.
 """
 
@@ -17,7 +17,7 @@ from tasks.common.errors import RegistryError
 from tasks.config.models import parse_config
 from tasks.registry.backends.api import ApiClient
 from tasks.registry.distribution import RegistryClient
-from tasks.registry.errors import redact, registry_error
+from tasks.registry.errors import registry_error, scrub as redact
 from tasks.registry.transport import RetryPolicy
 from tests.support.hostile import Front
 from tests.support.rigs import TOKEN_ENV, make_rig

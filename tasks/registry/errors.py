@@ -46,6 +46,7 @@ from typing import Callable
 
 import httpx
 
+from tasks.common.redact import redact
 from tasks.common.errors import ManifestUnknown, RegistryAuthError, RegistryError, RegistryUnreachable, UnsupportedOperation
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -83,10 +84,11 @@ _SECRETS = [
 ]
 
 
-def redact(text: object, limit: int = 300) -> str:
-    """`text` (from an exception, a registry, botocore) fit for a message: one line, at most
-    `limit` characters, with whatever may be a credential replaced (module docstring)."""
-    out = str(text)
+def scrub(text: object, limit: int = 300) -> str:
+    """Foreign `text` (from an exception, a registry, botocore) fit for a message: one line, at most
+    `limit` characters, every remembered secret masked (tasks/common/redact.py, the one redaction
+    step) and, beyond that, whatever has the shape of a credential replaced (module docstring)."""
+    out = redact(str(text))
     for rx, repl in _SECRETS:
         out = rx.sub(repl, out)
     out = " ".join(out.split())
@@ -106,7 +108,7 @@ def oci_errors(response: httpx.Response) -> tuple[tuple[str, ...], str]:
         msg = next((str(e.get("message")) for e in errs if isinstance(e, dict) and e.get("message")), "")
         if not errs:
             msg = str(doc.get("message") or doc.get("detail") or doc.get("error") or "")
-        return tuple(redact(c, 100) for c in codes), redact(msg)
+        return tuple(scrub(c, 100) for c in codes), scrub(msg)
     except (ValueError, AttributeError, httpx.ResponseNotRead):
         return (), ""
 
@@ -179,7 +181,7 @@ def _failure(registry: str, exc: BaseException, where: dict) -> RegistryError:
     tls = _tls_failure(exc)
     if tls is not None:
         reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
-        return RegistryUnreachable(registry, f"TLS handshake failed ({redact(reason)}); trust the registry's CA with "
+        return RegistryUnreachable(registry, f"TLS handshake failed ({scrub(reason)}); trust the registry's CA with "
                                    "registry.caFile, or set registry.insecure: true", **where)
     if isinstance(exc, httpx.LocalProtocolError):
         # h11's text repeats the header value it refused: the token itself. Never shown, never retried.
@@ -187,13 +189,13 @@ def _failure(registry: str, exc: BaseException, where: dict) -> RegistryError:
                              "password with a newline or another control character? check the secret's source)",
                              **where)
     if isinstance(exc, httpx.ConnectError):
-        text = f"cannot connect: {redact(exc)}" if str(exc) else "cannot connect"
+        text = f"cannot connect: {scrub(exc)}" if str(exc) else "cannot connect"
     elif isinstance(exc, httpx.TimeoutException):
         text = f"timed out ({type(exc).__name__})"
     elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        text = f"connection dropped ({redact(exc) or type(exc).__name__})"
+        text = f"connection dropped ({scrub(exc) or type(exc).__name__})"
     else:
-        text = f"{type(exc).__name__}: {redact(exc)}"
+        text = f"{type(exc).__name__}: {scrub(exc)}"
     return RegistryUnreachable(registry, text, retryable=isinstance(exc, httpx.TransportError), **where)
 
 
@@ -257,8 +259,8 @@ def aws_error(registry: str, op: str, exc: Exception, *, repository: str | None 
         return RegistryAuthError(registry, f"ECR {op}: no AWS credentials found ({AWS_CREDENTIALS_HINT})", **where)
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
                         bex.ConnectionClosedError)):
-        return RegistryUnreachable(registry, f"ECR {op}: {redact(exc)}", retryable=True, **where)
-    return RegistryError(registry, f"ECR {op}: {type(exc).__name__}: {redact(exc)}", **where)
+        return RegistryUnreachable(registry, f"ECR {op}: {scrub(exc)}", retryable=True, **where)
+    return RegistryError(registry, f"ECR {op}: {type(exc).__name__}: {scrub(exc)}", **where)
 
 
 def aws_code_message(code: str, message: str) -> tuple[str, str]:
@@ -267,4 +269,4 @@ def aws_code_message(code: str, message: str) -> tuple[str, str]:
         found = {k: re.search(rf"<{k}>(.*?)</{k}>", message, re.S) for k in ("Code", "Message")}
         code = found["Code"].group(1).strip() if found["Code"] else code
         message = found["Message"].group(1) if found["Message"] else ""
-    return redact(code, 100), redact(message)
+    return scrub(code, 100), scrub(message)
