@@ -1,8 +1,8 @@
 """The `regsweep` command line: thin wrappers that run the same Prefect flows a deployment runs.
 
 Heavy modules (prefect, pandas, pyarrow) are imported inside commands so `regsweep --help`
-answers at once. Expected failures become one line on stderr and an exit code (README "Using
-it"): 0 success, 1 the run failed, 2 bad usage or configuration.
+answers at once. Expected failures become one line on stderr and an exit code (README "The
+commands"): 0 success, 1 the run failed, 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _missing_line(cfg, sid: str) -> None:
 
 
 def _reclaim_text(meta: dict) -> str:
-    """`12.3 MB reclaimable, 80.1 MB of image sizes`: the true figure first (README "Bytes")."""
+    """`12.3 MB reclaimable, 80.1 MB of image sizes`: the true figure first (docs/store-format.md)."""
     from tasks.common.units import human_bytes
 
     images = f"{human_bytes(meta['image_bytes_deleted'])} of image sizes"

@@ -3,7 +3,7 @@
 Each journey builds a real world — a Distribution 2.8 registry filled through its HTTP API, a
 git clone with controlled dates, two clusters served to the real `kubernetes` client with Helm
 release Secrets encoded as Helm encodes them — writes the configuration a user would write
-(the README's "Configuration" keys exactly), and drives only the command line. What it checks
+(docs/configuration.md's keys exactly), and drives only the command line. What it checks
 is what a user sees: exit codes, the last line on stdout, no traceback on stderr, the plan's
 JSON rows, and what the registry itself still serves afterwards (GET manifest: 200 kept, 404
 deleted).

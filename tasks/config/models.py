@@ -1,4 +1,4 @@
-"""The regsweep configuration (README "Configuration") as pydantic models.
+"""The regsweep configuration (docs/configuration.md) as pydantic models.
 
 The same models are the Prefect flows' parameters, so every key is settable from the UI form;
 field descriptions become its help text. Secrets are never values here: passwords are named by

@@ -1,7 +1,7 @@
 """The plan: a pure function of (snapshot tables, snapshot meta, policy) deciding keep or delete.
 
 Decisions are made per manifest digest of a repository (a "node"); every tag on a digest gets
-the digest's decision, because deleting a manifest deletes all of its tags (README "Safety").
+the digest's decision, because deleting a manifest deletes all of its tags (docs/safety.md).
 A node is kept when any rule keeps it, and its reasons list every rule that did:
 
   1. in use      workload images (not finished Jobs) by digest (imageID, @sha256) and by tag, and

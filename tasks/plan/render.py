@@ -82,7 +82,7 @@ def _maybe_bytes(n: int | None) -> str:
 
 
 def bytes_lines(meta: dict[str, Any]) -> list[str]:
-    """The plan's three byte figures, each saying what it counts (README "Bytes")."""
+    """The plan's three byte figures, each saying what it counts (docs/store-format.md)."""
     return [f"- reclaimable: {_maybe_bytes(meta.get('bytes_reclaimable'))} — blobs that only deleted images use, "
             f"freed by the registry's garbage collection" + ("" if meta.get("bytes_reclaimable") is not None
                                                              else " (snapshot taken before regsweep recorded blobs)"),

@@ -28,7 +28,7 @@ URL's user info or a token-like query value. A request httpx cannot even send
 (LocalProtocolError: a token with a newline) is not retried: it would fail the same way.
 
 ECR's 500 (`ServerException`, `InternalFailure`) is decided like every other API's 500: not
-retried, so the source fails and the snapshot is published incomplete (README "Reliability").
+retried, so the source fails and the snapshot is published incomplete (docs/safety.md).
 botocore's own retries are off (tasks/registry/backends/ecr.py: `total_max_attempts: 1`), so
 no layer below retries it either. A 500 is an answer, not an outage: retrying it five times
 hides a registry bug for minutes, and the sweep's DELETE that got one is journalled `failed`

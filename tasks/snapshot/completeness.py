@@ -1,4 +1,4 @@
-"""Whether a snapshot is complete enough for a plan from it to delete anything (README "Safety").
+"""Whether a snapshot is complete enough for a plan from it to delete anything (docs/safety.md).
 
 Fail closed: a source that failed, was skipped, is missing, or whose tables do not hold the
 rows the snapshot recorded makes every row of the plan a keep.

@@ -1,6 +1,6 @@
 """What a registry really stores, and what a plan would really free: bytes from the BLOBS table.
 
-Three byte figures, never to be confused (README "Bytes"):
+Three byte figures, never to be confused (docs/store-format.md):
 
   image bytes        the sum of image sizes (manifest + config + layers, an index with its
                      platforms): what `docker images` would add up. A base layer shared by a

@@ -2,7 +2,7 @@
 
 Every source module exposes `extract(config, store, now) -> {table name: pyarrow.Table}` and
 raises a `SourceError` when it could not read everything. A failed source writes no table at
-all, so nobody can mistake "could not list" for "nothing there" (README "Safety": fail closed).
+all, so nobody can mistake "could not list" for "nothing there" (docs/safety.md: fail closed).
 Any other exception a source lets out (hostile input meeting a bug, a MemoryError) fails that
 source the same way, so the snapshot is still published, incomplete, instead of the flow crashing.
 """

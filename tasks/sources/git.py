@@ -1,4 +1,4 @@
-"""Git source: branches, tags and the commit graph the git keep rules walk (README "How regsweep decides").
+"""Git source: branches, tags and the commit graph the git keep rules walk (docs/how-it-decides.md).
 
 Where the repository comes from (`git:` in the configuration):
 

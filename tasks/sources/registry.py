@@ -67,7 +67,7 @@ def preflight(config: RegistryConfig) -> None:
     """Raise RegistryAuthError (or ConfigError) now if the registry refuses our credentials.
 
     Any other failure is left to the snapshot itself, which records it and is published as
-    incomplete (README "Safety": fail closed) instead of vanishing before it started.
+    incomplete (docs/safety.md: fail closed) instead of vanishing before it started.
     """
     async def go() -> None:
         async with open_backend(config, retry=RetryPolicy(attempts=2)) as backend:

@@ -135,7 +135,7 @@ def _freed(n: int | None) -> str:
 
 
 def _bytes_lines(intent: Intent) -> list[str]:
-    """The two byte figures of the targets, each saying what it counts (README "Bytes")."""
+    """The two byte figures of the targets, each saying what it counts (docs/store-format.md)."""
     freed = intent.bytes_reclaimable
     return [f"- freed by garbage collection: **{'unknown' if freed is None else human_bytes(freed)}**, "
             + ("the blobs no kept image uses, each once" if freed is not None

@@ -119,7 +119,7 @@ class SweepReport:
 
 
 def bytes_text(image_bytes: int, reclaimable: int | None) -> str:
-    """`34.5 MB of image sizes, 3.1 MB freed by garbage collection` (README "Bytes")."""
+    """`34.5 MB of image sizes, 3.1 MB freed by garbage collection` (docs/store-format.md)."""
     gc = "unknown" if reclaimable is None else human_bytes(reclaimable)
     return f"{human_bytes(image_bytes)} of image sizes, {gc} freed by garbage collection"
 

@@ -2,7 +2,7 @@
 
 A manifest goes by digest only when every tag on it is `delete` in the plan and nothing kept
 needs it; its relatives (platform manifests of an index, artifacts of a subject) go with it,
-after it. README "Safety": digest-level decisions.
+after it. docs/safety.md: digest-level decisions.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
     screenshots      where screenshots go: $REGSWEEP_SCREENSHOTS, else var/screenshots (ignored by git)
 
 The session-scoped ones are global through tests/conftest.py; a test module imports `browser`.
-Tests using them are marked `e2e` and run by `make test-e2e` (README "Tests and benchmarks").
+Tests using them are marked `e2e` and run by `make test-e2e` (docs/development/testing.md).
 """
 
 from __future__ import annotations
