@@ -23,4 +23,4 @@ def test_unknown_source_is_a_usage_error(tmp_path, run_cli):
     cfg.write_text("registry: {url: http://127.0.0.1:1}\n")
     r = run_cli("snapshot", "--config", cfg, "--sources", "registry,cloud")
     assert r.returncode == 2
-    assert r.stderr.strip() == "regsweep: error: --sources: unknown source 'cloud' (choose from registry, kubernetes, helm, git)"
+    assert r.stderr.strip() == "regsweep: error: --sources: unknown source 'cloud' (choose from registry, kubernetes, helm, git, keeplist)"

@@ -150,19 +150,23 @@ def test_a_cli_sweep_beside_a_deployment_run_of_the_sweep(prefect_api_url, regis
     doomed = [old(c, repo, f"b{i}") for i in range(3)]
     kept = fresh(c, repo, "current")
     path = _config(tmp_path, fault_proxy.url, repo, None)
+    held = yaml.safe_load(path.read_text())   # the worker holds it, and lets its deployment runs approve up front
+    held.setdefault("sweep", {})["upFrontApproval"] = True
+    path.write_text(yaml.safe_dump(held))
     cfg = load_config(path)
     plan = plan_of(cfg)
     entry = yaml.safe_load(Path("deployments/prefect.yaml").read_text())
     sweep_dep = next(d for d in entry["deployments"] if d["entrypoint"] == "flows/sweep.py:sweep_flow")
     name = f"sweep-{os.getpid()}-{repo.rsplit('-', 1)[-1]}"
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+           "REGSWEEP_CONFIG_DIR": str(path.parent)}
     server = subprocess.Popen(
         [sys.executable, "-c", "import sys; from flows.sweep import sweep_flow; "
                                "sweep_flow.serve(name=sys.argv[1], limit=2, print_starting_message=False)", name],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         fault_proxy.hold(method="DELETE")
-        parameters = {"config": cfg.model_dump(mode="json", exclude_unset=True), "plan": plan, "approve": True}
+        parameters = {"config": path.stem, "plan": plan, "approve": True}
         assert sweep_dep["entrypoint"] == "flows/sweep.py:sweep_flow"   # the flow served here
         run = _wait_for_deployment_then_run(f"regsweep-sweep/{name}", parameters, run_deployment, server)
         _wait_held_while_running(fault_proxy, run.id, server)
