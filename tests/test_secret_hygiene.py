@@ -156,6 +156,20 @@ def stored_text(tmp_path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in (tmp_path / "store").rglob("*.json"))
 
 
+def prefect_database_text(api_url: str) -> str:
+    """What the Prefect server keeps of the runs (run logs, flow-run parameters and state messages,
+    artifacts), read back through its API, as one text to search."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=200)
+        logs = client.read_logs(limit=200)
+        artifacts = client.read_artifacts(limit=200)
+    return "\n".join([*(json.dumps(r.parameters, default=str) + str(r.state and r.state.message) for r in runs),
+                      *(log.message for log in logs), *(json.dumps(a.data, default=str) for a in artifacts)])
+
+
 @pytest.mark.parametrize("value", [SENTINEL + "\n", "glpat-\x1bSENTINEL"])
 def test_the_cli_refuses_a_token_with_a_control_character_naming_the_variable(gitlab, tmp_path, run_cli, value):
     rig, repo = gitlab
@@ -181,7 +195,7 @@ def test_a_flow_run_without_the_cli_refuses_it_too(gitlab, tmp_path, prefect_har
     assert not (tmp_path / "store" / "snapshots").exists() or "SENTINEL" not in stored_text(tmp_path)
 
 
-def test_a_token_the_registry_quotes_back_is_masked_everywhere(gitlab, tmp_path, run_cli):
+def test_a_token_the_registry_quotes_back_is_masked_everywhere(gitlab, tmp_path, run_cli, prefect_api_url):
     """The token is fine, but the API puts it in its error bodies: retries, the error, the
     snapshot and the run logs (--verbose puts them on stderr) all show *** instead."""
     rig, repo = gitlab
@@ -201,3 +215,6 @@ def test_a_token_the_registry_quotes_back_is_masked_everywhere(gitlab, tmp_path,
     assert API_TOKEN not in res.stdout + res.stderr
     assert API_TOKEN not in stored_text(tmp_path)
     assert f"token {MASK} expired" in res.stderr
+    kept = prefect_database_text(prefect_api_url)
+    assert f"token {MASK} expired" in kept     # the run's logs are there, masked
+    assert API_TOKEN not in kept
