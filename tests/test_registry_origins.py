@@ -23,12 +23,14 @@ from testbed import push_image
 from tests.support.fakeapi import TOKEN as API_TOKEN
 from tests.support.hostile import Front, Recorder, tls_context
 from tests.support.registry import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.support.configs import SWEEP, config
+from tests.support.configs import SWEEP, config as test_config
 from tests.support.sweeps import TARGET_DELETES, journal_events, old, plan_of, status
 from tests.support.registry import token_issuer, unique_repo  # noqa: F401 (fixtures)
 from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 from tests.support.dockerhub import dockerhub_api  # noqa: F401 (fixtures)
 from tests.support.gitlab import gitlab_api  # noqa: F401 (fixtures)
+from tests.support.github import github_api  # noqa: F401 (fixtures)
+from tests.support.harbor import harbor_api  # noqa: F401 (fixtures)
 
 ONCE = RetryPolicy(attempts=1)
 PW_ENV = "REGSWEEP_ORIGIN_TEST_PASSWORD"
@@ -145,7 +147,7 @@ def test_a_sweep_whose_deletes_are_redirected_records_none_as_done(sweep, regist
 
     doomed = old(registry_client, unique_repo, "a")
     with Front(registry.url) as front:
-        cfg = load_config(config(SWEEP, url=front.url, repositories=[unique_repo], write=tmp_path))
+        cfg = load_config(test_config(SWEEP, url=front.url, repositories=[unique_repo], write=tmp_path))
         plan = plan_of(cfg)
         front.answer("DELETE", TARGET_DELETES, 303, headers={"Location": "/v2/after-delete"})
 

@@ -26,6 +26,11 @@ from tests.support.hostile import Front, Recorder
 from tests.support.registry import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.rigs import make_rig
 from tests.support.registry import token_issuer, unique_repo  # noqa: F401 (fixtures)
+from tests.support.gitlab import gitlab_api  # noqa: F401 (fixtures)
+from tests.support.github import github_api  # noqa: F401 (fixtures)
+from tests.support.harbor import harbor_api  # noqa: F401 (fixtures)
+from tests.support.dockerhub import dockerhub_api  # noqa: F401 (fixtures)
+from tests.support.ecr import ecr_env, ecr_registry, moto_auth  # noqa: F401 (fixtures)
 
 ONCE = RetryPolicy(attempts=1)
 PW_ENV = "REGSWEEP_PAGES_TEST_PASSWORD"

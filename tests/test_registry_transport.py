@@ -18,6 +18,11 @@ from tasks.sources.blobcache import BlobCache
 from tasks.sources.registry import scan_registry
 from tests.support.rigs import make_rig
 from tests.support.registry import fault_proxy_factory  # noqa: F401 (fixtures)
+from tests.support.gitlab import gitlab_api  # noqa: F401 (fixtures)
+from tests.support.github import github_api  # noqa: F401 (fixtures)
+from tests.support.harbor import harbor_api  # noqa: F401 (fixtures)
+from tests.support.dockerhub import dockerhub_api  # noqa: F401 (fixtures)
+from tests.support.ecr import ecr_env, ecr_registry, moto_auth  # noqa: F401 (fixtures)
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.02)
 ECR_500 = '{"__type": "ServerException", "message": "internal failure"}'
