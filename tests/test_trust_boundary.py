@@ -126,7 +126,7 @@ def _run(name: str, parameters: dict):
 
 def test_a_deployment_run_given_a_whole_configuration_is_refused_and_sends_nothing(served, evil, worker_configs):
     hostile = {"store": str(worker_configs / "elsewhere"),
-               "registry": {"url": evil.url,
+               "registry": {"url": evil.url, "allowInsecureCredentials": True,   # the attacker sets what it likes
                             "auth": {"username": "x", "password_file": str(worker_configs / "secret.txt")}},
                "helm": {"enabled": False},
                "cleanup": {"disableKubernetesBasedPolicy": True, "disableGitHistoryBasedPolicy": True}}
