@@ -31,6 +31,7 @@ from tasks.common.units import human_bytes
 from tasks.snapshot.summary import summarize_chunk
 from tasks.store.caches import summary_name
 from tasks.store.store import Store, iter_ids_since
+from tasks.snapshot.missing import summary_line
 
 HISTORY_COLUMNS = ["snapshot", "created_at", "complete", "repositories", "tags", "manifests", "unique_bytes",
                    "image_bytes", "added", "removed", "moved", "reclaimable_bytes"]
@@ -245,7 +246,6 @@ def render_text(report: Growth, top: int = 10) -> str:
 
 def _broken_lines(broken: dict) -> list[str]:
     """`broken now: …` for the latest snapshot, then its first missing images, one a line."""
-    from tasks.snapshot.missing import summary_line
 
     sid, found = broken["snapshot"], broken["missing"]
     if found is None:

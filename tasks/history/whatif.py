@@ -40,6 +40,10 @@ from tasks.plan.evaluate import decide
 from tasks.plan.inputs import read_frames
 from tasks.store.schemas import NEEDED
 from tasks.store.store import Store, iter_ids_since
+from tasks.snapshot.footprint import load_index
+from tasks.plan.history_rules import HistoryInputs
+from tasks.oci.reference import RegistryMatcher
+from tasks.common.units import human_bytes
 
 WORKERS = 2
 
@@ -113,12 +117,10 @@ def cache_current(config: RegsweepConfig, snapshot_id: str) -> Outcome:
     plan flow writes the same entry from its plan's own evaluation
     (tasks.plan.decision_cache.cache_current_decision); this makes it for a snapshot planned
     before, or never. Also caches the snapshot's FootprintIndex if missing."""
-    from tasks.snapshot.footprint import load_index
 
     store = Store(config.store)
     inputs = None
     if config.cleanup.uses_history:
-        from tasks.plan.history_rules import HistoryInputs
 
         inputs = HistoryInputs(store)
     out, d = _decide(read_frames(store, snapshot_id), store.snapshots.meta(snapshot_id), config, snapshot_id, inputs,
@@ -138,9 +140,6 @@ def evaluate_chunk(store_url: str, sids: list[str], offset: int, current: Regswe
     index among all); caches the current policy's results. Returns each snapshot's figures and
     needs, and the candidate's deletions at each snapshot that the share's previous snapshot did
     not delete (column `s`: the snapshot's index), for the regrets."""
-    from tasks.snapshot.footprint import load_index
-    from tasks.oci.reference import RegistryMatcher
-    from tasks.plan.history_rules import HistoryInputs
 
     store = Store(store_url)
     # both policies match images against the same registry: consecutive snapshots name mostly
@@ -195,7 +194,6 @@ def whatif(config: RegsweepConfig, candidate: CleanupPolicy, since: datetime | N
     cand_cfg = config.model_copy(update={"cleanup": candidate})
     if sids and (config.cleanup.firstSeenAsBuildTime or candidate.firstSeenAsBuildTime):
         # bring the first-seen cache up to date once, before the workers read it
-        from tasks.plan.history_rules import HistoryInputs
 
         HistoryInputs(store).first_seen(sids[-1])
     # contiguous chunks (a chunk's snapshots are read in order); several per worker to balance
@@ -244,7 +242,6 @@ def regrets(results: list[SnapshotResult], dels: pa.Table | None) -> pd.DataFram
 
 def render_text(result: WhatIf) -> str:
     """The per-snapshot table, then the regrets (what stdout shows)."""
-    from tasks.common.units import human_bytes
 
     if not result.snapshots:
         return "no complete snapshots"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.registry.capabilities import markdown_lines
+from tasks.snapshot.missing import summary_line
 
 
 def summary_markdown(snapshot_id: str, meta: dict[str, Any], counts: dict[str, Any],
@@ -31,7 +32,6 @@ def summary_markdown(snapshot_id: str, meta: dict[str, Any], counts: dict[str, A
 
 def missing_lines(meta: dict[str, Any], rows: list[dict[str, Any]] | None) -> list[str]:
     """The artifact's section on images in use that the registry does not have."""
-    from tasks.snapshot.missing import summary_line
 
     found = meta.get("missing")
     if found is None:

@@ -33,11 +33,11 @@ from tasks.store.schemas import SOURCE_TABLES
 from tasks.snapshot.take import run_source
 from tasks.snapshot.take import SourceStatus
 from tasks.store.store import Store
+from tasks.sources.registry import Scanner
 
 
 def list_repositories(config: RegsweepConfig, retry: RetryPolicy | None = None) -> list[str]:
     """The repositories the registry source would scan (sorted); typed errors as the scan raises."""
-    from tasks.sources.registry import Scanner   # the scan's own selection: catalog, globs, literal names
 
     async def go() -> list[str]:
         async with open_backend(config.registry, retry=retry) as backend:

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING
 
 from tasks.common.errors import SourceError
 from tasks.common.progress import reporter
+from tasks.config.models import RegsweepConfig
+from tasks.store.store import Store
+from tasks.oci.reference import parse_reference
+from tasks.store.schemas import KEEP_LIST, from_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from tasks.config.models import RegsweepConfig
-    from tasks.store.store import Store
 
 #: Bounds on one keep list: bytes read and references kept (a list is a human's, not a dump).
 MAX_BYTES = 10 * 1024 * 1024
@@ -67,7 +69,6 @@ def read_bytes(spec: str) -> bytes:
 
 def parse(spec: str, data: bytes) -> list[tuple[str, int, str]]:
     """(file, line, image) per reference of one keep list; KeepListError for anything that is not one."""
-    from tasks.oci.reference import parse_reference
 
     try:
         text = data.decode("utf-8-sig")
@@ -100,6 +101,5 @@ def scan(lists: list[str]) -> list[tuple[str, int, str]]:
 
 def extract(config: "RegsweepConfig", store: "Store", now: datetime) -> dict[str, "pa.Table"]:
     """The `keep_list` table of a snapshot (schema KEEP_LIST)."""
-    from tasks.store.schemas import KEEP_LIST, from_rows
 
     return {"keep_list": from_rows(scan(config.keep.lists), KEEP_LIST)}
