@@ -28,7 +28,7 @@ def _fail(message: str, code: int) -> None:
 
 #: The one place domain errors meet the command line's words: which argument asked for what a
 #: NotFound says is missing, and which argument named a file an InputFileError says is unusable.
-ARGUMENT_OF_MISSING = {"snapshot": "--snapshot", "plan": "--plan", "image": "IMAGE_REF"}
+ARGUMENT_OF_MISSING = {"snapshot": "--snapshot", "plan": "--plan", "image": "IMAGE_REF", "sweep": "--sweep"}
 ARGUMENT_OF_FILE = {"config": "--config", "policy": "--policy", "json": "--json", "chart": "--chart"}
 
 
@@ -347,6 +347,39 @@ def sweep(
             typer.echo(f"failed: store error; journal/{plan_id} in the store records every deletion made")
             raise typer.Exit(1)
         typer.echo(result["summary"])
+
+    _run(body)
+
+
+@app.command()
+def restore(
+    config: ConfigOpt,
+    sweep: Annotated[str, typer.Option("--sweep", help="The sweep to undo: the plan id it acted on (as its report names it).")],
+    repository: Annotated[Optional[str], typer.Option("--repository", help="Only what was deleted from this repository.")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", help="Only the manifest that carried this tag (with what went along with it), and only this tag.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Undo a sweep until the registry's garbage collector runs: re-upload its deleted manifests and tags
+    where every blob is still there, never overwriting a tag that moved; a line per item, a one-line result last."""
+    set_cli_defaults(verbose)
+
+    def body():
+        from tasks.common.errors import NotFound
+        from tasks.store.store import Store
+
+        cfg = _config(config)
+        try:
+            sweep_id = Store(cfg.store).plans.resolve(sweep)
+        except NotFound as e:
+            _fail(f"--sweep: {e}", 2)
+        from flows.restore import restore_flow
+
+        result = restore_flow(config=cfg, sweep=sweep_id, repository=repository, tag=tag)
+        for line in result["lines"]:
+            typer.echo(line)
+        typer.echo(result["summary"])
+        if not result["complete"]:
+            raise typer.Exit(1)
 
     _run(body)
 

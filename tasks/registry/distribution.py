@@ -173,6 +173,22 @@ class RegistryClient:
                                       next_page=link_next, repository=repo, reference=digest)
         return [d for d in found if isinstance(d, dict)]
 
+    async def put_manifest(self, repo: str, ref: str, media_type: str, body: bytes) -> str:
+        """Upload a manifest under `ref` (a digest or a tag): the digest the registry stored it as.
+
+        The registry checks that every blob (and every manifest of an index) it refers to exists
+        and refuses otherwise (MANIFEST_BLOB_UNKNOWN, a RegistryError)."""
+        r = await self._request("PUT", self._path(repo, "manifests", ref), repository=repo, reference=ref,
+                                content=body, headers={"Content-Type": media_type}, ok=(200, 201, 202, 204))
+        digest = r.headers.get("docker-content-digest")
+        return digest if digest and oci.is_digest(digest) else oci.sha256_digest(body)
+
+    async def blob_exists(self, repo: str, digest: str) -> bool:
+        """Whether `repo` serves blob `digest` (HEAD): False on 404, e.g. after garbage collection."""
+        r = await self._request("HEAD", self._path(repo, "blobs", digest), repository=repo, reference=digest,
+                                passthrough=(404,))
+        return r.status_code != 404
+
     async def delete_manifest(self, repo: str, digest: str) -> bool:
         """Delete a manifest (and so every tag on it): True deleted, False already gone."""
         r = await self._request("DELETE", self._path(repo, "manifests", digest), repository=repo, reference=digest,

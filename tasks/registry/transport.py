@@ -379,7 +379,7 @@ class Transport:
         return self._auth_headers
 
     async def request(self, method: str, url: str | httpx.URL, *, params: dict | None = None, json: Any = None,
-                      headers: dict[str, str] | None = None, ok: Iterable[int] = (200,),
+                      content: bytes | None = None, headers: dict[str, str] | None = None, ok: Iterable[int] = (200,),
                       passthrough: Iterable[int] = (), repository: str | None = None,
                       reference: str | None = None, tag_delete: bool = False, auth: bool = True,
                       limit: int | None = None, what: str = "answer") -> httpx.Response:
@@ -389,7 +389,7 @@ class Transport:
         for the message: ResponseTooLarge past it), and within the deadline (`Bounds.deadline`
         times `registry.timeout`), redirects and authentication included: a server that drips
         its answer is abandoned, however often it sends a byte. Error answers are read only in
-        part, for their message."""
+        part, for their message. `content` is a body sent as is (a manifest PUT)."""
         if self._http is None:
             raise RuntimeError(f"{type(self).__name__} used outside `async with`")
         ok, passthrough = frozenset(ok), frozenset(passthrough)
@@ -400,8 +400,8 @@ class Transport:
         async def attempt() -> httpx.Response:
             try:
                 async with asyncio.timeout(deadline):
-                    r = await self._exchange(method, url, params=params, json=json, headers=headers, auth=auth,
-                                             limit=limit, what=what, ok=ok | passthrough)
+                    r = await self._exchange(method, url, params=params, json=json, content=content, headers=headers,
+                                             auth=auth, limit=limit, what=what, ok=ok | passthrough)
             except TimeoutError:
                 raise RegistryUnreachable(self.name, f"no complete answer within {deadline:g} s "
                                           f"({self.bounds.deadline:g} × registry.timeout)", retryable=True,
@@ -418,7 +418,7 @@ class Transport:
         return await self.gate.call(attempt, method)
 
     async def _exchange(self, method: str, url: str | httpx.URL, *, params: dict | None, json: Any,
-                        headers: dict[str, str] | None, auth: bool, limit: int, what: str,
+                        content: bytes | None, headers: dict[str, str] | None, auth: bool, limit: int, what: str,
                         ok: frozenset[int]) -> httpx.Response:
         """One request and the redirects of a read, each hop with credentials only for our origin;
         the last answer read (`_read`)."""
@@ -426,7 +426,8 @@ class Transport:
         http, target = self._http, url
         for hop in range(MAX_REDIRECTS + 1):
             request = http.build_request(method, target, params=params if hop == 0 else None,
-                                         json=json if hop == 0 else None, headers=headers,
+                                         json=json if hop == 0 else None,
+                                         content=content if hop == 0 else None, headers=headers,
                                          extensions={LIMIT: (max(limit, self.bounds.small), what)})
             own = origin_of(request.url) == self.origin
             if own and auth:

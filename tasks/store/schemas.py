@@ -189,6 +189,18 @@ JOURNAL = pa.schema([
     pa.field("detail", pa.string()),
 ])
 
+#: What `regsweep restore` needs of each target a sweep is about to delete (`restore/<plan id>/`,
+#: tasks/sweep/restore.py), written durable before its DELETE: the manifest as the registry served
+#: it, the tags it carried, and the digests (same repository) deleted before it. target: the digest,
+#: or the tag of a lone-tag deletion. No secret is ever in it: manifests are public content.
+RESTORE = pa.schema([
+    pa.field("time", TS, nullable=False),
+    *_text("plan_id", "repository", "target", "digest", "media_type"),
+    pa.field("body", pa.binary(), nullable=False),
+    pa.field("tags", pa.list_(pa.string()), nullable=False),
+    pa.field("parents", pa.list_(pa.string()), nullable=False),
+])
+
 # --- history (store caches, tasks/history/growth.py and tasks/history/whatif.py) ------------------------------
 
 #: A snapshot's growth summary: one row per repository, and one with a null repository for the

@@ -33,6 +33,10 @@ What it owns, in the order a sweep runs:
   is looked up first (gone means done).
 - **Report** (`report.SweepReport`, `report.raise_if_failed`): what happened, as markdown,
   the CLI's last line and JSON.
+- **Restore** (`restore`): right before its `started` record, each target's manifest (bytes, media
+  type, tags, what it went with) is recorded in `restore/<plan id>/`; `restore.restore` re-uploads
+  what a sweep deleted, children first, where every blob is still there (until the registry's
+  garbage collector runs), and never overwrites a tag that moved (docs/operations/restore.md).
 - **Lock** (`lock.sweep_lock`): one sweep per registry at a time, a lock file in the store.
 
 Public names: `prepare`, `Intent`, `check_deletable`, `check_up_front_approval`, `delete_targets`,

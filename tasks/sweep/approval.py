@@ -15,6 +15,7 @@ from datetime import datetime
 
 from tasks.common.units import human_bytes, parse_time, utcnow
 from tasks.sweep.intent import Intent
+from tasks.sweep.restore import window
 from tasks.sweep.targets import Target
 
 #: Reason texts with their per-item details folded away: the classes the form counts.
@@ -117,7 +118,8 @@ def render(intent: Intent, *, plan_link: str | None = None, deletions_link: str 
         lines.append(f"- {len(intent.skipped)} planned deletions kept by the sweep's own checks (listed below)")
     lines += ["", "Approving re-checks every tag just before its DELETE" +
               (f", and {intent.cluster_recheck}" if intent.cluster_recheck else "") +
-              "; anything found in use or moved is kept. Rejecting deletes nothing.", ""]
+              "; anything found in use or moved is kept. Rejecting deletes nothing.", "",
+              f"Undo: {window(intent.plan_id)}.", ""]
     common = _common_reasons(intent) if len(repos) > 1 else []
     if common:
         lines += ["Every item: " + "; ".join(common) + ".", ""]

@@ -272,6 +272,7 @@ class _Deletion:
                     self._finish(t, SKIPPED, self.protection.reasons[t.key])
                 else:
                     chunk.append(t)
+            chunk = await self._record_for_restore(chunk)
             rows = [(t.repository, t.ref, STARTED, None if not t.is_tag else f"tag of {t.digest}") for t in chunk]
             await self._flush_now()
             await self._write(rows)
@@ -279,6 +280,22 @@ class _Deletion:
                 ready.put_nowait(t)
         for _ in range(self.workers):
             ready.put_nowait(None)
+
+    async def _record_for_restore(self, chunk: list[Target]) -> list[Target]:
+        """Record each target's manifest for `regsweep restore` (tasks/sweep/restore.py), durable
+        before its `started` record; a target whose manifest cannot be read is not deleted. A dry
+        run records nothing."""
+        if self.journal is None or not chunk:
+            return chunk
+        from tasks.sweep.restore import RestoreLog, record_manifests
+
+        records, refused = await record_manifests(self.backend.oci, chunk)
+        async with self.writing:
+            await asyncio.to_thread(RestoreLog(self.journal.store, self.journal.plan_id).write, records)
+        for t in chunk:
+            if (why := refused.get(f"{t.repository}\n{t.ref}")) is not None:
+                self._finish(t, SKIPPED, why)
+        return [t for t in chunk if f"{t.repository}\n{t.ref}" not in refused]
 
     async def _work(self) -> None:
         while (t := await self.ready.get()) is not None:

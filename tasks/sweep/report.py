@@ -98,6 +98,8 @@ class SweepReport:
                 "summary": self.summary(), **self.notes, "outcomes": [asdict(o) for o in self.outcomes]}
 
     def markdown(self, limit: int = 500) -> str:
+        from tasks.sweep.restore import window
+
         lines = [f"# Sweep of plan `{self.plan_id}`" + (" (dry run)" if self.dry_run else ""), "",
                  f"Registry {self.registry}: **{self.summary()}**.", ""]
         if not self.dry_run and self.deleted:
@@ -105,7 +107,8 @@ class SweepReport:
                      f" ({human_bytes(self.bytes_reclaimable)}: the blobs only these manifests used, each once)")
             lines += [f"Distribution frees the disk space{freed} only when its garbage collection runs "
                       "(`registry garbage-collect`, with the registry read-only or stopped); the image "
-                      "sizes count a layer shared by several images in each.", ""]
+                      "sizes count a layer shared by several images in each.", "",
+                      f"Undo: {window(self.plan_id)}.", ""]
         rows = sorted(self.outcomes, key=lambda o: ({FAILED: 0, SKIPPED: 1}.get(o.status, 2), o.repository, o.ref))
         if rows:
             lines += ["| status | repository | tags | digest | kind | size | detail |", "|---|---|---|---|---|---:|---|"]
