@@ -18,7 +18,8 @@ from testbed.kube import kubectl_list, workload
 from tests.support.configs import SWEEP, config
 from tests.support.kube import kube_env  # noqa: F401 (fixtures)
 from tests.support.registry import unique_repo  # noqa: F401 (fixtures)
-from tests.support.sweeps import make_plan, old, take_snapshot
+from tests.support.sweeps import make_plan, old, plan_of, status, take_snapshot
+from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
 
 #: (group, version, plural, kind) as the projects' CRDs serve them
 ARGO_CRON = ("argoproj.io", "v1alpha1", "cronworkflows", "CronWorkflow")
@@ -97,6 +98,24 @@ def test_images_named_only_by_custom_resources_are_kept_with_reasons_naming_them
                                     "jobTargetRef.template.spec.containers[0].image"])
     assert rows["rev"] == ("keep", ["in use: prod/web/Revision/hello-00001 container containers[0].image"])
     assert rows["unused"][0] == "delete"
+
+
+def test_the_sweeps_cluster_recheck_protects_an_image_a_custom_resource_took_up_after_planning(
+        sweep, registry, registry_client, unique_repo, tmp_path, kube_env):
+    c, repo = registry_client, unique_repo
+    used, unused = old(c, repo, "v1"), old(c, repo, "v2")
+    server = kube_env.server()
+    serve(server, ARGO_CRON)
+    cfg = load_config(config(SWEEP, url=registry.url, repositories=[repo],
+                             kubeconfig=kube_env.kubeconfig({"prod": (server, None)}), write=tmp_path))
+    plan = plan_of(cfg)   # nothing uses either yet: both planned away
+    server.add(cron_workflow("etl", "nightly", f"{registry.host}/{repo}:v1"))
+
+    report = sweep(cfg, plan, approve=True)
+
+    assert status(c, repo, used) == 200 and status(c, repo, unused) == 404
+    why = {o["digest"]: o["detail"] for o in report["outcomes"] if o["status"] == "skipped"}
+    assert "in use by CronWorkflow etl/nightly in context prod" in why[used]
 
 
 def test_a_cluster_without_those_crds_snapshots_complete(registry, registry_client, unique_repo, tmp_path, kube_env):
