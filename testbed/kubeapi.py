@@ -5,6 +5,8 @@ server speaks just the list part of the API with the real shapes: `kind: PodList
 `metadata: {resourceVersion, continue, remainingItemCount}`, objects ordered by namespace/name
 as etcd keys are, equality label selectors, Status objects for errors. Faults are scripted per
 resource (and namespace): 403, 5xx, 410 Expired on the Nth continued request, slow answers.
+Custom resources are served as installed CRDs are (`serve`): in `/apis` and `/apis/GROUP/VERSION`
+discovery and through the same list endpoints.
 
 Objects are serialised once when added and pages are joined from those bytes, so the server
 stays fast enough for benchmarks to measure the client, not the server. The objects themselves
@@ -108,6 +110,11 @@ class KubeServer(LoopbackServer):
 
     def __init__(self, token: str | None = None):
         self.token = token
+        # plural → (API prefix, kind): the built-in resources, then custom ones served by `serve`
+        self.resources: dict[str, tuple[str, str]] = dict(RESOURCES)
+        self.plural_of_kind: dict[str, str] = dict(PLURAL_OF_KIND)
+        self.cluster_scoped: set[str] = set()
+        self._preferred: dict[str, str] = {}   # group → its preferred version, for custom groups
         self._objects: dict[str, dict[str, list[_Entry]]] = {p: {} for p in RESOURCES}
         self._sorted: dict[str, list[_Entry] | None] = {p: None for p in RESOURCES}
         self._rv = 1000
@@ -115,17 +122,70 @@ class KubeServer(LoopbackServer):
         self._faults: list[_Fault] = []
         self._continued: dict[str, int] = {}
         self._page_cache: dict[str, bytes] = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []             # lists (and unknown paths)
+        self.discovery_requests: list[tuple[str, dict[str, str]]] = []   # /apis, /apis/GROUP/VERSION
         self.record_requests = True
+
+    # -- custom resources -----------------------------------------------------------------------
+    def serve(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True,
+              preferred: bool = True) -> None:
+        """Serve a custom resource (as an installed CRD does): in `/apis` discovery (its group,
+        `version` the preferred one unless `preferred` is False), in `/apis/GROUP/VERSION` and
+        through the list endpoints. Objects of it are then added by `kind`."""
+        if plural in self.resources:
+            raise ValueError(f"{plural} is served already")
+        with self._lock:
+            self.resources[plural] = (f"/apis/{group}/{version}", kind)
+            self.plural_of_kind[kind] = plural
+            self._objects[plural], self._sorted[plural] = {}, None
+            if not namespaced:
+                self.cluster_scoped.add(plural)
+            if preferred or group not in self._preferred:
+                self._preferred[group] = version
+
+    def _groups(self) -> dict[str, list[str]]:
+        """group → versions served, built-in groups included."""
+        out: dict[str, list[str]] = {}
+        for prefix, _ in self.resources.values():
+            if prefix.startswith("/apis/"):
+                group, version = prefix.removeprefix("/apis/").split("/")
+                if version not in out.setdefault(group, []):
+                    out[group].append(version)
+        return out
+
+    def discovery(self, parts: list[str]) -> tuple[int, bytes] | None:
+        """`/apis` (APIGroupList) and `/apis/GROUP/VERSION` (APIResourceList); None for other paths."""
+        groups = self._groups()
+        preferred = self._preferred
+        if parts == ["apis"]:
+            doc = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+                 "preferredVersion": {"groupVersion": f"{g}/{preferred.get(g, vs[0])}",
+                                      "version": preferred.get(g, vs[0])}}
+                for g, vs in groups.items()]}
+            return 200, json.dumps(doc).encode()
+        if len(parts) == 3 and parts[0] == "apis":
+            group, version = parts[1], parts[2]
+            if version not in groups.get(group, ()):
+                return 404, json.dumps(_status(404, "NotFound", "the server could not find the requested resource")).encode()
+            fault = self._fault_for(f"/apis/{group}/{version}", None, False)
+            if fault is not None and fault.status != 200:
+                return fault.status, json.dumps(_status(fault.status, fault.reason, fault.message)).encode()
+            doc = {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}", "resources": [
+                {"name": plural, "singularName": "", "namespaced": plural not in self.cluster_scoped, "kind": kind,
+                 "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]}
+                for plural, (prefix, kind) in self.resources.items() if prefix == f"/apis/{group}/{version}"]}
+            return 200, json.dumps(doc).encode()
+        return None
 
     # -- objects --------------------------------------------------------------------------------
     def add(self, *objs: dict) -> None:
         """Store objects (dicts in API shape); `kind` picks the resource."""
         with self._lock:
             for obj in objs:
-                plural = PLURAL_OF_KIND[obj["kind"]]
+                plural = self.plural_of_kind[obj["kind"]]
                 md = obj.setdefault("metadata", {})
-                ns = md.setdefault("namespace", "default")
+                ns = "" if plural in self.cluster_scoped else md.setdefault("namespace", "default")
                 self._rv += 1
                 md.setdefault("resourceVersion", str(self._rv))
                 md.setdefault("uid", f"uid-{self._rv}")
@@ -140,7 +200,7 @@ class KubeServer(LoopbackServer):
 
     def remove(self, kind: str, namespace: str, name: str) -> None:
         """Delete an object, as `kubectl delete` would (a workload scaled down and removed)."""
-        plural = PLURAL_OF_KIND[kind]
+        plural = self.plural_of_kind[kind]
         with self._lock:
             entries = self._objects[plural].get(namespace, [])
             kept = [e for e in entries if e.key != f"{namespace}/{name}"]
@@ -165,12 +225,17 @@ class KubeServer(LoopbackServer):
     def forbid(self, plural: str, namespace: str | None = None) -> None:
         """403 for listing `plural` in `namespace` (None: the cluster-wide list; "*": everywhere)."""
         where = f'in the namespace "{namespace}"' if namespace not in (None, "*") else "at the cluster scope"
-        group = RESOURCES[plural][0].removeprefix("/apis/").removeprefix("/api/").split("/")[0]
+        group = self.resources[plural][0].removeprefix("/apis/").removeprefix("/api/").split("/")[0]
         group = "" if group == "v1" else group
         self._faults.append(_Fault(plural, namespace, 403, "Forbidden",
                                    f'{plural} is forbidden: User "system:serviceaccount:ci:regsweep" cannot list '
                                    f'resource "{plural}" in API group "{group}" {where}',
                                    ))
+
+    def fail_discovery(self, group: str, version: str, status: int = 503) -> None:
+        """Answer `status` to the discovery of `/apis/GROUP/VERSION` (an aggregated API down)."""
+        self._faults.append(_Fault(f"/apis/{group}/{version}", None, status, "ServiceUnavailable",
+                                   "the server is currently unable to handle the request"))
 
     def fail(self, plural: str, status: int = 500, namespace: str | None = "*", times: int | None = None) -> None:
         """Answer `status` (500: InternalError, 503: ServiceUnavailable) for `times` requests."""
@@ -206,7 +271,7 @@ class KubeServer(LoopbackServer):
 
     # -- listing --------------------------------------------------------------------------------
     def list_page(self, plural: str, namespace: str | None, query: dict[str, str]) -> tuple[int, bytes]:
-        prefix, kind = RESOURCES[plural]
+        prefix, kind = self.resources[plural]
         try:
             terms = _parse_selector(query.get("labelSelector", ""))
         except ValueError as e:
@@ -244,21 +309,26 @@ class KubeServer(LoopbackServer):
 
     def handle(self, path: str, query: dict[str, str], auth: str | None) -> tuple[int, bytes, float]:
         """Status, body and delay for one GET."""
-        if self.record_requests:
-            self.requests.append((path, query))
+        parts = path.strip("/").split("/")
+        if self.record_requests:   # list requests and discovery requests apart
+            is_discovery = parts == ["apis"] or (len(parts) == 3 and parts[0] == "apis")
+            (self.discovery_requests if is_discovery else self.requests).append((path, query))
         # The scheme is case-insensitive, as the API server's bearer-token authenticator reads it
         # (the client's in-cluster loader sends "bearer <token>").
         scheme, _, credential = (auth or "").partition(" ")
         if self.token is not None and (scheme.lower() != "bearer" or credential != self.token):
             return 401, json.dumps(_status(401, "Unauthorized", "Unauthorized")).encode(), 0.0
-        parts = path.strip("/").split("/")
+        found = self.discovery(parts)
+        if found is not None:
+            return (*found, 0.0)
         # /api/v1/[namespaces/{ns}/]{plural}  or  /apis/{group}/{version}/[namespaces/{ns}/]{plural}
         base = 2 if parts[0] == "api" else 3
         rest = parts[base:]
         namespace = None
         if len(rest) == 3 and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
-        if len(rest) != 1 or rest[0] not in RESOURCES or "/" + "/".join(parts[:base]) != RESOURCES[rest[0]][0]:
+        if len(rest) != 1 or rest[0] not in self.resources or "/" + "/".join(parts[:base]) != self.resources[rest[0]][0] \
+                or (namespace is not None and rest[0] in self.cluster_scoped):
             return 404, json.dumps(_status(404, "NotFound", "the server could not find the requested resource")).encode(), 0.0
         plural = rest[0]
         fault = self._fault_for(plural, namespace, bool(query.get("continue")))

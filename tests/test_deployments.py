@@ -112,7 +112,7 @@ def test_the_kubernetes_variant_runs_the_same_flows_in_cluster_with_the_rbac_ser
 
 @pytest.mark.unit
 def test_the_cluster_role_grants_exactly_the_reads_the_sources_make():
-    from tasks.sources.kubernetes.workloads import WORKLOAD_KINDS
+    from tasks.sources.kubernetes.workloads import CUSTOM_RESOURCES, WORKLOAD_KINDS
     from tasks.sources.kubernetes.client import CONFIGMAPS, SECRETS
 
     docs = {d["kind"]: d for d in yaml.safe_load_all(RBAC_YAML.read_text())}
@@ -124,6 +124,7 @@ def test_the_cluster_role_grants_exactly_the_reads_the_sources_make():
     group_of = {"CoreV1Api": "", "AppsV1Api": "apps", "BatchV1Api": "batch"}
     needed = {(group_of[k.api], k.plural): {"list"} for k in WORKLOAD_KINDS}
     needed.update({(group_of[k.api], k.plural): {"get", "list"} for k in (SECRETS, CONFIGMAPS)})
+    needed.update({(group, plural): {"list"} for group, plural, _ in CUSTOM_RESOURCES})
     assert len(WORKLOAD_KINDS) == 8 and granted == needed   # read-only, nothing more
     binding = docs["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"]

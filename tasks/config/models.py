@@ -377,6 +377,16 @@ def _dump_list(v: Any) -> Any:
 Dumps = Annotated[list[DumpFile], BeforeValidator(_dump_list)]
 
 
+class CustomResource(_Strict):
+    """A workload-bearing custom resource to scan besides the built-in kinds and the well-known ones."""
+
+    group: str = Field(min_length=1, description="API group, e.g. `example.com`.")
+    version: str = Field(min_length=1, description="API version served, e.g. `v1`.")
+    resource: str = Field(min_length=1, description="Plural resource name, as in RBAC and URLs, e.g. `batchruns`.")
+    kind: str | None = Field(None, description=(
+        "Its kind, for dumps (default: every kind of the group whose plural is `resource`); live, discovery says."))
+
+
 class KubernetesConfig(_Strict):
     kubeconfig: str | None = Field(None, description="Default: $KUBECONFIG, ~/.kube/config, in-cluster.")
     contexts: list[str] = Field(default_factory=list, description="Contexts to scan; default: the current one.")
@@ -388,6 +398,9 @@ class KubernetesConfig(_Strict):
         "dumps instead of a live cluster (the sweep's cluster re-check re-reads them)."))
     serviceAccount: str = Field("/var/run/secrets/kubernetes.io/serviceaccount", description=(
         "In-cluster only (no kubeconfig): the directory holding the mounted service-account `token` and `ca.crt`."))
+    resources: list[CustomResource] = Field(default_factory=list, description=(
+        "Custom resources to scan for images besides the built-in workload kinds and the well-known ones "
+        "(Argo Workflows and Rollouts, Tekton, KEDA, Knative, OpenShift, Spark); skipped where the cluster does not serve them."))
 
 
 class HelmConfig(_Strict):

@@ -2,8 +2,8 @@
 
 - `client`: connecting (kubeconfig contexts, in-cluster), listing with pagination and 410 restarts,
   running per-context units; `preflight`.
-- `workloads`: images every workload kind references (`extract`, `scan_in_use` for the sweep's
-  re-check).
+- `workloads`: images every workload kind references, workload-bearing custom resources included
+  (`extract`, `scan_in_use` for the sweep's re-check).
 - `helm`: Helm release Secrets and ConfigMaps decoded (base64 → gzip → JSON manifest), bounded.
 - `dumps`: `kubectl get ... -o json` files as offline input.
 

@@ -5,7 +5,9 @@ plain JSON: building the typed models costs far more than the HTTP itself. Lists
 (limit/continue); an expired continue token (410) restarts that list, a bounded number of times,
 because a list stitched from two snapshots could miss objects. Anything else that stops a list
 from completing (403, 5xx, timeouts, unreachable) is a `ClusterError` naming context, namespace
-and kind: the snapshot is then incomplete and nothing is deleted on its strength.
+and kind: the snapshot is then incomplete and nothing is deleted on its strength. Custom
+resources are listed the same way (CustomObjectsApi), once API discovery (`served_custom_kinds`,
+one per context) says the cluster serves them; a discovery that fails is a `ClusterError` too.
 """
 
 from __future__ import annotations
@@ -70,7 +72,20 @@ class Kind:
     list_all: str
     list_namespaced: str
     pod_spec: tuple[str, ...] = ()
+    group: str | None = None       # a custom resource: listed through CustomObjectsApi
+    version: str | None = None
+    namespaced: bool = True
 
+    @property
+    def resource(self) -> str:
+        """Its name in messages: `pods`, `cronworkflows.argoproj.io` (as kubectl spells it)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+def custom_kind(group: str, version: str, plural: str, kind: str, namespaced: bool = True) -> Kind:
+    """A custom resource the cluster serves, listed like the built-in kinds (pagination, 410 restarts)."""
+    return Kind(kind, plural, "CustomObjectsApi", "list_cluster_custom_object", "list_namespaced_custom_object",
+                group=group, version=version, namespaced=namespaced)
 
 
 SECRETS = Kind("Secret", "secrets", "CoreV1Api", "list_secret_for_all_namespaces", "list_namespaced_secret")
@@ -199,17 +214,19 @@ def _read_page(api: Any, kind: Kind, namespace: str | None, cluster: Cluster, pa
     """One page's bytes. A body cut short (the connection dropped mid-answer, after urllib3's own
     retries are past) is asked for again, at most twice more, each time logged and counted."""
     for attempt in range(1, BODY_ATTEMPTS + 1):
-        if namespace is None:
-            resp = getattr(api, kind.list_all)(_preload_content=False, _request_timeout=cluster.timeout, **params)
+        if kind.group is not None:   # CustomObjectsApi: (group, version, [namespace,] plural)
+            args = (kind.group, kind.version, kind.plural) if namespace is None else \
+                (kind.group, kind.version, namespace, kind.plural)
         else:
-            resp = getattr(api, kind.list_namespaced)(namespace, _preload_content=False,
-                                                     _request_timeout=cluster.timeout, **params)
+            args = () if namespace is None else (namespace,)
+        method = kind.list_all if namespace is None else kind.list_namespaced
+        resp = getattr(api, method)(*args, _preload_content=False, _request_timeout=cluster.timeout, **params)
         try:
             return resp.data
         except urllib3.exceptions.ProtocolError as e:
             if attempt == BODY_ATTEMPTS:
                 raise
-            retried(log, f"kubernetes (context {cluster.context}): listing {kind.plural} "
+            retried(log, f"kubernetes (context {cluster.context}): listing {kind.resource} "
                          f"{f'in namespace {namespace}' if namespace else 'cluster-wide'}: answer cut short ({e}); "
                          "trying again")
         finally:
@@ -229,26 +246,96 @@ def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any
             raise _Expired() from None
         if e.status in (401, 403):
             what = "forbidden" if e.status == 403 else "unauthorized"
-            raise ClusterError(f"listing {kind.plural} {scope} is {what} (HTTP {e.status}){_status_message(e.body)}",
+            raise ClusterError(f"listing {kind.resource} {scope} is {what} (HTTP {e.status}){_status_message(e.body)}",
                                **where) from None
-        raise ClusterError(f"listing {kind.plural} {scope} failed: HTTP {e.status} {e.reason or ''}".rstrip()
+        raise ClusterError(f"listing {kind.resource} {scope} failed: HTTP {e.status} {e.reason or ''}".rstrip()
                            + _status_message(e.body), **where) from None
     except urllib3.exceptions.HTTPError as e:
         reason = getattr(e, "reason", None) or e
         # NewConnectionError subclasses ConnectTimeoutError in urllib3: refused is not slow
         if isinstance(reason, urllib3.exceptions.TimeoutError) and \
                 not isinstance(reason, urllib3.exceptions.NewConnectionError):
-            raise ClusterError(f"listing {kind.plural} {scope} timed out after {cluster.timeout:g}s", **where) from None
-        raise ClusterError(f"listing {kind.plural} {scope} failed: {type(reason).__name__}: {reason}", **where) from None
+            raise ClusterError(f"listing {kind.resource} {scope} timed out after {cluster.timeout:g}s", **where) from None
+        raise ClusterError(f"listing {kind.resource} {scope} failed: {type(reason).__name__}: {reason}", **where) from None
     except OSError as e:
-        raise ClusterError(f"listing {kind.plural} {scope} failed: {e}", **where) from None
+        raise ClusterError(f"listing {kind.resource} {scope} failed: {e}", **where) from None
     try:
         doc = _loads(data)
         if not isinstance(doc, dict) or not isinstance(doc.get("items") or [], list):
             raise ValueError("not a list")
     except ValueError as e:
-        raise ClusterError(f"listing {kind.plural} {scope}: malformed response ({e})", **where) from None
+        raise ClusterError(f"listing {kind.resource} {scope}: malformed response ({e})", **where) from None
     return doc
+
+
+def _discover(cluster: Cluster, group: str | None = None, version: str | None = None) -> dict:
+    """One discovery document: `/apis` (ApisApi) or, with a group and version, `/apis/GROUP/VERSION`
+    (CustomObjectsApi). Any failure is a ClusterError: a resource the cluster may serve but whose
+    presence cannot be read fails the source closed."""
+    where = {"context": cluster.context}
+    what = f"{group}/{version}" if group else "API groups"
+    try:
+        if group is None:
+            resp = k8s.ApisApi(cluster.api).get_api_versions(_preload_content=False, _request_timeout=cluster.timeout)
+        else:
+            resp = k8s.CustomObjectsApi(cluster.api).get_api_resources(group, version, _preload_content=False,
+                                                                       _request_timeout=cluster.timeout)
+        try:
+            data = resp.data
+        finally:
+            resp.release_conn()
+    except ApiException as e:
+        raise ClusterError(f"discovery of {what} failed: HTTP {e.status} {e.reason or ''}".rstrip()
+                           + _status_message(e.body), **where) from None
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ClusterError(f"discovery of {what} failed: {type(reason).__name__}: {reason}", **where) from None
+    try:
+        doc = _loads(data)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+    except ValueError as e:
+        raise ClusterError(f"discovery of {what}: malformed response ({e})", **where) from None
+    return doc
+
+
+def served_custom_kinds(cluster: Cluster, wanted: list[tuple[str, str | None, str]]) -> list[Kind]:
+    """Which of `wanted` (group, version or None for any, plural) the cluster serves, as Kinds.
+
+    One discovery per context: `/apis` for the groups and their versions, then `/apis/GROUP/VERSION`
+    for each version that may hold a wanted resource (the preferred version first; with no version
+    given, the first that serves the plural is listed). Resources not served are skipped; a
+    discovery that fails is a ClusterError.
+    """
+    groups = {}
+    for g in _discover(cluster).get("groups") or ():
+        if isinstance(g, dict) and g.get("name"):
+            versions = [v.get("version") for v in g.get("versions") or () if isinstance(v, dict) and v.get("version")]
+            preferred = (g.get("preferredVersion") or {}).get("version")
+            groups[g["name"]] = ([preferred] if preferred in versions else []) + [v for v in versions if v != preferred]
+    lists: dict[tuple[str, str], dict[str, dict]] = {}
+
+    def resources(group: str, version: str) -> dict[str, dict]:
+        if (group, version) not in lists:
+            doc = _discover(cluster, group, version)
+            lists[(group, version)] = {r["name"]: r for r in doc.get("resources") or ()
+                                       if isinstance(r, dict) and isinstance(r.get("name"), str)}
+        return lists[(group, version)]
+
+    kinds: list[Kind] = []
+    seen: set[tuple[str, str]] = set()
+    for group, version, plural in wanted:
+        if (group, plural) in seen:
+            continue
+        for v in groups.get(group, ()):
+            if version is not None and v != version:
+                continue
+            r = resources(group, v).get(plural)
+            if r is not None and "list" in (r.get("verbs") or ["list"]):
+                kinds.append(custom_kind(group, v, plural, str(r.get("kind") or plural), bool(r.get("namespaced", True))))
+                seen.add((group, plural))
+                break
+    return kinds
 
 
 def list_objects(cluster: Cluster, kind: Kind, namespace: str | None, consume: Callable[[list[dict]], list],
@@ -275,7 +362,7 @@ def list_objects(cluster: Cluster, kind: Kind, namespace: str | None, consume: C
                     return out
         except _Expired:
             continue
-    raise ClusterError(f"listing {kind.plural} kept expiring: restarted {MAX_LIST_RESTARTS} times without "
+    raise ClusterError(f"listing {kind.resource} kept expiring: restarted {MAX_LIST_RESTARTS} times without "
                        f"finishing (cluster too busy for pageSize {cluster.page_size}?)",
                        context=cluster.context, namespace=namespace, kind=kind.kind)
 
@@ -310,17 +397,25 @@ def scopes(k: "KubernetesConfig") -> list[str | None]:
 
 
 def list_everywhere(k: "KubernetesConfig", units_of: Callable[[Cluster, str | None], list[Callable[[], list]]],
-                    progress_key: str, description: str, workers: int = 4) -> tuple[list[list], int]:
+                    progress_key: str, description: str, workers: int = 4,
+                    then: tuple[Callable[[Cluster, str | None], list[Callable[[], list]]], str, str] | None = None,
+                    ) -> tuple[list[list], int]:
     """Run `units_of(cluster, namespace)` in every configured context and scope.
 
     Returns each unit's results, in order, and how many contexts were listed; `description`
-    may name that count as `{contexts}`. The clients are closed whatever happens.
+    may name that count as `{contexts}`. With `then` = (units_of, progress_key, description),
+    a second round of units, built only once the first round has completed (the custom
+    resources, whose discovery is not asked of a cluster the first round found unreachable),
+    and their results follow. The clients are closed whatever happens.
     """
     clusters = connect(k)
     try:
-        units = [u for cl in clusters for ns in scopes(k) for u in units_of(cl, ns)]
-        reporter().start(progress_key, description.format(contexts=len(clusters)), len(units))
-        return run_units(units, progress_key, workers), len(clusters)
+        results = []
+        for make, key, text in ((units_of, progress_key, description), *((then,) if then else ())):
+            units = [u for cl in clusters for ns in scopes(k) for u in make(cl, ns)]
+            reporter().start(key, text.format(contexts=len(clusters)), len(units))
+            results += run_units(units, key, workers)
+        return results, len(clusters)
     finally:
         for cl in clusters:
             cl.close()

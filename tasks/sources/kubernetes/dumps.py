@@ -1,8 +1,8 @@
 """Offline cluster input: `kubectl get ... -o json` dumps read in place of a live cluster.
 
 For air-gapped sites, audits of a cluster regsweep cannot reach, and the demo. The workload
-source reads `kubernetes.dumps` (`kubectl get pods,deploy,rs,sts,ds,job,cronjob,rc -A -o json`)
-and the Helm source `helm.dumps` (`kubectl get secrets,configmaps -A -l owner=helm -o json`);
+source reads `kubernetes.dumps` (`kubectl get pods,deploy,rs,sts,ds,job,cronjob,rc -A -o json`,
+plus any workload-bearing custom resources, matched by API group and kind) and the Helm source `helm.dumps` (`kubectl get secrets,configmaps -A -l owner=helm -o json`);
 the objects then go through the same rules as listed ones. A dump that cannot be read whole
 (missing, truncated, not kubectl's JSON) fails its source like a failed list call: the snapshot
 is incomplete and nothing is deleted on its strength. A dump is only as fresh as its writer
@@ -55,11 +55,13 @@ def read_items(path: str, command: str, error: Callable[[str], SourceError]) -> 
     items = doc.get("items")
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise error(f"dump {path}: `items` is not a list of objects; {hint}")
-    # A typed list (PodList) may omit each item's kind, as the API server does.
+    # A typed list (PodList, CronWorkflowList) may omit each item's kind and apiVersion, as the API server does.
     item_kind = kind.removesuffix("List") or None
     for i, item in enumerate(items):
         if item_kind and "kind" not in item:
             item["kind"] = item_kind
+        if item_kind and "apiVersion" not in item and isinstance(doc.get("apiVersion"), str):
+            item["apiVersion"] = doc["apiVersion"]
         if not isinstance(item.get("kind"), str) or not isinstance(item.get("metadata") or {}, dict):
             raise error(f"dump {path}: item {i} has no kind or a malformed metadata; {hint}")
     return items
