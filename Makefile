@@ -32,3 +32,4 @@ bench: setup
 	.venv/bin/python benchmarks/bench_sweep.py
 	.venv/bin/python benchmarks/bench_cli.py
 	.venv/bin/python benchmarks/bench_memory.py
+	.venv/bin/python benchmarks/bench_hostile_helm.py
