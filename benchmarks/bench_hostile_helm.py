@@ -52,7 +52,7 @@ def gzip_bomb(compressed_mb: float) -> tuple[bytes, int]:
 
 def objects(releases: int, bomb_mb: float | None) -> tuple[list[dict], int, int]:
     """The cluster's release Secrets, the bomb's gzip size and its decompressed size (0, 0: none)."""
-    from tests.support.kube import helm_release, helm_secret, manifest, workload
+    from testbed.kube import helm_release, helm_secret, manifest, workload
 
     objs = []
     for i in range(releases):
@@ -125,7 +125,7 @@ def main() -> None:
     if a.child:
         return child(a.kubeconfig, a.max_release_mb)
 
-    from tests.support.kube import KubeServer, write_kubeconfig
+    from testbed.kubeapi import KubeServer, write_kubeconfig
 
     print(f"helm.maxReleaseBytes {a.max_release_mb} MiB; {a.releases} ordinary releases in each cluster")
     with tempfile.TemporaryDirectory() as tmp:
