@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tasks.config.models import load_config
 from tasks.oci.manifest import fallback_tag, sha256_digest
@@ -28,6 +27,7 @@ from testbed import get_manifest, push_artifact, push_image, push_index
 from tests.support.sweeps import OLD, make_plan, take_snapshot
 from tests.support.registry import fresh_registry  # noqa: F401 (fixtures)
 from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
+from tests.support.configs import SWEEP, config
 
 COSIGN = "application/vnd.dev.cosign.artifact.sig.v1+json"
 # Layers of distinct sizes, so that a wrong sum cannot come out right by accident.
@@ -105,13 +105,7 @@ class World:
         self.signed, self.index, self.kids = signed, index, kids
         self.shared = {sha256_digest(BASE), sha256_digest(CROSS)}
 
-        doc = {"store": str(tmp_path / "store"),
-               "registry": {"url": reg.url, "repositories": ["app/*"], "concurrency": 4},
-               "cleanup": {"disableKubernetesBasedPolicy": True, "disableGitHistoryBasedPolicy": True,
-                           "keepImagesBuiltWithinLastNHours": 2, "unlinkedImages": "delete"},
-               "helm": {"enabled": False}, "sweep": {"concurrency": 2}}
-        self.config_path = tmp_path / "regsweep.yaml"
-        self.config_path.write_text(yaml.safe_dump(doc))
+        self.config_path = config(SWEEP, url=reg.url, repositories=["app/*"], write=tmp_path / "regsweep.yaml")
         self.cfg = load_config(self.config_path)
         self.store = Store(self.cfg.store)
 

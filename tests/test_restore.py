@@ -11,13 +11,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-import yaml
 
 from tasks.config.models import load_config
 from testbed import push_image, push_index
 from tests.support.registry import fresh_registry  # noqa: F401 (fixtures)
 from tests.support.sweeps import OLD, make_plan, resolves_to, survivors, take_snapshot
 from tests.support.sweeps import sweep  # noqa: F401 (fixtures)
+from tests.support.configs import SWEEP, config
 
 REPO = "app/web"
 _builds = iter(range(10**9))
@@ -42,13 +42,7 @@ class World:
         self.index = push_index(c, REPO, "multi", [(k, {"architecture": a, "os": "linux"})
                                                   for k, a in zip(self.kids, ("amd64", "arm64"))])
         self.new = _push(c, "new", now, b"n" * 1000)
-        doc = {"store": str(tmp_path / "store"),
-               "registry": {"url": reg.url, "repositories": ["app/*"], "concurrency": 4},
-               "cleanup": {"disableKubernetesBasedPolicy": True, "disableGitHistoryBasedPolicy": True,
-                           "keepImagesBuiltWithinLastNHours": 2, "unlinkedImages": "delete"},
-               "helm": {"enabled": False}, "sweep": {"concurrency": 2}}
-        self.config_path = tmp_path / "regsweep.yaml"
-        self.config_path.write_text(yaml.safe_dump(doc))
+        self.config_path = config(SWEEP, url=reg.url, repositories=["app/*"], write=tmp_path / "regsweep.yaml")
         self.cfg = load_config(self.config_path)
         self.before = survivors(c, REPO)
 
