@@ -268,6 +268,26 @@ def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any
     return doc
 
 
+def _read_discovery(cluster: Cluster, group: str | None, version: str | None, what: str) -> bytes:
+    """One discovery document's bytes; a body cut short is asked for again, as a list page is."""
+    for attempt in range(1, BODY_ATTEMPTS + 1):
+        if group is None:
+            resp = k8s.ApisApi(cluster.api).get_api_versions(_preload_content=False, _request_timeout=cluster.timeout)
+        else:
+            resp = k8s.CustomObjectsApi(cluster.api).get_api_resources(group, version, _preload_content=False,
+                                                                       _request_timeout=cluster.timeout)
+        try:
+            return resp.data
+        except urllib3.exceptions.ProtocolError as e:
+            if attempt == BODY_ATTEMPTS:
+                raise
+            retried(log, f"kubernetes (context {cluster.context}): discovery of {what}: answer cut short ({e}); "
+                         "trying again")
+        finally:
+            resp.release_conn()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _discover(cluster: Cluster, group: str | None = None, version: str | None = None) -> dict:
     """One discovery document: `/apis` (ApisApi) or, with a group and version, `/apis/GROUP/VERSION`
     (CustomObjectsApi). Any failure is a ClusterError: a resource the cluster may serve but whose
@@ -275,15 +295,7 @@ def _discover(cluster: Cluster, group: str | None = None, version: str | None = 
     where = {"context": cluster.context}
     what = f"{group}/{version}" if group else "API groups"
     try:
-        if group is None:
-            resp = k8s.ApisApi(cluster.api).get_api_versions(_preload_content=False, _request_timeout=cluster.timeout)
-        else:
-            resp = k8s.CustomObjectsApi(cluster.api).get_api_resources(group, version, _preload_content=False,
-                                                                       _request_timeout=cluster.timeout)
-        try:
-            data = resp.data
-        finally:
-            resp.release_conn()
+        data = _read_discovery(cluster, group, version, what)
     except ApiException as e:
         raise ClusterError(f"discovery of {what} failed: HTTP {e.status} {e.reason or ''}".rstrip()
                            + _status_message(e.body), **where) from None
