@@ -210,28 +210,33 @@ def _status_message(body: str | bytes | None) -> str:
     return f": {msg}" if msg else ""
 
 
-def _read_page(api: Any, kind: Kind, namespace: str | None, cluster: Cluster, params: dict[str, Any]) -> bytes:
-    """One page's bytes. A body cut short (the connection dropped mid-answer, after urllib3's own
-    retries are past) is asked for again, at most twice more, each time logged and counted."""
+def _read_body(request: Callable[[], Any], cluster: Cluster, doing: str) -> bytes:
+    """The bytes of one answer `request()` asks for. A body cut short (the connection dropped
+    mid-answer, after urllib3's own retries are past) is asked for again, at most twice more, each
+    time logged and counted; `doing` says what for, in that note."""
     for attempt in range(1, BODY_ATTEMPTS + 1):
-        if kind.group is not None:   # CustomObjectsApi: (group, version, [namespace,] plural)
-            args = (kind.group, kind.version, kind.plural) if namespace is None else \
-                (kind.group, kind.version, namespace, kind.plural)
-        else:
-            args = () if namespace is None else (namespace,)
-        method = kind.list_all if namespace is None else kind.list_namespaced
-        resp = getattr(api, method)(*args, _preload_content=False, _request_timeout=cluster.timeout, **params)
+        resp = request()
         try:
             return resp.data
         except urllib3.exceptions.ProtocolError as e:
             if attempt == BODY_ATTEMPTS:
                 raise
-            retried(log, f"kubernetes (context {cluster.context}): listing {kind.resource} "
-                         f"{f'in namespace {namespace}' if namespace else 'cluster-wide'}: answer cut short ({e}); "
-                         "trying again")
+            retried(log, f"kubernetes (context {cluster.context}): {doing}: answer cut short ({e}); trying again")
         finally:
             resp.release_conn()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_page(api: Any, kind: Kind, namespace: str | None, cluster: Cluster, params: dict[str, Any]) -> bytes:
+    """One list page's bytes (`_read_body`)."""
+    if kind.group is not None:   # CustomObjectsApi: (group, version, [namespace,] plural)
+        args = (kind.group, kind.version, kind.plural) if namespace is None else \
+            (kind.group, kind.version, namespace, kind.plural)
+    else:
+        args = () if namespace is None else (namespace,)
+    method = getattr(api, kind.list_all if namespace is None else kind.list_namespaced)
+    return _read_body(lambda: method(*args, _preload_content=False, _request_timeout=cluster.timeout, **params),
+                      cluster, f"listing {kind.resource} {f'in namespace {namespace}' if namespace else 'cluster-wide'}")
 
 
 def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any) -> dict:
@@ -269,23 +274,14 @@ def _get_page(cluster: Cluster, kind: Kind, namespace: str | None, **params: Any
 
 
 def _read_discovery(cluster: Cluster, group: str | None, version: str | None, what: str) -> bytes:
-    """One discovery document's bytes; a body cut short is asked for again, as a list page is."""
-    for attempt in range(1, BODY_ATTEMPTS + 1):
-        if group is None:
-            resp = k8s.ApisApi(cluster.api).get_api_versions(_preload_content=False, _request_timeout=cluster.timeout)
-        else:
-            resp = k8s.CustomObjectsApi(cluster.api).get_api_resources(group, version, _preload_content=False,
-                                                                       _request_timeout=cluster.timeout)
-        try:
-            return resp.data
-        except urllib3.exceptions.ProtocolError as e:
-            if attempt == BODY_ATTEMPTS:
-                raise
-            retried(log, f"kubernetes (context {cluster.context}): discovery of {what}: answer cut short ({e}); "
-                         "trying again")
-        finally:
-            resp.release_conn()
-    raise AssertionError("unreachable")  # pragma: no cover
+    """One discovery document's bytes (`_read_body`): `/apis`, or `/apis/GROUP/VERSION`."""
+    if group is None:
+        api = k8s.ApisApi(cluster.api)
+        return _read_body(lambda: api.get_api_versions(_preload_content=False, _request_timeout=cluster.timeout),
+                          cluster, f"discovery of {what}")
+    api = k8s.CustomObjectsApi(cluster.api)
+    return _read_body(lambda: api.get_api_resources(group, version, _preload_content=False,
+                                                    _request_timeout=cluster.timeout), cluster, f"discovery of {what}")
 
 
 def _discover(cluster: Cluster, group: str | None = None, version: str | None = None) -> dict:
